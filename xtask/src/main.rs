@@ -1,0 +1,23 @@
+//! Project tasks that need more than cargo: `cargo xtask codegen [--check]`,
+//! `cargo xtask bench`, `cargo xtask contract`.
+
+mod codegen;
+
+use std::path::{Path, PathBuf};
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let flags: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
+    match args.first().map(String::as_str) {
+        Some("codegen") => codegen::generate(flags.contains(&"--check")),
+        _ => {
+            eprintln!("usage: cargo xtask <codegen [--check]>");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// The workspace root, whatever directory the task was started from.
+pub fn project_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives one level below the root").to_path_buf()
+}
