@@ -1,0 +1,95 @@
+//! `kind = "disk"`: free space of the filesystem that holds `path`.
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use healthd_models::ComponentType;
+
+use crate::checks::{io_category, BoxFuture, Check, Observation};
+
+pub struct DiskCheck {
+    path: PathBuf,
+    warn_below: f64,
+    fail_below: f64,
+}
+
+impl DiskCheck {
+    pub fn new(path: &Path, warn_below: f64, fail_below: f64) -> Self {
+        DiskCheck { path: path.to_path_buf(), warn_below, fail_below }
+    }
+
+    fn judge(&self, free_percent: f64) -> Observation {
+        let values = vec![Some((free_percent * 100.0).round() / 100.0)];
+        if free_percent < self.fail_below {
+            Observation { values, ..Observation::fail(format!("free space below {}%", self.fail_below)) }
+        } else if free_percent < self.warn_below {
+            Observation::warn(format!("free space below {}%", self.warn_below), values)
+        } else {
+            Observation::pass(values)
+        }
+    }
+}
+
+impl Check for DiskCheck {
+    fn component_type(&self) -> ComponentType {
+        ComponentType::System
+    }
+
+    fn measurements(&self) -> &'static [(&'static str, &'static str)] {
+        &[("freeSpace", "%")]
+    }
+
+    fn attempt(&self) -> BoxFuture<'_, Observation> {
+        let path = self.path.clone();
+        Box::pin(async move {
+            // statvfs can hang on a dead network filesystem: keep it off the
+            // async threads, where the deadline can still abandon it.
+            match tokio::task::spawn_blocking(move || free_percent(&path)).await {
+                Ok(Ok(free)) => self.judge(free),
+                Ok(Err(error)) => {
+                    tracing::warn!(path = %self.path.display(), %error, "statvfs failed");
+                    Observation::fail(io_category(&error))
+                }
+                Err(_) => Observation::fail("disk check panicked"),
+            }
+        })
+    }
+}
+
+/// Percentage of the filesystem's blocks available to unprivileged users.
+fn free_percent(path: &Path) -> std::io::Result<f64> {
+    let path = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "path holds a NUL byte"))?;
+    // SAFETY: statvfs writes into the zeroed struct we own; the path is NUL-terminated.
+    let mut stats: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut stats) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if stats.f_blocks == 0 {
+        return Ok(100.0);
+    }
+    Ok(stats.f_bavail as f64 / stats.f_blocks as f64 * 100.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use healthd_models::HealthStatus;
+
+    #[test]
+    fn thresholds_pick_the_status() {
+        let check = DiskCheck::new(Path::new("/"), 10.0, 5.0);
+        assert_eq!(check.judge(50.0).status, HealthStatus::Pass);
+        assert_eq!(check.judge(7.0).status, HealthStatus::Warn);
+        assert_eq!(check.judge(4.9).status, HealthStatus::Fail);
+        assert_eq!(check.judge(4.9).values, vec![Some(4.9)]);
+    }
+
+    #[test]
+    fn the_root_filesystem_has_a_reading() {
+        let free = free_percent(Path::new("/")).unwrap();
+        assert!((0.0..=100.0).contains(&free));
+        assert!(free_percent(Path::new("/no/such/dir")).is_err());
+    }
+}

@@ -1,0 +1,811 @@
+//! The configuration: one TOML file (or the built-in default), a few
+//! environment variables over it, validated once at load into typed
+//! `Settings`. Every problem names the file, the key and the reason.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::net::Cidr;
+
+/// Everything healthd needs to run, validated.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub access: AccessSettings,
+    pub checks: Vec<CheckSettings>,
+}
+
+/// `[server]`: where to listen and who we are.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub listen: SocketAddr,
+    /// `serviceId` in reports.
+    pub service_id: String,
+    pub description: Option<String>,
+    /// How long readiness answers 503 before the listener closes.
+    pub drain_delay: Duration,
+    /// actix-web worker threads; defaults to the number of cores.
+    pub workers: Option<usize>,
+}
+
+/// `[access]`: who may connect, and who may see details.
+#[derive(Debug, Clone)]
+pub struct AccessSettings {
+    pub details: Details,
+    pub allow: Vec<Cidr>,
+    pub details_allow: Vec<Cidr>,
+    pub trusted_proxies: Vec<Cidr>,
+    pub tokens: Vec<TokenSettings>,
+}
+
+/// Who sees the checks behind a status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Details {
+    Never,
+    Authorized,
+    Always,
+}
+
+/// A bearer token, kept only as its SHA-256 digest.
+#[derive(Clone)]
+pub struct TokenSettings {
+    pub name: String,
+    pub sha256: [u8; 32],
+}
+
+impl fmt::Debug for TokenSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenSettings").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+/// One check: what to run and the policy it runs under.
+#[derive(Debug, Clone)]
+pub struct CheckSettings {
+    pub name: String,
+    /// A failing non-critical check makes the service `warn`, not `fail`, and
+    /// is left out of readiness.
+    pub critical: bool,
+    pub policy: Policy,
+    pub kind: CheckKind,
+}
+
+/// When and how patiently a check runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    pub interval: Duration,
+    /// Hard deadline of one attempt.
+    pub timeout: Duration,
+    /// Attempts after the first failed one, within the same run.
+    pub retries: u32,
+    /// Base of the exponential backoff between attempts (full jitter).
+    pub backoff: Duration,
+    pub failure_threshold: u32,
+    pub success_threshold: u32,
+}
+
+impl Policy {
+    /// The longest one run can take: every attempt timing out, every backoff at its cap.
+    pub fn worst_case(&self) -> Duration {
+        let attempts = self.retries + 1;
+        let backoff_total: Duration = (0..self.retries).map(|retry| self.backoff_cap(retry)).sum();
+        self.timeout * attempts + backoff_total
+    }
+
+    /// The upper bound of the jittered wait before retry number `retry` (0-based).
+    pub fn backoff_cap(&self, retry: u32) -> Duration {
+        self.backoff.saturating_mul(1u32 << retry.min(16))
+    }
+
+    /// A reading older than this is stale, and stale is `fail`.
+    pub fn stale_after(&self) -> Duration {
+        self.interval * 3
+    }
+}
+
+/// What a check talks to.
+#[derive(Debug, Clone)]
+pub enum CheckKind {
+    Postgres { dsn: Secret, query: String, pool_size: usize },
+    Http(HttpCheckSettings),
+    Tcp { address: String },
+    Disk { path: PathBuf, warn_below: f64, fail_below: f64 },
+}
+
+impl CheckKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            CheckKind::Postgres { .. } => "postgres",
+            CheckKind::Http(_) => "http",
+            CheckKind::Tcp { .. } => "tcp",
+            CheckKind::Disk { .. } => "disk",
+        }
+    }
+}
+
+/// `kind = "http"`.
+#[derive(Debug, Clone)]
+pub struct HttpCheckSettings {
+    pub url: Secret,
+    pub method: HttpMethod,
+    /// Status codes that count as up; empty means 200 to 399.
+    pub expect_status: Vec<u16>,
+    /// Header values may be credentials: all are kept secret.
+    pub headers: Vec<(String, Secret)>,
+    pub follow_redirects: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum HttpMethod {
+    Get,
+    Head,
+}
+
+/// A value that must never reach a response or a log line.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: String) -> Self {
+        Secret(value)
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+/// Config problems, each with the key it is about.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub source_name: String,
+    pub problems: Vec<Problem>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (index, problem) in self.problems.iter().enumerate() {
+            if index > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{}: {}: {}", self.source_name, problem.key, problem.reason)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The built-in default: listen on 127.0.0.1:8080 and watch the disk we run on.
+pub const DEFAULT_CONFIG: &str = r#"
+[server]
+listen = "127.0.0.1:8080"
+service_id = "healthd"
+
+# Without tokens configured, let local callers see the checks.
+[access]
+details = "always"
+details_allow = ["127.0.0.0/8", "::1/128"]
+
+[[checks]]
+name = "disk"
+kind = "disk"
+path = "."
+warn_below = "10%"
+fail_below = "5%"
+"#;
+
+/// Where the environment can change the file's settings.
+pub trait Environment {
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+pub struct ProcessEnv;
+
+impl Environment for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl Environment for BTreeMap<String, String> {
+    fn var(&self, name: &str) -> Option<String> {
+        self.get(name).cloned()
+    }
+}
+
+impl Settings {
+    /// Reads `path`, or the built-in default when there is none.
+    pub fn load(path: Option<&Path>, env: &dyn Environment) -> Result<Settings, ConfigError> {
+        match path {
+            Some(path) => {
+                let source_name = path.display().to_string();
+                let text = std::fs::read_to_string(path).map_err(|error| ConfigError {
+                    source_name: source_name.clone(),
+                    problems: vec![Problem { key: "(file)".into(), reason: format!("cannot read: {error}") }],
+                })?;
+                Settings::parse(&text, &source_name, env)
+            }
+            None => Settings::parse(DEFAULT_CONFIG, "(built-in default)", env),
+        }
+    }
+
+    /// Parses and validates a whole config text; `source_name` names it in errors.
+    pub fn parse(text: &str, source_name: &str, env: &dyn Environment) -> Result<Settings, ConfigError> {
+        let fail = |problems| ConfigError { source_name: source_name.to_string(), problems };
+        let raw = parse_raw(text).map_err(|problem| fail(vec![problem]))?;
+        let mut problems = Vec::new();
+        let settings = validate(raw, env, &mut problems);
+        if problems.is_empty() {
+            Ok(settings)
+        } else {
+            Err(fail(problems))
+        }
+    }
+}
+
+fn parse_raw(text: &str) -> Result<RawSettings, Problem> {
+    let table: toml::Table = toml::from_str(text).map_err(|error| Problem {
+        key: "(syntax)".into(),
+        reason: error.to_string().lines().filter(|line| !line.trim().is_empty()).collect::<Vec<_>>().join(" "),
+    })?;
+    serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|error| {
+        let key = error.path().to_string();
+        Problem { key: if key == "." { "(top level)".into() } else { key }, reason: error.into_inner().to_string() }
+    })
+}
+
+// What the file holds, before validation. Every struct denies unknown keys so
+// a typo is an error that names it.
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSettings {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    access: RawAccess,
+    #[serde(default)]
+    defaults: RawPolicy,
+    #[serde(default)]
+    checks: Vec<RawCheck>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<String>,
+    service_id: Option<String>,
+    description: Option<String>,
+    drain_delay: Option<DurationText>,
+    workers: Option<usize>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAccess {
+    details: Option<Details>,
+    allow: Option<Vec<String>>,
+    details_allow: Option<Vec<String>>,
+    trusted_proxies: Option<Vec<String>>,
+    #[serde(default)]
+    tokens: Vec<RawToken>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawToken {
+    name: String,
+    sha256: Option<String>,
+    env: Option<String>,
+}
+
+#[derive(Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    interval: Option<DurationText>,
+    timeout: Option<DurationText>,
+    retries: Option<u32>,
+    backoff: Option<DurationText>,
+    failure_threshold: Option<u32>,
+    success_threshold: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCheck {
+    name: String,
+    kind: String,
+    critical: Option<bool>,
+    interval: Option<DurationText>,
+    timeout: Option<DurationText>,
+    retries: Option<u32>,
+    backoff: Option<DurationText>,
+    failure_threshold: Option<u32>,
+    success_threshold: Option<u32>,
+    // postgres
+    query: Option<String>,
+    pool_size: Option<usize>,
+    // postgres, http
+    url: Option<String>,
+    url_env: Option<String>,
+    // http
+    method: Option<HttpMethod>,
+    expect_status: Option<Vec<u16>>,
+    headers: Option<BTreeMap<String, String>>,
+    headers_env: Option<BTreeMap<String, String>>,
+    follow_redirects: Option<bool>,
+    // tcp
+    address: Option<String>,
+    // disk
+    path: Option<String>,
+    warn_below: Option<PercentText>,
+    fail_below: Option<PercentText>,
+}
+
+impl RawCheck {
+    /// The kind-specific keys that are set, for "does not apply" errors.
+    fn kind_keys_set(&self) -> Vec<&'static str> {
+        let set = [
+            ("query", self.query.is_some()),
+            ("pool_size", self.pool_size.is_some()),
+            ("url", self.url.is_some()),
+            ("url_env", self.url_env.is_some()),
+            ("method", self.method.is_some()),
+            ("expect_status", self.expect_status.is_some()),
+            ("headers", self.headers.is_some()),
+            ("headers_env", self.headers_env.is_some()),
+            ("follow_redirects", self.follow_redirects.is_some()),
+            ("address", self.address.is_some()),
+            ("path", self.path.is_some()),
+            ("warn_below", self.warn_below.is_some()),
+            ("fail_below", self.fail_below.is_some()),
+        ];
+        set.into_iter().filter(|(_, is_set)| *is_set).map(|(key, _)| key).collect()
+    }
+}
+
+/// A duration written as `"500ms"`, `"2s"`, `"1m"` or `"1h"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct DurationText(Duration);
+
+impl<'de> Deserialize<'de> for DurationText {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        parse_duration(&text).map(DurationText).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Parses `"500ms"`, `"2s"`, `"1m"`, `"1h"` (a whole number and a unit).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let invalid = || format!("invalid duration {text:?}: expected a whole number and a unit (ms, s, m, h), such as \"500ms\" or \"2s\"");
+    let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(invalid)?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().map_err(|_| invalid())?;
+    let millis = match unit {
+        "ms" => Some(number),
+        "s" => number.checked_mul(1_000),
+        "m" => number.checked_mul(60_000),
+        "h" => number.checked_mul(3_600_000),
+        _ => return Err(invalid()),
+    };
+    millis.map(Duration::from_millis).ok_or_else(invalid)
+}
+
+/// A percentage written as `"10%"`.
+#[derive(Clone, Copy, Debug)]
+struct PercentText(f64);
+
+impl<'de> Deserialize<'de> for PercentText {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        let invalid = || serde::de::Error::custom(format!("invalid percentage {text:?}: expected a number from 0 to 100 and '%', such as \"10%\""));
+        let number: f64 = text.strip_suffix('%').ok_or_else(invalid)?.trim().parse().map_err(|_| invalid())?;
+        if (0.0..=100.0).contains(&number) {
+            Ok(PercentText(number))
+        } else {
+            Err(invalid())
+        }
+    }
+}
+
+const DEFAULT_POLICY: Policy = Policy {
+    interval: Duration::from_secs(10),
+    timeout: Duration::from_secs(2),
+    retries: 2,
+    backoff: Duration::from_millis(100),
+    failure_threshold: 1,
+    success_threshold: 1,
+};
+
+/// Check names become URL path segments and metric labels.
+fn valid_check_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+}
+
+fn validate(raw: RawSettings, env: &dyn Environment, problems: &mut Vec<Problem>) -> Settings {
+    let mut report = |key: String, reason: String| problems.push(Problem { key, reason });
+
+    let listen_text = env.var("HEALTHD_LISTEN").map(|value| ("HEALTHD_LISTEN", value));
+    let (listen_key, listen_text) =
+        listen_text.unwrap_or(("server.listen", raw.server.listen.unwrap_or_else(|| "127.0.0.1:8080".into())));
+    let listen = listen_text.parse().unwrap_or_else(|_| {
+        report(listen_key.into(), format!("invalid listen address {listen_text:?}: expected IP:PORT, such as \"127.0.0.1:8080\" or \"[::]:8080\""));
+        SocketAddr::from(([127, 0, 0, 1], 8080))
+    });
+    if raw.server.workers == Some(0) {
+        report("server.workers".into(), "must be at least 1".into());
+    }
+    let server = ServerSettings {
+        listen,
+        service_id: raw.server.service_id.unwrap_or_else(|| "healthd".into()),
+        description: raw.server.description,
+        drain_delay: raw.server.drain_delay.map_or(Duration::from_secs(5), |d| d.0),
+        workers: raw.server.workers,
+    };
+
+    let mut cidrs = |key: &str, values: Option<Vec<String>>, default: &[&str]| -> Vec<Cidr> {
+        let values = values.unwrap_or_else(|| default.iter().map(|s| s.to_string()).collect());
+        values
+            .iter()
+            .enumerate()
+            .filter_map(|(index, text)| {
+                text.parse::<Cidr>().map_err(|reason| report(format!("access.{key}[{index}]"), reason)).ok()
+            })
+            .collect()
+    };
+    let allow = cidrs("allow", raw.access.allow, &["0.0.0.0/0", "::/0"]);
+    let details_allow = cidrs("details_allow", raw.access.details_allow, &["0.0.0.0/0", "::/0"]);
+    let trusted_proxies = cidrs("trusted_proxies", raw.access.trusted_proxies, &[]);
+
+    let mut token_names = HashSet::new();
+    let mut tokens = Vec::new();
+    for (index, token) in raw.access.tokens.into_iter().enumerate() {
+        let key = format!("access.tokens[{index}]");
+        if !token_names.insert(token.name.clone()) {
+            report(format!("{key}.name"), format!("duplicate token name {:?}", token.name));
+        }
+        let digest = match (token.sha256, token.env) {
+            (Some(hex), None) => {
+                parse_sha256_hex(&hex).map_err(|reason| report(format!("{key}.sha256"), reason)).ok()
+            }
+            (None, Some(var)) => match env.var(&var) {
+                Some(value) if !value.is_empty() => Some(crate::http::access::sha256(value.as_bytes())),
+                _ => {
+                    report(format!("{key}.env"), format!("environment variable {var} is not set or empty"));
+                    None
+                }
+            },
+            _ => {
+                report(key.clone(), "set exactly one of sha256 (the token's hex SHA-256) or env (a variable holding the token)".into());
+                None
+            }
+        };
+        if let Some(sha256) = digest {
+            tokens.push(TokenSettings { name: token.name, sha256 });
+        }
+    }
+    let details = raw.access.details.unwrap_or(Details::Authorized);
+    let access = AccessSettings { details, allow, details_allow, trusted_proxies, tokens };
+
+    let defaults = policy_over(&DEFAULT_POLICY, &raw.defaults);
+    let mut names = HashSet::new();
+    let mut checks = Vec::new();
+    for (index, check) in raw.checks.into_iter().enumerate() {
+        let key = format!("checks[{index}]");
+        if !valid_check_name(&check.name) {
+            report(format!("{key}.name"), format!("invalid name {:?}: use 1 to 64 of A-Z a-z 0-9 - _ .", check.name));
+        } else if !names.insert(check.name.clone()) {
+            report(format!("{key}.name"), format!("duplicate check name {:?}", check.name));
+        }
+        let policy = policy_over(
+            &defaults,
+            &RawPolicy {
+                interval: check.interval,
+                timeout: check.timeout,
+                retries: check.retries,
+                backoff: check.backoff,
+                failure_threshold: check.failure_threshold,
+                success_threshold: check.success_threshold,
+            },
+        );
+        for reason in policy_problems(&policy) {
+            report(key.clone(), reason);
+        }
+        if let Some(kind) = check_kind(&check, &key, env, &mut report) {
+            checks.push(CheckSettings { name: check.name, critical: check.critical.unwrap_or(true), policy, kind });
+        }
+    }
+
+    Settings { server, access, checks }
+}
+
+fn policy_over(base: &Policy, raw: &RawPolicy) -> Policy {
+    Policy {
+        interval: raw.interval.map_or(base.interval, |d| d.0),
+        timeout: raw.timeout.map_or(base.timeout, |d| d.0),
+        retries: raw.retries.unwrap_or(base.retries),
+        backoff: raw.backoff.map_or(base.backoff, |d| d.0),
+        failure_threshold: raw.failure_threshold.unwrap_or(base.failure_threshold),
+        success_threshold: raw.success_threshold.unwrap_or(base.success_threshold),
+    }
+}
+
+fn policy_problems(policy: &Policy) -> Vec<String> {
+    let mut problems = Vec::new();
+    if policy.timeout.is_zero() {
+        problems.push("timeout must be more than 0".into());
+    }
+    if policy.interval.is_zero() {
+        problems.push("interval must be more than 0".into());
+    }
+    if policy.retries > 10 {
+        problems.push(format!("retries = {} is more than 10", policy.retries));
+    }
+    if policy.failure_threshold == 0 || policy.success_threshold == 0 {
+        problems.push("failure_threshold and success_threshold must be at least 1".into());
+    }
+    if policy.worst_case() > policy.interval {
+        problems.push(format!(
+            "timeout × (retries + 1) + backoff = {} ms does not fit inside interval = {} ms: lower timeout or retries, or raise interval",
+            policy.worst_case().as_millis(),
+            policy.interval.as_millis()
+        ));
+    }
+    problems
+}
+
+fn check_kind(
+    check: &RawCheck,
+    key: &str,
+    env: &dyn Environment,
+    report: &mut dyn FnMut(String, String),
+) -> Option<CheckKind> {
+    let allowed: &[&str] = match check.kind.as_str() {
+        "postgres" => &["query", "pool_size", "url", "url_env"],
+        "http" => &["url", "url_env", "method", "expect_status", "headers", "headers_env", "follow_redirects"],
+        "tcp" => &["address"],
+        "disk" => &["path", "warn_below", "fail_below"],
+        other => {
+            report(format!("{key}.kind"), format!("unknown kind {other:?}: expected postgres, http, tcp or disk"));
+            return None;
+        }
+    };
+    let mut ok = true;
+    for set in check.kind_keys_set() {
+        if !allowed.contains(&set) {
+            report(format!("{key}.{set}"), format!("does not apply to kind {:?}", check.kind));
+            ok = false;
+        }
+    }
+    let mut required = |name: &str, value: bool| {
+        if !value {
+            report(format!("{key}.{name}"), format!("is required for kind {:?}", check.kind));
+        }
+        value
+    };
+    let kind = match check.kind.as_str() {
+        "postgres" => {
+            let dsn = secret_url(check, key, env, report)?;
+            if let Err(error) = dsn.expose().parse::<tokio_postgres::Config>() {
+                // The parser's message never repeats the DSN, but says what is wrong with it.
+                report(format!("{key}.url"), format!("not a PostgreSQL connection string: {error}"));
+                return None;
+            }
+            let pool_size = check.pool_size.unwrap_or(2);
+            if pool_size == 0 {
+                report(format!("{key}.pool_size"), "must be at least 1".into());
+            }
+            CheckKind::Postgres { dsn, query: check.query.clone().unwrap_or_else(|| "SELECT 1".into()), pool_size }
+        }
+        "http" => {
+            let url = secret_url(check, key, env, report)?;
+            match reqwest::Url::parse(url.expose()) {
+                Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => {}
+                _ => {
+                    report(format!("{key}.url"), "not an http:// or https:// URL".into());
+                    return None;
+                }
+            }
+            if let Some(code) = check.expect_status.iter().flatten().find(|code| !(100..=599).contains(*code)) {
+                report(format!("{key}.expect_status"), format!("{code} is not an HTTP status code"));
+            }
+            let mut headers = Vec::new();
+            for (name, value) in check.headers.iter().flatten() {
+                headers.push((name.clone(), Secret::new(value.clone())));
+            }
+            for (name, var) in check.headers_env.iter().flatten() {
+                match env.var(var) {
+                    Some(value) => headers.push((name.clone(), Secret::new(value))),
+                    None => report(format!("{key}.headers_env.{name}"), format!("environment variable {var} is not set")),
+                }
+            }
+            for (name, value) in &headers {
+                if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err()
+                    || reqwest::header::HeaderValue::from_str(value.expose()).is_err()
+                {
+                    report(format!("{key}.headers.{name}"), "not a valid HTTP header name and value".into());
+                }
+            }
+            CheckKind::Http(HttpCheckSettings {
+                url,
+                method: check.method.unwrap_or(HttpMethod::Get),
+                expect_status: check.expect_status.clone().unwrap_or_default(),
+                headers,
+                follow_redirects: check.follow_redirects.unwrap_or(false),
+            })
+        }
+        "tcp" => {
+            let address = check.address.clone();
+            if !required("address", address.is_some()) {
+                return None;
+            }
+            let address = address.unwrap_or_default();
+            if address.rsplit_once(':').and_then(|(_, port)| port.parse::<u16>().ok()).is_none() {
+                report(format!("{key}.address"), format!("invalid address {address:?}: expected HOST:PORT"));
+            }
+            CheckKind::Tcp { address }
+        }
+        "disk" => {
+            let warn_below = check.warn_below.map_or(10.0, |p| p.0);
+            let fail_below = check.fail_below.map_or(5.0, |p| p.0);
+            if fail_below > warn_below {
+                report(format!("{key}.fail_below"), format!("{fail_below}% is above warn_below = {warn_below}%"));
+            }
+            CheckKind::Disk { path: PathBuf::from(check.path.clone().unwrap_or_else(|| ".".into())), warn_below, fail_below }
+        }
+        _ => unreachable!("kinds were matched above"),
+    };
+    ok.then_some(kind)
+}
+
+/// `url` (without credentials) or `url_env` (the name of a variable holding it).
+fn secret_url(check: &RawCheck, key: &str, env: &dyn Environment, report: &mut dyn FnMut(String, String)) -> Option<Secret> {
+    match (&check.url, &check.url_env) {
+        (Some(url), None) => {
+            if url_has_password(url) {
+                report(
+                    format!("{key}.url"),
+                    "holds a password: put the whole URL in an environment variable and name it with url_env".into(),
+                );
+                return None;
+            }
+            Some(Secret::new(url.clone()))
+        }
+        (None, Some(var)) => match env.var(var) {
+            Some(value) if !value.is_empty() => Some(Secret::new(value)),
+            _ => {
+                report(format!("{key}.url_env"), format!("environment variable {var} is not set or empty"));
+                None
+            }
+        },
+        (Some(_), Some(_)) => {
+            report(format!("{key}.url"), "set url or url_env, not both".into());
+            None
+        }
+        (None, None) => {
+            report(format!("{key}.url"), format!("url or url_env is required for kind {:?}", check.kind));
+            None
+        }
+    }
+}
+
+/// Whether a URL or key=value DSN carries a password.
+fn url_has_password(url: &str) -> bool {
+    if let Some((_, rest)) = url.split_once("://") {
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        authority.rsplit_once('@').is_some_and(|(userinfo, _)| userinfo.contains(':'))
+            || url.contains("password=")
+    } else {
+        url.split_whitespace().any(|pair| pair.starts_with("password="))
+    }
+}
+
+fn parse_sha256_hex(hex: &str) -> Result<[u8; 32], String> {
+    let invalid = || "expected 64 hex digits (the SHA-256 of the token; `healthd hash-token` prints it)".to_string();
+    if hex.len() != 64 {
+        return Err(invalid());
+    }
+    let mut digest = [0u8; 32];
+    for (index, byte) in digest.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(index * 2..index * 2 + 2).ok_or_else(invalid)?, 16).map_err(|_| invalid())?;
+    }
+    Ok(digest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Settings, ConfigError> {
+        Settings::parse(text, "test.toml", &BTreeMap::new())
+    }
+
+    fn only_problem(text: &str) -> Problem {
+        let mut problems = parse(text).expect_err("config should be rejected").problems;
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        problems.remove(0)
+    }
+
+    #[test]
+    fn the_built_in_default_is_valid() {
+        let settings = Settings::load(None, &BTreeMap::new()).unwrap();
+        assert_eq!(settings.server.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(settings.checks.len(), 1);
+        assert_eq!(settings.checks[0].kind.name(), "disk");
+    }
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert!(parse_duration("2").is_err());
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("99999999999999999999h").is_err());
+    }
+
+    #[test]
+    fn an_unknown_key_is_named() {
+        let problem = only_problem("[server]\nlisten = \"127.0.0.1:0\"\nlistne = \"x\"\n");
+        assert_eq!(problem.key, "server");
+        assert!(problem.reason.contains("unknown field `listne`"), "{}", problem.reason);
+    }
+
+    #[test]
+    fn a_bad_duration_names_its_key() {
+        let problem = only_problem("[defaults]\ntimeout = \"2 seconds\"\n");
+        assert_eq!(problem.key, "defaults.timeout");
+        assert!(problem.reason.contains("invalid duration"), "{}", problem.reason);
+    }
+
+    #[test]
+    fn a_timeout_that_does_not_fit_the_interval_is_rejected() {
+        let problem =
+            only_problem("[[checks]]\nname = \"c\"\nkind = \"tcp\"\naddress = \"127.0.0.1:1\"\ninterval = \"1s\"\ntimeout = \"600ms\"\nretries = 1\n");
+        assert_eq!(problem.key, "checks[0]");
+        assert!(problem.reason.contains("does not fit inside interval"), "{}", problem.reason);
+    }
+
+    #[test]
+    fn a_password_in_a_url_is_refused() {
+        let problem = only_problem("[[checks]]\nname = \"db\"\nkind = \"postgres\"\nurl = \"postgres://u:hunter2@h/db\"\n");
+        assert_eq!(problem.key, "checks[0].url");
+        assert!(!problem.reason.contains("hunter2"));
+    }
+
+    #[test]
+    fn keys_of_another_kind_are_refused() {
+        let problem = only_problem("[[checks]]\nname = \"c\"\nkind = \"tcp\"\naddress = \"h:1\"\nquery = \"SELECT 1\"\n");
+        assert_eq!(problem.key, "checks[0].query");
+    }
+
+    #[test]
+    fn secrets_do_not_show_in_debug_output() {
+        let env = BTreeMap::from([("DB".to_string(), "postgres://u:hunter2@h/db".to_string())]);
+        let settings = Settings::parse("[[checks]]\nname = \"db\"\nkind = \"postgres\"\nurl_env = \"DB\"\n", "t", &env).unwrap();
+        assert!(!format!("{settings:?}").contains("hunter2"));
+    }
+}

@@ -1,0 +1,84 @@
+//! `ApiError`: every error answer, as problem+json from the contract's
+//! `Problem` model.
+
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use healthd_models::Problem;
+
+/// What went wrong with a request.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiErrorKind {
+    #[error("the query string is malformed")]
+    BadQuery,
+    #[error("requests to healthd carry no body")]
+    BodyNotAllowed,
+    #[error("a valid bearer token is required")]
+    Unauthorized,
+    #[error("this address may not connect")]
+    AddressNotAllowed,
+    #[error("this address may not see details")]
+    DetailsNotAllowed,
+    #[error("details are disabled on this service")]
+    DetailsDisabled,
+    #[error("no check is named {0:?}")]
+    UnknownCheck(String),
+    #[error("no such path; see /openapi.yaml for the paths healthd serves")]
+    NotFound,
+    #[error("only GET and HEAD are allowed")]
+    MethodNotAllowed,
+    #[error("Swagger UI could not be served")]
+    Internal,
+}
+
+/// An error answer for the request at `instance`.
+#[derive(Debug, thiserror::Error)]
+#[error("{kind}")]
+pub struct ApiError {
+    pub kind: ApiErrorKind,
+    pub instance: String,
+}
+
+impl ApiError {
+    pub fn new(kind: ApiErrorKind, instance: &str) -> Self {
+        ApiError { kind, instance: instance.to_string() }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self.kind {
+            ApiErrorKind::BadQuery | ApiErrorKind::BodyNotAllowed => StatusCode::BAD_REQUEST,
+            ApiErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiErrorKind::AddressNotAllowed | ApiErrorKind::DetailsNotAllowed | ApiErrorKind::DetailsDisabled => {
+                StatusCode::FORBIDDEN
+            }
+            ApiErrorKind::UnknownCheck(_) | ApiErrorKind::NotFound => StatusCode::NOT_FOUND,
+            ApiErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let status = self.status_code();
+        let problem = Problem {
+            type_: "about:blank".into(),
+            title: status.canonical_reason().unwrap_or("Error").into(),
+            status: status.as_u16(),
+            detail: Some(self.kind.to_string()),
+            instance: Some(self.instance.clone()),
+        };
+        let mut response = HttpResponse::build(status);
+        response.content_type("application/problem+json").insert_header((header::CACHE_CONTROL, "no-store"));
+        match self.kind {
+            ApiErrorKind::Unauthorized => {
+                response.insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"healthd\"")));
+            }
+            ApiErrorKind::MethodNotAllowed => {
+                response.insert_header((header::ALLOW, HeaderValue::from_static("GET, HEAD")));
+            }
+            _ => {}
+        }
+        response.json(problem)
+    }
+}

@@ -1,0 +1,132 @@
+//! `/metrics`: Prometheus text exposition, rendered on request from the
+//! snapshot and the request counters.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use healthd_models::HealthStatus;
+
+use crate::monitor::LATENCY_BUCKETS;
+use crate::report::Snapshot;
+
+/// Route names, as given in the route table; anything else is `other`.
+const ENDPOINTS: [&str; 10] = [
+    "health",
+    "liveness",
+    "readiness",
+    "startup",
+    "check",
+    "metrics",
+    "openapi_yaml",
+    "openapi_json",
+    "swagger_ui",
+    "other",
+];
+const STATUSES: [u16; 11] = [200, 301, 400, 401, 403, 404, 405, 413, 431, 500, 503];
+
+/// Requests by endpoint and status code, lock-free so that counting costs
+/// a probe one atomic add.
+pub struct RequestCounters {
+    counts: Vec<AtomicU64>,
+}
+
+impl Default for RequestCounters {
+    fn default() -> Self {
+        // One extra status column for codes not in STATUSES.
+        let size = ENDPOINTS.len() * (STATUSES.len() + 1);
+        RequestCounters { counts: (0..size).map(|_| AtomicU64::new(0)).collect() }
+    }
+}
+
+impl RequestCounters {
+    pub fn count(&self, endpoint: Option<&str>, status: u16) {
+        let endpoint = endpoint.and_then(|name| ENDPOINTS.iter().position(|known| *known == name));
+        let endpoint = endpoint.unwrap_or(ENDPOINTS.len() - 1);
+        let status = STATUSES.iter().position(|known| *known == status).unwrap_or(STATUSES.len());
+        self.counts[endpoint * (STATUSES.len() + 1) + status].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn each(&self) -> impl Iterator<Item = (&'static str, String, u64)> + '_ {
+        self.counts.iter().enumerate().filter_map(|(index, count)| {
+            let count = count.load(Ordering::Relaxed);
+            let (endpoint, status) = (index / (STATUSES.len() + 1), index % (STATUSES.len() + 1));
+            let status = STATUSES.get(status).map_or("other".to_string(), u16::to_string);
+            (count > 0).then(|| (ENDPOINTS[endpoint], status, count))
+        })
+    }
+}
+
+fn status_value(status: HealthStatus) -> u8 {
+    match status {
+        HealthStatus::Pass => 0,
+        HealthStatus::Warn => 1,
+        HealthStatus::Fail => 2,
+    }
+}
+
+/// Writes a metric's HELP and TYPE lines.
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+pub fn render(snapshot: &Snapshot, requests: &RequestCounters, draining: bool) -> String {
+    let mut out = String::with_capacity(4096);
+    header(&mut out, "healthd_build_info", "gauge", "healthd's version, always 1.");
+    let _ = writeln!(out, "healthd_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
+    header(&mut out, "healthd_draining", "gauge", "1 while the service drains before stopping.");
+    let _ = writeln!(out, "healthd_draining {}", u8::from(draining));
+
+    header(&mut out, "healthd_status", "gauge", "The service's status: 0 pass, 1 warn, 2 fail.");
+    let _ = writeln!(out, "healthd_status {}", status_value(snapshot.health.status));
+
+    let labels = |name: &str, kind: &str| format!("check=\"{name}\",kind=\"{kind}\"");
+    header(&mut out, "healthd_check_status", "gauge", "Each check's reported status: 0 pass, 1 warn, 2 fail.");
+    for state in &snapshot.states {
+        let status = snapshot.checks.get(&state.name).map_or(HealthStatus::Fail, |rendered| rendered.status);
+        let _ = writeln!(out, "healthd_check_status{{{}}} {}", labels(&state.name, state.kind), status_value(status));
+    }
+    header(&mut out, "healthd_check_up", "gauge", "Whether the check's status is pass or warn (1) or fail (0).");
+    for state in &snapshot.states {
+        let up = snapshot.checks.get(&state.name).is_some_and(|rendered| rendered.status != HealthStatus::Fail);
+        let _ = writeln!(out, "healthd_check_up{{{}}} {}", labels(&state.name, state.kind), u8::from(up));
+    }
+    header(&mut out, "healthd_check_last_duration_seconds", "gauge", "How long the latest run took, retries included.");
+    for state in &snapshot.states {
+        if let Some(reading) = &state.reading {
+            let _ = writeln!(
+                out,
+                "healthd_check_last_duration_seconds{{{}}} {}",
+                labels(&state.name, state.kind),
+                reading.duration.as_secs_f64()
+            );
+        }
+    }
+    header(&mut out, "healthd_check_duration_seconds", "histogram", "Run durations, retries included.");
+    for state in &snapshot.states {
+        let labels = labels(&state.name, state.kind);
+        for (bound, count) in LATENCY_BUCKETS.iter().zip(state.counters.duration_buckets) {
+            let _ = writeln!(out, "healthd_check_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {count}");
+        }
+        let runs = state.counters.runs;
+        let _ = writeln!(out, "healthd_check_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {runs}");
+        let _ = writeln!(out, "healthd_check_duration_seconds_sum{{{labels}}} {}", state.counters.duration_sum);
+        let _ = writeln!(out, "healthd_check_duration_seconds_count{{{labels}}} {runs}");
+    }
+    let counters: [(&str, &str, fn(&crate::monitor::Counters) -> u64); 4] = [
+        ("healthd_check_runs_total", "Runs of the check.", |c| c.runs),
+        ("healthd_check_failures_total", "Runs that ended in fail (before thresholds).", |c| c.failed_runs),
+        ("healthd_check_attempts_total", "Attempts, retries included.", |c| c.attempts),
+        ("healthd_check_timeouts_total", "Attempts abandoned at their deadline.", |c| c.timeouts),
+    ];
+    for (name, help, value) in counters {
+        header(&mut out, name, "counter", help);
+        for state in &snapshot.states {
+            let _ = writeln!(out, "{name}{{{}}} {}", labels(&state.name, state.kind), value(&state.counters));
+        }
+    }
+    header(&mut out, "healthd_http_requests_total", "counter", "HTTP requests answered, by endpoint and status.");
+    for (endpoint, status, count) in requests.each() {
+        let _ = writeln!(out, "healthd_http_requests_total{{endpoint=\"{endpoint}\",status=\"{status}\"}} {count}");
+    }
+    out
+}

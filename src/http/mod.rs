@@ -1,0 +1,358 @@
+//! The HTTP face: the route table, the handlers (named after their
+//! operationIds), and the layer every request passes through (address
+//! checks, malformed input, the access log, request metrics).
+
+pub mod access;
+mod docs;
+pub mod error;
+mod metrics;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{Service, ServiceFactory, ServiceRequest, ServiceResponse};
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::web::{self, Data};
+use actix_web::{guard, HttpMessage, HttpRequest, HttpResponse, Resource, Scope};
+
+use crate::http::access::{Access, ClientAddress, DetailsDenied, Principal};
+use crate::http::error::{ApiError, ApiErrorKind};
+use crate::monitor::SnapshotReader;
+use crate::report::Rendered;
+
+pub use docs::ApiDoc;
+pub use metrics::RequestCounters;
+
+/// What the handlers share: the snapshot, the access rules, the lifecycle.
+pub struct HealthState {
+    reader: SnapshotReader,
+    access: Access,
+    draining: AtomicBool,
+    requests: RequestCounters,
+    swagger: Arc<utoipa_swagger_ui::Config<'static>>,
+    access_log: bool,
+}
+
+impl HealthState {
+    /// `prefix` is where the routes are mounted ("" for the root), so that
+    /// Swagger UI finds the contract.
+    pub fn new(reader: SnapshotReader, access: Access, prefix: &str, access_log: bool) -> Data<HealthState> {
+        Data::new(HealthState {
+            reader,
+            access,
+            draining: AtomicBool::new(false),
+            requests: RequestCounters::default(),
+            swagger: Arc::new(docs::swagger_config(prefix)),
+            access_log,
+        })
+    }
+
+    /// Readiness answers 503 from now on; liveness stays 200.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+}
+
+/// Every healthd route under `prefix`, behind the access layer. Mount it
+/// in any actix-web `App`; with prefix "" it also answers 404 for every
+/// path it does not know, so register your own routes before it.
+pub fn scope(
+    state: Data<HealthState>,
+    prefix: &str,
+) -> Scope<
+    impl ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    let layer_state = state.clone();
+    web::scope(prefix)
+        .app_data(state)
+        .service(operation("/health", "health").to(get_health))
+        .service(operation("/health/live", "liveness").to(get_liveness))
+        .service(operation("/health/ready", "readiness").to(get_readiness))
+        .service(operation("/health/startup", "startup").to(get_startup))
+        .service(operation("/health/checks/{name}", "check").to(get_check))
+        .service(operation("/metrics", "metrics").to(get_metrics))
+        .service(operation("/openapi.yaml", "openapi_yaml").to(docs::get_openapi_yaml))
+        .service(operation("/openapi.json", "openapi_json").to(docs::get_openapi_json))
+        .service(operation("/swagger-ui", "swagger_ui").to(docs::redirect_to_swagger_ui))
+        .service(operation("/swagger-ui/{file:.*}", "swagger_ui").to(docs::get_swagger_ui))
+        .default_service(web::to(not_found))
+        .wrap_fn(move |request, service| {
+            let started = Instant::now();
+            let state = layer_state.clone();
+            let address = state.access.client_address(peer(request.request()), request.headers());
+            let call = match screen(&state.access, &address, request.request()) {
+                Ok(()) => {
+                    request.extensions_mut().insert(address);
+                    Ok(service.call(request))
+                }
+                Err(error) => Err(request.error_response(error)),
+            };
+            async move {
+                let response = match call {
+                    Ok(call) => call.await?.map_into_left_body(),
+                    Err(response) => response.map_into_right_body(),
+                };
+                state.requests.count(response.request().match_name(), response.status().as_u16());
+                if state.access_log {
+                    log_request(&state.access, &address, &response, started);
+                }
+                Ok(response)
+            }
+        })
+}
+
+/// A resource for GET and HEAD that answers 405 with `Allow` to the rest.
+fn operation(path: &str, name: &str) -> OperationBuilder {
+    OperationBuilder(web::resource(path).name(name).default_service(web::to(method_not_allowed)))
+}
+
+struct OperationBuilder(Resource);
+
+impl OperationBuilder {
+    fn to<F, Args>(self, handler: F) -> Resource
+    where
+        F: actix_web::Handler<Args>,
+        Args: actix_web::FromRequest + 'static,
+        F::Output: actix_web::Responder + 'static,
+    {
+        self.0.route(web::route().guard(guard::Any(guard::Get()).or(guard::Head())).to(handler))
+    }
+}
+
+fn peer(request: &HttpRequest) -> std::net::IpAddr {
+    request.peer_addr().map_or(std::net::IpAddr::from([127, 0, 0, 1]), |address| address.ip())
+}
+
+/// Refuses a request before it reaches a handler: an address outside
+/// `allow`, a malformed query string, a body.
+fn screen(access: &Access, address: &ClientAddress, request: &HttpRequest) -> Result<(), ApiError> {
+    if !access.allowed(address) {
+        return Err(ApiError::new(ApiErrorKind::AddressNotAllowed, request.path()));
+    }
+    if !query_is_well_formed(request.query_string()) {
+        return Err(ApiError::new(ApiErrorKind::BadQuery, request.path()));
+    }
+    let headers = request.headers();
+    let has_body = headers.contains_key(header::TRANSFER_ENCODING)
+        || headers.get(header::CONTENT_LENGTH).is_some_and(|length| length.as_bytes() != b"0");
+    if has_body {
+        return Err(ApiError::new(ApiErrorKind::BodyNotAllowed, request.path()));
+    }
+    Ok(())
+}
+
+/// healthd takes no query parameters, but tolerates them when they are
+/// well-formed: every `%` starts a valid escape and the result is UTF-8.
+fn query_is_well_formed(query: &str) -> bool {
+    if !query.contains('%') {
+        return true;
+    }
+    let bytes = query.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        if bytes[index] == b'%' {
+            let hex = bytes.get(index + 1..index + 3).and_then(|hex| std::str::from_utf8(hex).ok());
+            match hex.and_then(|hex| u8::from_str_radix(hex, 16).ok()) {
+                Some(byte) => decoded.push(byte),
+                None => return false,
+            }
+            index += 3;
+        } else {
+            decoded.push(bytes[index]);
+            index += 1;
+        }
+    }
+    std::str::from_utf8(&decoded).is_ok()
+}
+
+fn log_request(access: &Access, address: &ClientAddress, response: &ServiceResponse<impl MessageBody>, started: Instant) {
+    let request = response.request();
+    let principal = request.extensions().get::<Principal>().copied().unwrap_or(Principal::Anonymous);
+    tracing::info!(
+        target: "healthd::access",
+        client = %address.client,
+        peer = %address.peer,
+        method = %request.method(),
+        path = request.path(),
+        status = response.status().as_u16(),
+        duration_us = started.elapsed().as_micros() as u64,
+        principal = access.principal_name(principal),
+        "request"
+    );
+}
+
+fn client_address(request: &HttpRequest) -> ClientAddress {
+    request.extensions().get::<ClientAddress>().copied().unwrap_or_else(|| {
+        let peer = peer(request);
+        ClientAddress { client: peer, peer }
+    })
+}
+
+/// The caller's token, recorded for the access log. A wrong one is 401.
+fn authenticate(state: &HealthState, request: &HttpRequest) -> Result<Principal, ApiError> {
+    let principal = state
+        .access
+        .authenticate(request.headers())
+        .map_err(|_| ApiError::new(ApiErrorKind::Unauthorized, request.path()))?;
+    if principal != Principal::Anonymous {
+        request.extensions_mut().insert(principal);
+    }
+    Ok(principal)
+}
+
+/// For the operations that exist only for callers who may see details.
+fn require_details(state: &HealthState, request: &HttpRequest) -> Result<(), ApiError> {
+    let principal = authenticate(state, request)?;
+    state.access.sees_details(&client_address(request), principal).map_err(|denied| {
+        let kind = match denied {
+            DetailsDenied::Disabled => ApiErrorKind::DetailsDisabled,
+            DetailsDenied::Address => ApiErrorKind::DetailsNotAllowed,
+            DetailsDenied::NeedsToken => ApiErrorKind::Unauthorized,
+        };
+        ApiError::new(kind, request.path())
+    })
+}
+
+fn health_response(rendered: &Rendered) -> HttpResponse {
+    let status = if rendered.http_status() == 200 { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    HttpResponse::build(status)
+        .insert_header((header::CONTENT_TYPE, HeaderValue::from_static("application/health+json")))
+        .insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")))
+        .body(rendered.body.clone())
+}
+
+#[utoipa::path(
+    method(get, head), path = "/health", operation_id = "getHealth",
+    responses(
+        (status = 200, body = healthd_models::HealthReport, content_type = "application/health+json"),
+        (status = 400, body = healthd_models::Problem, content_type = "application/problem+json"),
+        (status = 401, body = healthd_models::Problem, content_type = "application/problem+json"),
+        (status = 403, body = healthd_models::Problem, content_type = "application/problem+json"),
+        (status = 503, body = healthd_models::HealthReport, content_type = "application/health+json"),
+    )
+)]
+pub async fn get_health(request: HttpRequest, state: Data<HealthState>) -> Result<HttpResponse, ApiError> {
+    let principal = authenticate(&state, &request)?;
+    let snapshot = state.reader.current();
+    let sees_details = state.access.sees_details(&client_address(&request), principal).is_ok();
+    Ok(health_response(if sees_details { &snapshot.health } else { &snapshot.health_anonymous }))
+}
+
+#[utoipa::path(
+    method(get, head), path = "/health/live", operation_id = "getLiveness",
+    responses(
+        (status = 200, body = healthd_models::HealthReport, content_type = "application/health+json"),
+        (status = 400, body = healthd_models::Problem, content_type = "application/problem+json"),
+        (status = 403, body = healthd_models::Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn get_liveness(state: Data<HealthState>) -> HttpResponse {
+    health_response(&state.reader.current().liveness)
+}
+
+#[utoipa::path(
+    method(get, head), path = "/health/ready", operation_id = "getReadiness",
+    responses(
+        (status = 200, body = healthd_models::HealthReport, content_type = "application/health+json"),
+        (status = 400, body = healthd_models::Problem, content_type = "application/problem+json"),
+        (status = 403, body = healthd_models::Problem, content_type = "application/problem+json"),
+        (status = 503, body = healthd_models::HealthReport, content_type = "application/health+json"),
+    )
+)]
+pub async fn get_readiness(state: Data<HealthState>) -> HttpResponse {
+    let snapshot = state.reader.current();
+    health_response(if state.is_draining() { &snapshot.draining } else { &snapshot.readiness })
+}
+
+#[utoipa::path(
+    method(get, head), path = "/health/startup", operation_id = "getStartup",
+    responses(
+        (status = 200, body = healthd_models::HealthReport, content_type = "application/health+json"),
+        (status = 400, body = healthd_models::Problem, content_type = "application/problem+json"),
+        (status = 403, body = healthd_models::Problem, content_type = "application/problem+json"),
+        (status = 503, body = healthd_models::HealthReport, content_type = "application/health+json"),
+    )
+)]
+pub async fn get_startup(state: Data<HealthState>) -> HttpResponse {
+    health_response(&state.reader.current().startup)
+}
+
+#[utoipa::path(
+    method(get, head), path = "/health/checks/{name}", operation_id = "getCheck",
+    params(("name" = String, Path, description = "The check's `name` from the configuration.")),
+    responses(
+        (status = 200, body = healthd_models::HealthReport, content_type = "application/health+json"),
+        (status = 400, body = healthd_models::Problem, content_type = "application/problem+json"),
+        (status = 401, body = healthd_models::Problem, content_type = "application/problem+json"),
+        (status = 403, body = healthd_models::Problem, content_type = "application/problem+json"),
+        (status = 404, body = healthd_models::Problem, content_type = "application/problem+json"),
+        (status = 503, body = healthd_models::HealthReport, content_type = "application/health+json"),
+    )
+)]
+pub async fn get_check(
+    request: HttpRequest,
+    name: web::Path<String>,
+    state: Data<HealthState>,
+) -> Result<HttpResponse, ApiError> {
+    require_details(&state, &request)?;
+    let snapshot = state.reader.current();
+    match snapshot.checks.get(name.as_str()) {
+        Some(rendered) => Ok(health_response(rendered)),
+        None => Err(ApiError::new(ApiErrorKind::UnknownCheck(name.into_inner()), request.path())),
+    }
+}
+
+#[utoipa::path(
+    method(get, head), path = "/metrics", operation_id = "getMetrics",
+    responses(
+        (status = 200, body = String, content_type = "text/plain; version=0.0.4"),
+        (status = 400, body = healthd_models::Problem, content_type = "application/problem+json"),
+        (status = 401, body = healthd_models::Problem, content_type = "application/problem+json"),
+        (status = 403, body = healthd_models::Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn get_metrics(request: HttpRequest, state: Data<HealthState>) -> Result<HttpResponse, ApiError> {
+    require_details(&state, &request)?;
+    let body = metrics::render(&state.reader.current(), &state.requests, state.is_draining());
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8")))
+        .insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")))
+        .body(body))
+}
+
+async fn not_found(request: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::new(ApiErrorKind::NotFound, request.path()))
+}
+
+async fn method_not_allowed(request: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::new(ApiErrorKind::MethodNotAllowed, request.path()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::query_is_well_formed;
+
+    #[test]
+    fn query_strings_must_decode() {
+        assert!(query_is_well_formed(""));
+        assert!(query_is_well_formed("a=b&c"));
+        assert!(query_is_well_formed("name=%C3%A9"));
+        assert!(!query_is_well_formed("a=%zz"));
+        assert!(!query_is_well_formed("a=%4"));
+        assert!(!query_is_well_formed("a=%ff"));
+    }
+}

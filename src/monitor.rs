@@ -1,0 +1,333 @@
+//! One task per check: every `interval`, run it under its deadline, retry
+//! with backoff, apply thresholds, and publish a new `Snapshot`. Probes only
+//! ever read the snapshot.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use chrono::{DateTime, Utc};
+use healthd_models::{ComponentType, HealthStatus};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::checks::{self, Check, Observation};
+use crate::config::{CheckSettings, Policy};
+use crate::report::{ServiceInfo, Snapshot};
+
+/// Upper bounds (seconds) of the run-duration histogram buckets.
+pub const LATENCY_BUCKETS: [f64; 12] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// Everything known about one check: its settings, its latest reading and
+/// its counters.
+#[derive(Debug, Clone)]
+pub struct CheckState {
+    pub name: String,
+    pub kind: &'static str,
+    pub component_type: ComponentType,
+    pub critical: bool,
+    pub policy: Policy,
+    pub measurements: &'static [(&'static str, &'static str)],
+    pub reading: Option<Reading>,
+    pub consecutive_failures: u32,
+    pub consecutive_successes: u32,
+    pub counters: Counters,
+}
+
+/// The latest run of a check.
+#[derive(Debug, Clone)]
+pub struct Reading {
+    /// The status after thresholds.
+    pub status: HealthStatus,
+    /// What the latest run itself saw.
+    pub observation: Observation,
+    pub observed_at: DateTime<Utc>,
+    pub observed_instant: Instant,
+    pub duration: Duration,
+}
+
+/// Totals since start, for `/metrics`.
+#[derive(Debug, Clone, Default)]
+pub struct Counters {
+    pub runs: u64,
+    pub failed_runs: u64,
+    pub attempts: u64,
+    pub timeouts: u64,
+    /// Cumulative counts per `LATENCY_BUCKETS` bound.
+    pub duration_buckets: [u64; LATENCY_BUCKETS.len()],
+    pub duration_sum: f64,
+}
+
+impl Counters {
+    fn record(&mut self, run: &RunResult) {
+        self.runs += 1;
+        self.attempts += u64::from(run.attempts);
+        self.timeouts += u64::from(run.timeouts);
+        if run.observation.status == HealthStatus::Fail {
+            self.failed_runs += 1;
+        }
+        let seconds = run.duration.as_secs_f64();
+        self.duration_sum += seconds;
+        for (bucket, bound) in self.duration_buckets.iter_mut().zip(LATENCY_BUCKETS) {
+            if seconds <= bound {
+                *bucket += 1;
+            }
+        }
+    }
+}
+
+struct RunResult {
+    observation: Observation,
+    attempts: u32,
+    timeouts: u32,
+    duration: Duration,
+}
+
+/// Runs the checks and owns the published snapshot.
+pub struct Monitor {
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// A cheap handle that reads the latest snapshot.
+#[derive(Clone)]
+pub struct SnapshotReader {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    states: Mutex<Vec<CheckState>>,
+    snapshot: ArcSwap<Snapshot>,
+    service: ServiceInfo,
+}
+
+impl Monitor {
+    /// Builds every check and starts one task each. Must run inside a tokio runtime.
+    pub fn start(service: ServiceInfo, settings: &[CheckSettings]) -> anyhow::Result<Monitor> {
+        let built: Vec<Box<dyn Check>> = settings.iter().map(checks::build).collect::<anyhow::Result<_>>()?;
+        Ok(Monitor::start_with(service, settings.iter().zip(built).collect()))
+    }
+
+    /// Starts the given checks; each pairs its settings with its implementation.
+    pub fn start_with(service: ServiceInfo, checks: Vec<(&CheckSettings, Box<dyn Check>)>) -> Monitor {
+        let states: Vec<CheckState> = checks
+            .iter()
+            .map(|(settings, check)| CheckState {
+                name: settings.name.clone(),
+                kind: settings.kind.name(),
+                component_type: check.component_type(),
+                critical: settings.critical,
+                policy: settings.policy,
+                measurements: check.measurements(),
+                reading: None,
+                consecutive_failures: 0,
+                consecutive_successes: 0,
+                counters: Counters::default(),
+            })
+            .collect();
+        let snapshot = Snapshot::render(&service, states.clone(), Instant::now());
+        let shared = Arc::new(Shared { states: Mutex::new(states), snapshot: ArcSwap::from_pointee(snapshot), service });
+        let (stop, stopped) = watch::channel(false);
+        let tasks = checks
+            .into_iter()
+            .enumerate()
+            .map(|(index, (settings, check))| {
+                tokio::spawn(run_forever(index, check, settings.policy, shared.clone(), stopped.clone()))
+            })
+            .collect();
+        Monitor { shared, stop, tasks }
+    }
+
+    pub fn reader(&self) -> SnapshotReader {
+        SnapshotReader { shared: self.shared.clone() }
+    }
+
+    /// Stops every check task, abandoning runs in flight, and waits for them.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+impl SnapshotReader {
+    /// The latest snapshot. When a reading in it has gone stale (a stuck
+    /// check task), it is rendered again so that stale reads as `fail`.
+    pub fn current(&self) -> Arc<Snapshot> {
+        let snapshot = self.shared.snapshot.load_full();
+        let now = Instant::now();
+        if !snapshot.is_stale(now) {
+            return snapshot;
+        }
+        let fresh = Arc::new(Snapshot::render(&self.shared.service, snapshot.states.clone(), now));
+        self.shared.snapshot.store(fresh.clone());
+        fresh
+    }
+
+    pub fn service(&self) -> &ServiceInfo {
+        &self.shared.service
+    }
+}
+
+async fn run_forever(
+    index: usize,
+    check: Box<dyn Check>,
+    policy: Policy,
+    shared: Arc<Shared>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut ticks = tokio::time::interval(policy.interval);
+    // A slow run delays the next one rather than causing a burst of runs.
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = stopped.changed() => return,
+        }
+        let run = tokio::select! {
+            run = run_once(check.as_ref(), &policy) => run,
+            _ = stopped.changed() => return,
+        };
+        shared.record(index, run);
+    }
+}
+
+/// One run: attempts under the deadline, retried with full-jitter backoff.
+async fn run_once(check: &dyn Check, policy: &Policy) -> RunResult {
+    let started = Instant::now();
+    let mut timeouts = 0;
+    let mut attempt = 0;
+    loop {
+        let observation = match tokio::time::timeout(policy.timeout, check.attempt()).await {
+            Ok(observation) => observation,
+            Err(_) => Observation::timed_out(policy.timeout),
+        };
+        if observation.timed_out {
+            timeouts += 1;
+        }
+        if observation.status != HealthStatus::Fail || attempt == policy.retries {
+            return RunResult { observation, attempts: attempt + 1, timeouts, duration: started.elapsed() };
+        }
+        let cap = policy.backoff_cap(attempt);
+        tokio::time::sleep(cap.mul_f64(fastrand::f64())).await;
+        attempt += 1;
+    }
+}
+
+impl Shared {
+    fn record(&self, index: usize, run: RunResult) {
+        let mut states = self.states.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let state = &mut states[index];
+        state.counters.record(&run);
+        if run.observation.status == HealthStatus::Fail {
+            state.consecutive_failures += 1;
+            state.consecutive_successes = 0;
+        } else {
+            state.consecutive_successes += 1;
+            state.consecutive_failures = 0;
+        }
+        let previous = state.reading.as_ref().map(|reading| reading.status);
+        let status = next_status(
+            previous,
+            run.observation.status,
+            state.consecutive_failures,
+            state.consecutive_successes,
+            &state.policy,
+        );
+        if previous != Some(status) {
+            tracing::info!(check = %state.name, from = ?previous, to = %status, output = ?run.observation.output, "check status changed");
+        }
+        state.reading = Some(Reading {
+            status,
+            observation: run.observation,
+            observed_at: Utc::now(),
+            observed_instant: Instant::now(),
+            duration: run.duration,
+        });
+        let snapshot = Snapshot::render(&self.service, states.clone(), Instant::now());
+        self.snapshot.store(Arc::new(snapshot));
+    }
+}
+
+/// The status to report after a run, given the thresholds: a check turns
+/// `fail` after `failure_threshold` failed runs in a row and back after
+/// `success_threshold` good ones. The first run is taken as it is.
+fn next_status(
+    previous: Option<HealthStatus>,
+    observed: HealthStatus,
+    failures_in_a_row: u32,
+    successes_in_a_row: u32,
+    policy: &Policy,
+) -> HealthStatus {
+    match previous {
+        None => observed,
+        Some(HealthStatus::Fail) if observed != HealthStatus::Fail && successes_in_a_row < policy.success_threshold => {
+            HealthStatus::Fail
+        }
+        Some(held) if held != HealthStatus::Fail
+            && observed == HealthStatus::Fail
+            && failures_in_a_row < policy.failure_threshold =>
+        {
+            held
+        }
+        _ => observed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use HealthStatus::{Fail, Pass, Warn};
+
+    const POLICY: Policy = Policy {
+        interval: Duration::from_secs(10),
+        timeout: Duration::from_secs(1),
+        retries: 0,
+        backoff: Duration::from_millis(100),
+        failure_threshold: 3,
+        success_threshold: 2,
+    };
+
+    #[test]
+    fn the_first_run_is_taken_as_it_is() {
+        assert_eq!(next_status(None, Fail, 1, 0, &POLICY), Fail);
+        assert_eq!(next_status(None, Warn, 0, 1, &POLICY), Warn);
+    }
+
+    #[test]
+    fn failures_flip_only_at_the_threshold() {
+        assert_eq!(next_status(Some(Pass), Fail, 1, 0, &POLICY), Pass);
+        assert_eq!(next_status(Some(Pass), Fail, 2, 0, &POLICY), Pass);
+        assert_eq!(next_status(Some(Pass), Fail, 3, 0, &POLICY), Fail);
+        assert_eq!(next_status(Some(Warn), Fail, 2, 0, &POLICY), Warn);
+    }
+
+    #[test]
+    fn recovery_flips_only_at_the_threshold() {
+        assert_eq!(next_status(Some(Fail), Pass, 0, 1, &POLICY), Fail);
+        assert_eq!(next_status(Some(Fail), Pass, 0, 2, &POLICY), Pass);
+        assert_eq!(next_status(Some(Fail), Warn, 0, 2, &POLICY), Warn);
+    }
+
+    #[test]
+    fn pass_and_warn_follow_each_other_at_once() {
+        assert_eq!(next_status(Some(Pass), Warn, 0, 1, &POLICY), Warn);
+        assert_eq!(next_status(Some(Warn), Pass, 0, 1, &POLICY), Pass);
+    }
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let mut counters = Counters::default();
+        let run = RunResult {
+            observation: Observation::pass(vec![]),
+            attempts: 1,
+            timeouts: 0,
+            duration: Duration::from_millis(30),
+        };
+        counters.record(&run);
+        assert_eq!(counters.duration_buckets[..4], [0, 0, 0, 0]);
+        assert!(counters.duration_buckets[4..].iter().all(|count| *count == 1));
+    }
+}

@@ -1,0 +1,102 @@
+//! `Application`: binds the listener, starts the monitor and the server,
+//! and runs the lifecycle starting -> ready -> draining -> stopped.
+
+use std::net::TcpListener;
+use std::time::Duration;
+
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::web::Data;
+use actix_web::{App, HttpServer};
+use anyhow::Context;
+
+use crate::config::Settings;
+use crate::http::access::Access;
+use crate::http::{self, HealthState};
+use crate::monitor::Monitor;
+use crate::report::ServiceInfo;
+
+/// The running service: its port, its server and its checks.
+pub struct Application {
+    port: u16,
+    server: Server,
+    monitor: Monitor,
+    state: Data<HealthState>,
+    drain_delay: Duration,
+}
+
+/// Starts draining a running `Application` from elsewhere (a signal, a test).
+#[derive(Clone)]
+pub struct DrainHandle {
+    state: Data<HealthState>,
+    server: ServerHandle,
+    drain_delay: Duration,
+}
+
+impl Application {
+    /// Binds `server.listen` (port 0 picks a free port) and starts the checks.
+    pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        let listener = TcpListener::bind(settings.server.listen)
+            .with_context(|| format!("cannot listen on {}", settings.server.listen))?;
+        let port = listener.local_addr()?.port();
+        let service = ServiceInfo::new(settings.server.service_id.clone(), settings.server.description.clone());
+        let monitor = Monitor::start(service, &settings.checks)?;
+        let state = HealthState::new(monitor.reader(), Access::new(settings.access.clone()), "", true);
+        let server_state = state.clone();
+        let mut server = HttpServer::new(move || App::new().service(http::scope(server_state.clone(), "")))
+            // The lifecycle owns signals: readiness must turn 503 before the listener closes.
+            .disable_signals()
+            .shutdown_timeout(30);
+        if let Some(workers) = settings.server.workers {
+            server = server.workers(workers);
+        }
+        let server = server.listen(listener)?.run();
+        Ok(Application { port, server, monitor, state, drain_delay: settings.server.drain_delay })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn drain_handle(&self) -> DrainHandle {
+        DrainHandle { state: self.state.clone(), server: self.server.handle(), drain_delay: self.drain_delay }
+    }
+
+    /// Serves until drained (SIGTERM, SIGINT or a `DrainHandle`), then stops the checks.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let handle = self.drain_handle();
+        let signals = tokio::spawn(async move {
+            wait_for_signal().await;
+            handle.drain().await;
+        });
+        tracing::info!(port = self.port, "healthd is serving");
+        let result = self.server.await;
+        signals.abort();
+        self.monitor.stop().await;
+        tracing::info!("healthd stopped");
+        result.context("the server failed")
+    }
+}
+
+impl DrainHandle {
+    /// Readiness answers 503 at once; after the drain delay the listener
+    /// closes and requests in flight finish.
+    pub async fn drain(&self) {
+        tracing::info!(drain_delay_ms = self.drain_delay.as_millis() as u64, "draining: readiness now answers 503");
+        self.state.start_draining();
+        tokio::time::sleep(self.drain_delay).await;
+        tracing::info!("drain delay over: closing the listener");
+        self.server.stop(true).await;
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut terminate), Ok(mut interrupt)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot listen for SIGTERM and SIGINT");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = terminate.recv() => tracing::info!("SIGTERM received"),
+        _ = interrupt.recv() => tracing::info!("SIGINT received"),
+    }
+}
