@@ -241,7 +241,10 @@ impl Settings {
                 let source_name = path.display().to_string();
                 let text = std::fs::read_to_string(path).map_err(|error| ConfigError {
                     source_name: source_name.clone(),
-                    problems: vec![Problem { key: "(file)".into(), reason: format!("cannot read: {error}") }],
+                    problems: vec![Problem {
+                        key: "(file)".into(),
+                        reason: format!("cannot read: {error}"),
+                    }],
                 })?;
                 Settings::parse(&text, &source_name, env)
             }
@@ -250,7 +253,11 @@ impl Settings {
     }
 
     /// Parses and validates a whole config text; `source_name` names it in errors.
-    pub fn parse(text: &str, source_name: &str, env: &dyn Environment) -> Result<Settings, ConfigError> {
+    pub fn parse(
+        text: &str,
+        source_name: &str,
+        env: &dyn Environment,
+    ) -> Result<Settings, ConfigError> {
         let fail = |problems| ConfigError { source_name: source_name.to_string(), problems };
         let raw = parse_raw(text).map_err(|problem| fail(vec![problem]))?;
         let mut problems = Vec::new();
@@ -266,11 +273,19 @@ impl Settings {
 fn parse_raw(text: &str) -> Result<RawSettings, Problem> {
     let table: toml::Table = toml::from_str(text).map_err(|error| Problem {
         key: "(syntax)".into(),
-        reason: error.to_string().lines().filter(|line| !line.trim().is_empty()).collect::<Vec<_>>().join(" "),
+        reason: error
+            .to_string()
+            .lines()
+            .filter(|line| !line.trim().is_empty())
+            .collect::<Vec<_>>()
+            .join(" "),
     })?;
     serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|error| {
         let key = error.path().to_string();
-        Problem { key: if key == "." { "(top level)".into() } else { key }, reason: error.into_inner().to_string() }
+        Problem {
+            key: if key == "." { "(top level)".into() } else { key },
+            reason: error.into_inner().to_string(),
+        }
     })
 }
 
@@ -397,7 +412,9 @@ impl<'de> Deserialize<'de> for DurationText {
 
 /// Parses `"500ms"`, `"2s"`, `"1m"`, `"1h"` (a whole number and a unit).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let invalid = || format!("invalid duration {text:?}: expected a whole number and a unit (ms, s, m, h), such as \"500ms\" or \"2s\"");
+    let invalid = || {
+        format!("invalid duration {text:?}: expected a whole number and a unit (ms, s, m, h), such as \"500ms\" or \"2s\"")
+    };
     let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(invalid)?;
     let (number, unit) = text.split_at(split);
     let number: u64 = number.parse().map_err(|_| invalid())?;
@@ -418,8 +435,11 @@ struct PercentText(f64);
 impl<'de> Deserialize<'de> for PercentText {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
-        let invalid = || serde::de::Error::custom(format!("invalid percentage {text:?}: expected a number from 0 to 100 and '%', such as \"10%\""));
-        let number: f64 = text.strip_suffix('%').ok_or_else(invalid)?.trim().parse().map_err(|_| invalid())?;
+        let invalid = || {
+            serde::de::Error::custom(format!("invalid percentage {text:?}: expected a number from 0 to 100 and '%', such as \"10%\""))
+        };
+        let number: f64 =
+            text.strip_suffix('%').ok_or_else(invalid)?.trim().parse().map_err(|_| invalid())?;
         if (0.0..=100.0).contains(&number) {
             Ok(PercentText(number))
         } else {
@@ -448,8 +468,8 @@ fn validate(raw: RawSettings, env: &dyn Environment, problems: &mut Vec<Problem>
     let mut report = |key: String, reason: String| problems.push(Problem { key, reason });
 
     let listen_text = env.var("HEALTHD_LISTEN").map(|value| ("HEALTHD_LISTEN", value));
-    let (listen_key, listen_text) =
-        listen_text.unwrap_or(("server.listen", raw.server.listen.unwrap_or_else(|| "127.0.0.1:8080".into())));
+    let (listen_key, listen_text) = listen_text
+        .unwrap_or(("server.listen", raw.server.listen.unwrap_or_else(|| "127.0.0.1:8080".into())));
     let listen = listen_text.parse().unwrap_or_else(|_| {
         report(listen_key.into(), format!("invalid listen address {listen_text:?}: expected IP:PORT, such as \"127.0.0.1:8080\" or \"[::]:8080\""));
         SocketAddr::from(([127, 0, 0, 1], 8080))
@@ -471,7 +491,9 @@ fn validate(raw: RawSettings, env: &dyn Environment, problems: &mut Vec<Problem>
             .iter()
             .enumerate()
             .filter_map(|(index, text)| {
-                text.parse::<Cidr>().map_err(|reason| report(format!("access.{key}[{index}]"), reason)).ok()
+                text.parse::<Cidr>()
+                    .map_err(|reason| report(format!("access.{key}[{index}]"), reason))
+                    .ok()
             })
             .collect()
     };
@@ -487,13 +509,18 @@ fn validate(raw: RawSettings, env: &dyn Environment, problems: &mut Vec<Problem>
             report(format!("{key}.name"), format!("duplicate token name {:?}", token.name));
         }
         let digest = match (token.sha256, token.env) {
-            (Some(hex), None) => {
-                parse_sha256_hex(&hex).map_err(|reason| report(format!("{key}.sha256"), reason)).ok()
-            }
+            (Some(hex), None) => parse_sha256_hex(&hex)
+                .map_err(|reason| report(format!("{key}.sha256"), reason))
+                .ok(),
             (None, Some(var)) => match env.var(&var) {
-                Some(value) if !value.is_empty() => Some(crate::http::access::sha256(value.as_bytes())),
+                Some(value) if !value.is_empty() => {
+                    Some(crate::http::access::sha256(value.as_bytes()))
+                }
                 _ => {
-                    report(format!("{key}.env"), format!("environment variable {var} is not set or empty"));
+                    report(
+                        format!("{key}.env"),
+                        format!("environment variable {var} is not set or empty"),
+                    );
                     None
                 }
             },
@@ -515,7 +542,10 @@ fn validate(raw: RawSettings, env: &dyn Environment, problems: &mut Vec<Problem>
     for (index, check) in raw.checks.into_iter().enumerate() {
         let key = format!("checks[{index}]");
         if !valid_check_name(&check.name) {
-            report(format!("{key}.name"), format!("invalid name {:?}: use 1 to 64 of A-Z a-z 0-9 - _ .", check.name));
+            report(
+                format!("{key}.name"),
+                format!("invalid name {:?}: use 1 to 64 of A-Z a-z 0-9 - _ .", check.name),
+            );
         } else if !names.insert(check.name.clone()) {
             report(format!("{key}.name"), format!("duplicate check name {:?}", check.name));
         }
@@ -534,7 +564,12 @@ fn validate(raw: RawSettings, env: &dyn Environment, problems: &mut Vec<Problem>
             report(key.clone(), reason);
         }
         if let Some(kind) = check_kind(&check, &key, env, &mut report) {
-            checks.push(CheckSettings { name: check.name, critical: check.critical.unwrap_or(true), policy, kind });
+            checks.push(CheckSettings {
+                name: check.name,
+                critical: check.critical.unwrap_or(true),
+                policy,
+                kind,
+            });
         }
     }
 
@@ -584,11 +619,22 @@ fn check_kind(
 ) -> Option<CheckKind> {
     let allowed: &[&str] = match check.kind.as_str() {
         "postgres" => &["query", "pool_size", "url", "url_env"],
-        "http" => &["url", "url_env", "method", "expect_status", "headers", "headers_env", "follow_redirects"],
+        "http" => &[
+            "url",
+            "url_env",
+            "method",
+            "expect_status",
+            "headers",
+            "headers_env",
+            "follow_redirects",
+        ],
         "tcp" => &["address"],
         "disk" => &["path", "warn_below", "fail_below"],
         other => {
-            report(format!("{key}.kind"), format!("unknown kind {other:?}: expected postgres, http, tcp or disk"));
+            report(
+                format!("{key}.kind"),
+                format!("unknown kind {other:?}: expected postgres, http, tcp or disk"),
+            );
             return None;
         }
     };
@@ -610,14 +656,21 @@ fn check_kind(
             let dsn = secret_url(check, key, env, report)?;
             if let Err(error) = dsn.expose().parse::<tokio_postgres::Config>() {
                 // The parser's message never repeats the DSN, but says what is wrong with it.
-                report(format!("{key}.url"), format!("not a PostgreSQL connection string: {error}"));
+                report(
+                    format!("{key}.url"),
+                    format!("not a PostgreSQL connection string: {error}"),
+                );
                 return None;
             }
             let pool_size = check.pool_size.unwrap_or(2);
             if pool_size == 0 {
                 report(format!("{key}.pool_size"), "must be at least 1".into());
             }
-            CheckKind::Postgres { dsn, query: check.query.clone().unwrap_or_else(|| "SELECT 1".into()), pool_size }
+            CheckKind::Postgres {
+                dsn,
+                query: check.query.clone().unwrap_or_else(|| "SELECT 1".into()),
+                pool_size,
+            }
         }
         "http" => {
             let url = secret_url(check, key, env, report)?;
@@ -628,8 +681,13 @@ fn check_kind(
                     return None;
                 }
             }
-            if let Some(code) = check.expect_status.iter().flatten().find(|code| !(100..=599).contains(*code)) {
-                report(format!("{key}.expect_status"), format!("{code} is not an HTTP status code"));
+            if let Some(code) =
+                check.expect_status.iter().flatten().find(|code| !(100..=599).contains(*code))
+            {
+                report(
+                    format!("{key}.expect_status"),
+                    format!("{code} is not an HTTP status code"),
+                );
             }
             let mut headers = Vec::new();
             for (name, value) in check.headers.iter().flatten() {
@@ -638,14 +696,20 @@ fn check_kind(
             for (name, var) in check.headers_env.iter().flatten() {
                 match env.var(var) {
                     Some(value) => headers.push((name.clone(), Secret::new(value))),
-                    None => report(format!("{key}.headers_env.{name}"), format!("environment variable {var} is not set")),
+                    None => report(
+                        format!("{key}.headers_env.{name}"),
+                        format!("environment variable {var} is not set"),
+                    ),
                 }
             }
             for (name, value) in &headers {
                 if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err()
                     || reqwest::header::HeaderValue::from_str(value.expose()).is_err()
                 {
-                    report(format!("{key}.headers.{name}"), "not a valid HTTP header name and value".into());
+                    report(
+                        format!("{key}.headers.{name}"),
+                        "not a valid HTTP header name and value".into(),
+                    );
                 }
             }
             CheckKind::Http(HttpCheckSettings {
@@ -663,7 +727,10 @@ fn check_kind(
             }
             let address = address.unwrap_or_default();
             if address.rsplit_once(':').and_then(|(_, port)| port.parse::<u16>().ok()).is_none() {
-                report(format!("{key}.address"), format!("invalid address {address:?}: expected HOST:PORT"));
+                report(
+                    format!("{key}.address"),
+                    format!("invalid address {address:?}: expected HOST:PORT"),
+                );
             }
             CheckKind::Tcp { address }
         }
@@ -671,9 +738,16 @@ fn check_kind(
             let warn_below = check.warn_below.map_or(10.0, |p| p.0);
             let fail_below = check.fail_below.map_or(5.0, |p| p.0);
             if fail_below > warn_below {
-                report(format!("{key}.fail_below"), format!("{fail_below}% is above warn_below = {warn_below}%"));
+                report(
+                    format!("{key}.fail_below"),
+                    format!("{fail_below}% is above warn_below = {warn_below}%"),
+                );
             }
-            CheckKind::Disk { path: PathBuf::from(check.path.clone().unwrap_or_else(|| ".".into())), warn_below, fail_below }
+            CheckKind::Disk {
+                path: PathBuf::from(check.path.clone().unwrap_or_else(|| ".".into())),
+                warn_below,
+                fail_below,
+            }
         }
         _ => unreachable!("kinds were matched above"),
     };
@@ -681,7 +755,12 @@ fn check_kind(
 }
 
 /// `url` (without credentials) or `url_env` (the name of a variable holding it).
-fn secret_url(check: &RawCheck, key: &str, env: &dyn Environment, report: &mut dyn FnMut(String, String)) -> Option<Secret> {
+fn secret_url(
+    check: &RawCheck,
+    key: &str,
+    env: &dyn Environment,
+    report: &mut dyn FnMut(String, String),
+) -> Option<Secret> {
     match (&check.url, &check.url_env) {
         (Some(url), None) => {
             if url_has_password(url) {
@@ -696,7 +775,10 @@ fn secret_url(check: &RawCheck, key: &str, env: &dyn Environment, report: &mut d
         (None, Some(var)) => match env.var(var) {
             Some(value) if !value.is_empty() => Some(Secret::new(value)),
             _ => {
-                report(format!("{key}.url_env"), format!("environment variable {var} is not set or empty"));
+                report(
+                    format!("{key}.url_env"),
+                    format!("environment variable {var} is not set or empty"),
+                );
                 None
             }
         },
@@ -705,7 +787,10 @@ fn secret_url(check: &RawCheck, key: &str, env: &dyn Environment, report: &mut d
             None
         }
         (None, None) => {
-            report(format!("{key}.url"), format!("url or url_env is required for kind {:?}", check.kind));
+            report(
+                format!("{key}.url"),
+                format!("url or url_env is required for kind {:?}", check.kind),
+            );
             None
         }
     }
@@ -723,13 +808,17 @@ fn url_has_password(url: &str) -> bool {
 }
 
 fn parse_sha256_hex(hex: &str) -> Result<[u8; 32], String> {
-    let invalid = || "expected 64 hex digits (the SHA-256 of the token; `healthd hash-token` prints it)".to_string();
+    let invalid = || {
+        "expected 64 hex digits (the SHA-256 of the token; `healthd hash-token` prints it)"
+            .to_string()
+    };
     if hex.len() != 64 {
         return Err(invalid());
     }
     let mut digest = [0u8; 32];
     for (index, byte) in digest.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(hex.get(index * 2..index * 2 + 2).ok_or_else(invalid)?, 16).map_err(|_| invalid())?;
+        *byte = u8::from_str_radix(hex.get(index * 2..index * 2 + 2).ok_or_else(invalid)?, 16)
+            .map_err(|_| invalid())?;
     }
     Ok(digest)
 }
@@ -770,7 +859,7 @@ mod tests {
     #[test]
     fn an_unknown_key_is_named() {
         let problem = only_problem("[server]\nlisten = \"127.0.0.1:0\"\nlistne = \"x\"\n");
-        assert_eq!(problem.key, "server");
+        assert_eq!(problem.key, "server.listne");
         assert!(problem.reason.contains("unknown field `listne`"), "{}", problem.reason);
     }
 
@@ -791,21 +880,30 @@ mod tests {
 
     #[test]
     fn a_password_in_a_url_is_refused() {
-        let problem = only_problem("[[checks]]\nname = \"db\"\nkind = \"postgres\"\nurl = \"postgres://u:hunter2@h/db\"\n");
+        let problem = only_problem(
+            "[[checks]]\nname = \"db\"\nkind = \"postgres\"\nurl = \"postgres://u:hunter2@h/db\"\n",
+        );
         assert_eq!(problem.key, "checks[0].url");
         assert!(!problem.reason.contains("hunter2"));
     }
 
     #[test]
     fn keys_of_another_kind_are_refused() {
-        let problem = only_problem("[[checks]]\nname = \"c\"\nkind = \"tcp\"\naddress = \"h:1\"\nquery = \"SELECT 1\"\n");
+        let problem = only_problem(
+            "[[checks]]\nname = \"c\"\nkind = \"tcp\"\naddress = \"h:1\"\nquery = \"SELECT 1\"\n",
+        );
         assert_eq!(problem.key, "checks[0].query");
     }
 
     #[test]
     fn secrets_do_not_show_in_debug_output() {
         let env = BTreeMap::from([("DB".to_string(), "postgres://u:hunter2@h/db".to_string())]);
-        let settings = Settings::parse("[[checks]]\nname = \"db\"\nkind = \"postgres\"\nurl_env = \"DB\"\n", "t", &env).unwrap();
+        let settings = Settings::parse(
+            "[[checks]]\nname = \"db\"\nkind = \"postgres\"\nurl_env = \"DB\"\n",
+            "t",
+            &env,
+        )
+        .unwrap();
         assert!(!format!("{settings:?}").contains("hunter2"));
     }
 }

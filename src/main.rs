@@ -42,8 +42,12 @@ fn parse_args() -> Result<Args, String> {
         match arg.as_str() {
             "check-config" => parsed.command = Command::CheckConfig,
             "hash-token" => parsed.command = Command::HashToken,
-            "--config" | "-c" => parsed.config = Some(args.next().ok_or("--config needs a file")?.into()),
-            "--log-format" => parsed.log_format = args.next().ok_or("--log-format needs text or json")?.parse()?,
+            "--config" | "-c" => {
+                parsed.config = Some(args.next().ok_or("--config needs a file")?.into())
+            }
+            "--log-format" => {
+                parsed.log_format = args.next().ok_or("--log-format needs text or json")?.parse()?
+            }
             "--help" | "-h" => return Err(String::new()),
             "--version" | "-V" => {
                 println!("healthd {}", env!("CARGO_PKG_VERSION"));
@@ -70,7 +74,11 @@ fn main() -> ExitCode {
         Command::HashToken => hash_token(),
         Command::CheckConfig => match Settings::load(args.config.as_deref(), &ProcessEnv) {
             Ok(settings) => {
-                println!("config OK: {} check(s), listening on {}", settings.checks.len(), settings.server.listen);
+                println!(
+                    "config OK: {} check(s), listening on {}",
+                    settings.checks.len(),
+                    settings.server.listen
+                );
                 ExitCode::SUCCESS
             }
             Err(error) => {

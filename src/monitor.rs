@@ -16,7 +16,8 @@ use crate::config::{CheckSettings, Policy};
 use crate::report::{ServiceInfo, Snapshot};
 
 /// Upper bounds (seconds) of the run-duration histogram buckets.
-pub const LATENCY_BUCKETS: [f64; 12] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+pub const LATENCY_BUCKETS: [f64; 12] =
+    [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 /// Everything known about one check: its settings, its latest reading and
 /// its counters.
@@ -105,12 +106,16 @@ struct Shared {
 impl Monitor {
     /// Builds every check and starts one task each. Must run inside a tokio runtime.
     pub fn start(service: ServiceInfo, settings: &[CheckSettings]) -> anyhow::Result<Monitor> {
-        let built: Vec<Box<dyn Check>> = settings.iter().map(checks::build).collect::<anyhow::Result<_>>()?;
+        let built: Vec<Box<dyn Check>> =
+            settings.iter().map(checks::build).collect::<anyhow::Result<_>>()?;
         Ok(Monitor::start_with(service, settings.iter().zip(built).collect()))
     }
 
     /// Starts the given checks; each pairs its settings with its implementation.
-    pub fn start_with(service: ServiceInfo, checks: Vec<(&CheckSettings, Box<dyn Check>)>) -> Monitor {
+    pub fn start_with(
+        service: ServiceInfo,
+        checks: Vec<(&CheckSettings, Box<dyn Check>)>,
+    ) -> Monitor {
         let states: Vec<CheckState> = checks
             .iter()
             .map(|(settings, check)| CheckState {
@@ -127,13 +132,23 @@ impl Monitor {
             })
             .collect();
         let snapshot = Snapshot::render(&service, states.clone(), Instant::now());
-        let shared = Arc::new(Shared { states: Mutex::new(states), snapshot: ArcSwap::from_pointee(snapshot), service });
+        let shared = Arc::new(Shared {
+            states: Mutex::new(states),
+            snapshot: ArcSwap::from_pointee(snapshot),
+            service,
+        });
         let (stop, stopped) = watch::channel(false);
         let tasks = checks
             .into_iter()
             .enumerate()
             .map(|(index, (settings, check))| {
-                tokio::spawn(run_forever(index, check, settings.policy, shared.clone(), stopped.clone()))
+                tokio::spawn(run_forever(
+                    index,
+                    check,
+                    settings.policy,
+                    shared.clone(),
+                    stopped.clone(),
+                ))
             })
             .collect();
         Monitor { shared, stop, tasks }
@@ -208,7 +223,12 @@ async fn run_once(check: &dyn Check, policy: &Policy) -> RunResult {
             timeouts += 1;
         }
         if observation.status != HealthStatus::Fail || attempt == policy.retries {
-            return RunResult { observation, attempts: attempt + 1, timeouts, duration: started.elapsed() };
+            return RunResult {
+                observation,
+                attempts: attempt + 1,
+                timeouts,
+                duration: started.elapsed(),
+            };
         }
         let cap = policy.backoff_cap(attempt);
         tokio::time::sleep(cap.mul_f64(fastrand::f64())).await;
@@ -263,12 +283,15 @@ fn next_status(
 ) -> HealthStatus {
     match previous {
         None => observed,
-        Some(HealthStatus::Fail) if observed != HealthStatus::Fail && successes_in_a_row < policy.success_threshold => {
+        Some(HealthStatus::Fail)
+            if observed != HealthStatus::Fail && successes_in_a_row < policy.success_threshold =>
+        {
             HealthStatus::Fail
         }
-        Some(held) if held != HealthStatus::Fail
-            && observed == HealthStatus::Fail
-            && failures_in_a_row < policy.failure_threshold =>
+        Some(held)
+            if held != HealthStatus::Fail
+                && observed == HealthStatus::Fail
+                && failures_in_a_row < policy.failure_threshold =>
         {
             held
         }

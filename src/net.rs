@@ -21,10 +21,12 @@ impl Cidr {
         };
         match (self.network, address) {
             (IpAddr::V4(network), IpAddr::V4(address)) => {
-                masked(u32::from(network).into(), self.prefix, 32) == masked(u32::from(address).into(), self.prefix, 32)
+                masked(u32::from(network).into(), self.prefix, 32)
+                    == masked(u32::from(address).into(), self.prefix, 32)
             }
             (IpAddr::V6(network), IpAddr::V6(address)) => {
-                masked(u128::from(network), self.prefix, 128) == masked(u128::from(address), self.prefix, 128)
+                masked(u128::from(network), self.prefix, 128)
+                    == masked(u128::from(address), self.prefix, 128)
             }
             _ => false,
         }
@@ -48,7 +50,9 @@ impl FromStr for Cidr {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let invalid = || format!("invalid network {text:?}: expected an address or CIDR, such as \"10.0.0.0/8\" or \"::1/128\"");
+        let invalid = || {
+            format!("invalid network {text:?}: expected an address or CIDR, such as \"10.0.0.0/8\" or \"::1/128\"")
+        };
         let (address, prefix) = match text.split_once('/') {
             Some((address, prefix)) => (address, Some(prefix)),
             None => (text, None),
@@ -56,7 +60,9 @@ impl FromStr for Cidr {
         let network: IpAddr = address.trim().parse().map_err(|_| invalid())?;
         let width = if network.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix {
-            Some(prefix) => prefix.trim().parse::<u8>().ok().filter(|p| *p <= width).ok_or_else(invalid)?,
+            Some(prefix) => {
+                prefix.trim().parse::<u8>().ok().filter(|p| *p <= width).ok_or_else(invalid)?
+            }
             None => width,
         };
         Ok(Cidr { network, prefix })

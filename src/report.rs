@@ -90,7 +90,11 @@ struct Effective<'a> {
 
 fn effective(state: &CheckState, now: Instant) -> Effective<'_> {
     let Some(reading) = &state.reading else {
-        return Effective { status: HealthStatus::Fail, output: Some("no reading yet".into()), state };
+        return Effective {
+            status: HealthStatus::Fail,
+            output: Some("no reading yet".into()),
+            state,
+        };
     };
     let age = now.saturating_duration_since(reading.observed_instant);
     if age > state.policy.stale_after() {
@@ -114,7 +118,11 @@ impl Effective<'_> {
     fn results(&self) -> Vec<(String, CheckResult)> {
         let state = self.state;
         let time = state.reading.as_ref().map_or_else(Utc::now, |reading| reading.observed_at);
-        let values = state.reading.as_ref().map(|reading| reading.observation.values.as_slice()).unwrap_or_default();
+        let values = state
+            .reading
+            .as_ref()
+            .map(|reading| reading.observation.values.as_slice())
+            .unwrap_or_default();
         state
             .measurements
             .iter()
@@ -159,26 +167,33 @@ fn aggregate(checks: &[Effective<'_>]) -> HealthStatus {
 impl Snapshot {
     /// Renders every body from the checks' states.
     pub fn render(service: &ServiceInfo, states: Vec<CheckState>, now: Instant) -> Snapshot {
-        let effective: Vec<Effective<'_>> = states.iter().map(|state| effective(state, now)).collect();
+        let effective: Vec<Effective<'_>> =
+            states.iter().map(|state| effective(state, now)).collect();
         let overall = aggregate(&effective);
 
         let mut full = service.report(overall);
         full.version = Some(service.version.clone());
         full.release_id = Some(service.version.clone());
-        full.checks = effective.iter().flat_map(Effective::results).map(|(key, result)| (key, vec![result])).collect();
+        full.checks = effective
+            .iter()
+            .flat_map(Effective::results)
+            .map(|(key, result)| (key, vec![result]))
+            .collect();
 
         let checks = effective
             .iter()
             .map(|check| {
                 let mut report = service.report(check.status);
-                report.checks = check.results().into_iter().map(|(key, result)| (key, vec![result])).collect();
+                report.checks =
+                    check.results().into_iter().map(|(key, result)| (key, vec![result])).collect();
                 (check.state.name.clone(), Rendered::new(&report))
             })
             .collect();
 
         let starting = states.iter().any(|state| state.reading.is_none());
-        let critical_failing =
-            effective.iter().any(|check| check.state.critical && check.status == HealthStatus::Fail);
+        let critical_failing = effective
+            .iter()
+            .any(|check| check.state.critical && check.status == HealthStatus::Fail);
         let with_output = |status, output: Option<&str>| {
             let mut report = service.report(status);
             report.output = output.map(str::to_string);
@@ -199,7 +214,12 @@ impl Snapshot {
 
         let stale_at = states
             .iter()
-            .filter_map(|state| state.reading.as_ref().map(|reading| reading.observed_instant + state.policy.stale_after()))
+            .filter_map(|state| {
+                state
+                    .reading
+                    .as_ref()
+                    .map(|reading| reading.observed_instant + state.policy.stale_after())
+            })
             .min();
 
         Snapshot {
@@ -273,15 +293,24 @@ mod tests {
 
     #[test]
     fn a_failing_critical_check_fails_the_service() {
-        let snapshot = render(vec![state("db", true, Some(HealthStatus::Fail)), state("x", true, Some(HealthStatus::Pass))]);
+        let snapshot = render(vec![
+            state("db", true, Some(HealthStatus::Fail)),
+            state("x", true, Some(HealthStatus::Pass)),
+        ]);
         assert_eq!(snapshot.health.status, HealthStatus::Fail);
         assert_eq!(snapshot.readiness.http_status(), 503);
-        assert_eq!(body(&snapshot.health)["checks"]["db:responseTime"][0]["output"], "connection refused");
+        assert_eq!(
+            body(&snapshot.health)["checks"]["db:responseTime"][0]["output"],
+            "connection refused"
+        );
     }
 
     #[test]
     fn a_failing_non_critical_check_warns_and_stays_ready() {
-        let snapshot = render(vec![state("cache", false, Some(HealthStatus::Fail)), state("db", true, Some(HealthStatus::Pass))]);
+        let snapshot = render(vec![
+            state("cache", false, Some(HealthStatus::Fail)),
+            state("db", true, Some(HealthStatus::Pass)),
+        ]);
         assert_eq!(snapshot.health.status, HealthStatus::Warn);
         assert_eq!(snapshot.health.http_status(), 200);
         assert_eq!(snapshot.readiness.status, HealthStatus::Pass);
@@ -289,7 +318,8 @@ mod tests {
 
     #[test]
     fn a_check_without_a_reading_keeps_startup_and_readiness_down() {
-        let snapshot = render(vec![state("db", true, None), state("disk", true, Some(HealthStatus::Pass))]);
+        let snapshot =
+            render(vec![state("db", true, None), state("disk", true, Some(HealthStatus::Pass))]);
         assert_eq!(snapshot.startup.http_status(), 503);
         assert_eq!(body(&snapshot.readiness)["output"], "starting");
         let snapshot = render(vec![state("db", true, Some(HealthStatus::Pass))]);
@@ -312,7 +342,10 @@ mod tests {
         reading.observed_instant = Instant::now() - Duration::from_secs(31);
         let snapshot = render(vec![old]);
         assert_eq!(snapshot.health.status, HealthStatus::Fail);
-        let output = body(&snapshot.health)["checks"]["db:responseTime"][0]["output"].as_str().unwrap().to_string();
+        let output = body(&snapshot.health)["checks"]["db:responseTime"][0]["output"]
+            .as_str()
+            .unwrap()
+            .to_string();
         assert!(output.starts_with("stale"), "{output}");
     }
 

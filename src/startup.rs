@@ -38,14 +38,19 @@ impl Application {
         let listener = TcpListener::bind(settings.server.listen)
             .with_context(|| format!("cannot listen on {}", settings.server.listen))?;
         let port = listener.local_addr()?.port();
-        let service = ServiceInfo::new(settings.server.service_id.clone(), settings.server.description.clone());
+        let service = ServiceInfo::new(
+            settings.server.service_id.clone(),
+            settings.server.description.clone(),
+        );
         let monitor = Monitor::start(service, &settings.checks)?;
-        let state = HealthState::new(monitor.reader(), Access::new(settings.access.clone()), "", true);
+        let state =
+            HealthState::new(monitor.reader(), Access::new(settings.access.clone()), "", true);
         let server_state = state.clone();
-        let mut server = HttpServer::new(move || App::new().service(http::scope(server_state.clone(), "")))
-            // The lifecycle owns signals: readiness must turn 503 before the listener closes.
-            .disable_signals()
-            .shutdown_timeout(30);
+        let mut server =
+            HttpServer::new(move || App::new().service(http::scope(server_state.clone(), "")))
+                // The lifecycle owns signals: readiness must turn 503 before the listener closes.
+                .disable_signals()
+                .shutdown_timeout(30);
         if let Some(workers) = settings.server.workers {
             server = server.workers(workers);
         }
@@ -58,7 +63,11 @@ impl Application {
     }
 
     pub fn drain_handle(&self) -> DrainHandle {
-        DrainHandle { state: self.state.clone(), server: self.server.handle(), drain_delay: self.drain_delay }
+        DrainHandle {
+            state: self.state.clone(),
+            server: self.server.handle(),
+            drain_delay: self.drain_delay,
+        }
     }
 
     /// Serves until drained (SIGTERM, SIGINT or a `DrainHandle`), then stops the checks.
@@ -81,7 +90,10 @@ impl DrainHandle {
     /// Readiness answers 503 at once; after the drain delay the listener
     /// closes and requests in flight finish.
     pub async fn drain(&self) {
-        tracing::info!(drain_delay_ms = self.drain_delay.as_millis() as u64, "draining: readiness now answers 503");
+        tracing::info!(
+            drain_delay_ms = self.drain_delay.as_millis() as u64,
+            "draining: readiness now answers 503"
+        );
         self.state.start_draining();
         tokio::time::sleep(self.drain_delay).await;
         tracing::info!("drain delay over: closing the listener");
@@ -91,7 +103,9 @@ impl DrainHandle {
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut terminate), Ok(mut interrupt)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut terminate), Ok(mut interrupt)) =
+        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
         tracing::error!("cannot listen for SIGTERM and SIGINT");
         return std::future::pending().await;
     };

@@ -22,7 +22,10 @@ impl DiskCheck {
     fn judge(&self, free_percent: f64) -> Observation {
         let values = vec![Some((free_percent * 100.0).round() / 100.0)];
         if free_percent < self.fail_below {
-            Observation { values, ..Observation::fail(format!("free space below {}%", self.fail_below)) }
+            Observation {
+                values,
+                ..Observation::fail(format!("free space below {}%", self.fail_below))
+            }
         } else if free_percent < self.warn_below {
             Observation::warn(format!("free space below {}%", self.warn_below), values)
         } else {
@@ -59,8 +62,9 @@ impl Check for DiskCheck {
 
 /// Percentage of the filesystem's blocks available to unprivileged users.
 fn free_percent(path: &Path) -> std::io::Result<f64> {
-    let path = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "path holds a NUL byte"))?;
+    let path = CString::new(path.as_os_str().as_bytes()).map_err(|_| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, "path holds a NUL byte")
+    })?;
     // SAFETY: statvfs writes into the zeroed struct we own; the path is NUL-terminated.
     let mut stats: libc::statvfs = unsafe { std::mem::zeroed() };
     if unsafe { libc::statvfs(path.as_ptr(), &mut stats) } != 0 {

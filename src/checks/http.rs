@@ -25,8 +25,13 @@ pub struct HttpCheck {
 }
 
 impl HttpCheck {
-    pub fn new(name: &str, settings: &HttpCheckSettings, timeout: Duration) -> anyhow::Result<Self> {
-        let url = Url::parse(settings.url.expose()).map_err(|_| anyhow::anyhow!("check {name}: invalid URL"))?;
+    pub fn new(
+        name: &str,
+        settings: &HttpCheckSettings,
+        timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        let url = Url::parse(settings.url.expose())
+            .map_err(|_| anyhow::anyhow!("check {name}: invalid URL"))?;
         let mut headers = HeaderMap::new();
         for (header, value) in &settings.headers {
             let mut value = HeaderValue::from_str(value.expose())
@@ -34,7 +39,11 @@ impl HttpCheck {
             value.set_sensitive(true);
             headers.insert(HeaderName::from_bytes(header.as_bytes())?, value);
         }
-        let redirects = if settings.follow_redirects { redirect::Policy::limited(5) } else { redirect::Policy::none() };
+        let redirects = if settings.follow_redirects {
+            redirect::Policy::limited(5)
+        } else {
+            redirect::Policy::none()
+        };
         let client = Client::builder()
             .default_headers(headers)
             .redirect(redirects)
@@ -46,7 +55,14 @@ impl HttpCheck {
             HttpMethod::Get => Method::GET,
             HttpMethod::Head => Method::HEAD,
         };
-        Ok(HttpCheck { name: name.to_string(), client, url, method, expect_status: settings.expect_status.clone(), timeout })
+        Ok(HttpCheck {
+            name: name.to_string(),
+            client,
+            url,
+            method,
+            expect_status: settings.expect_status.clone(),
+            timeout,
+        })
     }
 
     fn expected(&self, status: u16) -> bool {
@@ -80,10 +96,11 @@ impl Check for HttpCheck {
     fn attempt(&self) -> BoxFuture<'_, Observation> {
         Box::pin(async move {
             let started = Instant::now();
-            let mut response = match self.client.request(self.method.clone(), self.url.clone()).send().await {
-                Ok(response) => response,
-                Err(error) => return self.failed(error),
-            };
+            let mut response =
+                match self.client.request(self.method.clone(), self.url.clone()).send().await {
+                    Ok(response) => response,
+                    Err(error) => return self.failed(error),
+                };
             let status = response.status().as_u16();
             if !self.expected(status) {
                 return Observation::fail(format!("HTTP {status}"));
@@ -100,7 +117,9 @@ impl Check for HttpCheck {
             let mut body = Vec::new();
             loop {
                 match response.chunk().await {
-                    Ok(Some(chunk)) if body.len() + chunk.len() <= MAX_HEALTH_BODY => body.extend_from_slice(&chunk),
+                    Ok(Some(chunk)) if body.len() + chunk.len() <= MAX_HEALTH_BODY => {
+                        body.extend_from_slice(&chunk)
+                    }
                     Ok(Some(_)) => return Observation::fail("health report too large"),
                     Ok(None) => break,
                     Err(error) => return self.failed(error),
@@ -109,8 +128,13 @@ impl Check for HttpCheck {
             let elapsed = elapsed_ms(started);
             match reported_status(&body) {
                 Some(HealthStatus::Pass) => Observation::pass(vec![elapsed]),
-                Some(HealthStatus::Warn) => Observation::warn("dependency reports warn", vec![elapsed]),
-                Some(HealthStatus::Fail) => Observation { values: vec![elapsed], ..Observation::fail("dependency reports fail") },
+                Some(HealthStatus::Warn) => {
+                    Observation::warn("dependency reports warn", vec![elapsed])
+                }
+                Some(HealthStatus::Fail) => Observation {
+                    values: vec![elapsed],
+                    ..Observation::fail("dependency reports fail")
+                },
                 None => Observation::fail("invalid health report"),
             }
         })

@@ -52,11 +52,21 @@ impl Observation {
     }
 
     pub fn warn(output: impl Into<String>, values: Vec<Option<f64>>) -> Self {
-        Observation { status: HealthStatus::Warn, output: Some(output.into()), values, timed_out: false }
+        Observation {
+            status: HealthStatus::Warn,
+            output: Some(output.into()),
+            values,
+            timed_out: false,
+        }
     }
 
     pub fn fail(output: impl Into<String>) -> Self {
-        Observation { status: HealthStatus::Fail, output: Some(output.into()), values: Vec::new(), timed_out: false }
+        Observation {
+            status: HealthStatus::Fail,
+            output: Some(output.into()),
+            values: Vec::new(),
+            timed_out: false,
+        }
     }
 
     pub fn timed_out(after: Duration) -> Self {
@@ -86,7 +96,9 @@ pub fn build(settings: &CheckSettings) -> anyhow::Result<Box<dyn Check>> {
         }
         CheckKind::Http(http) => Box::new(HttpCheck::new(&settings.name, http, timeout)?),
         CheckKind::Tcp { address } => Box::new(TcpCheck::new(&settings.name, address)),
-        CheckKind::Disk { path, warn_below, fail_below } => Box::new(DiskCheck::new(path, *warn_below, *fail_below)),
+        CheckKind::Disk { path, warn_below, fail_below } => {
+            Box::new(DiskCheck::new(path, *warn_below, *fail_below))
+        }
     })
 }
 

@@ -2,7 +2,9 @@
 
 use std::time::{Duration, Instant};
 
-use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime};
+use deadpool_postgres::{
+    Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
+};
 use healthd_models::ComponentType;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
@@ -20,14 +22,26 @@ pub struct PostgresCheck {
 }
 
 impl PostgresCheck {
-    pub fn new(name: &str, dsn: &Secret, query: &str, pool_size: usize, timeout: Duration) -> anyhow::Result<Self> {
-        let mut config: tokio_postgres::Config =
-            dsn.expose().parse().map_err(|_| anyhow::anyhow!("check {name}: invalid PostgreSQL connection string"))?;
+    pub fn new(
+        name: &str,
+        dsn: &Secret,
+        query: &str,
+        pool_size: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        let mut config: tokio_postgres::Config = dsn
+            .expose()
+            .parse()
+            .map_err(|_| anyhow::anyhow!("check {name}: invalid PostgreSQL connection string"))?;
         // Covers only the TCP connect; the handshake and the query are bounded
         // by the monitor's deadline around the whole attempt.
         config.connect_timeout(timeout);
         config.application_name("healthd");
-        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig { recycling_method: RecyclingMethod::Fast },
+        );
         let pool = Pool::builder(manager)
             .max_size(pool_size)
             .runtime(Runtime::Tokio1)
@@ -60,7 +74,9 @@ impl Check for PostgresCheck {
             let client = match self.pool.get().await {
                 Ok(client) => DetachUnlessFinished(Some(client)),
                 Err(PoolError::Timeout(_)) => return Observation::timed_out(self.timeout),
-                Err(PoolError::Backend(error)) => return self.failed(postgres_category(&error), &error),
+                Err(PoolError::Backend(error)) => {
+                    return self.failed(postgres_category(&error), &error)
+                }
                 Err(error) => return self.failed("connection pool error".into(), &error),
             };
             let result = client.connection().simple_query(&self.query).await;
@@ -102,7 +118,9 @@ impl Drop for DetachUnlessFinished {
 fn postgres_category(error: &tokio_postgres::Error) -> String {
     if let Some(code) = error.code() {
         let category = match *code {
-            SqlState::INVALID_PASSWORD | SqlState::INVALID_AUTHORIZATION_SPECIFICATION => "authentication failed",
+            SqlState::INVALID_PASSWORD | SqlState::INVALID_AUTHORIZATION_SPECIFICATION => {
+                "authentication failed"
+            }
             SqlState::INVALID_CATALOG_NAME => "database does not exist",
             SqlState::CANNOT_CONNECT_NOW => "database is starting up or shutting down",
             SqlState::ADMIN_SHUTDOWN | SqlState::CRASH_SHUTDOWN => "server is shutting down",

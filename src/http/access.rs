@@ -53,7 +53,11 @@ impl Access {
             return ClientAddress { client: peer, peer };
         }
         let forwarded = forwarded_for(headers);
-        let client = forwarded.into_iter().rev().find(|address| !Cidr::any_contains(proxies, *address)).unwrap_or(peer);
+        let client = forwarded
+            .into_iter()
+            .rev()
+            .find(|address| !Cidr::any_contains(proxies, *address))
+            .unwrap_or(peer);
         ClientAddress { client, peer }
     }
 
@@ -87,12 +91,20 @@ impl Access {
     }
 
     /// Whether this caller sees checks, given the `details` setting.
-    pub fn sees_details(&self, address: &ClientAddress, principal: Principal) -> Result<(), DetailsDenied> {
+    pub fn sees_details(
+        &self,
+        address: &ClientAddress,
+        principal: Principal,
+    ) -> Result<(), DetailsDenied> {
         match self.settings.details {
             Details::Never => Err(DetailsDenied::Disabled),
-            _ if !Cidr::any_contains(&self.settings.details_allow, address.client) => Err(DetailsDenied::Address),
+            _ if !Cidr::any_contains(&self.settings.details_allow, address.client) => {
+                Err(DetailsDenied::Address)
+            }
             Details::Always => Ok(()),
-            Details::Authorized if principal == Principal::Anonymous => Err(DetailsDenied::NeedsToken),
+            Details::Authorized if principal == Principal::Anonymous => {
+                Err(DetailsDenied::NeedsToken)
+            }
             Details::Authorized => Ok(()),
         }
     }
@@ -101,7 +113,9 @@ impl Access {
     pub fn principal_name(&self, principal: Principal) -> &str {
         match principal {
             Principal::Anonymous => "anonymous",
-            Principal::Token(index) => self.settings.tokens.get(index).map_or("anonymous", |token| token.name.as_str()),
+            Principal::Token(index) => {
+                self.settings.tokens.get(index).map_or("anonymous", |token| token.name.as_str())
+            }
         }
     }
 }
@@ -171,7 +185,10 @@ mod tests {
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
         for (name, value) in pairs {
-            map.append(HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_str(value).unwrap());
+            map.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
         }
         map
     }
@@ -182,7 +199,8 @@ mod tests {
 
     #[test]
     fn forwarded_headers_from_an_untrusted_peer_are_ignored() {
-        let address = access(&["10.0.0.0/8"]).client_address(ip("192.0.2.1"), &headers(&[("x-forwarded-for", "127.0.0.1")]));
+        let address = access(&["10.0.0.0/8"])
+            .client_address(ip("192.0.2.1"), &headers(&[("x-forwarded-for", "127.0.0.1")]));
         assert_eq!(address.client, ip("192.0.2.1"));
     }
 
@@ -191,7 +209,8 @@ mod tests {
         let access = access(&["10.0.0.0/8"]);
         let spoofed = headers(&[("x-forwarded-for", "127.0.0.1, 198.51.100.7, 10.0.0.2")]);
         assert_eq!(access.client_address(ip("10.0.0.1"), &spoofed).client, ip("198.51.100.7"));
-        let forwarded = headers(&[("forwarded", "for=\"[2001:db8::1]:4711\";proto=https, for=10.0.0.3")]);
+        let forwarded =
+            headers(&[("forwarded", "for=\"[2001:db8::1]:4711\";proto=https, for=10.0.0.3")]);
         assert_eq!(access.client_address(ip("10.0.0.1"), &forwarded).client, ip("2001:db8::1"));
     }
 
@@ -199,7 +218,10 @@ mod tests {
     fn tokens_are_checked() {
         let access = access(&[]);
         assert_eq!(access.authenticate(&headers(&[])).unwrap(), Principal::Anonymous);
-        assert_eq!(access.authenticate(&headers(&[("authorization", "Bearer s3cret")])).unwrap(), Principal::Token(0));
+        assert_eq!(
+            access.authenticate(&headers(&[("authorization", "Bearer s3cret")])).unwrap(),
+            Principal::Token(0)
+        );
         assert!(access.authenticate(&headers(&[("authorization", "Bearer wrong")])).is_err());
         assert!(access.authenticate(&headers(&[("authorization", "Basic s3cret")])).is_err());
         assert!(access.authenticate(&headers(&[("authorization", "Bearer ")])).is_err());
@@ -211,7 +233,10 @@ mod tests {
         let local = ClientAddress { client: ip("127.0.0.1"), peer: ip("127.0.0.1") };
         let remote = ClientAddress { client: ip("192.0.2.9"), peer: ip("192.0.2.9") };
         assert_eq!(access.sees_details(&local, Principal::Token(0)), Ok(()));
-        assert_eq!(access.sees_details(&local, Principal::Anonymous), Err(DetailsDenied::NeedsToken));
+        assert_eq!(
+            access.sees_details(&local, Principal::Anonymous),
+            Err(DetailsDenied::NeedsToken)
+        );
         assert_eq!(access.sees_details(&remote, Principal::Token(0)), Err(DetailsDenied::Address));
     }
 }

@@ -42,7 +42,9 @@ pub fn swagger_config(prefix: &str) -> utoipa_swagger_ui::Config<'static> {
 }
 
 fn document(content_type: &'static str, body: &'static str) -> HttpResponse {
-    HttpResponse::Ok().insert_header((header::CONTENT_TYPE, HeaderValue::from_static(content_type))).body(body)
+    HttpResponse::Ok()
+        .insert_header((header::CONTENT_TYPE, HeaderValue::from_static(content_type)))
+        .body(body)
 }
 
 #[utoipa::path(
@@ -91,7 +93,10 @@ pub async fn get_swagger_ui(
     match utoipa_swagger_ui::serve(&file, state.swagger.clone()) {
         Ok(Some(file)) => Ok(HttpResponse::Ok()
             .insert_header((header::CONTENT_TYPE, file.content_type))
-            .insert_header((header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=3600")))
+            .insert_header((
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("public, max-age=3600"),
+            ))
             .body(file.bytes.into_owned())),
         Ok(None) => Err(ApiError::new(ApiErrorKind::NotFound, request.path())),
         Err(error) => {

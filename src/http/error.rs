@@ -50,9 +50,9 @@ impl ResponseError for ApiError {
         match self.kind {
             ApiErrorKind::BadQuery | ApiErrorKind::BodyNotAllowed => StatusCode::BAD_REQUEST,
             ApiErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiErrorKind::AddressNotAllowed | ApiErrorKind::DetailsNotAllowed | ApiErrorKind::DetailsDisabled => {
-                StatusCode::FORBIDDEN
-            }
+            ApiErrorKind::AddressNotAllowed
+            | ApiErrorKind::DetailsNotAllowed
+            | ApiErrorKind::DetailsDisabled => StatusCode::FORBIDDEN,
             ApiErrorKind::UnknownCheck(_) | ApiErrorKind::NotFound => StatusCode::NOT_FOUND,
             ApiErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -69,10 +69,15 @@ impl ResponseError for ApiError {
             instance: Some(self.instance.clone()),
         };
         let mut response = HttpResponse::build(status);
-        response.content_type("application/problem+json").insert_header((header::CACHE_CONTROL, "no-store"));
+        response
+            .content_type("application/problem+json")
+            .insert_header((header::CACHE_CONTROL, "no-store"));
         match self.kind {
             ApiErrorKind::Unauthorized => {
-                response.insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"healthd\"")));
+                response.insert_header((
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"healthd\""),
+                ));
             }
             ApiErrorKind::MethodNotAllowed => {
                 response.insert_header((header::ALLOW, HeaderValue::from_static("GET, HEAD")));

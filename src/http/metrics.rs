@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use healthd_models::HealthStatus;
 
-use crate::monitor::LATENCY_BUCKETS;
+use crate::monitor::{Counters, LATENCY_BUCKETS};
 use crate::report::Snapshot;
 
 /// Route names, as given in the route table; anything else is `other`.
@@ -80,17 +80,46 @@ pub fn render(snapshot: &Snapshot, requests: &RequestCounters, draining: bool) -
     let _ = writeln!(out, "healthd_status {}", status_value(snapshot.health.status));
 
     let labels = |name: &str, kind: &str| format!("check=\"{name}\",kind=\"{kind}\"");
-    header(&mut out, "healthd_check_status", "gauge", "Each check's reported status: 0 pass, 1 warn, 2 fail.");
+    header(
+        &mut out,
+        "healthd_check_status",
+        "gauge",
+        "Each check's reported status: 0 pass, 1 warn, 2 fail.",
+    );
     for state in &snapshot.states {
-        let status = snapshot.checks.get(&state.name).map_or(HealthStatus::Fail, |rendered| rendered.status);
-        let _ = writeln!(out, "healthd_check_status{{{}}} {}", labels(&state.name, state.kind), status_value(status));
+        let status =
+            snapshot.checks.get(&state.name).map_or(HealthStatus::Fail, |rendered| rendered.status);
+        let _ = writeln!(
+            out,
+            "healthd_check_status{{{}}} {}",
+            labels(&state.name, state.kind),
+            status_value(status)
+        );
     }
-    header(&mut out, "healthd_check_up", "gauge", "Whether the check's status is pass or warn (1) or fail (0).");
+    header(
+        &mut out,
+        "healthd_check_up",
+        "gauge",
+        "Whether the check's status is pass or warn (1) or fail (0).",
+    );
     for state in &snapshot.states {
-        let up = snapshot.checks.get(&state.name).is_some_and(|rendered| rendered.status != HealthStatus::Fail);
-        let _ = writeln!(out, "healthd_check_up{{{}}} {}", labels(&state.name, state.kind), u8::from(up));
+        let up = snapshot
+            .checks
+            .get(&state.name)
+            .is_some_and(|rendered| rendered.status != HealthStatus::Fail);
+        let _ = writeln!(
+            out,
+            "healthd_check_up{{{}}} {}",
+            labels(&state.name, state.kind),
+            u8::from(up)
+        );
     }
-    header(&mut out, "healthd_check_last_duration_seconds", "gauge", "How long the latest run took, retries included.");
+    header(
+        &mut out,
+        "healthd_check_last_duration_seconds",
+        "gauge",
+        "How long the latest run took, retries included.",
+    );
     for state in &snapshot.states {
         if let Some(reading) = &state.reading {
             let _ = writeln!(
@@ -101,32 +130,61 @@ pub fn render(snapshot: &Snapshot, requests: &RequestCounters, draining: bool) -
             );
         }
     }
-    header(&mut out, "healthd_check_duration_seconds", "histogram", "Run durations, retries included.");
+    header(
+        &mut out,
+        "healthd_check_duration_seconds",
+        "histogram",
+        "Run durations, retries included.",
+    );
     for state in &snapshot.states {
         let labels = labels(&state.name, state.kind);
         for (bound, count) in LATENCY_BUCKETS.iter().zip(state.counters.duration_buckets) {
-            let _ = writeln!(out, "healthd_check_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {count}");
+            let _ = writeln!(
+                out,
+                "healthd_check_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {count}"
+            );
         }
         let runs = state.counters.runs;
-        let _ = writeln!(out, "healthd_check_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {runs}");
-        let _ = writeln!(out, "healthd_check_duration_seconds_sum{{{labels}}} {}", state.counters.duration_sum);
+        let _ =
+            writeln!(out, "healthd_check_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {runs}");
+        let _ = writeln!(
+            out,
+            "healthd_check_duration_seconds_sum{{{labels}}} {}",
+            state.counters.duration_sum
+        );
         let _ = writeln!(out, "healthd_check_duration_seconds_count{{{labels}}} {runs}");
     }
-    let counters: [(&str, &str, fn(&crate::monitor::Counters) -> u64); 4] = [
+    type Counter = (&'static str, &'static str, fn(&Counters) -> u64);
+    let counters: [Counter; 4] = [
         ("healthd_check_runs_total", "Runs of the check.", |c| c.runs),
-        ("healthd_check_failures_total", "Runs that ended in fail (before thresholds).", |c| c.failed_runs),
+        ("healthd_check_failures_total", "Runs that ended in fail (before thresholds).", |c| {
+            c.failed_runs
+        }),
         ("healthd_check_attempts_total", "Attempts, retries included.", |c| c.attempts),
         ("healthd_check_timeouts_total", "Attempts abandoned at their deadline.", |c| c.timeouts),
     ];
     for (name, help, value) in counters {
         header(&mut out, name, "counter", help);
         for state in &snapshot.states {
-            let _ = writeln!(out, "{name}{{{}}} {}", labels(&state.name, state.kind), value(&state.counters));
+            let _ = writeln!(
+                out,
+                "{name}{{{}}} {}",
+                labels(&state.name, state.kind),
+                value(&state.counters)
+            );
         }
     }
-    header(&mut out, "healthd_http_requests_total", "counter", "HTTP requests answered, by endpoint and status.");
+    header(
+        &mut out,
+        "healthd_http_requests_total",
+        "counter",
+        "HTTP requests answered, by endpoint and status.",
+    );
     for (endpoint, status, count) in requests.each() {
-        let _ = writeln!(out, "healthd_http_requests_total{{endpoint=\"{endpoint}\",status=\"{status}\"}} {count}");
+        let _ = writeln!(
+            out,
+            "healthd_http_requests_total{{endpoint=\"{endpoint}\",status=\"{status}\"}} {count}"
+        );
     }
     out
 }

@@ -39,7 +39,12 @@ pub struct HealthState {
 impl HealthState {
     /// `prefix` is where the routes are mounted ("" for the root), so that
     /// Swagger UI finds the contract.
-    pub fn new(reader: SnapshotReader, access: Access, prefix: &str, access_log: bool) -> Data<HealthState> {
+    pub fn new(
+        reader: SnapshotReader,
+        access: Access,
+        prefix: &str,
+        access_log: bool,
+    ) -> Data<HealthState> {
         Data::new(HealthState {
             reader,
             access,
@@ -179,9 +184,15 @@ fn query_is_well_formed(query: &str) -> bool {
     std::str::from_utf8(&decoded).is_ok()
 }
 
-fn log_request(access: &Access, address: &ClientAddress, response: &ServiceResponse<impl MessageBody>, started: Instant) {
+fn log_request(
+    access: &Access,
+    address: &ClientAddress,
+    response: &ServiceResponse<impl MessageBody>,
+    started: Instant,
+) {
     let request = response.request();
-    let principal = request.extensions().get::<Principal>().copied().unwrap_or(Principal::Anonymous);
+    let principal =
+        request.extensions().get::<Principal>().copied().unwrap_or(Principal::Anonymous);
     tracing::info!(
         target: "healthd::access",
         client = %address.client,
@@ -228,7 +239,11 @@ fn require_details(state: &HealthState, request: &HttpRequest) -> Result<(), Api
 }
 
 fn health_response(rendered: &Rendered) -> HttpResponse {
-    let status = if rendered.http_status() == 200 { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if rendered.http_status() == 200 {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     HttpResponse::build(status)
         .insert_header((header::CONTENT_TYPE, HeaderValue::from_static("application/health+json")))
         .insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")))
@@ -245,7 +260,10 @@ fn health_response(rendered: &Rendered) -> HttpResponse {
         (status = 503, body = healthd_models::HealthReport, content_type = "application/health+json"),
     )
 )]
-pub async fn get_health(request: HttpRequest, state: Data<HealthState>) -> Result<HttpResponse, ApiError> {
+pub async fn get_health(
+    request: HttpRequest,
+    state: Data<HealthState>,
+) -> Result<HttpResponse, ApiError> {
     let principal = authenticate(&state, &request)?;
     let snapshot = state.reader.current();
     let sees_details = state.access.sees_details(&client_address(&request), principal).is_ok();
@@ -325,11 +343,17 @@ pub async fn get_check(
         (status = 403, body = healthd_models::Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn get_metrics(request: HttpRequest, state: Data<HealthState>) -> Result<HttpResponse, ApiError> {
+pub async fn get_metrics(
+    request: HttpRequest,
+    state: Data<HealthState>,
+) -> Result<HttpResponse, ApiError> {
     require_details(&state, &request)?;
     let body = metrics::render(&state.reader.current(), &state.requests, state.is_draining());
     Ok(HttpResponse::Ok()
-        .insert_header((header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8")))
+        .insert_header((
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        ))
         .insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")))
         .body(body))
 }

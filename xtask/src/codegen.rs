@@ -22,7 +22,8 @@ pub fn generate(check: bool) -> anyhow::Result<()> {
     let document: Value = serde_norway::from_str(&yaml).context("parsing openapi.yaml")?;
 
     let json = serde_json::to_string_pretty(&document)? + "\n";
-    let models = rustfmt(&format!("{PREAMBLE}\n{}\n{}", models_source(&document)?, CONTRACT_CONSTANTS))?;
+    let models =
+        rustfmt(&format!("{PREAMBLE}\n{}\n{}", models_source(&document)?, CONTRACT_CONSTANTS))?;
 
     let stale = [
         ensure_file_contents(&root.join("generated/openapi.json"), &json, check)?,
@@ -50,12 +51,15 @@ fn models_source(document: &Value) -> anyhow::Result<String> {
     // `definitions` it is given instead of OpenAPI's components.
     rewrite_refs(&mut schemas);
     let definitions: BTreeMap<String, schemars::schema::Schema> =
-        serde_json::from_value(schemas).context("components.schemas is not JSON Schema typify reads")?;
+        serde_json::from_value(schemas)
+            .context("components.schemas is not JSON Schema typify reads")?;
 
     let mut settings = TypeSpaceSettings::default();
     settings
         .with_struct_builder(false)
-        .with_map_type("::std::collections::BTreeMap").with_derive("PartialEq".into()).with_derive("utoipa::ToSchema".into());
+        .with_map_type("::std::collections::BTreeMap")
+        .with_derive("PartialEq".into())
+        .with_derive("utoipa::ToSchema".into());
     let mut types = TypeSpace::new(&settings);
     types.add_ref_types(definitions).context("typify rejected components.schemas")?;
     Ok(types.to_stream().to_string())
