@@ -4,3 +4,5 @@ mod config_cli;
 mod contract;
 mod endpoints;
 mod helpers;
+mod postgres_support;
+mod support;

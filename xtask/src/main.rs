@@ -1,6 +1,7 @@
 //! Project tasks that need more than cargo: `cargo xtask codegen [--check]`,
 //! `cargo xtask bench`, `cargo xtask contract`.
 
+mod bench;
 mod codegen;
 
 use std::path::{Path, PathBuf};
@@ -10,8 +11,9 @@ fn main() -> anyhow::Result<()> {
     let flags: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
     match args.first().map(String::as_str) {
         Some("codegen") => codegen::generate(flags.contains(&"--check")),
+        Some("bench") => bench::run(&flags),
         _ => {
-            eprintln!("usage: cargo xtask <codegen [--check]>");
+            eprintln!("usage: cargo xtask <codegen [--check] | bench [--smoke]>");
             std::process::exit(2);
         }
     }

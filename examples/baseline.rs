@@ -1,0 +1,44 @@
+//! The benchmark's yardstick: bare actix-web answering one fixed JSON body,
+//! with the same actix version and worker count as healthd.
+//!
+//! `baseline ADDRESS WORKERS BODY_BYTES` serves `GET /` with a JSON object
+//! padded to BODY_BYTES, so it costs what healthd's `/health` would if
+//! healthd did nothing but return static bytes.
+
+use actix_web::http::header::{HeaderValue, CONTENT_TYPE};
+use actix_web::web::{self, Bytes};
+use actix_web::{App, HttpResponse, HttpServer};
+
+fn padded_body(size: usize) -> Bytes {
+    let mut body = String::from("{\"status\":\"pass\",\"padding\":\"");
+    let closing = "\"}";
+    while body.len() + closing.len() < size {
+        body.push('x');
+    }
+    body.push_str(closing);
+    Bytes::from(body)
+}
+
+fn main() -> std::io::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let usage = "usage: baseline ADDRESS WORKERS BODY_BYTES";
+    let address = args.next().expect(usage);
+    let workers: usize = args.next().and_then(|w| w.parse().ok()).expect(usage);
+    let body = padded_body(args.next().and_then(|b| b.parse().ok()).expect(usage));
+    actix_web::rt::System::new().block_on(
+        HttpServer::new(move || {
+            let body = body.clone();
+            App::new().default_service(web::to(move || {
+                let body = body.clone();
+                async move {
+                    HttpResponse::Ok()
+                        .insert_header((CONTENT_TYPE, HeaderValue::from_static("application/health+json")))
+                        .body(body)
+                }
+            }))
+        })
+        .workers(workers)
+        .bind(address)?
+        .run(),
+    )
+}
