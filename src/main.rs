@@ -95,10 +95,14 @@ fn main() -> ExitCode {
                 }
             };
             telemetry::init(args.log_format);
-            match run(settings) {
+            let result = run(settings);
+            if let Err(error) = &result {
+                tracing::error!("{error:#}");
+            }
+            telemetry::flush();
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
-                    tracing::error!("{error:#}");
                     eprintln!("healthd: {error:#}");
                     ExitCode::FAILURE
                 }

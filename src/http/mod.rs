@@ -99,10 +99,7 @@ pub fn scope(
             let state = layer_state.clone();
             let address = state.access.client_address(peer(request.request()), request.headers());
             let call = match screen(&state.access, &address, request.request()) {
-                Ok(()) => {
-                    request.extensions_mut().insert(address);
-                    Ok(service.call(request))
-                }
+                Ok(()) => Ok(service.call(request)),
                 Err(error) => Err(request.error_response(error)),
             };
             async move {
@@ -200,17 +197,16 @@ fn log_request(
         method = %request.method(),
         path = request.path(),
         status = response.status().as_u16(),
-        duration_us = started.elapsed().as_micros() as u64,
+        duration_ms = (started.elapsed().as_secs_f64() * 1e6).round() / 1e3,
         principal = access.principal_name(principal),
         "request"
     );
 }
 
-fn client_address(request: &HttpRequest) -> ClientAddress {
-    request.extensions().get::<ClientAddress>().copied().unwrap_or_else(|| {
-        let peer = peer(request);
-        ClientAddress { client: peer, peer }
-    })
+/// Recomputed where needed rather than stored in the request's extensions,
+/// which would cost every probe an allocation.
+fn client_address(state: &HealthState, request: &HttpRequest) -> ClientAddress {
+    state.access.client_address(peer(request), request.headers())
 }
 
 /// The caller's token, recorded for the access log. A wrong one is 401.
@@ -228,7 +224,7 @@ fn authenticate(state: &HealthState, request: &HttpRequest) -> Result<Principal,
 /// For the operations that exist only for callers who may see details.
 fn require_details(state: &HealthState, request: &HttpRequest) -> Result<(), ApiError> {
     let principal = authenticate(state, request)?;
-    state.access.sees_details(&client_address(request), principal).map_err(|denied| {
+    state.access.sees_details(&client_address(state, request), principal).map_err(|denied| {
         let kind = match denied {
             DetailsDenied::Disabled => ApiErrorKind::DetailsDisabled,
             DetailsDenied::Address => ApiErrorKind::DetailsNotAllowed,
@@ -266,7 +262,7 @@ pub async fn get_health(
 ) -> Result<HttpResponse, ApiError> {
     let principal = authenticate(&state, &request)?;
     let snapshot = state.reader.current();
-    let sees_details = state.access.sees_details(&client_address(&request), principal).is_ok();
+    let sees_details = state.access.sees_details(&client_address(&state, &request), principal).is_ok();
     Ok(health_response(if sees_details { &snapshot.health } else { &snapshot.health_anonymous }))
 }
 
