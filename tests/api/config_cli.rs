@@ -132,3 +132,10 @@ fn hash_token_prints_the_sha256_of_stdin() {
         "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
     );
 }
+
+#[test]
+fn the_example_config_is_valid() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/healthd.example.toml");
+    let output = healthd(&["check-config", "--config", example]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+}

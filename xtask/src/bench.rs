@@ -9,20 +9,17 @@
 
 use std::fmt::Write as _;
 use std::fs;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Instant;
 
 use anyhow::{bail, Context};
-use healthd_testkit::postgres::TestPostgres;
 
 use crate::project_root;
+use crate::services::{
+    fetch, free_port, start_baseline, start_healthd, Dependencies, Profile, CHECK_INTERVAL_SECONDS, TOKEN, WORKERS,
+};
 
-const TOKEN: &str = "bench-token-0123456789";
-const WORKERS: usize = 2;
-const CHECK_INTERVAL_SECONDS: u64 = 10;
 
 struct Plan {
     smoke: bool,
@@ -69,13 +66,7 @@ pub fn run(args: &[&str]) -> anyhow::Result<()> {
         Plan { smoke, seconds: 5, levels: vec![1, 16, 64, 256], rounds: 3 }
     };
     let root = project_root();
-    let status = Command::new(env!("CARGO"))
-        .current_dir(&root)
-        .args(["build", "--release", "--quiet", "--bin", "healthd", "--example", "baseline"])
-        .status()?;
-    if !status.success() {
-        bail!("the release build failed");
-    }
+    Profile::Release.build(&root)?;
     ensure_wrk()?;
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     runtime.block_on(bench(&root, &plan))
@@ -95,52 +86,6 @@ fn ensure_wrk() -> anyhow::Result<()> {
         .status()?;
     if !installed.success() {
         bail!("apt-get install wrk failed");
-    }
-    Ok(())
-}
-
-/// A child process killed and reaped on drop, however the bench ends.
-struct Process {
-    child: Child,
-}
-
-impl Process {
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-/// A minimal HTTP/1.0 GET, to read bodies without another client crate.
-fn fetch(port: u16, path: &str, token: Option<&str>) -> anyhow::Result<(u16, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let auth = token.map(|token| format!("Authorization: Bearer {token}\r\n")).unwrap_or_default();
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n{auth}\r\n")?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let status = response.get(9..12).and_then(|code| code.parse().ok()).context("no HTTP status line")?;
-    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default();
-    Ok((status, body))
-}
-
-fn wait_until(what: &str, deadline: Duration, mut ready: impl FnMut() -> bool) -> anyhow::Result<()> {
-    let started = Instant::now();
-    while !ready() {
-        if started.elapsed() > deadline {
-            bail!("{what} did not happen within {deadline:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
     }
     Ok(())
 }
@@ -209,47 +154,18 @@ fn median(mut measurements: Vec<Measurement>) -> Measurement {
 async fn bench(root: &Path, plan: &Plan) -> anyhow::Result<()> {
     let out_dir = root.join("target/bench");
     fs::create_dir_all(&out_dir)?;
-    let postgres = TestPostgres::start().await;
-    // The http and tcp checks' dependency: another bare actix-web server.
-    let upstream_port = free_port()?;
-    let _upstream = Process {
-        child: Command::new(root.join("target/release/examples/baseline"))
-            .args([format!("127.0.0.1:{upstream_port}"), "1".into(), "64".into()])
-            .stdout(Stdio::null())
-            .spawn()
-            .context("starting the upstream")?,
-    };
-    wait_until("upstream startup", Duration::from_secs(10), || fetch(upstream_port, "/", None).is_ok())?;
-
+    let dependencies = Dependencies::start(root, Profile::Release).await?;
+    let postgres = &dependencies.postgres;
     let healthd_port = free_port()?;
-    let baseline_port = free_port()?;
-    let config_path = out_dir.join("healthd.toml");
-    fs::write(&config_path, healthd_config(healthd_port, &postgres.url(), upstream_port))?;
     let access_log = out_dir.join("access.log");
-    let healthd = Process {
-        child: Command::new(root.join("target/release/healthd"))
-            .args(["--config", config_path.to_str().unwrap_or_default(), "--log-format", "json"])
-            .env("BENCH_TOKEN", TOKEN)
-            .stdout(fs::File::create(&access_log)?)
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("starting healthd")?,
-    };
-    wait_until("healthd startup", Duration::from_secs(20), || {
-        fetch(healthd_port, "/health/startup", None).is_ok_and(|(status, _)| status == 200)
-    })?;
+    let healthd =
+        start_healthd(root, Profile::Release, healthd_port, &dependencies, fs::File::create(&access_log)?.into())?;
     let (_, report) = fetch(healthd_port, "/health", Some(TOKEN))?;
-    if !report.contains("db:responseTime") || !report.contains("\"status\":\"pass\"") {
+    if !report.contains("db:responseTime") || !report.contains(r#""status":"pass""#) {
         bail!("healthd is not healthy before the bench: {report}");
     }
-    let baseline = Process {
-        child: Command::new(root.join("target/release/examples/baseline"))
-            .args([format!("127.0.0.1:{baseline_port}"), WORKERS.to_string(), report.len().to_string()])
-            .stdout(Stdio::null())
-            .spawn()
-            .context("starting the baseline")?,
-    };
-    wait_until("baseline startup", Duration::from_secs(10), || fetch(baseline_port, "/", None).is_ok())?;
+    let baseline_port = free_port()?;
+    let baseline = start_baseline(root, Profile::Release, baseline_port, WORKERS, report.len())?;
 
     let mut table = String::new();
     let started = Instant::now();
@@ -327,8 +243,8 @@ async fn bench(root: &Path, plan: &Plan) -> anyhow::Result<()> {
     writeln!(table, "| PostgreSQL statements per minute | {:.1} |", statements / load_minutes)?;
     writeln!(
         table,
-        "| statements per minute the check interval implies ({CHECK_INTERVAL_SECONDS} s, one `SELECT 1` a run, + 1 for reading the counter) | {:.1} |",
-        60.0 / CHECK_INTERVAL_SECONDS as f64 + 1.0 / load_minutes
+        "| statements per minute the check interval implies ({CHECK_INTERVAL_SECONDS} s, one `SELECT 1` a run) | {:.1} |",
+        60.0 / CHECK_INTERVAL_SECONDS as f64
     )?;
     writeln!(table, "| healthd peak RSS | {:.1} MiB |", healthd_rss as f64 / 1024.0)?;
     writeln!(table, "| baseline peak RSS | {:.1} MiB |", baseline_rss as f64 / 1024.0)?;
@@ -340,50 +256,6 @@ async fn bench(root: &Path, plan: &Plan) -> anyhow::Result<()> {
     fs::write(&path, document)?;
     eprintln!("wrote {}", path.display());
     Ok(())
-}
-
-fn healthd_config(port: u16, database_url: &str, upstream_port: u16) -> String {
-    format!(
-        r#"[server]
-listen = "127.0.0.1:{port}"
-service_id = "bench"
-description = "healthd under wrk"
-workers = {WORKERS}
-drain_delay = "0s"
-
-[access]
-details = "authorized"
-details_allow = ["127.0.0.0/8"]
-[[access.tokens]]
-name = "bench"
-env = "BENCH_TOKEN"
-
-[defaults]
-interval = "{CHECK_INTERVAL_SECONDS}s"
-timeout = "1s"
-retries = 1
-
-[[checks]]
-name = "db"
-kind = "postgres"
-url = "{database_url}"
-
-[[checks]]
-name = "upstream"
-kind = "http"
-url = "http://127.0.0.1:{upstream_port}/health"
-
-[[checks]]
-name = "upstream-tcp"
-kind = "tcp"
-address = "127.0.0.1:{upstream_port}"
-
-[[checks]]
-name = "disk"
-kind = "disk"
-path = "/"
-"#
-    )
 }
 
 fn command_output(program: &str, args: &[&str]) -> String {

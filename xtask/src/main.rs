@@ -1,8 +1,10 @@
 //! Project tasks that need more than cargo: `cargo xtask codegen [--check]`,
-//! `cargo xtask bench`, `cargo xtask contract`.
+//! `cargo xtask bench [--smoke]`, `cargo xtask contract`.
 
 mod bench;
 mod codegen;
+mod contract;
+mod services;
 
 use std::path::{Path, PathBuf};
 
@@ -12,8 +14,9 @@ fn main() -> anyhow::Result<()> {
     match args.first().map(String::as_str) {
         Some("codegen") => codegen::generate(flags.contains(&"--check")),
         Some("bench") => bench::run(&flags),
+        Some("contract") => contract::run(),
         _ => {
-            eprintln!("usage: cargo xtask <codegen [--check] | bench [--smoke]>");
+            eprintln!("usage: cargo xtask <codegen [--check] | bench [--smoke] | contract>");
             std::process::exit(2);
         }
     }

@@ -1,0 +1,37 @@
+//! `cargo xtask contract`: the contract checked by the tools our users run
+//! (spec lint, schemathesis, generated Python and TypeScript clients,
+//! Swagger UI in headless Chromium), against a live healthd with real
+//! checks and a token. The stages themselves are `contract/run.sh`.
+
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+
+use crate::project_root;
+use crate::services::{free_port, start_healthd, Dependencies, Profile, TOKEN};
+
+pub fn run() -> anyhow::Result<()> {
+    let root = project_root();
+    let started = Instant::now();
+    Profile::Debug.build(&root)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let dependencies = runtime.block_on(Dependencies::start(&root, Profile::Debug))?;
+    let port = free_port()?;
+    let log = std::fs::File::create(root.join("target/xtask/contract-healthd.log"))?;
+    let _healthd = start_healthd(&root, Profile::Debug, port, &dependencies, log.into())?;
+    let status = Command::new("bash")
+        .arg(root.join("contract/run.sh"))
+        .current_dir(&root)
+        .env("HEALTHD_URL", format!("http://127.0.0.1:{port}"))
+        .env("HEALTHD_TOKEN", TOKEN)
+        .env("HEALTHD_CHECK", "db")
+        .stdin(Stdio::null())
+        .status()
+        .context("running contract/run.sh")?;
+    eprintln!("contract stage took {:.0} s", started.elapsed().as_secs_f64());
+    if !status.success() {
+        bail!("the contract stage failed; healthd's log is target/xtask/contract-healthd.log");
+    }
+    Ok(())
+}

@@ -1,0 +1,204 @@
+//! Processes the xtasks start and talk to: healthd with a realistic config,
+//! its dependencies, the baseline server, and a minimal HTTP client.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use healthd_testkit::postgres::TestPostgres;
+
+/// The bearer token healthd is given; its `[[access.tokens]]` name is "xtask".
+pub const TOKEN: &str = "xtask-token-0123456789";
+/// How often healthd's checks run under the xtasks.
+pub const CHECK_INTERVAL_SECONDS: u64 = 10;
+/// HTTP workers of healthd and of the baseline.
+pub const WORKERS: usize = 2;
+
+/// Which build of the binaries to run.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    Debug,
+    Release,
+}
+
+impl Profile {
+    /// Builds healthd and the baseline server.
+    pub fn build(self, root: &Path) -> anyhow::Result<()> {
+        let mut args = vec!["build", "--quiet", "--bin", "healthd", "--example", "baseline"];
+        if self == Profile::Release {
+            args.push("--release");
+        }
+        let status = Command::new(env!("CARGO")).current_dir(root).args(&args).status()?;
+        if !status.success() {
+            bail!("cargo {} failed", args.join(" "));
+        }
+        Ok(())
+    }
+
+    fn binary(self, root: &Path, name: &str) -> PathBuf {
+        let profile = if self == Profile::Release { "release" } else { "debug" };
+        root.join("target").join(profile).join(name)
+    }
+}
+
+/// What healthd's checks watch: a throwaway PostgreSQL, and a bare
+/// actix-web server as the http and tcp checks' dependency.
+pub struct Dependencies {
+    pub postgres: TestPostgres,
+    pub upstream_port: u16,
+    _upstream: Process,
+}
+
+impl Dependencies {
+    pub async fn start(root: &Path, profile: Profile) -> anyhow::Result<Dependencies> {
+        let postgres = TestPostgres::start().await;
+        let upstream_port = free_port()?;
+        let upstream = start_baseline(root, profile, upstream_port, 1, 64)?;
+        Ok(Dependencies { postgres, upstream_port, _upstream: upstream })
+    }
+}
+
+/// Starts `examples/baseline` answering a JSON body of `body_bytes`, and
+/// waits until it answers.
+pub fn start_baseline(
+    root: &Path,
+    profile: Profile,
+    port: u16,
+    workers: usize,
+    body_bytes: usize,
+) -> anyhow::Result<Process> {
+    let process = Process {
+        child: Command::new(profile.binary(root, "examples/baseline"))
+            .args([format!("127.0.0.1:{port}"), workers.to_string(), body_bytes.to_string()])
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting the baseline server")?,
+    };
+    wait_until("the baseline server answering", Duration::from_secs(10), || fetch(port, "/", None).is_ok())?;
+    Ok(process)
+}
+
+/// Starts healthd on `port` with a realistic config (a postgres, an http, a
+/// tcp and a disk check; a token; the access log on, JSON, to `log`) and
+/// waits until every check has reported.
+pub fn start_healthd(
+    root: &Path,
+    profile: Profile,
+    port: u16,
+    dependencies: &Dependencies,
+    log: Stdio,
+) -> anyhow::Result<Process> {
+    let dir = root.join("target/xtask");
+    fs::create_dir_all(&dir)?;
+    let config_path = dir.join(format!("healthd-{port}.toml"));
+    fs::write(&config_path, realistic_config(port, &dependencies.postgres.url(), dependencies.upstream_port))?;
+    let process = Process {
+        child: Command::new(profile.binary(root, "healthd"))
+            .arg("--config")
+            .arg(&config_path)
+            .args(["--log-format", "json"])
+            .env("HEALTHD_TOKEN", TOKEN)
+            .stdout(log)
+            .spawn()
+            .context("starting healthd")?,
+    };
+    wait_until("healthd's startup probe answering 200", Duration::from_secs(30), || {
+        fetch(port, "/health/startup", None).is_ok_and(|(status, _)| status == 200)
+    })?;
+    Ok(process)
+}
+
+fn realistic_config(port: u16, database_url: &str, upstream_port: u16) -> String {
+    format!(
+        r#"[server]
+listen = "127.0.0.1:{port}"
+service_id = "xtask"
+description = "healthd under cargo xtask"
+workers = {WORKERS}
+drain_delay = "0s"
+
+[access]
+details = "authorized"
+details_allow = ["127.0.0.0/8"]
+[[access.tokens]]
+name = "xtask"
+env = "HEALTHD_TOKEN"
+
+[defaults]
+interval = "{CHECK_INTERVAL_SECONDS}s"
+timeout = "1s"
+retries = 1
+
+[[checks]]
+name = "db"
+kind = "postgres"
+url = "{database_url}"
+
+[[checks]]
+name = "upstream"
+kind = "http"
+url = "http://127.0.0.1:{upstream_port}/health"
+
+[[checks]]
+name = "upstream-tcp"
+kind = "tcp"
+address = "127.0.0.1:{upstream_port}"
+
+[[checks]]
+name = "disk"
+kind = "disk"
+path = "/"
+"#
+    )
+}
+
+/// A child process killed and reaped on drop, however the bench ends.
+pub struct Process {
+    pub child: Child,
+}
+
+impl Process {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A minimal HTTP/1.0 GET, to read bodies without another client crate.
+pub fn fetch(port: u16, path: &str, token: Option<&str>) -> anyhow::Result<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let auth = token.map(|token| format!("Authorization: Bearer {token}\r\n")).unwrap_or_default();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n{auth}\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response.get(9..12).and_then(|code| code.parse().ok()).context("no HTTP status line")?;
+    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default();
+    Ok((status, body))
+}
+
+pub fn wait_until(what: &str, deadline: Duration, mut ready: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let started = Instant::now();
+    while !ready() {
+        if started.elapsed() > deadline {
+            bail!("{what} did not happen within {deadline:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
