@@ -22,6 +22,7 @@ use crate::http::access::{Access, ClientAddress, DetailsDenied, Principal};
 use crate::http::error::{ApiError, ApiErrorKind};
 use crate::monitor::SnapshotReader;
 use crate::report::Rendered;
+use crate::telemetry::{self, AccessRecord};
 
 pub use docs::ApiDoc;
 pub use metrics::RequestCounters;
@@ -190,17 +191,15 @@ fn log_request(
     let request = response.request();
     let principal =
         request.extensions().get::<Principal>().copied().unwrap_or(Principal::Anonymous);
-    tracing::info!(
-        target: "healthd::access",
-        client = %address.client,
-        peer = %address.peer,
-        method = %request.method(),
-        path = request.path(),
-        status = response.status().as_u16(),
-        duration_ms = (started.elapsed().as_secs_f64() * 1e6).round() / 1e3,
-        principal = access.principal_name(principal),
-        "request"
-    );
+    telemetry::log_access(&AccessRecord {
+        client: address.client,
+        peer: address.peer,
+        method: request.method().as_str(),
+        path: request.path(),
+        status: response.status().as_u16(),
+        duration: started.elapsed(),
+        principal: access.principal_name(principal),
+    });
 }
 
 /// Recomputed where needed rather than stored in the request's extensions,
@@ -262,7 +261,8 @@ pub async fn get_health(
 ) -> Result<HttpResponse, ApiError> {
     let principal = authenticate(&state, &request)?;
     let snapshot = state.reader.current();
-    let sees_details = state.access.sees_details(&client_address(&state, &request), principal).is_ok();
+    let sees_details =
+        state.access.sees_details(&client_address(&state, &request), principal).is_ok();
     Ok(health_response(if sees_details { &snapshot.health } else { &snapshot.health_anonymous }))
 }
 
