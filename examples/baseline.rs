@@ -32,7 +32,10 @@ fn main() -> std::io::Result<()> {
                 let body = body.clone();
                 async move {
                     HttpResponse::Ok()
-                        .insert_header((CONTENT_TYPE, HeaderValue::from_static("application/health+json")))
+                        .insert_header((
+                            CONTENT_TYPE,
+                            HeaderValue::from_static("application/health+json"),
+                        ))
                         .body(body)
                 }
             }))

@@ -47,7 +47,10 @@ async fn probes_answer_health_json_once_every_check_reported() {
 #[tokio::test]
 async fn head_answers_the_status_and_headers_of_get_without_a_body() {
     let app = spawn_app(DEFAULT_CONFIG).await;
-    app.wait_for("/health/startup", None, std::time::Duration::from_secs(5), |a| a.status == StatusCode::OK).await;
+    app.wait_for("/health/startup", None, std::time::Duration::from_secs(5), |a| {
+        a.status == StatusCode::OK
+    })
+    .await;
     for path in [
         "/health",
         "/health/live",

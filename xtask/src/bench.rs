@@ -17,9 +17,9 @@ use anyhow::{bail, Context};
 
 use crate::project_root;
 use crate::services::{
-    fetch, free_port, start_baseline, start_healthd, Dependencies, Profile, CHECK_INTERVAL_SECONDS, TOKEN, WORKERS,
+    fetch, free_port, start_baseline, start_healthd, Dependencies, Profile, CHECK_INTERVAL_SECONDS,
+    TOKEN, WORKERS,
 };
-
 
 struct Plan {
     smoke: bool,
@@ -51,11 +51,36 @@ struct Target {
 }
 
 const TARGETS: [Target; 5] = [
-    Target { label: "baseline (static JSON)", server: Server::Baseline, path: "/", authorized: false },
-    Target { label: "/health anonymous", server: Server::Healthd, path: "/health", authorized: false },
-    Target { label: "/health authorized", server: Server::Healthd, path: "/health", authorized: true },
-    Target { label: "/health/live", server: Server::Healthd, path: "/health/live", authorized: false },
-    Target { label: "/health/ready", server: Server::Healthd, path: "/health/ready", authorized: false },
+    Target {
+        label: "baseline (static JSON)",
+        server: Server::Baseline,
+        path: "/",
+        authorized: false,
+    },
+    Target {
+        label: "/health anonymous",
+        server: Server::Healthd,
+        path: "/health",
+        authorized: false,
+    },
+    Target {
+        label: "/health authorized",
+        server: Server::Healthd,
+        path: "/health",
+        authorized: true,
+    },
+    Target {
+        label: "/health/live",
+        server: Server::Healthd,
+        path: "/health/live",
+        authorized: false,
+    },
+    Target {
+        label: "/health/ready",
+        server: Server::Healthd,
+        path: "/health/ready",
+        authorized: false,
+    },
 ];
 
 pub fn run(args: &[&str]) -> anyhow::Result<()> {
@@ -68,7 +93,8 @@ pub fn run(args: &[&str]) -> anyhow::Result<()> {
     let root = project_root();
     Profile::Release.build(&root)?;
     ensure_wrk()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     runtime.block_on(bench(&root, &plan))
 }
 
@@ -94,7 +120,8 @@ fn ensure_wrk() -> anyhow::Result<()> {
 fn cpu_time_us(pid: u32) -> anyhow::Result<f64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the command name, which is in parentheses and may hold spaces.
-    let fields: Vec<&str> = stat.rsplit_once(')').context("odd /proc stat")?.1.split_whitespace().collect();
+    let fields: Vec<&str> =
+        stat.rsplit_once(')').context("odd /proc stat")?.1.split_whitespace().collect();
     let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
     // SAFETY: sysconf has no preconditions.
     let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
@@ -120,10 +147,24 @@ fn parse_wrk_duration_us(text: &str) -> Option<f64> {
     })
 }
 
-fn wrk(port: u16, target: &Target, connections: u32, seconds: u64, pid: u32) -> anyhow::Result<Measurement> {
+fn wrk(
+    port: u16,
+    target: &Target,
+    connections: u32,
+    seconds: u64,
+    pid: u32,
+) -> anyhow::Result<Measurement> {
     let threads = connections.clamp(1, 2).to_string();
     let mut command = Command::new("wrk");
-    command.args(["-t", &threads, "-c", &connections.to_string(), "-d", &format!("{seconds}s"), "--latency"]);
+    command.args([
+        "-t",
+        &threads,
+        "-c",
+        &connections.to_string(),
+        "-d",
+        &format!("{seconds}s"),
+        "--latency",
+    ]);
     if target.authorized {
         command.args(["-H", &format!("Authorization: Bearer {TOKEN}")]);
     }
@@ -136,14 +177,22 @@ fn wrk(port: u16, target: &Target, connections: u32, seconds: u64, pid: u32) -> 
         bail!("wrk against {} reported errors:\n{text}", target.label);
     }
     let value = |prefix: &str| {
-        text.lines().find_map(|line| line.trim_start().strip_prefix(prefix).map(|rest| rest.trim().to_string()))
+        text.lines().find_map(|line| {
+            line.trim_start().strip_prefix(prefix).map(|rest| rest.trim().to_string())
+        })
     };
-    let requests_per_second: f64 =
-        value("Requests/sec:").and_then(|v| v.parse().ok()).context("no Requests/sec in wrk's output")?;
+    let requests_per_second: f64 = value("Requests/sec:")
+        .and_then(|v| v.parse().ok())
+        .context("no Requests/sec in wrk's output")?;
     let p50_us = value("50%").and_then(|v| parse_wrk_duration_us(&v)).context("no p50")?;
     let p99_us = value("99%").and_then(|v| parse_wrk_duration_us(&v)).context("no p99")?;
     let requests = requests_per_second * seconds as f64;
-    Ok(Measurement { requests_per_second, p50_us, p99_us, cpu_us_per_request: (cpu_after - cpu_before) / requests })
+    Ok(Measurement {
+        requests_per_second,
+        p50_us,
+        p99_us,
+        cpu_us_per_request: (cpu_after - cpu_before) / requests,
+    })
 }
 
 fn median(mut measurements: Vec<Measurement>) -> Measurement {
@@ -158,8 +207,13 @@ async fn bench(root: &Path, plan: &Plan) -> anyhow::Result<()> {
     let postgres = &dependencies.postgres;
     let healthd_port = free_port()?;
     let access_log = out_dir.join("access.log");
-    let healthd =
-        start_healthd(root, Profile::Release, healthd_port, &dependencies, fs::File::create(&access_log)?.into())?;
+    let healthd = start_healthd(
+        root,
+        Profile::Release,
+        healthd_port,
+        &dependencies,
+        fs::File::create(&access_log)?.into(),
+    )?;
     let (_, report) = fetch(healthd_port, "/health", Some(TOKEN))?;
     if !report.contains("db:responseTime") || !report.contains(r#""status":"pass""#) {
         bail!("healthd is not healthy before the bench: {report}");
@@ -198,20 +252,28 @@ async fn bench(root: &Path, plan: &Plan) -> anyhow::Result<()> {
     let frozen_level = 64;
     postgres.freeze();
     let frozen = [&TARGETS[1], &TARGETS[2]].map(|target| {
-        wrk(healthd_port, target, frozen_level, plan.seconds, healthd.pid()).map(|m| (target.label, m))
+        wrk(healthd_port, target, frozen_level, plan.seconds, healthd.pid())
+            .map(|m| (target.label, m))
     });
     postgres.thaw();
     let frozen: Vec<(&str, Measurement)> = frozen.into_iter().collect::<anyhow::Result<_>>()?;
 
     let healthd_rss = peak_rss_kib(healthd.pid())?;
     let baseline_rss = peak_rss_kib(baseline.pid())?;
-    let log_lines = fs::read_to_string(&access_log)?.lines().filter(|line| line.contains("healthd::access")).count();
+    let log_lines = fs::read_to_string(&access_log)?
+        .lines()
+        .filter(|line| line.contains("healthd::access"))
+        .count();
 
     writeln!(table, "| connections | target | requests/s | × baseline | p50 µs | p99 µs | p99 × baseline | CPU µs/request |")?;
     writeln!(table, "|---:|---|---:|---:|---:|---:|---:|---:|")?;
     for &connections in &plan.levels {
         let level: Vec<_> = results.iter().filter(|(c, _, _)| *c == connections).collect();
-        let base = level.iter().find(|(_, t, _)| t.server == Server::Baseline).map(|(_, _, m)| *m).context("no baseline")?;
+        let base = level
+            .iter()
+            .find(|(_, t, _)| t.server == Server::Baseline)
+            .map(|(_, _, m)| *m)
+            .context("no baseline")?;
         for (_, target, m) in level {
             writeln!(
                 table,
@@ -234,12 +296,20 @@ async fn bench(root: &Path, plan: &Plan) -> anyhow::Result<()> {
     writeln!(table, "|---|---:|---:|---:|---:|")?;
     for (label, m) in &frozen {
         let ratio = unfrozen(label).map_or(f64::NAN, |u| m.p99_us / u.p99_us);
-        writeln!(table, "| {label} | {:.0} | {:.0} | {:.0} | {ratio:.2} |", m.requests_per_second, m.p50_us, m.p99_us)?;
+        writeln!(
+            table,
+            "| {label} | {:.0} | {:.0} | {:.0} | {ratio:.2} |",
+            m.requests_per_second, m.p50_us, m.p99_us
+        )?;
     }
     let statements = (statements_after - statements_before) as f64;
     writeln!(table, "\n| measure | value |\n|---|---:|")?;
     writeln!(table, "| probes sent to healthd during the load | {probes:.0} |")?;
-    writeln!(table, "| PostgreSQL statements during the load | {statements:.0} in {:.1} min |", load_minutes)?;
+    writeln!(
+        table,
+        "| PostgreSQL statements during the load | {statements:.0} in {:.1} min |",
+        load_minutes
+    )?;
     writeln!(table, "| PostgreSQL statements per minute | {:.1} |", statements / load_minutes)?;
     writeln!(
         table,
@@ -252,7 +322,8 @@ async fn bench(root: &Path, plan: &Plan) -> anyhow::Result<()> {
 
     println!("{table}");
     let document = benchmarks_document(plan, &table)?;
-    let path = if plan.smoke { out_dir.join("BENCHMARKS-smoke.md") } else { root.join("BENCHMARKS.md") };
+    let path =
+        if plan.smoke { out_dir.join("BENCHMARKS-smoke.md") } else { root.join("BENCHMARKS.md") };
     fs::write(&path, document)?;
     eprintln!("wrote {}", path.display());
     Ok(())
@@ -262,24 +333,49 @@ fn command_output(program: &str, args: &[&str]) -> String {
     Command::new(program)
         .args(args)
         .output()
-        .map(|output| String::from_utf8_lossy(&output.stdout).lines().next().unwrap_or_default().trim().to_string())
+        .map(|output| {
+            String::from_utf8_lossy(&output.stdout)
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_string()
+        })
         .unwrap_or_else(|_| "unknown".into())
 }
 
 fn benchmarks_document(plan: &Plan, table: &str) -> anyhow::Result<String> {
     let cpu = fs::read_to_string("/proc/cpuinfo")?
         .lines()
-        .find_map(|line| line.strip_prefix("model name").map(|rest| rest.trim_start_matches([' ', '\t', ':']).to_string()))
+        .find_map(|line| {
+            line.strip_prefix("model name")
+                .map(|rest| rest.trim_start_matches([' ', '\t', ':']).to_string())
+        })
         .unwrap_or_else(|| "unknown".into());
     let cores = std::thread::available_parallelism().map_or(0, usize::from);
-    let memory = fs::read_to_string("/proc/meminfo")?.lines().next().unwrap_or_default().to_string();
+    let memory =
+        fs::read_to_string("/proc/meminfo")?.lines().next().unwrap_or_default().to_string();
     let lock = fs::read_to_string(project_root().join("Cargo.lock"))?;
-    let actix = lock.split("name = \"actix-web\"\nversion = \"").nth(1).and_then(|rest| rest.split('"').next()).unwrap_or("?");
+    let actix = lock
+        .split("name = \"actix-web\"\nversion = \"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or("?");
     let mut document = String::new();
     writeln!(document, "# Benchmarks\n")?;
-    writeln!(document, "Measured by `cargo xtask bench{}` on {}.\n", if plan.smoke { " --smoke" } else { "" }, chrono_free_date())?;
+    writeln!(
+        document,
+        "Measured by `cargo xtask bench{}` on {}.\n",
+        if plan.smoke { " --smoke" } else { "" },
+        chrono_free_date()
+    )?;
     writeln!(document, "- machine: {cpu}, {cores} cores, {memory}")?;
-    writeln!(document, "- {}; actix-web {actix}; {}", command_output("rustc", &["--version"]), command_output("wrk", &["--version"]))?;
+    writeln!(
+        document,
+        "- {}; actix-web {actix}; {}",
+        command_output("rustc", &["--version"]),
+        command_output("wrk", &["--version"])
+    )?;
     writeln!(
         document,
         "- healthd (release) and the baseline (`examples/baseline.rs`, bare actix-web returning a fixed JSON body as large as healthd's authorized `/health`) each run {WORKERS} workers; wrk runs on the same 2 cores"

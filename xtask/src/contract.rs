@@ -15,7 +15,8 @@ pub fn run() -> anyhow::Result<()> {
     let root = project_root();
     let started = Instant::now();
     Profile::Debug.build(&root)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     let dependencies = runtime.block_on(Dependencies::start(&root, Profile::Debug))?;
     let port = free_port()?;
     let log = std::fs::File::create(root.join("target/xtask/contract-healthd.log"))?;

@@ -78,7 +78,9 @@ pub fn start_baseline(
             .spawn()
             .context("starting the baseline server")?,
     };
-    wait_until("the baseline server answering", Duration::from_secs(10), || fetch(port, "/", None).is_ok())?;
+    wait_until("the baseline server answering", Duration::from_secs(10), || {
+        fetch(port, "/", None).is_ok()
+    })?;
     Ok(process)
 }
 
@@ -95,7 +97,10 @@ pub fn start_healthd(
     let dir = root.join("target/xtask");
     fs::create_dir_all(&dir)?;
     let config_path = dir.join(format!("healthd-{port}.toml"));
-    fs::write(&config_path, realistic_config(port, &dependencies.postgres.url(), dependencies.upstream_port))?;
+    fs::write(
+        &config_path,
+        realistic_config(port, &dependencies.postgres.url(), dependencies.upstream_port),
+    )?;
     let process = Process {
         child: Command::new(profile.binary(root, "healthd"))
             .arg("--config")
@@ -186,12 +191,18 @@ pub fn fetch(port: u16, path: &str, token: Option<&str>) -> anyhow::Result<(u16,
     write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n{auth}\r\n")?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
-    let status = response.get(9..12).and_then(|code| code.parse().ok()).context("no HTTP status line")?;
-    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default();
+    let status =
+        response.get(9..12).and_then(|code| code.parse().ok()).context("no HTTP status line")?;
+    let body =
+        response.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default();
     Ok((status, body))
 }
 
-pub fn wait_until(what: &str, deadline: Duration, mut ready: impl FnMut() -> bool) -> anyhow::Result<()> {
+pub fn wait_until(
+    what: &str,
+    deadline: Duration,
+    mut ready: impl FnMut() -> bool,
+) -> anyhow::Result<()> {
     let started = Instant::now();
     while !ready() {
         if started.elapsed() > deadline {
@@ -201,4 +212,3 @@ pub fn wait_until(what: &str, deadline: Duration, mut ready: impl FnMut() -> boo
     }
     Ok(())
 }
-
