@@ -77,6 +77,7 @@ impl Counters {
     }
 }
 
+#[derive(Debug)]
 struct RunResult {
     observation: Observation,
     attempts: u32,
@@ -176,9 +177,7 @@ impl SnapshotReader {
         if !snapshot.is_stale(now) {
             return snapshot;
         }
-        let fresh = Arc::new(Snapshot::render(&self.shared.service, snapshot.states.clone(), now));
-        self.shared.snapshot.store(fresh.clone());
-        fresh
+        self.shared.render_again(&snapshot, now)
     }
 
     pub fn service(&self) -> &ServiceInfo {
@@ -237,6 +236,20 @@ async fn run_once(check: &dyn Check, policy: &Policy) -> RunResult {
 }
 
 impl Shared {
+    /// Renders `seen` again at `now`, so that the readings in it that went
+    /// stale read as `fail`, and publishes that unless a newer snapshot was
+    /// published meanwhile: a probe must never put back older readings over
+    /// a run that just finished. Returns what is published.
+    fn render_again(&self, seen: &Arc<Snapshot>, now: Instant) -> Arc<Snapshot> {
+        let fresh = Arc::new(Snapshot::render(&self.service, seen.states.clone(), now));
+        let previous = self.snapshot.compare_and_swap(seen, fresh.clone());
+        if Arc::ptr_eq(&previous, seen) {
+            fresh
+        } else {
+            arc_swap::Guard::into_inner(previous)
+        }
+    }
+
     fn record(&self, index: usize, run: RunResult) {
         let mut states = self.states.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let state = &mut states[index];
@@ -338,6 +351,94 @@ mod tests {
     fn pass_and_warn_follow_each_other_at_once() {
         assert_eq!(next_status(Some(Pass), Warn, 0, 1, &POLICY), Warn);
         assert_eq!(next_status(Some(Warn), Pass, 0, 1, &POLICY), Pass);
+    }
+
+    /// A check that plays a script: each attempt takes the next outcome,
+    /// `None` being an attempt that never ends.
+    struct Scripted(Mutex<std::collections::VecDeque<Option<Observation>>>);
+
+    impl Scripted {
+        fn new(outcomes: Vec<Option<Observation>>) -> Self {
+            Scripted(Mutex::new(outcomes.into()))
+        }
+    }
+
+    impl Check for Scripted {
+        fn component_type(&self) -> ComponentType {
+            ComponentType::Component
+        }
+        fn measurements(&self) -> &'static [(&'static str, &'static str)] {
+            checks::RESPONSE_TIME
+        }
+        fn attempt(&self) -> checks::BoxFuture<'_, Observation> {
+            let next = self.0.lock().unwrap().pop_front().flatten();
+            Box::pin(async move {
+                match next {
+                    Some(observation) => observation,
+                    None => std::future::pending().await,
+                }
+            })
+        }
+    }
+
+    const QUICK: Policy = Policy {
+        interval: Duration::from_secs(1),
+        timeout: Duration::from_millis(50),
+        retries: 1,
+        backoff: Duration::from_millis(5),
+        failure_threshold: 1,
+        success_threshold: 1,
+    };
+
+    #[tokio::test]
+    async fn a_failed_attempt_is_retried_within_the_run() {
+        let check = Scripted::new(vec![
+            Some(Observation::fail("HTTP 500")),
+            Some(Observation::pass(vec![Some(1.0)])),
+        ]);
+        let run = run_once(&check, &QUICK).await;
+        assert_eq!(run.observation.status, Pass);
+        assert_eq!(run.attempts, 2);
+    }
+
+    #[tokio::test]
+    async fn retries_stop_at_the_configured_count() {
+        let fail = || Some(Observation::fail("HTTP 500"));
+        let check = Scripted::new(vec![fail(), fail(), fail()]);
+        let run = run_once(&check, &QUICK).await;
+        assert_eq!(run.observation.output.as_deref(), Some("HTTP 500"));
+        assert_eq!(run.attempts, 2);
+    }
+
+    #[tokio::test]
+    async fn an_attempt_that_never_ends_is_cut_at_the_deadline() {
+        let check = Scripted::new(vec![None, None]);
+        let run = run_once(&check, &QUICK).await;
+        assert_eq!(run.observation.status, Fail);
+        assert_eq!(run.observation.output.as_deref(), Some("timed out after 50 ms"));
+        assert_eq!((run.attempts, run.timeouts), (2, 2));
+        assert!(run.duration < QUICK.worst_case() + Duration::from_millis(500), "{run:?}");
+    }
+
+    #[test]
+    fn a_probe_never_puts_older_readings_back_over_a_newer_snapshot() {
+        let service = ServiceInfo::new("svc".into(), None);
+        let seen = Arc::new(Snapshot::render(&service, Vec::new(), Instant::now()));
+        let shared = Shared {
+            states: Mutex::new(Vec::new()),
+            snapshot: ArcSwap::new(seen.clone()),
+            service: service.clone(),
+        };
+        // A run publishes after the probe loaded `seen` and before it renders.
+        let newer = Arc::new(Snapshot::render(&service, Vec::new(), Instant::now()));
+        shared.snapshot.store(newer.clone());
+        let answered = shared.render_again(&seen, Instant::now());
+        assert!(Arc::ptr_eq(&answered, &newer));
+        assert!(Arc::ptr_eq(&shared.snapshot.load_full(), &newer));
+        // With nothing newer, the new rendering is published.
+        let rendered = shared.render_again(&newer, Instant::now());
+        assert!(!Arc::ptr_eq(&rendered, &newer));
+        assert!(Arc::ptr_eq(&shared.snapshot.load_full(), &rendered));
     }
 
     #[test]

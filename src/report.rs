@@ -98,7 +98,12 @@ fn effective(state: &CheckState, now: Instant) -> Effective<'_> {
     };
     let age = now.saturating_duration_since(reading.observed_instant);
     if age > state.policy.stale_after() {
-        let output = format!("stale: no reading for {} s", age.as_secs());
+        // Rendered once when it turns stale, so it names the limit passed
+        // rather than an age that would be wrong a moment later.
+        let output = format!(
+            "stale: no reading for more than {} ms (3 intervals)",
+            state.policy.stale_after().as_millis()
+        );
         return Effective { status: HealthStatus::Fail, output: Some(output), state };
     }
     let output = match (reading.status, reading.observation.status) {
@@ -212,6 +217,8 @@ impl Snapshot {
             with_output(HealthStatus::Pass, None)
         };
 
+        // The next moment a reading turns stale; readings already stale are
+        // rendered as such here and need no new rendering until a run ends.
         let stale_at = states
             .iter()
             .filter_map(|state| {
@@ -220,6 +227,7 @@ impl Snapshot {
                     .as_ref()
                     .map(|reading| reading.observed_instant + state.policy.stale_after())
             })
+            .filter(|stale_at| *stale_at >= now)
             .min();
 
         Snapshot {
@@ -347,6 +355,23 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(output.starts_with("stale"), "{output}");
+    }
+
+    #[test]
+    fn a_snapshot_is_rendered_again_only_when_another_reading_turns_stale() {
+        let mut old = state("db", true, Some(HealthStatus::Pass));
+        old.reading.as_mut().unwrap().observed_instant = Instant::now() - Duration::from_secs(31);
+        let fresh = state("api", true, Some(HealthStatus::Pass));
+        let now = Instant::now();
+        let snapshot = render(vec![old, fresh]);
+        // The stale one is already shown as such; the fresh one turns stale later.
+        assert!(!snapshot.is_stale(now + Duration::from_secs(29)));
+        assert!(snapshot.is_stale(now + Duration::from_secs(31)));
+        let mut only_old = state("db", true, Some(HealthStatus::Pass));
+        only_old.reading.as_mut().unwrap().observed_instant =
+            Instant::now() - Duration::from_secs(31);
+        let snapshot = render(vec![only_old]);
+        assert!(!snapshot.is_stale(Instant::now() + Duration::from_secs(3600)));
     }
 
     #[test]

@@ -103,7 +103,11 @@ impl Check for HttpCheck {
                 };
             let status = response.status().as_u16();
             if !self.expected(status) {
-                return Observation::fail(format!("HTTP {status}"));
+                // The dependency answered: how fast is still worth showing.
+                return Observation {
+                    values: vec![elapsed_ms(started)],
+                    ..Observation::fail(format!("HTTP {status}"))
+                };
             }
             let is_health_json = response
                 .headers()
@@ -167,6 +171,12 @@ fn reqwest_category(error: &reqwest::Error) -> String {
     if let Some(io) = find_io_error(error) {
         return io_category(io);
     }
+    // hyper's own words for a peer that hung up without an answer.
+    if chain.contains("connection closed before message completed")
+        || chain.contains("end of file before message length reached")
+    {
+        return "connection closed".into();
+    }
     if error.is_redirect() {
         return "too many redirects".into();
     }
@@ -180,12 +190,18 @@ fn reqwest_category(error: &reqwest::Error) -> String {
 }
 
 /// rustls names certificate problems in its error text; map them to words.
+/// Current rustls 0.23 writes the common ones as sentences ("certificate expired:
+/// verification time ..."), the others as variant names; match both.
 fn tls_category(chain: &str) -> Option<&'static str> {
     let categories = [
+        ("certificate expired", "TLS: certificate expired"),
         ("Expired", "TLS: certificate expired"),
+        ("certificate not valid yet", "TLS: certificate not yet valid"),
         ("NotValidYet", "TLS: certificate not yet valid"),
         ("UnknownIssuer", "TLS: certificate not trusted"),
+        ("certificate not valid for name", "TLS: certificate does not match the host name"),
         ("NotValidForName", "TLS: certificate does not match the host name"),
+        ("Revoked", "TLS: certificate revoked"),
         ("invalid peer certificate", "TLS: invalid certificate"),
         ("InvalidContentType", "TLS: the server does not speak TLS"),
         ("CorruptMessage", "TLS: the server does not speak TLS"),
@@ -210,6 +226,21 @@ mod tests {
         assert_eq!(
             tls_category("invalid peer certificate: Expired"),
             Some("TLS: certificate expired")
+        );
+        // The text rustls 0.23 writes for the common certificate problems.
+        let expired = "error sending request: client error (Connect): invalid peer certificate: certificate expired: verification time 1700000000 (UNIX), but certificate is not valid after 1600000000 (100000000 seconds ago)";
+        assert_eq!(tls_category(expired), Some("TLS: certificate expired"));
+        let early = "invalid peer certificate: certificate not valid yet: verification time 1 (UNIX), but certificate is not valid before 2 (1 seconds in future)";
+        assert_eq!(tls_category(early), Some("TLS: certificate not yet valid"));
+        let name = "invalid peer certificate: certificate not valid for name \"a.example\"; certificate is only valid for b.example";
+        assert_eq!(tls_category(name), Some("TLS: certificate does not match the host name"));
+        assert_eq!(
+            tls_category("invalid peer certificate: UnknownIssuer"),
+            Some("TLS: certificate not trusted")
+        );
+        assert_eq!(
+            tls_category("received corrupt message of type InvalidContentType"),
+            Some("TLS: the server does not speak TLS")
         );
         assert_eq!(tls_category("connection refused"), None);
     }

@@ -146,3 +146,29 @@ pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_errors_become_categories() {
+        let refused = io::Error::from(io::ErrorKind::ConnectionRefused);
+        assert_eq!(io_category(&refused), "connection refused");
+        // What getaddrinfo failures look like through tokio.
+        for text in [
+            "failed to lookup address information: Name or service not known",
+            "failed to lookup address information: Temporary failure in name resolution",
+        ] {
+            assert_eq!(io_category(&io::Error::other(text)), "DNS: no such host", "{text}");
+        }
+        assert_eq!(io_category(&io::Error::other("something else")), "network error");
+    }
+
+    #[test]
+    fn the_timeout_output_names_the_deadline() {
+        let observation = Observation::timed_out(Duration::from_millis(2000));
+        assert_eq!(observation.output.as_deref(), Some("timed out after 2000 ms"));
+        assert!(observation.timed_out);
+    }
+}

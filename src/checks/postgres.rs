@@ -134,6 +134,10 @@ fn postgres_category(error: &tokio_postgres::Error) -> String {
     if let Some(io) = find_io_error(error) {
         return io_category(io);
     }
+    // The server asked for a password and the DSN has none.
+    if error_chain(error).contains("password missing") {
+        return "authentication failed".into();
+    }
     if error.is_closed() {
         return "connection closed".into();
     }

@@ -363,9 +363,15 @@ impl TestPostgres {
     /// verifier; `pg_hba.conf` makes every role but `postgres` authenticate
     /// with it over TCP, so a wrong password fails with "password
     /// authentication failed for user ...". Connect with `url_with_password`.
+    ///
+    /// The commit is synchronous (the server runs with `synchronous_commit =
+    /// off`), so the role survives a `kill()` right after.
     pub async fn create_role(&self, name: &str, password: &str) {
-        let sql =
-            format!("CREATE ROLE {} LOGIN PASSWORD {}", quote_ident(name), quote_literal(password));
+        let sql = format!(
+            "SET synchronous_commit = on; CREATE ROLE {} LOGIN PASSWORD {}",
+            quote_ident(name),
+            quote_literal(password)
+        );
         if let Err(e) = self.client().await.batch_execute(&sql).await {
             panic!("creating role {name:?}: {}", describe_error(&e));
         }

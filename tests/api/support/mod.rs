@@ -1,5 +1,7 @@
-//! Test support shared by the modules of the api test binary; the
-//! dependencies themselves live in the healthd-testkit crate, which the
-//! benchmark uses too.
+//! Test support shared by the modules of the api test binary. The throwaway
+//! PostgreSQL lives in the healthd-testkit crate, which the benchmark uses
+//! too; the small HTTP dependencies and the check-test helpers live here.
 
+pub mod checks;
 pub use healthd_testkit::postgres;
+pub mod upstream;

@@ -1,0 +1,291 @@
+//! Small local HTTP dependencies for the check tests: a listener on
+//! 127.0.0.1 port 0 that answers with a `Behaviour` the test can change at
+//! any time (200, 500, slowly, never, alternately, fail-then-succeed, an
+//! `application/health+json` report, or closing at once).
+//!
+//! It speaks just enough HTTP/1.1 for reqwest: it reads the request head,
+//! answers once with `Connection: close`, and closes. It counts the requests
+//! it received and keeps the last one's headers, so a test can see that a
+//! secret header was sent and then check it was never echoed by healthd.
+//! Plain answers echo the request head in their body on purpose: a
+//! dependency that repeats credentials back must not make healthd leak them.
+
+// Test support: not every helper is used by every set of tests.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::{JoinHandle, JoinSet};
+
+/// The largest request head the server reads.
+const MAX_HEAD: usize = 16 * 1024;
+
+/// How the upstream answers each request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Behaviour {
+    /// Answers with this status at once.
+    Status(u16),
+    /// Waits this long, then answers with the status.
+    Slow(Duration, u16),
+    /// Accepts, reads the request, and never answers; the socket stays open
+    /// until the upstream is dropped. Also stands in for a PostgreSQL server
+    /// that accepts and never answers.
+    Never,
+    /// Accepts, reads the request, and closes without answering.
+    Close,
+    /// The first status on the 1st, 3rd, 5th... request since it was set,
+    /// the second on the others.
+    Alternate(u16, u16),
+    /// 500 to the first `n` requests since it was set, then 200.
+    FailFirst(usize),
+    /// 200 with `application/health+json` and this `status` in the body.
+    HealthReport(&'static str),
+    /// Writes a plain HTTP answer as soon as it accepts, before reading: what
+    /// a TLS client sees when it is pointed at a plain HTTP port.
+    PlainAtOnce,
+}
+
+/// What the upstream saw of one request.
+#[derive(Debug, Clone, Default)]
+pub struct SeenRequest {
+    pub method: String,
+    pub path: String,
+    /// Header names in lower case, in the order received.
+    pub headers: Vec<(String, String)>,
+}
+
+impl SeenRequest {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(header, _)| header.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.as_str())
+    }
+}
+
+struct Shared {
+    behaviour: Mutex<Behaviour>,
+    /// Requests received since the behaviour was last set.
+    since_set: AtomicUsize,
+    /// Requests received in all.
+    requests: AtomicUsize,
+    last: Mutex<Option<SeenRequest>>,
+}
+
+/// A running upstream; dropping it closes the listener and every connection.
+pub struct Upstream {
+    address: SocketAddr,
+    shared: Arc<Shared>,
+    task: JoinHandle<()>,
+}
+
+impl Upstream {
+    /// Binds 127.0.0.1 port 0 and serves on the current runtime.
+    pub async fn start(behaviour: Behaviour) -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("binding an upstream");
+        let address = listener.local_addr().expect("the upstream's address");
+        let shared = Arc::new(Shared {
+            behaviour: Mutex::new(behaviour),
+            since_set: AtomicUsize::new(0),
+            requests: AtomicUsize::new(0),
+            last: Mutex::new(None),
+        });
+        let task = tokio::spawn(serve(listener, shared.clone()));
+        Upstream { address, shared, task }
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    pub fn port(&self) -> u16 {
+        self.address.port()
+    }
+
+    /// `http://127.0.0.1:PORT/health`.
+    pub fn url(&self) -> String {
+        format!("http://{}/health", self.address)
+    }
+
+    /// `http://USER:PASSWORD@127.0.0.1:PORT/health` (both must be URL-safe).
+    pub fn url_with_userinfo(&self, user: &str, password: &str) -> String {
+        format!("http://{user}:{password}@{}/health", self.address)
+    }
+
+    /// Changes how the next requests are answered.
+    pub fn set(&self, behaviour: Behaviour) {
+        let mut current = self.shared.behaviour.lock().unwrap();
+        *current = behaviour;
+        self.shared.since_set.store(0, Ordering::SeqCst);
+    }
+
+    /// Requests whose head was received, in all.
+    pub fn requests(&self) -> usize {
+        self.shared.requests.load(Ordering::SeqCst)
+    }
+
+    /// The last request received, if any.
+    pub fn last_request(&self) -> Option<SeenRequest> {
+        self.shared.last.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        // Aborting the accept loop drops its JoinSet, which aborts every
+        // connection task and so closes the held sockets.
+        self.task.abort();
+    }
+}
+
+async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                if let Ok((stream, _)) = accepted {
+                    connections.spawn(answer(stream, shared.clone()));
+                }
+            }
+            // Reap finished connections so the set does not grow.
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+}
+
+async fn answer(mut stream: TcpStream, shared: Arc<Shared>) {
+    if *shared.behaviour.lock().unwrap() == Behaviour::PlainAtOnce {
+        shared.requests.fetch_add(1, Ordering::SeqCst);
+        let _ = stream.write_all(b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\n\r\n").await;
+        let _ = stream.shutdown().await;
+        return;
+    }
+    let Some(request) = read_head(&mut stream).await else {
+        return;
+    };
+    let behaviour = shared.behaviour.lock().unwrap().clone();
+    let nth = shared.since_set.fetch_add(1, Ordering::SeqCst);
+    shared.requests.fetch_add(1, Ordering::SeqCst);
+    let head_only = request.method == "HEAD";
+    let echo = format!("{} {}\n{:?}\n", request.method, request.path, request.headers);
+    *shared.last.lock().unwrap() = Some(request);
+
+    let (status, content_type, body) = match behaviour {
+        Behaviour::Status(status) => (status, "text/plain", echo),
+        Behaviour::Slow(delay, status) => {
+            tokio::time::sleep(delay).await;
+            (status, "text/plain", echo)
+        }
+        Behaviour::Never => {
+            // Hold the socket open, reading whatever comes, until the peer
+            // gives up or the upstream is dropped.
+            let mut sink = [0u8; 1024];
+            while matches!(stream.read(&mut sink).await, Ok(read) if read > 0) {}
+            return;
+        }
+        Behaviour::Close | Behaviour::PlainAtOnce => return,
+        Behaviour::Alternate(first, second) => {
+            (if nth.is_multiple_of(2) { first } else { second }, "text/plain", echo)
+        }
+        Behaviour::FailFirst(failures) => {
+            (if nth < failures { 500 } else { 200 }, "text/plain", echo)
+        }
+        Behaviour::HealthReport(status) => (
+            200,
+            "application/health+json",
+            format!(r#"{{"status":"{status}","serviceId":"upstream"}}"#),
+        ),
+    };
+    let mut response = format!(
+        "HTTP/1.1 {status} {}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        reason(status),
+        body.len()
+    );
+    if !head_only {
+        response.push_str(&body);
+    }
+    let _ = stream.write_all(response.as_bytes()).await;
+    let _ = stream.shutdown().await;
+}
+
+/// Reads up to the blank line that ends the head; `None` if the peer
+/// closed first or the head is malformed.
+async fn read_head(stream: &mut TcpStream) -> Option<SeenRequest> {
+    let mut buffer = Vec::new();
+    let mut chunk = [0u8; 2048];
+    let end = loop {
+        if let Some(end) = buffer.windows(4).position(|window| window == b"\r\n\r\n") {
+            break end;
+        }
+        if buffer.len() > MAX_HEAD {
+            return None;
+        }
+        let read = stream.read(&mut chunk).await.ok()?;
+        if read == 0 {
+            return None;
+        }
+        buffer.extend_from_slice(&chunk[..read]);
+    };
+    let head = String::from_utf8_lossy(&buffer[..end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let mut request_line = lines.next()?.split(' ');
+    let method = request_line.next()?.to_string();
+    let path = request_line.next()?.to_string();
+    let headers = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_string()))
+        .collect();
+    Some(SeenRequest { method, path, headers })
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        204 => "No Content",
+        301 => "Moved Permanently",
+        404 => "Not Found",
+        500 => "Internal Server Error",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        _ => "Status",
+    }
+}
+
+/// A TCP address whose connects never complete: a listener with a backlog of
+/// 0 whose one queue slot is taken by a connection it never accepts, so the
+/// kernel drops every further SYN and a connect hangs until the caller gives
+/// up. (A listener that accepts is not enough for a TCP check: the kernel
+/// completes the handshake before anyone calls accept.)
+pub struct Unanswering {
+    address: SocketAddr,
+    _listener: TcpListener,
+    _filler: TcpStream,
+}
+
+impl Unanswering {
+    pub async fn start() -> Unanswering {
+        let socket = tokio::net::TcpSocket::new_v4().expect("a TCP socket");
+        socket.bind("127.0.0.1:0".parse().unwrap()).expect("binding 127.0.0.1:0");
+        let listener = socket.listen(0).expect("listening");
+        let address = listener.local_addr().expect("the listener's address");
+        let filler = TcpStream::connect(address).await.expect("filling the accept queue");
+        Unanswering { address, _listener: listener, _filler: filler }
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+}
+
+/// A 127.0.0.1 address where nothing listens: connects are refused.
+pub async fn refused_address() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("binding 127.0.0.1:0");
+    let address = listener.local_addr().expect("the listener's address");
+    drop(listener);
+    address
+}
