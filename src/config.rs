@@ -40,7 +40,22 @@ pub struct AccessSettings {
     pub allow: Vec<Cidr>,
     pub details_allow: Vec<Cidr>,
     pub trusted_proxies: Vec<Cidr>,
+    /// The one header a trusted proxy writes the client address into.
+    pub forwarded_header: ForwardedHeader,
     pub tokens: Vec<TokenSettings>,
+}
+
+/// Which header carries the client address through trusted proxies. Only
+/// one is read: a proxy appends to the header it writes and passes the
+/// other through untouched, so reading both would let a client choose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For: client, proxy1` (nginx, Envoy, HAProxy, Traefik, cloud load balancers).
+    #[serde(rename = "x-forwarded-for")]
+    XForwardedFor,
+    /// `Forwarded: for=client, for=proxy1` (RFC 7239).
+    #[serde(rename = "forwarded")]
+    Forwarded,
 }
 
 /// Who sees the checks behind a status.
@@ -322,6 +337,7 @@ struct RawAccess {
     allow: Option<Vec<String>>,
     details_allow: Option<Vec<String>>,
     trusted_proxies: Option<Vec<String>>,
+    forwarded_header: Option<ForwardedHeader>,
     #[serde(default)]
     tokens: Vec<RawToken>,
 }
@@ -534,7 +550,14 @@ fn validate(raw: RawSettings, env: &dyn Environment, problems: &mut Vec<Problem>
         }
     }
     let details = raw.access.details.unwrap_or(Details::Authorized);
-    let access = AccessSettings { details, allow, details_allow, trusted_proxies, tokens };
+    let access = AccessSettings {
+        details,
+        allow,
+        details_allow,
+        trusted_proxies,
+        forwarded_header: raw.access.forwarded_header.unwrap_or(ForwardedHeader::XForwardedFor),
+        tokens,
+    };
 
     let defaults = policy_over(&DEFAULT_POLICY, &raw.defaults);
     let mut names = HashSet::new();

@@ -5,7 +5,7 @@ use std::net::TcpListener;
 use std::time::Duration;
 
 use actix_web::dev::{Server, ServerHandle};
-use actix_web::web::Data;
+use actix_web::web::{self, Data};
 use actix_web::{App, HttpServer};
 use anyhow::Context;
 
@@ -14,6 +14,11 @@ use crate::http::access::Access;
 use crate::http::{self, HealthState};
 use crate::monitor::Monitor;
 use crate::report::ServiceInfo;
+
+/// How long (seconds) requests in flight may take to finish once the
+/// listener has closed. healthd answers in microseconds; this bounds slow
+/// clients, so that the process exits well inside Kubernetes' grace period.
+pub const SHUTDOWN_TIMEOUT_SECS: u64 = 10;
 
 /// The running service: its port, its server and its checks.
 pub struct Application {
@@ -46,11 +51,16 @@ impl Application {
         let state =
             HealthState::new(monitor.reader(), Access::new(settings.access.clone()), "", true);
         let server_state = state.clone();
-        let mut server =
-            HttpServer::new(move || App::new().service(http::scope(server_state.clone(), "")))
-                // The lifecycle owns signals: readiness must turn 503 before the listener closes.
-                .disable_signals()
-                .shutdown_timeout(30);
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .service(http::scope(server_state.clone(), ""))
+                .default_service(web::to(http::not_found))
+        })
+        // The lifecycle owns signals: readiness must turn 503 before the listener closes.
+        .disable_signals()
+        // After the listener closes, requests in flight get this long to
+        // finish; idle keep-alive connections close at once.
+        .shutdown_timeout(SHUTDOWN_TIMEOUT_SECS);
         if let Some(workers) = settings.server.workers {
             server = server.workers(workers);
         }
@@ -81,7 +91,7 @@ impl Application {
         let result = self.server.await;
         signals.abort();
         self.monitor.stop().await;
-        tracing::info!("healthd stopped");
+        tracing::info!("checks stopped; healthd stopped");
         result.context("the server failed")
     }
 }

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use actix_web::http::header::{HeaderMap, AUTHORIZATION};
 use sha2::{Digest, Sha256};
 
-use crate::config::{AccessSettings, Details};
+use crate::config::{AccessSettings, Details, ForwardedHeader};
 use crate::net::Cidr;
 
 pub fn sha256(bytes: &[u8]) -> [u8; 32] {
@@ -46,18 +46,25 @@ impl Access {
     }
 
     /// The client is the peer, unless the peer is a trusted proxy: then it
-    /// is the right-most forwarded address that is not itself trusted.
+    /// is the right-most address of the configured forwarded header that is
+    /// not itself a trusted proxy. An entry that is not an address (`unknown`,
+    /// an obfuscated name, garbage) ends the walk: nothing left of it can be
+    /// believed, so the last trusted hop counts as the client.
     pub fn client_address(&self, peer: IpAddr, headers: &HeaderMap) -> ClientAddress {
+        // An IPv4 client of a dual-stack socket shows as ::ffff:a.b.c.d.
+        let peer = peer.to_canonical();
         let proxies = &self.settings.trusted_proxies;
         if proxies.is_empty() || !Cidr::any_contains(proxies, peer) {
             return ClientAddress { client: peer, peer };
         }
-        let forwarded = forwarded_for(headers);
-        let client = forwarded
-            .into_iter()
-            .rev()
-            .find(|address| !Cidr::any_contains(proxies, *address))
-            .unwrap_or(peer);
+        let mut client = peer;
+        for hop in forwarded_hops(headers, self.settings.forwarded_header).into_iter().rev() {
+            let Some(address) = hop else { break };
+            client = address.to_canonical();
+            if !Cidr::any_contains(proxies, client) {
+                break;
+            }
+        }
         ClientAddress { client, peer }
     }
 
@@ -134,25 +141,36 @@ fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
     std::hint::black_box(difference) == 0
 }
 
-/// Addresses from `X-Forwarded-For` and `Forwarded: for=`, in hop order.
-/// Unparseable entries are skipped.
-fn forwarded_for(headers: &HeaderMap) -> Vec<IpAddr> {
-    let mut addresses = Vec::new();
-    for value in headers.get_all("forwarded").filter_map(|value| value.to_str().ok()) {
-        for element in value.split(',') {
-            for pair in element.split(';') {
-                if let Some((key, node)) = pair.trim().split_once('=') {
-                    if key.trim().eq_ignore_ascii_case("for") {
-                        addresses.extend(parse_node(node.trim().trim_matches('"')));
-                    }
-                }
+/// The hops of the forwarded header, oldest first: an address, or `None`
+/// for an entry that is not one. Several header lines are one list, in
+/// order. Entries are split on raw bytes, so a client's non-UTF-8 garbage
+/// spoils only its own entries, not the ones its proxy appended.
+fn forwarded_hops(headers: &HeaderMap, which: ForwardedHeader) -> Vec<Option<IpAddr>> {
+    let mut hops = Vec::new();
+    let name = match which {
+        ForwardedHeader::XForwardedFor => "x-forwarded-for",
+        ForwardedHeader::Forwarded => "forwarded",
+    };
+    for value in headers.get_all(name) {
+        for entry in value.as_bytes().split(|byte| *byte == b',') {
+            let entry = entry.trim_ascii();
+            if entry.is_empty() {
+                continue;
             }
+            let node = match which {
+                ForwardedHeader::XForwardedFor => Some(entry),
+                // `for=...;proto=https`: a hop without `for` tells nothing.
+                ForwardedHeader::Forwarded => entry.split(|byte| *byte == b';').find_map(|pair| {
+                    let pair = pair.trim_ascii();
+                    let (key, node) = pair.split_at(pair.iter().position(|byte| *byte == b'=')?);
+                    key.eq_ignore_ascii_case(b"for").then(|| node[1..].trim_ascii())
+                }),
+            };
+            let node = node.and_then(|node| std::str::from_utf8(node).ok());
+            hops.push(node.and_then(|node| parse_node(node.trim_matches('"'))));
         }
     }
-    for value in headers.get_all("x-forwarded-for").filter_map(|value| value.to_str().ok()) {
-        addresses.extend(value.split(',').filter_map(|node| parse_node(node.trim())));
-    }
-    addresses
+    hops
 }
 
 /// `1.2.3.4`, `1.2.3.4:80`, `[::1]`, `[::1]:80` or `::1`.
@@ -173,11 +191,16 @@ mod tests {
     use actix_web::http::header::{HeaderName, HeaderValue};
 
     fn access(trusted: &[&str]) -> Access {
+        access_reading(trusted, ForwardedHeader::XForwardedFor)
+    }
+
+    fn access_reading(trusted: &[&str], forwarded_header: ForwardedHeader) -> Access {
         Access::new(AccessSettings {
             details: Details::Authorized,
             allow: vec!["0.0.0.0/0".parse().unwrap()],
             details_allow: vec!["127.0.0.0/8".parse().unwrap()],
             trusted_proxies: trusted.iter().map(|t| t.parse().unwrap()).collect(),
+            forwarded_header,
             tokens: vec![TokenSettings { name: "ops".into(), sha256: sha256(b"s3cret") }],
         })
     }
@@ -209,9 +232,67 @@ mod tests {
         let access = access(&["10.0.0.0/8"]);
         let spoofed = headers(&[("x-forwarded-for", "127.0.0.1, 198.51.100.7, 10.0.0.2")]);
         assert_eq!(access.client_address(ip("10.0.0.1"), &spoofed).client, ip("198.51.100.7"));
+        // Two header lines are one list, in order.
+        let lines =
+            headers(&[("x-forwarded-for", "127.0.0.1"), ("x-forwarded-for", "2001:db8::7")]);
+        assert_eq!(access.client_address(ip("10.0.0.1"), &lines).client, ip("2001:db8::7"));
+
+        let access = access_reading(&["10.0.0.0/8"], ForwardedHeader::Forwarded);
         let forwarded =
             headers(&[("forwarded", "for=\"[2001:db8::1]:4711\";proto=https, for=10.0.0.3")]);
         assert_eq!(access.client_address(ip("10.0.0.1"), &forwarded).client, ip("2001:db8::1"));
+    }
+
+    #[test]
+    fn only_the_configured_forwarded_header_is_read() {
+        // The proxy writes X-Forwarded-For; a client's own Forwarded passes through it.
+        let access = access(&["10.0.0.0/8"]);
+        let both = headers(&[("forwarded", "for=127.0.0.1"), ("x-forwarded-for", "198.51.100.7")]);
+        assert_eq!(access.client_address(ip("10.0.0.1"), &both).client, ip("198.51.100.7"));
+        let access = access_reading(&["10.0.0.0/8"], ForwardedHeader::Forwarded);
+        let both = headers(&[("x-forwarded-for", "127.0.0.1"), ("forwarded", "for=198.51.100.7")]);
+        assert_eq!(access.client_address(ip("10.0.0.1"), &both).client, ip("198.51.100.7"));
+    }
+
+    #[test]
+    fn an_entry_that_is_not_an_address_stops_the_walk_at_the_last_trusted_hop() {
+        let access = access(&["10.0.0.0/8"]);
+        let hidden = headers(&[("x-forwarded-for", "127.0.0.1, unknown, 10.0.0.2")]);
+        assert_eq!(access.client_address(ip("10.0.0.1"), &hidden).client, ip("10.0.0.2"));
+        let access = access_reading(&["10.0.0.0/8"], ForwardedHeader::Forwarded);
+        let hidden = headers(&[("forwarded", "for=127.0.0.1, for=_hidden")]);
+        assert_eq!(access.client_address(ip("10.0.0.1"), &hidden).client, ip("10.0.0.1"));
+        let no_for = headers(&[("forwarded", "for=127.0.0.1, proto=https")]);
+        assert_eq!(access.client_address(ip("10.0.0.1"), &no_for).client, ip("10.0.0.1"));
+    }
+
+    #[test]
+    fn garbage_bytes_spoil_only_their_own_entry() {
+        let access = access(&["10.0.0.0/8"]);
+        let mut map = HeaderMap::new();
+        map.append(
+            HeaderName::from_static("x-forwarded-for"),
+            HeaderValue::from_bytes(b"\xff\xfe, 198.51.100.7").unwrap(),
+        );
+        assert_eq!(access.client_address(ip("10.0.0.1"), &map).client, ip("198.51.100.7"));
+    }
+
+    #[test]
+    fn ipv4_mapped_addresses_are_plain_ipv4() {
+        let access = access(&["10.0.0.0/8"]);
+        let address = access.client_address(
+            ip("::ffff:10.0.0.1"),
+            &headers(&[("x-forwarded-for", "::ffff:198.51.100.7")]),
+        );
+        assert_eq!(address.peer, ip("10.0.0.1"));
+        assert_eq!(address.client, ip("198.51.100.7"));
+    }
+
+    #[test]
+    fn a_chain_of_trusted_proxies_ends_at_the_first_one() {
+        let access = access(&["10.0.0.0/8"]);
+        let chain = headers(&[("x-forwarded-for", "10.0.0.9, 10.0.0.8")]);
+        assert_eq!(access.client_address(ip("10.0.0.1"), &chain).client, ip("10.0.0.9"));
     }
 
     #[test]

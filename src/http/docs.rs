@@ -53,6 +53,7 @@ fn document(content_type: &'static str, body: &'static str) -> HttpResponse {
         (status = 200, body = String, content_type = "application/yaml"),
         (status = 400, body = healthd_models::Problem, content_type = "application/problem+json"),
         (status = 403, body = healthd_models::Problem, content_type = "application/problem+json"),
+        (status = 431, body = healthd_models::Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn get_openapi_yaml() -> HttpResponse {
@@ -65,6 +66,7 @@ pub async fn get_openapi_yaml() -> HttpResponse {
         (status = 200, body = Object, content_type = "application/json"),
         (status = 400, body = healthd_models::Problem, content_type = "application/problem+json"),
         (status = 403, body = healthd_models::Problem, content_type = "application/problem+json"),
+        (status = 431, body = healthd_models::Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn get_openapi_json() -> HttpResponse {
@@ -83,6 +85,7 @@ pub async fn redirect_to_swagger_ui(request: HttpRequest) -> HttpResponse {
         (status = 200, body = String, content_type = "text/html"),
         (status = 400, body = healthd_models::Problem, content_type = "application/problem+json"),
         (status = 403, body = healthd_models::Problem, content_type = "application/problem+json"),
+        (status = 431, body = healthd_models::Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn get_swagger_ui(

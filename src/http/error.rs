@@ -13,6 +13,12 @@ pub enum ApiErrorKind {
     BadQuery,
     #[error("requests to healthd carry no body")]
     BodyNotAllowed,
+    #[error(
+        "the request's header fields are too large: at most {} fields of {} bytes in all",
+        crate::http::MAX_HEADER_FIELDS,
+        crate::http::MAX_HEADER_BYTES
+    )]
+    HeadersTooLarge,
     #[error("a valid bearer token is required")]
     Unauthorized,
     #[error("this address may not connect")]
@@ -55,6 +61,7 @@ impl ResponseError for ApiError {
             | ApiErrorKind::DetailsDisabled => StatusCode::FORBIDDEN,
             ApiErrorKind::UnknownCheck(_) | ApiErrorKind::NotFound => StatusCode::NOT_FOUND,
             ApiErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiErrorKind::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -14,7 +14,7 @@ use std::time::Instant;
 use actix_web::body::MessageBody;
 use actix_web::dev::{Service, ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::http::header::{self, HeaderValue};
-use actix_web::http::StatusCode;
+use actix_web::http::{ConnectionType, Method, StatusCode};
 use actix_web::web::{self, Data};
 use actix_web::{guard, HttpMessage, HttpRequest, HttpResponse, Resource, Scope};
 
@@ -104,10 +104,15 @@ pub fn scope(
                 Err(error) => Err(request.error_response(error)),
             };
             async move {
-                let response = match call {
+                let mut response = match call {
                     Ok(call) => call.await?.map_into_left_body(),
                     Err(response) => response.map_into_right_body(),
                 };
+                if state.is_draining() {
+                    // Keep-alive clients reconnect, and reach another
+                    // instance once the listener has closed.
+                    response.response_mut().head_mut().set_connection_type(ConnectionType::Close);
+                }
                 state.requests.count(response.request().match_name(), response.status().as_u16());
                 if state.access_log {
                     log_request(&state.access, &address, &response, started);
@@ -139,19 +144,34 @@ fn peer(request: &HttpRequest) -> std::net::IpAddr {
     request.peer_addr().map_or(std::net::IpAddr::from([127, 0, 0, 1]), |address| address.ip())
 }
 
+/// More header fields than this is 431. actix-web's own parser answers
+/// 431 without a body past 96 fields or a 128 KiB head; below those
+/// limits, healthd's tighter ones answer in problem+json.
+pub const MAX_HEADER_FIELDS: usize = 64;
+/// Header names and values of more bytes than this, in all, is 431.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+
 /// Refuses a request before it reaches a handler: an address outside
-/// `allow`, a malformed query string, a body.
+/// `allow`, oversized header fields, a malformed query string, a body.
 fn screen(access: &Access, address: &ClientAddress, request: &HttpRequest) -> Result<(), ApiError> {
     if !access.allowed(address) {
         return Err(ApiError::new(ApiErrorKind::AddressNotAllowed, request.path()));
     }
+    let headers = request.headers();
+    if headers.len() > MAX_HEADER_FIELDS
+        || headers.iter().map(|(name, value)| name.as_str().len() + value.len()).sum::<usize>()
+            > MAX_HEADER_BYTES
+    {
+        return Err(ApiError::new(ApiErrorKind::HeadersTooLarge, request.path()));
+    }
     if !query_is_well_formed(request.query_string()) {
         return Err(ApiError::new(ApiErrorKind::BadQuery, request.path()));
     }
-    let headers = request.headers();
+    // Other methods go on to their 405: the body is not why they fail.
+    let reads = matches!(*request.method(), Method::GET | Method::HEAD);
     let has_body = headers.contains_key(header::TRANSFER_ENCODING)
         || headers.get(header::CONTENT_LENGTH).is_some_and(|length| length.as_bytes() != b"0");
-    if has_body {
+    if reads && has_body {
         return Err(ApiError::new(ApiErrorKind::BodyNotAllowed, request.path()));
     }
     Ok(())
@@ -195,11 +215,26 @@ fn log_request(
         client: address.client,
         peer: address.peer,
         method: request.method().as_str(),
-        path: request.path(),
+        path: loggable(request.path()),
         status: response.status().as_u16(),
         duration: started.elapsed(),
         principal: access.principal_name(principal),
     });
+}
+
+/// Paths are logged up to this many bytes: the HTTP parser lets a path
+/// grow to 64 KiB, and a log line need not.
+const MAX_LOGGED_PATH: usize = 1024;
+
+fn loggable(path: &str) -> &str {
+    if path.len() <= MAX_LOGGED_PATH {
+        return path;
+    }
+    let mut end = MAX_LOGGED_PATH;
+    while !path.is_char_boundary(end) {
+        end -= 1;
+    }
+    &path[..end]
 }
 
 /// Recomputed where needed rather than stored in the request's extensions,
@@ -252,6 +287,7 @@ fn health_response(rendered: &Rendered) -> HttpResponse {
         (status = 400, body = healthd_models::Problem, content_type = "application/problem+json"),
         (status = 401, body = healthd_models::Problem, content_type = "application/problem+json"),
         (status = 403, body = healthd_models::Problem, content_type = "application/problem+json"),
+        (status = 431, body = healthd_models::Problem, content_type = "application/problem+json"),
         (status = 503, body = healthd_models::HealthReport, content_type = "application/health+json"),
     )
 )]
@@ -272,6 +308,7 @@ pub async fn get_health(
         (status = 200, body = healthd_models::HealthReport, content_type = "application/health+json"),
         (status = 400, body = healthd_models::Problem, content_type = "application/problem+json"),
         (status = 403, body = healthd_models::Problem, content_type = "application/problem+json"),
+        (status = 431, body = healthd_models::Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn get_liveness(state: Data<HealthState>) -> HttpResponse {
@@ -284,6 +321,7 @@ pub async fn get_liveness(state: Data<HealthState>) -> HttpResponse {
         (status = 200, body = healthd_models::HealthReport, content_type = "application/health+json"),
         (status = 400, body = healthd_models::Problem, content_type = "application/problem+json"),
         (status = 403, body = healthd_models::Problem, content_type = "application/problem+json"),
+        (status = 431, body = healthd_models::Problem, content_type = "application/problem+json"),
         (status = 503, body = healthd_models::HealthReport, content_type = "application/health+json"),
     )
 )]
@@ -298,6 +336,7 @@ pub async fn get_readiness(state: Data<HealthState>) -> HttpResponse {
         (status = 200, body = healthd_models::HealthReport, content_type = "application/health+json"),
         (status = 400, body = healthd_models::Problem, content_type = "application/problem+json"),
         (status = 403, body = healthd_models::Problem, content_type = "application/problem+json"),
+        (status = 431, body = healthd_models::Problem, content_type = "application/problem+json"),
         (status = 503, body = healthd_models::HealthReport, content_type = "application/health+json"),
     )
 )]
@@ -314,6 +353,7 @@ pub async fn get_startup(state: Data<HealthState>) -> HttpResponse {
         (status = 401, body = healthd_models::Problem, content_type = "application/problem+json"),
         (status = 403, body = healthd_models::Problem, content_type = "application/problem+json"),
         (status = 404, body = healthd_models::Problem, content_type = "application/problem+json"),
+        (status = 431, body = healthd_models::Problem, content_type = "application/problem+json"),
         (status = 503, body = healthd_models::HealthReport, content_type = "application/health+json"),
     )
 )]
@@ -337,6 +377,7 @@ pub async fn get_check(
         (status = 400, body = healthd_models::Problem, content_type = "application/problem+json"),
         (status = 401, body = healthd_models::Problem, content_type = "application/problem+json"),
         (status = 403, body = healthd_models::Problem, content_type = "application/problem+json"),
+        (status = 431, body = healthd_models::Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn get_metrics(
@@ -354,7 +395,10 @@ pub async fn get_metrics(
         .body(body))
 }
 
-async fn not_found(request: HttpRequest) -> Result<HttpResponse, ApiError> {
+/// 404 in problem+json. Also the `App`'s default service: a request
+/// target that is not a path (`OPTIONS *`, `CONNECT host:port`) never
+/// reaches the scope.
+pub async fn not_found(request: HttpRequest) -> Result<HttpResponse, ApiError> {
     Err(ApiError::new(ApiErrorKind::NotFound, request.path()))
 }
 

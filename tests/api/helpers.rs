@@ -4,7 +4,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
-use std::sync::{LazyLock, Mutex};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use healthd::config::Settings;
@@ -96,8 +99,11 @@ impl Answer {
 pub struct TestApp {
     pub base: String,
     pub port: u16,
+    /// Where the server listens (its IP and port).
+    pub address: SocketAddr,
     pub client: reqwest::Client,
     drain: DrainHandle,
+    running: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
 /// Starts healthd from `config` (TOML), on 127.0.0.1 port 0.
@@ -107,23 +113,32 @@ pub async fn spawn_app(config: &str) -> TestApp {
 
 /// As `spawn_app`, with environment variables the config may name.
 pub async fn spawn_app_with_env(config: &str, env: BTreeMap<String, String>) -> TestApp {
+    spawn_app_at("127.0.0.1:0", config, env).await
+}
+
+/// As `spawn_app_with_env`, listening on `listen` (such as `"[::1]:0"`).
+pub async fn spawn_app_at(listen: &str, config: &str, env: BTreeMap<String, String>) -> TestApp {
     LazyLock::force(&TRACING);
     let mut env = env;
-    env.insert("HEALTHD_LISTEN".into(), "127.0.0.1:0".into());
+    env.insert("HEALTHD_LISTEN".into(), listen.into());
     let settings =
         Settings::parse(config, "test.toml", &env).unwrap_or_else(|error| panic!("{error}"));
+    let ip = settings.server.listen.ip();
     let application = Application::build(settings).await.expect("the application starts");
     let port = application.port();
     let drain = application.drain_handle();
-    tokio::spawn(application.run_until_stopped());
+    let running = tokio::spawn(application.run_until_stopped());
+    let address = SocketAddr::new(ip, port);
     TestApp {
-        base: format!("http://127.0.0.1:{port}"),
+        base: format!("http://{address}"),
         port,
+        address,
         client: reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap(),
         drain,
+        running,
     }
 }
 
@@ -178,6 +193,282 @@ impl TestApp {
     pub fn drain(&self) -> tokio::task::JoinHandle<()> {
         let drain = self.drain.clone();
         tokio::spawn(async move { drain.drain().await })
+    }
+
+    /// Whether `run_until_stopped` has returned: the server and the checks stopped.
+    pub fn is_stopped(&self) -> bool {
+        self.running.is_finished()
+    }
+
+    /// Sends a request built on any client (another source address, odd
+    /// headers) and validates its body against the contract.
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> Answer {
+        send(request).await
+    }
+
+    /// `base` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+}
+
+/// Sends a request built on any client and validates its body against the contract.
+pub async fn send(request: reqwest::RequestBuilder) -> Answer {
+    let (client, request) = request.build_split();
+    let request = request.expect("a valid request");
+    let is_head = request.method() == reqwest::Method::HEAD;
+    answer(client.execute(request).await.expect("healthd answers"), is_head).await
+}
+
+/// A reqwest client whose connections come from `local` (any 127.0.0.0/8
+/// address reaches a server on 127.0.0.1 through the loopback interface).
+pub fn client_from(local: IpAddr) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(local)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// An answer read off a raw socket: the status line and headers as sent,
+/// and the body.
+#[derive(Debug)]
+pub struct RawAnswer {
+    pub status: u16,
+    /// Header names lowercased, in order.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl RawAnswer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(key, _)| key == name).map(|(_, value)| value.as_str())
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+}
+
+/// Writes `bytes` to a new connection and reads one answer. Write errors
+/// are ignored: the server may answer and close before reading it all.
+pub async fn raw_request(address: SocketAddr, bytes: &[u8]) -> std::io::Result<RawAnswer> {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(address).await?;
+    let _ = stream.write_all(bytes).await;
+    read_answer(&mut stream, bytes.starts_with(b"HEAD ")).await
+}
+
+/// Reads one HTTP/1.1 answer (status line, headers, and a body of
+/// `content-length` bytes, or up to the end of the stream without one;
+/// none to a HEAD); a problem+json body is validated against the contract.
+pub async fn read_answer(
+    stream: &mut tokio::net::TcpStream,
+    is_head: bool,
+) -> std::io::Result<RawAnswer> {
+    use tokio::io::AsyncReadExt;
+    let read = async {
+        let mut buffer = Vec::new();
+        let mut chunk = [0u8; 8192];
+        let head_end = loop {
+            if let Some(end) = buffer.windows(4).position(|window| window == b"\r\n\r\n") {
+                break end;
+            }
+            let read = stream.read(&mut chunk).await?;
+            if read == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("closed before a whole head: {:?}", String::from_utf8_lossy(&buffer)),
+                ));
+            }
+            buffer.extend_from_slice(&chunk[..read]);
+        };
+        let head = String::from_utf8_lossy(&buffer[..head_end]).into_owned();
+        let mut lines = head.split("\r\n");
+        let status_line = lines.next().unwrap_or_default();
+        let status = status_line
+            .split(' ')
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .unwrap_or_else(|| panic!("not a status line: {status_line:?}"));
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|line| line.split_once(':'))
+            .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_string()))
+            .collect();
+        let mut body = buffer[head_end + 4..].to_vec();
+        let length = headers
+            .iter()
+            .find(|(name, _)| name == "content-length")
+            .and_then(|(_, value)| value.parse::<usize>().ok())
+            .map(|length| if is_head { 0 } else { length });
+        loop {
+            if length.is_some_and(|length| body.len() >= length) {
+                break;
+            }
+            let read = stream.read(&mut chunk).await?;
+            if read == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..read]);
+        }
+        Ok(RawAnswer { status, headers, body })
+    };
+    let answer = tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer in 10 s"))??;
+    if is_head {
+        assert!(answer.body.is_empty(), "HEAD answered with a body: {answer:?}");
+    } else if answer
+        .header("content-type")
+        .is_some_and(|kind| kind.starts_with("application/problem+json"))
+    {
+        let json: Value = serde_json::from_slice(&answer.body).expect("problem+json parses");
+        assert_matches_schema(&json, "Problem");
+        assert_eq!(json["status"], answer.status, "problem status matches the HTTP status");
+    }
+    Ok(answer)
+}
+
+/// The healthd binary, run as a child process from a config file, its
+/// stdout and stderr collected as they come.
+pub struct RunningBinary {
+    pub child: std::process::Child,
+    pub port: u16,
+    stdout: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
+    config: PathBuf,
+}
+
+/// Runs `healthd --config <config> <args>` with only `env` set of healthd's
+/// variables, and waits for it to log the port it serves on.
+pub fn spawn_binary(config: &str, args: &[&str], env: &[(&str, &str)]) -> RunningBinary {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let path = std::env::temp_dir().join(format!(
+        "healthd-binary-{}-{}.toml",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::write(&path, config).unwrap();
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_healthd"));
+    command
+        .arg("--config")
+        .arg(&path)
+        .args(args)
+        .env_remove("HEALTHD_CONFIG")
+        .env_remove("HEALTHD_LISTEN")
+        .env_remove("HEALTHD_LOG_FORMAT")
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let mut child = command.spawn().expect("the healthd binary starts");
+    let collect = |mut source: Box<dyn std::io::Read + Send>| {
+        let sink = Arc::new(Mutex::new(String::new()));
+        let writer = sink.clone();
+        std::thread::spawn(move || {
+            let mut chunk = [0u8; 8192];
+            while let Ok(read) = source.read(&mut chunk) {
+                if read == 0 {
+                    break;
+                }
+                writer.lock().unwrap().push_str(&String::from_utf8_lossy(&chunk[..read]));
+            }
+        });
+        sink
+    };
+    let stdout = collect(Box::new(child.stdout.take().unwrap()));
+    let stderr = collect(Box::new(child.stderr.take().unwrap()));
+    let mut binary = RunningBinary { child, port: 0, stdout, stderr, config: path };
+    let line =
+        binary.wait_for_line(Duration::from_secs(20), |line| line.contains("healthd is serving"));
+    // `port=N` in text, `"port":N` in JSON.
+    let digits = line
+        .split("port")
+        .nth(1)
+        .map(|rest| rest.trim_start_matches(['=', '"', ':']))
+        .map(|rest| rest.chars().take_while(char::is_ascii_digit).collect::<String>())
+        .unwrap_or_default();
+    binary.port = digits.parse().unwrap_or_else(|_| panic!("no port in {line:?}"));
+    binary
+}
+
+impl RunningBinary {
+    pub fn address(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    pub fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn stdout(&self) -> String {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// The first stdout line `wanted` accepts, waiting up to `deadline`.
+    pub fn wait_for_line(&mut self, deadline: Duration, wanted: impl Fn(&str) -> bool) -> String {
+        let started = Instant::now();
+        loop {
+            if let Some(line) = self.stdout().lines().find(|line| wanted(line)) {
+                return line.to_string();
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                // Let the readers drain the pipes before reporting.
+                std::thread::sleep(Duration::from_millis(100));
+                panic!(
+                    "healthd exited ({status}) before the wanted line\nstdout:\n{}\nstderr:\n{}",
+                    self.stdout(),
+                    self.stderr()
+                );
+            }
+            assert!(
+                started.elapsed() < deadline,
+                "no wanted line within {deadline:?}\nstdout:\n{}\nstderr:\n{}",
+                self.stdout(),
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends `signal` (such as `libc::SIGTERM`) to the process.
+    pub fn signal(&self, signal: i32) {
+        let pid = i32::try_from(self.child.id()).unwrap();
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0, "kill failed");
+    }
+
+    /// Waits for the process to exit, failing after `deadline`.
+    pub fn wait_for_exit(&mut self, deadline: Duration) -> std::process::ExitStatus {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                // The pipes close with the process; give the readers a moment.
+                std::thread::sleep(Duration::from_millis(100));
+                return status;
+            }
+            assert!(
+                started.elapsed() < deadline,
+                "healthd did not exit within {deadline:?}\nstdout:\n{}",
+                self.stdout()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for RunningBinary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.config);
     }
 }
 
