@@ -786,10 +786,14 @@ fn secret_url(
 ) -> Option<Secret> {
     match (&check.url, &check.url_env) {
         (Some(url), None) => {
-            if url_has_password(url) {
+            // An HTTP URL's user name is often a token itself; a PostgreSQL
+            // user name is not a secret, its password is.
+            let holds_secret =
+                url_has_password(url) || (check.kind == "http" && url_userinfo(url).is_some());
+            if holds_secret {
                 report(
                     format!("{key}.url"),
-                    "holds a password: put the whole URL in an environment variable and name it with url_env".into(),
+                    "holds credentials: put the whole URL in an environment variable and name it with url_env".into(),
                 );
                 return None;
             }
@@ -821,13 +825,19 @@ fn secret_url(
 
 /// Whether a URL or key=value DSN carries a password.
 fn url_has_password(url: &str) -> bool {
-    if let Some((_, rest)) = url.split_once("://") {
-        let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-        authority.rsplit_once('@').is_some_and(|(userinfo, _)| userinfo.contains(':'))
+    if url.contains("://") {
+        url_userinfo(url).is_some_and(|userinfo| userinfo.contains(':'))
             || url.contains("password=")
     } else {
         url.split_whitespace().any(|pair| pair.starts_with("password="))
     }
+}
+
+/// The user-info of a `scheme://user:password@host/…` URL.
+fn url_userinfo(url: &str) -> Option<&str> {
+    let (_, rest) = url.split_once("://")?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    authority.rsplit_once('@').map(|(userinfo, _)| userinfo)
 }
 
 fn parse_sha256_hex(hex: &str) -> Result<[u8; 32], String> {
@@ -908,6 +918,18 @@ mod tests {
         );
         assert_eq!(problem.key, "checks[0].url");
         assert!(!problem.reason.contains("hunter2"));
+    }
+
+    #[test]
+    fn an_http_url_with_user_info_is_refused_but_a_postgres_user_is_not() {
+        let problem = only_problem(
+            "[[checks]]\nname = \"api\"\nkind = \"http\"\nurl = \"https://s3cret@h/health\"\n",
+        );
+        assert_eq!(problem.key, "checks[0].url");
+        assert!(parse(
+            "[[checks]]\nname = \"db\"\nkind = \"postgres\"\nurl = \"postgres://app@h/db\"\n"
+        )
+        .is_ok());
     }
 
     #[test]

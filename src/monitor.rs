@@ -270,7 +270,9 @@ impl Shared {
             &state.policy,
         );
         if previous != Some(status) {
-            tracing::info!(check = %state.name, from = ?previous, to = %status, output = ?run.observation.output, "check status changed");
+            let from = previous.map_or("none".to_string(), |previous| previous.to_string());
+            let output = run.observation.output.as_deref().unwrap_or("");
+            tracing::info!(check = %state.name, %from, to = %status, output, "check status changed");
         }
         state.reading = Some(Reading {
             status,
