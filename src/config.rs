@@ -108,9 +108,11 @@ pub struct Policy {
 impl Policy {
     /// The longest one run can take: every attempt timing out, every backoff at its cap.
     pub fn worst_case(&self) -> Duration {
-        let attempts = self.retries + 1;
-        let backoff_total: Duration = (0..self.retries).map(|retry| self.backoff_cap(retry)).sum();
-        self.timeout * attempts + backoff_total
+        let attempts = self.retries.saturating_add(1);
+        // Saturating all the way: a config may say anything, and check-config must not panic.
+        let backoff_total = (0..self.retries.min(64))
+            .fold(Duration::ZERO, |total, retry| total.saturating_add(self.backoff_cap(retry)));
+        self.timeout.saturating_mul(attempts).saturating_add(backoff_total)
     }
 
     /// The upper bound of the jittered wait before retry number `retry` (0-based).
@@ -624,7 +626,7 @@ fn policy_problems(policy: &Policy) -> Vec<String> {
     if policy.failure_threshold == 0 || policy.success_threshold == 0 {
         problems.push("failure_threshold and success_threshold must be at least 1".into());
     }
-    if policy.worst_case() > policy.interval {
+    if policy.retries <= 10 && policy.worst_case() > policy.interval {
         problems.push(format!(
             "timeout × (retries + 1) + backoff = {} ms does not fit inside interval = {} ms: lower timeout or retries, or raise interval",
             policy.worst_case().as_millis(),
@@ -677,11 +679,25 @@ fn check_kind(
     let kind = match check.kind.as_str() {
         "postgres" => {
             let dsn = secret_url(check, key, env, report)?;
-            if let Err(error) = dsn.expose().parse::<tokio_postgres::Config>() {
-                // The parser's message never repeats the DSN, but says what is wrong with it.
+            let parsed = match dsn.expose().parse::<tokio_postgres::Config>() {
+                Ok(parsed) => parsed,
+                Err(error) => {
+                    // The parser's message never repeats the DSN, but says what is wrong with it.
+                    report(
+                        format!("{key}.url"),
+                        format!("not a PostgreSQL connection string: {error}"),
+                    );
+                    return None;
+                }
+            };
+            if check.url.is_some() && parsed.get_password().is_some() {
+                report(format!("{key}.url"), CREDENTIALS_IN_FILE.into());
+                return None;
+            }
+            if parsed.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
                 report(
                     format!("{key}.url"),
-                    format!("not a PostgreSQL connection string: {error}"),
+                    "sslmode=require is not supported yet: the postgres check connects without TLS (use sslmode=disable or prefer)".into(),
                 );
                 return None;
             }
@@ -698,6 +714,14 @@ fn check_kind(
         "http" => {
             let url = secret_url(check, key, env, report)?;
             match reqwest::Url::parse(url.expose()) {
+                // A user name in an HTTP URL is often a token itself.
+                Ok(parsed)
+                    if check.url.is_some()
+                        && (!parsed.username().is_empty() || parsed.password().is_some()) =>
+                {
+                    report(format!("{key}.url"), CREDENTIALS_IN_FILE.into());
+                    return None;
+                }
                 Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => {}
                 _ => {
                     report(format!("{key}.url"), "not an http:// or https:// URL".into());
@@ -777,6 +801,9 @@ fn check_kind(
     ok.then_some(kind)
 }
 
+const CREDENTIALS_IN_FILE: &str =
+    "holds credentials: put the whole URL in an environment variable and name it with url_env";
+
 /// `url` (without credentials) or `url_env` (the name of a variable holding it).
 fn secret_url(
     check: &RawCheck,
@@ -785,20 +812,7 @@ fn secret_url(
     report: &mut dyn FnMut(String, String),
 ) -> Option<Secret> {
     match (&check.url, &check.url_env) {
-        (Some(url), None) => {
-            // An HTTP URL's user name is often a token itself; a PostgreSQL
-            // user name is not a secret, its password is.
-            let holds_secret =
-                url_has_password(url) || (check.kind == "http" && url_userinfo(url).is_some());
-            if holds_secret {
-                report(
-                    format!("{key}.url"),
-                    "holds credentials: put the whole URL in an environment variable and name it with url_env".into(),
-                );
-                return None;
-            }
-            Some(Secret::new(url.clone()))
-        }
+        (Some(url), None) => Some(Secret::new(url.clone())),
         (None, Some(var)) => match env.var(var) {
             Some(value) if !value.is_empty() => Some(Secret::new(value)),
             _ => {
@@ -821,23 +835,6 @@ fn secret_url(
             None
         }
     }
-}
-
-/// Whether a URL or key=value DSN carries a password.
-fn url_has_password(url: &str) -> bool {
-    if url.contains("://") {
-        url_userinfo(url).is_some_and(|userinfo| userinfo.contains(':'))
-            || url.contains("password=")
-    } else {
-        url.split_whitespace().any(|pair| pair.starts_with("password="))
-    }
-}
-
-/// The user-info of a `scheme://user:password@host/…` URL.
-fn url_userinfo(url: &str) -> Option<&str> {
-    let (_, rest) = url.split_once("://")?;
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    authority.rsplit_once('@').map(|(userinfo, _)| userinfo)
 }
 
 fn parse_sha256_hex(hex: &str) -> Result<[u8; 32], String> {
@@ -930,6 +927,26 @@ mod tests {
             "[[checks]]\nname = \"db\"\nkind = \"postgres\"\nurl = \"postgres://app@h/db\"\n"
         )
         .is_ok());
+    }
+
+    #[test]
+    fn a_password_in_a_key_value_dsn_is_refused_however_it_is_spaced() {
+        let problem = only_problem(
+            "[[checks]]\nname = \"db\"\nkind = \"postgres\"\nurl = \"host=h password = hunter2\"\n",
+        );
+        assert_eq!(problem.key, "checks[0].url");
+    }
+
+    #[test]
+    fn sslmode_require_is_refused_rather_than_failing_forever() {
+        let problem = only_problem("[[checks]]\nname = \"db\"\nkind = \"postgres\"\nurl = \"postgres://h/db?sslmode=require\"\n");
+        assert!(problem.reason.contains("sslmode=require"), "{}", problem.reason);
+    }
+
+    #[test]
+    fn absurd_retries_are_an_error_not_a_panic() {
+        let problem = only_problem("[[checks]]\nname = \"t\"\nkind = \"tcp\"\naddress = \"h:1\"\nretries = 4294967295\nbackoff = \"1000000h\"\n");
+        assert!(problem.reason.contains("more than 10"), "{}", problem.reason);
     }
 
     #[test]

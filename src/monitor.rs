@@ -169,19 +169,25 @@ impl Monitor {
 }
 
 impl SnapshotReader {
-    /// The latest snapshot. When a reading in it has gone stale (a stuck
-    /// check task), it is rendered again so that stale reads as `fail`.
-    pub fn current(&self) -> Arc<Snapshot> {
-        let snapshot = self.shared.snapshot.load_full();
+    /// The latest snapshot, without touching its reference count on the
+    /// probe path. When a reading in it has gone stale (the monitor was
+    /// stopped, or the runtime is starved), it is rendered again so that
+    /// stale reads as `fail`.
+    pub fn current(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+        let snapshot = self.shared.snapshot.load();
         let now = Instant::now();
         if !snapshot.is_stale(now) {
             return snapshot;
         }
-        self.shared.render_again(&snapshot, now)
+        arc_swap::Guard::from_inner(self.shared.render_again(&snapshot, now))
     }
+}
 
-    pub fn service(&self) -> &ServiceInfo {
-        &self.shared.service
+/// Resolves when `Monitor::stop` asks; a dropped `Monitor` (an embedding
+/// app that kept only the reader) leaves the checks running.
+async fn stop_requested(stopped: &mut watch::Receiver<bool>) {
+    if stopped.wait_for(|stop| *stop).await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 
@@ -198,11 +204,11 @@ async fn run_forever(
     loop {
         tokio::select! {
             _ = ticks.tick() => {}
-            _ = stopped.changed() => return,
+            _ = stop_requested(&mut stopped) => return,
         }
         let run = tokio::select! {
             run = run_once(check.as_ref(), &policy) => run,
-            _ = stopped.changed() => return,
+            _ = stop_requested(&mut stopped) => return,
         };
         shared.record(index, run);
     }

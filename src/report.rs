@@ -4,8 +4,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
+use actix_web::http::StatusCode;
 use actix_web::web::Bytes;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use healthd_models::{CheckResult, HealthReport, HealthStatus};
 
 use crate::monitor::CheckState;
@@ -16,11 +17,19 @@ pub struct ServiceInfo {
     pub service_id: String,
     pub description: Option<String>,
     pub version: String,
+    /// The `time` of a check that has not reported yet: it tells how long
+    /// the check has been waiting, never a fresh observation.
+    pub started_at: DateTime<Utc>,
 }
 
 impl ServiceInfo {
     pub fn new(service_id: String, description: Option<String>) -> Self {
-        ServiceInfo { service_id, description, version: env!("CARGO_PKG_VERSION").to_string() }
+        ServiceInfo {
+            service_id,
+            description,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            started_at: Utc::now(),
+        }
     }
 
     /// A report with the identity filled in and nothing else.
@@ -53,11 +62,11 @@ impl Rendered {
     }
 
     /// pass and warn answer 200, fail answers 503.
-    pub fn http_status(&self) -> u16 {
+    pub fn http_status(&self) -> StatusCode {
         if self.status == HealthStatus::Fail {
-            503
+            StatusCode::SERVICE_UNAVAILABLE
         } else {
-            200
+            StatusCode::OK
         }
     }
 }
@@ -120,9 +129,9 @@ fn effective(state: &CheckState, now: Instant) -> Effective<'_> {
 impl Effective<'_> {
     /// One `CheckResult` per measurement; measurements after the first are
     /// left out when this run could not take them.
-    fn results(&self) -> Vec<(String, CheckResult)> {
+    fn results(&self, started_at: DateTime<Utc>) -> BTreeMap<String, Vec<CheckResult>> {
         let state = self.state;
-        let time = state.reading.as_ref().map_or_else(Utc::now, |reading| reading.observed_at);
+        let time = state.reading.as_ref().map_or(started_at, |reading| reading.observed_at);
         let values = state
             .reading
             .as_ref()
@@ -149,7 +158,7 @@ impl Effective<'_> {
                     critical: Some(state.critical),
                     consecutive_failures: Some(state.consecutive_failures),
                 };
-                Some((format!("{}:{}", state.name, measurement), result))
+                Some((format!("{}:{}", state.name, measurement), vec![result]))
             })
             .collect()
     }
@@ -178,19 +187,14 @@ impl Snapshot {
 
         let mut full = service.report(overall);
         full.version = Some(service.version.clone());
-        full.release_id = Some(service.version.clone());
-        full.checks = effective
-            .iter()
-            .flat_map(Effective::results)
-            .map(|(key, result)| (key, vec![result]))
-            .collect();
+        full.checks =
+            effective.iter().flat_map(|check| check.results(service.started_at)).collect();
 
         let checks = effective
             .iter()
             .map(|check| {
                 let mut report = service.report(check.status);
-                report.checks =
-                    check.results().into_iter().map(|(key, result)| (key, vec![result])).collect();
+                report.checks = check.results(service.started_at);
                 (check.state.name.clone(), Rendered::new(&report))
             })
             .collect();
@@ -306,7 +310,7 @@ mod tests {
             state("x", true, Some(HealthStatus::Pass)),
         ]);
         assert_eq!(snapshot.health.status, HealthStatus::Fail);
-        assert_eq!(snapshot.readiness.http_status(), 503);
+        assert_eq!(snapshot.readiness.http_status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(
             body(&snapshot.health)["checks"]["db:responseTime"][0]["output"],
             "connection refused"
@@ -320,7 +324,7 @@ mod tests {
             state("db", true, Some(HealthStatus::Pass)),
         ]);
         assert_eq!(snapshot.health.status, HealthStatus::Warn);
-        assert_eq!(snapshot.health.http_status(), 200);
+        assert_eq!(snapshot.health.http_status(), StatusCode::OK);
         assert_eq!(snapshot.readiness.status, HealthStatus::Pass);
     }
 
@@ -328,10 +332,10 @@ mod tests {
     fn a_check_without_a_reading_keeps_startup_and_readiness_down() {
         let snapshot =
             render(vec![state("db", true, None), state("disk", true, Some(HealthStatus::Pass))]);
-        assert_eq!(snapshot.startup.http_status(), 503);
+        assert_eq!(snapshot.startup.http_status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(body(&snapshot.readiness)["output"], "starting");
         let snapshot = render(vec![state("db", true, Some(HealthStatus::Pass))]);
-        assert_eq!(snapshot.startup.http_status(), 200);
+        assert_eq!(snapshot.startup.http_status(), StatusCode::OK);
     }
 
     #[test]

@@ -82,10 +82,20 @@ impl Application {
 
     /// Serves until drained (SIGTERM, SIGINT or a `DrainHandle`), then stops the checks.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        // Registered before "serving" is logged, so no signal can arrive
+        // unhandled (and kill the process without a drain).
+        let signals = Signals::register();
         let handle = self.drain_handle();
         let signals = tokio::spawn(async move {
-            wait_for_signal().await;
-            handle.drain().await;
+            let Some(mut signals) = signals else { return };
+            signals.next().await;
+            tokio::select! {
+                _ = handle.drain() => {}
+                _ = signals.next() => {
+                    tracing::warn!("second signal: stopping without waiting for the drain");
+                    handle.server.stop(false).await;
+                }
+            }
         });
         tracing::info!(port = self.port, "healthd is serving");
         let result = self.server.await;
@@ -111,16 +121,28 @@ impl DrainHandle {
     }
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut terminate), Ok(mut interrupt)) =
-        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
-        tracing::error!("cannot listen for SIGTERM and SIGINT");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = terminate.recv() => tracing::info!("SIGTERM received"),
-        _ = interrupt.recv() => tracing::info!("SIGINT received"),
+/// SIGTERM and SIGINT, which both start the drain.
+struct Signals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn register() -> Option<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            (Ok(terminate), Ok(interrupt)) => Some(Signals { terminate, interrupt }),
+            _ => {
+                tracing::error!("cannot listen for SIGTERM and SIGINT");
+                None
+            }
+        }
+    }
+
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.terminate.recv() => tracing::info!("SIGTERM received"),
+            _ = self.interrupt.recv() => tracing::info!("SIGINT received"),
+        }
     }
 }

@@ -32,7 +32,7 @@ impl std::str::FromStr for LogFormat {
 /// Installs the subscriber; `RUST_LOG` filters (default `info`). Call once.
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let sink = BackgroundSink::start();
+    let sink = BackgroundSink::start(format);
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(sink);
     let result = match format {
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
@@ -161,6 +161,7 @@ static SINK: OnceLock<Arc<Shared>> = OnceLock::new();
 struct Shared {
     pending: Mutex<Pending>,
     ready: Condvar,
+    format: LogFormat,
 }
 
 #[derive(Default)]
@@ -186,13 +187,34 @@ impl Shared {
         line.clear();
     }
 
-    fn flush(&self) {
-        let mut pending = self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let bytes = std::mem::take(&mut pending.bytes);
-        drop(pending);
+    /// Writes out what is pending. Taking the batch under the stdout lock
+    /// keeps lines in order and makes `flush` wait for a batch the writer
+    /// thread has taken but not written yet.
+    fn write_pending(&self, batch: &mut Vec<u8>) {
         let mut stdout = std::io::stdout().lock();
-        let _ = stdout.write_all(&bytes);
+        let mut pending = self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        std::mem::swap(batch, &mut pending.bytes);
+        let dropped = std::mem::take(&mut pending.dropped_lines);
+        drop(pending);
+        if dropped > 0 {
+            let message = format!("{dropped} log lines dropped: stdout could not keep up");
+            let _ = match self.format {
+                LogFormat::Json => {
+                    writeln!(
+                        stdout,
+                        r#"{{"level":"WARN","message":"{message}","target":"healthd::telemetry"}}"#
+                    )
+                }
+                LogFormat::Text => writeln!(stdout, "  WARN healthd::telemetry: {message}"),
+            };
+        }
+        let _ = stdout.write_all(batch);
         let _ = stdout.flush();
+        batch.clear();
+    }
+
+    fn flush(&self) {
+        self.write_pending(&mut Vec::new());
     }
 }
 
@@ -205,12 +227,13 @@ struct BackgroundSink {
 }
 
 impl BackgroundSink {
-    fn start() -> BackgroundSink {
+    fn start(format: LogFormat) -> BackgroundSink {
         let shared = SINK
             .get_or_init(|| {
                 let shared = Arc::new(Shared {
                     pending: Mutex::new(Pending::default()),
                     ready: Condvar::new(),
+                    format,
                 });
                 let writer = shared.clone();
                 std::thread::Builder::new()
@@ -235,17 +258,8 @@ fn write_forever(shared: &Shared) {
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
-        std::mem::swap(&mut batch, &mut pending.bytes);
-        let dropped = std::mem::take(&mut pending.dropped_lines);
         drop(pending);
-        let mut stdout = std::io::stdout().lock();
-        if dropped > 0 {
-            let _ =
-                writeln!(stdout, "healthd: {dropped} log lines dropped: stdout could not keep up");
-        }
-        let _ = stdout.write_all(&batch);
-        let _ = stdout.flush();
-        batch.clear();
+        shared.write_pending(&mut batch);
     }
 }
 

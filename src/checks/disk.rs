@@ -3,6 +3,8 @@
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use healthd_models::ComponentType;
 
@@ -12,20 +14,21 @@ pub struct DiskCheck {
     path: PathBuf,
     warn_below: f64,
     fail_below: f64,
+    /// Set while a statvfs runs. A deadline abandons the wait, not the
+    /// thread: while one is stuck, attempts answer at once instead of
+    /// tying up another blocking thread each.
+    in_flight: Arc<AtomicBool>,
 }
 
 impl DiskCheck {
     pub fn new(path: &Path, warn_below: f64, fail_below: f64) -> Self {
-        DiskCheck { path: path.to_path_buf(), warn_below, fail_below }
+        DiskCheck { path: path.to_path_buf(), warn_below, fail_below, in_flight: Arc::default() }
     }
 
     fn judge(&self, free_percent: f64) -> Observation {
         let values = vec![Some((free_percent * 100.0).round() / 100.0)];
         if free_percent < self.fail_below {
-            Observation {
-                values,
-                ..Observation::fail(format!("free space below {}%", self.fail_below))
-            }
+            Observation::fail_with(format!("free space below {}%", self.fail_below), values)
         } else if free_percent < self.warn_below {
             Observation::warn(format!("free space below {}%", self.warn_below), values)
         } else {
@@ -45,10 +48,19 @@ impl Check for DiskCheck {
 
     fn attempt(&self) -> BoxFuture<'_, Observation> {
         let path = self.path.clone();
+        let in_flight = self.in_flight.clone();
         Box::pin(async move {
+            if in_flight.swap(true, Ordering::AcqRel) {
+                return Observation::fail("statvfs is still hanging since an earlier attempt");
+            }
             // statvfs can hang on a dead network filesystem: keep it off the
-            // async threads, where the deadline can still abandon it.
-            match tokio::task::spawn_blocking(move || free_percent(&path)).await {
+            // async threads, where the deadline can still abandon the wait.
+            let statvfs = tokio::task::spawn_blocking(move || {
+                let free = free_percent(&path);
+                in_flight.store(false, Ordering::Release);
+                free
+            });
+            match statvfs.await {
                 Ok(Ok(free)) => self.judge(free),
                 Ok(Err(error)) => {
                     tracing::warn!(path = %self.path.display(), %error, "statvfs failed");

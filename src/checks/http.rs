@@ -104,10 +104,7 @@ impl Check for HttpCheck {
             let status = response.status().as_u16();
             if !self.expected(status) {
                 // The dependency answered: how fast is still worth showing.
-                return Observation {
-                    values: vec![elapsed_ms(started)],
-                    ..Observation::fail(format!("HTTP {status}"))
-                };
+                return Observation::fail_with(format!("HTTP {status}"), vec![elapsed_ms(started)]);
             }
             let is_health_json = response
                 .headers()
@@ -135,10 +132,9 @@ impl Check for HttpCheck {
                 Some(HealthStatus::Warn) => {
                     Observation::warn("dependency reports warn", vec![elapsed])
                 }
-                Some(HealthStatus::Fail) => Observation {
-                    values: vec![elapsed],
-                    ..Observation::fail("dependency reports fail")
-                },
+                Some(HealthStatus::Fail) => {
+                    Observation::fail_with("dependency reports fail", vec![elapsed])
+                }
                 None => Observation::fail("invalid health report"),
             }
         })

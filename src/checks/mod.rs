@@ -29,7 +29,7 @@ pub trait Check: Send + Sync + 'static {
     /// `componentType` in reports.
     fn component_type(&self) -> ComponentType;
     /// The names of the measurements `attempt` reports, the main one first;
-    /// a failed attempt reports them without values.
+    /// an attempt leaves out the values it could not take.
     fn measurements(&self) -> &'static [(&'static str, &'static str)];
     /// Makes one attempt.
     fn attempt(&self) -> BoxFuture<'_, Observation>;
@@ -61,10 +61,15 @@ impl Observation {
     }
 
     pub fn fail(output: impl Into<String>) -> Self {
+        Observation::fail_with(output, Vec::new())
+    }
+
+    /// A failure that still measured something (an answer's time, free space).
+    pub fn fail_with(output: impl Into<String>, values: Vec<Option<f64>>) -> Self {
         Observation {
             status: HealthStatus::Fail,
             output: Some(output.into()),
-            values: Vec::new(),
+            values,
             timed_out: false,
         }
     }

@@ -22,7 +22,7 @@ const ENDPOINTS: [&str; 10] = [
     "swagger_ui",
     "other",
 ];
-const STATUSES: [u16; 11] = [200, 301, 400, 401, 403, 404, 405, 413, 431, 500, 503];
+const STATUSES: [u16; 10] = [200, 301, 400, 401, 403, 404, 405, 431, 500, 503];
 
 /// Requests by endpoint and status code, lock-free so that counting costs
 /// a probe one atomic add.

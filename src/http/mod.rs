@@ -14,7 +14,7 @@ use std::time::Instant;
 use actix_web::body::MessageBody;
 use actix_web::dev::{Service, ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::http::header::{self, HeaderValue};
-use actix_web::http::{ConnectionType, Method, StatusCode};
+use actix_web::http::{ConnectionType, Method};
 use actix_web::web::{self, Data};
 use actix_web::{guard, HttpMessage, HttpRequest, HttpResponse, Resource, Scope};
 
@@ -140,8 +140,12 @@ impl OperationBuilder {
     }
 }
 
+/// The TCP peer. A listener without one (a Unix socket in an embedding
+/// app) gets `::`, which only an allow-everyone range admits: fail closed.
 fn peer(request: &HttpRequest) -> std::net::IpAddr {
-    request.peer_addr().map_or(std::net::IpAddr::from([127, 0, 0, 1]), |address| address.ip())
+    request
+        .peer_addr()
+        .map_or(std::net::IpAddr::from(std::net::Ipv6Addr::UNSPECIFIED), |address| address.ip())
 }
 
 /// More header fields than this is 431. actix-web's own parser answers
@@ -237,8 +241,8 @@ fn loggable(path: &str) -> &str {
     &path[..end]
 }
 
-/// Recomputed where needed rather than stored in the request's extensions,
-/// which would cost every probe an allocation.
+/// Recomputed by the few handlers that need it, rather than stored in the
+/// request's extensions for every probe.
 fn client_address(state: &HealthState, request: &HttpRequest) -> ClientAddress {
     state.access.client_address(peer(request), request.headers())
 }
@@ -269,12 +273,7 @@ fn require_details(state: &HealthState, request: &HttpRequest) -> Result<(), Api
 }
 
 fn health_response(rendered: &Rendered) -> HttpResponse {
-    let status = if rendered.http_status() == 200 {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    HttpResponse::build(status)
+    HttpResponse::build(rendered.http_status())
         .insert_header((header::CONTENT_TYPE, HeaderValue::from_static("application/health+json")))
         .insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")))
         .body(rendered.body.clone())

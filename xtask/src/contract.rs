@@ -19,6 +19,7 @@ pub fn run() -> anyhow::Result<()> {
         tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     let dependencies = runtime.block_on(Dependencies::start(&root, Profile::Debug))?;
     let port = free_port()?;
+    std::fs::create_dir_all(root.join("target/xtask"))?;
     let log = std::fs::File::create(root.join("target/xtask/contract-healthd.log"))?;
     let _healthd = start_healthd(&root, Profile::Debug, port, &dependencies, log.into())?;
     let status = Command::new("bash")
