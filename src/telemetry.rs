@@ -67,7 +67,6 @@ pub struct AccessRecord<'a> {
 /// probe, and tracing's formatter cost a probe a fifth of its throughput.
 /// Otherwise (the routes embedded in another app) it is a tracing event.
 pub fn log_access(record: &AccessRecord<'_>) {
-    let duration_ms = (record.duration.as_secs_f64() * 1e6).round() / 1e3;
     let (Some(format), Some(shared)) = (ACCESS_FORMAT.get(), SINK.get()) else {
         tracing::info!(
             target: "healthd::access",
@@ -76,7 +75,7 @@ pub fn log_access(record: &AccessRecord<'_>) {
             method = record.method,
             path = record.path,
             status = record.status,
-            duration_ms,
+            duration_ms = record.duration.as_secs_f64() * 1e3,
             principal = record.principal,
             "request"
         );
@@ -86,18 +85,7 @@ pub fn log_access(record: &AccessRecord<'_>) {
         if *format == LogFormat::Json {
             line.extend_from_slice(br#"{"timestamp":""#);
         }
-        let now = Utc::now();
-        let _ = write!(
-            line,
-            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
-            now.year(),
-            now.month(),
-            now.day(),
-            now.hour(),
-            now.minute(),
-            now.second(),
-            now.nanosecond() / 1_000 % 1_000_000
-        );
+        write_timestamp(line);
         let _ = match format {
             LogFormat::Json => {
                 let _ = write!(
@@ -108,18 +96,63 @@ pub fn log_access(record: &AccessRecord<'_>) {
                 json_string(line, record.method);
                 line.extend_from_slice(br#","path":"#);
                 json_string(line, record.path);
-                let _ = write!(line, r#","status":{},"duration_ms":{duration_ms},"principal":"#, record.status);
+                let _ = write!(line, r#","status":{},"duration_ms":"#, record.status);
+                write_millis(line, record.duration);
+                line.extend_from_slice(br#","principal":"#);
                 json_string(line, record.principal);
                 writeln!(line, r#","target":"healthd::access"}}"#)
             }
             LogFormat::Text => writeln!(
                 line,
-                "  INFO healthd::access: request client={} peer={} method={} path={:?} status={} duration_ms={duration_ms} principal={:?}",
-                record.client, record.peer, record.method, record.path, record.status, record.principal
+                "  INFO healthd::access: request client={} peer={} method={} path={:?} status={} duration_ms={}.{:03} principal={:?}",
+                record.client,
+                record.peer,
+                record.method,
+                record.path,
+                record.status,
+                record.duration.as_micros() / 1000,
+                record.duration.as_micros() % 1000,
+                record.principal
             ),
         };
         shared.push(line);
     });
+}
+
+thread_local! {
+    /// The formatted `YYYY-MM-DDTHH:MM:SS` of the current second, so that a
+    /// line formats only its microseconds.
+    static SECOND: RefCell<(i64, [u8; 19])> = const { RefCell::new((i64::MIN, [0; 19])) };
+}
+
+/// Appends the time now as RFC 3339 in UTC with microseconds.
+fn write_timestamp(out: &mut Vec<u8>) {
+    let now = Utc::now();
+    SECOND.with_borrow_mut(|(second, text)| {
+        if *second != now.timestamp() {
+            let mut cursor = std::io::Cursor::new(&mut text[..]);
+            let _ = write!(
+                cursor,
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+                now.year(),
+                now.month(),
+                now.day(),
+                now.hour(),
+                now.minute(),
+                now.second()
+            );
+            *second = now.timestamp();
+        }
+        out.extend_from_slice(&text[..]);
+    });
+    let _ = write!(out, ".{:06}Z", now.timestamp_subsec_micros() % 1_000_000);
+}
+
+/// Appends a duration in milliseconds with microsecond precision, without
+/// going through float formatting.
+fn write_millis(out: &mut Vec<u8>, duration: Duration) {
+    let micros = duration.as_micros();
+    let _ = write!(out, "{}.{:03}", micros / 1000, micros % 1000);
 }
 
 /// Appends `text` as a JSON string literal.
@@ -303,6 +336,18 @@ impl Drop for LineWriter<'_> {
 #[cfg(test)]
 mod tests {
     use super::json_string;
+
+    #[test]
+    fn timestamps_and_durations_format_without_floats() {
+        let mut out = Vec::new();
+        super::write_timestamp(&mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(chrono::DateTime::parse_from_rfc3339(&text).is_ok(), "{text}");
+        assert_eq!(text.len(), "2026-11-23T20:15:41.560867Z".len());
+        let mut out = Vec::new();
+        super::write_millis(&mut out, std::time::Duration::from_micros(12_042));
+        assert_eq!(out, b"12.042");
+    }
 
     #[test]
     fn json_strings_escape_what_json_requires() {
