@@ -579,15 +579,30 @@ fn assert_no_secret(stdout: &str) {
     }
 }
 
+/// Waits, with a deadline, until the binary's startup probe answers 200.
+async fn wait_until_started(base: &str) {
+    let client = reqwest::Client::new();
+    let started = async {
+        loop {
+            let status =
+                client.get(format!("{base}/health/startup")).send().await.map(|r| r.status());
+            if status.is_ok_and(|status| status == 200) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), started)
+        .await
+        .unwrap_or_else(|_| panic!("{base}/health/startup did not answer 200 within 20 s"));
+}
+
 #[tokio::test]
 async fn the_binary_writes_one_text_access_line_per_request() {
     // Arrange
     let mut binary = spawn_binary(&binary_config(), &[], &[("HEALTHD_CI_TOKEN", CI_TOKEN), LISTEN]);
     let base = binary.base();
-    let wait_started = reqwest::Client::new();
-    while wait_started.get(format!("{base}/health/startup")).send().await.unwrap().status() != 200 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until_started(&base).await;
 
     // Act
     let sent = log_some_requests(&base).await;
@@ -627,12 +642,7 @@ async fn the_binary_writes_one_json_access_line_per_request() {
         // Arrange
         let mut binary = spawn_binary(&binary_config(), args, env);
         let base = binary.base();
-        let wait_started = reqwest::Client::new();
-        while wait_started.get(format!("{base}/health/startup")).send().await.unwrap().status()
-            != 200
-        {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_until_started(&base).await;
 
         // Act
         let sent = log_some_requests(&base).await;
