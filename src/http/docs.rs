@@ -34,6 +34,37 @@ use crate::http::HealthState;
 )]
 pub struct ApiDoc;
 
+/// 400, 403 and 431: what any operation answers to a malformed query or
+/// body, an address outside `allow`, or too many header bytes.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // Read only by the derive, for the document.
+pub enum CommonProblems {
+    #[response(status = 400, content_type = "application/problem+json")]
+    BadRequest(healthd_models::Problem),
+    #[response(status = 403, content_type = "application/problem+json")]
+    Forbidden(healthd_models::Problem),
+    #[response(status = 431, content_type = "application/problem+json")]
+    HeadersTooLarge(healthd_models::Problem),
+}
+
+/// 401: what operations that read a bearer token answer to a wrong one.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // Read only by the derive, for the document.
+pub enum TokenProblems {
+    #[response(status = 401, content_type = "application/problem+json")]
+    Unauthorized(healthd_models::Problem),
+}
+
+/// 200 for pass or warn, 503 for fail, both a health report.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // Read only by the derive, for the document.
+pub enum HealthAnswers {
+    #[response(status = 200, content_type = "application/health+json")]
+    Healthy(healthd_models::HealthReport),
+    #[response(status = 503, content_type = "application/health+json")]
+    Unhealthy(healthd_models::HealthReport),
+}
+
 pub fn swagger_config(prefix: &str) -> utoipa_swagger_ui::Config<'static> {
     utoipa_swagger_ui::Config::new([format!("{prefix}/openapi.yaml")])
         // The default validator is an external service: no badge, no call out.
@@ -51,9 +82,7 @@ fn document(content_type: &'static str, body: &'static str) -> HttpResponse {
     method(get, head), path = "/openapi.yaml", operation_id = "getOpenapiYaml",
     responses(
         (status = 200, body = String, content_type = "application/yaml"),
-        (status = 400, body = healthd_models::Problem, content_type = "application/problem+json"),
-        (status = 403, body = healthd_models::Problem, content_type = "application/problem+json"),
-        (status = 431, body = healthd_models::Problem, content_type = "application/problem+json"),
+        CommonProblems,
     )
 )]
 pub async fn get_openapi_yaml() -> HttpResponse {
@@ -64,9 +93,7 @@ pub async fn get_openapi_yaml() -> HttpResponse {
     method(get, head), path = "/openapi.json", operation_id = "getOpenapiJson",
     responses(
         (status = 200, body = Object, content_type = "application/json"),
-        (status = 400, body = healthd_models::Problem, content_type = "application/problem+json"),
-        (status = 403, body = healthd_models::Problem, content_type = "application/problem+json"),
-        (status = 431, body = healthd_models::Problem, content_type = "application/problem+json"),
+        CommonProblems,
     )
 )]
 pub async fn get_openapi_json() -> HttpResponse {
@@ -83,9 +110,7 @@ pub async fn redirect_to_swagger_ui(request: HttpRequest) -> HttpResponse {
     method(get, head), path = "/swagger-ui/", operation_id = "getSwaggerUi",
     responses(
         (status = 200, body = String, content_type = "text/html"),
-        (status = 400, body = healthd_models::Problem, content_type = "application/problem+json"),
-        (status = 403, body = healthd_models::Problem, content_type = "application/problem+json"),
-        (status = 431, body = healthd_models::Problem, content_type = "application/problem+json"),
+        CommonProblems,
     )
 )]
 pub async fn get_swagger_ui(

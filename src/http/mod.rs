@@ -19,6 +19,7 @@ use actix_web::web::{self, Data};
 use actix_web::{guard, HttpMessage, HttpRequest, HttpResponse, Resource, Scope};
 
 use crate::http::access::{Access, ClientAddress, DetailsDenied, Principal};
+use crate::http::docs::{CommonProblems, HealthAnswers, TokenProblems};
 use crate::http::error::{ApiError, ApiErrorKind};
 use crate::monitor::SnapshotReader;
 use crate::report::Rendered;
@@ -280,15 +281,10 @@ fn health_response(rendered: &Rendered) -> HttpResponse {
 }
 
 #[utoipa::path(
-    method(get, head), path = "/health", operation_id = "getHealth",
-    responses(
-        (status = 200, body = healthd_models::HealthReport, content_type = "application/health+json"),
-        (status = 400, body = healthd_models::Problem, content_type = "application/problem+json"),
-        (status = 401, body = healthd_models::Problem, content_type = "application/problem+json"),
-        (status = 403, body = healthd_models::Problem, content_type = "application/problem+json"),
-        (status = 431, body = healthd_models::Problem, content_type = "application/problem+json"),
-        (status = 503, body = healthd_models::HealthReport, content_type = "application/health+json"),
-    )
+    method(get, head),
+    path = "/health",
+    operation_id = "getHealth",
+    responses(HealthAnswers, CommonProblems, TokenProblems,)
 )]
 pub async fn get_health(
     request: HttpRequest,
@@ -305,9 +301,7 @@ pub async fn get_health(
     method(get, head), path = "/health/live", operation_id = "getLiveness",
     responses(
         (status = 200, body = healthd_models::HealthReport, content_type = "application/health+json"),
-        (status = 400, body = healthd_models::Problem, content_type = "application/problem+json"),
-        (status = 403, body = healthd_models::Problem, content_type = "application/problem+json"),
-        (status = 431, body = healthd_models::Problem, content_type = "application/problem+json"),
+        CommonProblems,
     )
 )]
 pub async fn get_liveness(state: Data<HealthState>) -> HttpResponse {
@@ -315,14 +309,10 @@ pub async fn get_liveness(state: Data<HealthState>) -> HttpResponse {
 }
 
 #[utoipa::path(
-    method(get, head), path = "/health/ready", operation_id = "getReadiness",
-    responses(
-        (status = 200, body = healthd_models::HealthReport, content_type = "application/health+json"),
-        (status = 400, body = healthd_models::Problem, content_type = "application/problem+json"),
-        (status = 403, body = healthd_models::Problem, content_type = "application/problem+json"),
-        (status = 431, body = healthd_models::Problem, content_type = "application/problem+json"),
-        (status = 503, body = healthd_models::HealthReport, content_type = "application/health+json"),
-    )
+    method(get, head),
+    path = "/health/ready",
+    operation_id = "getReadiness",
+    responses(HealthAnswers, CommonProblems,)
 )]
 pub async fn get_readiness(state: Data<HealthState>) -> HttpResponse {
     let snapshot = state.reader.current();
@@ -330,14 +320,10 @@ pub async fn get_readiness(state: Data<HealthState>) -> HttpResponse {
 }
 
 #[utoipa::path(
-    method(get, head), path = "/health/startup", operation_id = "getStartup",
-    responses(
-        (status = 200, body = healthd_models::HealthReport, content_type = "application/health+json"),
-        (status = 400, body = healthd_models::Problem, content_type = "application/problem+json"),
-        (status = 403, body = healthd_models::Problem, content_type = "application/problem+json"),
-        (status = 431, body = healthd_models::Problem, content_type = "application/problem+json"),
-        (status = 503, body = healthd_models::HealthReport, content_type = "application/health+json"),
-    )
+    method(get, head),
+    path = "/health/startup",
+    operation_id = "getStartup",
+    responses(HealthAnswers, CommonProblems,)
 )]
 pub async fn get_startup(state: Data<HealthState>) -> HttpResponse {
     health_response(&state.reader.current().startup)
@@ -347,13 +333,10 @@ pub async fn get_startup(state: Data<HealthState>) -> HttpResponse {
     method(get, head), path = "/health/checks/{name}", operation_id = "getCheck",
     params(("name" = String, Path, description = "The check's `name` from the configuration.")),
     responses(
-        (status = 200, body = healthd_models::HealthReport, content_type = "application/health+json"),
-        (status = 400, body = healthd_models::Problem, content_type = "application/problem+json"),
-        (status = 401, body = healthd_models::Problem, content_type = "application/problem+json"),
-        (status = 403, body = healthd_models::Problem, content_type = "application/problem+json"),
         (status = 404, body = healthd_models::Problem, content_type = "application/problem+json"),
-        (status = 431, body = healthd_models::Problem, content_type = "application/problem+json"),
-        (status = 503, body = healthd_models::HealthReport, content_type = "application/health+json"),
+        HealthAnswers,
+        CommonProblems,
+        TokenProblems,
     )
 )]
 pub async fn get_check(
@@ -373,10 +356,8 @@ pub async fn get_check(
     method(get, head), path = "/metrics", operation_id = "getMetrics",
     responses(
         (status = 200, body = String, content_type = "text/plain; version=0.0.4"),
-        (status = 400, body = healthd_models::Problem, content_type = "application/problem+json"),
-        (status = 401, body = healthd_models::Problem, content_type = "application/problem+json"),
-        (status = 403, body = healthd_models::Problem, content_type = "application/problem+json"),
-        (status = 431, body = healthd_models::Problem, content_type = "application/problem+json"),
+        CommonProblems,
+        TokenProblems,
     )
 )]
 pub async fn get_metrics(
