@@ -1,9 +1,9 @@
 //! The benchmark's yardstick: bare actix-web answering one fixed JSON body,
 //! with the same actix version and worker count as healthd.
 //!
-//! `baseline ADDRESS WORKERS BODY_BYTES` serves `GET /` with a JSON object
-//! padded to BODY_BYTES, so it costs what healthd's `/health` would if
-//! healthd did nothing but return static bytes.
+//! `baseline ADDRESS WORKERS BODY_BYTES` serves one route, `GET /health`,
+//! with a JSON object padded to BODY_BYTES: what a health endpoint costs
+//! in actix-web when it does nothing but return static bytes.
 
 use actix_web::http::header::{HeaderValue, CONTENT_TYPE};
 use actix_web::web::{self, Bytes};
@@ -28,17 +28,20 @@ fn main() -> std::io::Result<()> {
     actix_web::rt::System::new().block_on(
         HttpServer::new(move || {
             let body = body.clone();
-            App::new().default_service(web::to(move || {
-                let body = body.clone();
-                async move {
-                    HttpResponse::Ok()
-                        .insert_header((
-                            CONTENT_TYPE,
-                            HeaderValue::from_static("application/health+json"),
-                        ))
-                        .body(body)
-                }
-            }))
+            App::new().route(
+                "/health",
+                web::get().to(move || {
+                    let body = body.clone();
+                    async move {
+                        HttpResponse::Ok()
+                            .insert_header((
+                                CONTENT_TYPE,
+                                HeaderValue::from_static("application/health+json"),
+                            ))
+                            .body(body)
+                    }
+                }),
+            )
         })
         .workers(workers)
         .bind(address)?

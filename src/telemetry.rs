@@ -5,9 +5,9 @@ use std::cell::RefCell;
 use std::io::Write;
 use std::net::IpAddr;
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use chrono::{Datelike, Timelike, Utc};
+use chrono::{DateTime, Datelike, Timelike, Utc};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::EnvFilter;
 
@@ -82,39 +82,41 @@ pub fn log_access(record: &AccessRecord<'_>) {
         return;
     };
     LINE.with_borrow_mut(|line| {
-        if *format == LogFormat::Json {
-            line.extend_from_slice(br#"{"timestamp":""#);
-        }
-        write_timestamp(line);
-        let _ = match format {
+        match format {
             LogFormat::Json => {
-                let _ = write!(
-                    line,
-                    r#"","level":"INFO","message":"request","client":"{}","peer":"{}","method":"#,
-                    record.client, record.peer
-                );
+                line.extend_from_slice(br#"{"timestamp":""#);
+                write_timestamp(line);
+                line.extend_from_slice(br#"","level":"INFO","message":"request","client":""#);
+                write_addresses(line, record.client, br#"","peer":""#, record.peer);
+                line.extend_from_slice(br#"","method":"#);
                 json_string(line, record.method);
                 line.extend_from_slice(br#","path":"#);
                 json_string(line, record.path);
-                let _ = write!(line, r#","status":{},"duration_ms":"#, record.status);
+                line.extend_from_slice(br#","status":"#);
+                write_decimal(line, record.status.into());
+                line.extend_from_slice(br#","duration_ms":"#);
                 write_millis(line, record.duration);
                 line.extend_from_slice(br#","principal":"#);
                 json_string(line, record.principal);
-                writeln!(line, r#","target":"healthd::access"}}"#)
+                line.extend_from_slice(b",\"target\":\"healthd::access\"}\n");
             }
-            LogFormat::Text => writeln!(
-                line,
-                "  INFO healthd::access: request client={} peer={} method={} path={:?} status={} duration_ms={}.{:03} principal={:?}",
-                record.client,
-                record.peer,
-                record.method,
-                record.path,
-                record.status,
-                record.duration.as_micros() / 1000,
-                record.duration.as_micros() % 1000,
-                record.principal
-            ),
-        };
+            LogFormat::Text => {
+                write_timestamp(line);
+                line.extend_from_slice(b"  INFO healthd::access: request client=");
+                write_addresses(line, record.client, b" peer=", record.peer);
+                line.extend_from_slice(b" method=");
+                line.extend_from_slice(record.method.as_bytes());
+                line.extend_from_slice(b" path=");
+                debug_string(line, record.path);
+                line.extend_from_slice(b" status=");
+                write_decimal(line, record.status.into());
+                line.extend_from_slice(b" duration_ms=");
+                write_millis(line, record.duration);
+                line.extend_from_slice(b" principal=");
+                debug_string(line, record.principal);
+                line.push(b'\n');
+            }
+        }
         shared.push(line);
     });
 }
@@ -127,9 +129,13 @@ thread_local! {
 
 /// Appends the time now as RFC 3339 in UTC with microseconds.
 fn write_timestamp(out: &mut Vec<u8>) {
-    let now = Utc::now();
+    // The system clock read directly: chrono's `Utc::now` works out the
+    // calendar date on every call, and the date changes once a second.
+    let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let seconds = i64::try_from(since_epoch.as_secs()).unwrap_or(i64::MAX);
     SECOND.with_borrow_mut(|(second, text)| {
-        if *second != now.timestamp() {
+        if *second != seconds {
+            let now = DateTime::<Utc>::from_timestamp(seconds, 0).unwrap_or_default();
             let mut cursor = std::io::Cursor::new(&mut text[..]);
             let _ = write!(
                 cursor,
@@ -141,22 +147,101 @@ fn write_timestamp(out: &mut Vec<u8>) {
                 now.minute(),
                 now.second()
             );
-            *second = now.timestamp();
+            *second = seconds;
         }
         out.extend_from_slice(&text[..]);
     });
-    let _ = write!(out, ".{:06}Z", now.timestamp_subsec_micros() % 1_000_000);
+    out.push(b'.');
+    write_padded(out, since_epoch.subsec_micros().into(), 6);
+    out.push(b'Z');
 }
 
-/// Appends a duration in milliseconds with microsecond precision, without
-/// going through float formatting.
+/// Appends a duration in milliseconds with microsecond precision.
 fn write_millis(out: &mut Vec<u8>, duration: Duration) {
-    let micros = duration.as_micros();
-    let _ = write!(out, "{}.{:03}", micros / 1000, micros % 1000);
+    let micros = u64::try_from(duration.as_micros()).unwrap_or(u64::MAX);
+    write_decimal(out, micros / 1000);
+    out.push(b'.');
+    write_padded(out, micros % 1000, 3);
+}
+
+/// Appends `value` in decimal. The access log writes numbers by hand:
+/// `core::fmt` machinery cost a probe more than the rest of its line.
+fn write_decimal(out: &mut Vec<u8>, value: u64) {
+    write_padded(out, value, 1);
+}
+
+/// Appends `value` in decimal, zero-padded to at least `width` digits.
+fn write_padded(out: &mut Vec<u8>, mut value: u64, width: usize) {
+    let mut digits = [b'0'; 20];
+    let mut start = digits.len();
+    while value > 0 {
+        start -= 1;
+        digits[start] = b'0' + (value % 10) as u8;
+        value /= 10;
+    }
+    start = start.min(digits.len() - width.min(digits.len()));
+    out.extend_from_slice(&digits[start..]);
+}
+
+thread_local! {
+    /// The addresses this thread formatted last: a worker mostly hears
+    /// from the same few load balancers and kubelets.
+    static ADDRESSES: RefCell<[FormattedAddress; 2]> = RefCell::new(Default::default());
+}
+
+struct FormattedAddress {
+    address: IpAddr,
+    text: Vec<u8>,
+}
+
+impl Default for FormattedAddress {
+    fn default() -> Self {
+        let address = IpAddr::from([0, 0, 0, 0]);
+        FormattedAddress { address, text: address.to_string().into_bytes() }
+    }
+}
+
+/// Appends the client's and the peer's address, joined by `separator`.
+fn write_addresses(out: &mut Vec<u8>, client: IpAddr, separator: &[u8], peer: IpAddr) {
+    ADDRESSES.with_borrow_mut(|[cached_client, cached_peer]| {
+        for (cached, address) in [(&mut *cached_client, client), (&mut *cached_peer, peer)] {
+            if cached.address != address {
+                cached.address = address;
+                cached.text.clear();
+                let _ = write!(cached.text, "{address}");
+            }
+        }
+        out.extend_from_slice(&cached_client.text);
+        out.extend_from_slice(separator);
+        out.extend_from_slice(&cached_peer.text);
+    });
+}
+
+/// Printable ASCII without quotes or backslashes: the same quoted in JSON
+/// and in Rust's `Debug`, so it needs no escaping.
+fn needs_no_escaping(text: &str) -> bool {
+    text.bytes().all(|byte| (0x20..0x7f).contains(&byte) && byte != b'"' && byte != b'\\')
+}
+
+/// Appends `text` quoted as Rust's `Debug` quotes it (the text format).
+fn debug_string(out: &mut Vec<u8>, text: &str) {
+    if needs_no_escaping(text) {
+        out.push(b'"');
+        out.extend_from_slice(text.as_bytes());
+        out.push(b'"');
+    } else {
+        let _ = write!(out, "{text:?}");
+    }
 }
 
 /// Appends `text` as a JSON string literal.
 fn json_string(out: &mut Vec<u8>, text: &str) {
+    if needs_no_escaping(text) {
+        out.push(b'"');
+        out.extend_from_slice(text.as_bytes());
+        out.push(b'"');
+        return;
+    }
     out.push(b'"');
     for character in text.chars() {
         match character {
@@ -347,6 +432,31 @@ mod tests {
         let mut out = Vec::new();
         super::write_millis(&mut out, std::time::Duration::from_micros(12_042));
         assert_eq!(out, b"12.042");
+    }
+
+    #[test]
+    fn numbers_addresses_and_strings_format_as_std_does() {
+        for (value, width) in [(0, 1), (7, 3), (42, 3), (999, 3), (1234, 3), (5, 6), (u64::MAX, 1)]
+        {
+            let mut out = Vec::new();
+            super::write_padded(&mut out, value, width);
+            assert_eq!(String::from_utf8(out).unwrap(), format!("{value:0width$}"));
+        }
+        // Consecutive pairs share an address or not, so the per-thread
+        // cache is both reused and refilled.
+        let addresses =
+            ["0.0.0.0", "127.0.0.1", "127.0.0.1", "10.20.3.4", "2001:db8::1", "::", "127.0.0.1"];
+        for pair in addresses.windows(2) {
+            let mut out = Vec::new();
+            let (client, peer) = (pair[0].parse().unwrap(), pair[1].parse().unwrap());
+            super::write_addresses(&mut out, client, b" ", peer);
+            assert_eq!(String::from_utf8(out).unwrap(), format!("{} {}", pair[0], pair[1]));
+        }
+        for text in ["/health", "anonymous", "/p\"a", "/é", "/\u{1}", "/\u{7f}"] {
+            let mut out = Vec::new();
+            super::debug_string(&mut out, text);
+            assert_eq!(String::from_utf8(out).unwrap(), format!("{text:?}"));
+        }
     }
 
     #[test]

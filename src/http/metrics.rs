@@ -2,7 +2,7 @@
 //! snapshot and the request counters.
 
 use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use healthd_models::HealthStatus;
 
@@ -24,18 +24,34 @@ const ENDPOINTS: [&str; 10] = [
 ];
 const STATUSES: [u16; 10] = [200, 301, 400, 401, 403, 404, 405, 431, 500, 503];
 
-/// Requests by endpoint and status code, lock-free so that counting costs
-/// a probe one atomic add.
+const COLUMNS: usize = STATUSES.len() + 1;
+const CELLS: usize = ENDPOINTS.len() * COLUMNS;
+/// Counter shards: each thread adds to its own, so that two workers
+/// counting the same probe do not pull one cache line back and forth.
+const SHARDS: usize = 8;
+
+/// Requests by endpoint and status code. Lock-free and sharded, so that
+/// counting costs a probe one uncontended atomic add.
 pub struct RequestCounters {
-    counts: Vec<AtomicU64>,
+    shards: Box<[Shard; SHARDS]>,
 }
+
+/// Aligned past a cache line (and its adjacent-line prefetch).
+#[repr(align(128))]
+struct Shard([AtomicU64; CELLS]);
 
 impl Default for RequestCounters {
     fn default() -> Self {
-        // One extra status column for codes not in STATUSES.
-        let size = ENDPOINTS.len() * (STATUSES.len() + 1);
-        RequestCounters { counts: (0..size).map(|_| AtomicU64::new(0)).collect() }
+        let shard = || Shard(std::array::from_fn(|_| AtomicU64::new(0)));
+        RequestCounters { shards: Box::new(std::array::from_fn(|_| shard())) }
     }
+}
+
+thread_local! {
+    static SHARD: usize = {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS
+    };
 }
 
 impl RequestCounters {
@@ -43,13 +59,15 @@ impl RequestCounters {
         let endpoint = endpoint.and_then(|name| ENDPOINTS.iter().position(|known| *known == name));
         let endpoint = endpoint.unwrap_or(ENDPOINTS.len() - 1);
         let status = STATUSES.iter().position(|known| *known == status).unwrap_or(STATUSES.len());
-        self.counts[endpoint * (STATUSES.len() + 1) + status].fetch_add(1, Ordering::Relaxed);
+        let shard = SHARD.with(|shard| *shard);
+        self.shards[shard].0[endpoint * COLUMNS + status].fetch_add(1, Ordering::Relaxed);
     }
 
     fn each(&self) -> impl Iterator<Item = (&'static str, String, u64)> + '_ {
-        self.counts.iter().enumerate().filter_map(|(index, count)| {
-            let count = count.load(Ordering::Relaxed);
-            let (endpoint, status) = (index / (STATUSES.len() + 1), index % (STATUSES.len() + 1));
+        (0..CELLS).filter_map(|cell| {
+            let count: u64 =
+                self.shards.iter().map(|shard| shard.0[cell].load(Ordering::Relaxed)).sum();
+            let (endpoint, status) = (cell / COLUMNS, cell % COLUMNS);
             let status = STATUSES.get(status).map_or("other".to_string(), u16::to_string);
             (count > 0).then(|| (ENDPOINTS[endpoint], status, count))
         })

@@ -7,11 +7,12 @@ mod docs;
 pub mod error;
 mod metrics;
 
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use actix_web::body::MessageBody;
+use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{Service, ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::{ConnectionType, Method};
@@ -82,7 +83,9 @@ pub fn scope(
         InitError = (),
     >,
 > {
-    let layer_state = state.clone();
+    // Each worker builds its own scope: an `Rc` keeps the per-request
+    // clone off the atomic reference count both workers would share.
+    let layer_state = Rc::new(state.clone());
     web::scope(prefix)
         .app_data(state)
         .service(operation("/health", "health").to(get_health))
@@ -98,7 +101,7 @@ pub fn scope(
         .default_service(web::to(not_found))
         .wrap_fn(move |request, service| {
             let started = Instant::now();
-            let state = layer_state.clone();
+            let state = Rc::clone(&layer_state);
             let address = state.access.client_address(peer(request.request()), request.headers());
             let call = match screen(&state.access, &address, request.request()) {
                 Ok(()) => Ok(service.call(request)),
@@ -137,7 +140,12 @@ impl OperationBuilder {
         Args: actix_web::FromRequest + 'static,
         F::Output: actix_web::Responder + 'static,
     {
-        self.0.route(web::route().guard(guard::Any(guard::Get()).or(guard::Head())).to(handler))
+        // A plain function guard: actix's method guards record the allowed
+        // methods in every request's extensions, an allocation per probe,
+        // for an `Allow` header healthd writes itself.
+        let reads =
+            guard::fn_guard(|context| matches!(context.head().method, Method::GET | Method::HEAD));
+        self.0.route(web::route().guard(reads).to(handler))
     }
 }
 
@@ -242,6 +250,12 @@ fn loggable(path: &str) -> &str {
     &path[..end]
 }
 
+/// The state `scope` registers. Borrowed rather than extracted as `Data`,
+/// whose clone is an atomic add on a count every worker shares.
+fn state_of(request: &HttpRequest) -> &HealthState {
+    request.app_data::<Data<HealthState>>().expect("scope() registers the state")
+}
+
 /// Recomputed by the few handlers that need it, rather than stored in the
 /// request's extensions for every probe.
 fn client_address(state: &HealthState, request: &HttpRequest) -> ClientAddress {
@@ -274,10 +288,14 @@ fn require_details(state: &HealthState, request: &HttpRequest) -> Result<(), Api
 }
 
 fn health_response(rendered: &Rendered) -> HttpResponse {
-    HttpResponse::build(rendered.http_status())
-        .insert_header((header::CONTENT_TYPE, HeaderValue::from_static("application/health+json")))
-        .insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")))
-        .body(rendered.body.clone())
+    // Built directly: the builder's error slot and conversions are work a
+    // probe, answered from bytes rendered once, does not need.
+    let mut response =
+        HttpResponse::with_body(rendered.http_status(), BoxBody::new(rendered.body.clone()));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/health+json"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 #[utoipa::path(
@@ -286,14 +304,12 @@ fn health_response(rendered: &Rendered) -> HttpResponse {
     operation_id = "getHealth",
     responses(HealthAnswers, CommonProblems, TokenProblems,)
 )]
-pub async fn get_health(
-    request: HttpRequest,
-    state: Data<HealthState>,
-) -> Result<HttpResponse, ApiError> {
-    let principal = authenticate(&state, &request)?;
+pub async fn get_health(request: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let state = state_of(&request);
+    let principal = authenticate(state, &request)?;
     let snapshot = state.reader.current();
     let sees_details =
-        state.access.sees_details(&client_address(&state, &request), principal).is_ok();
+        state.access.sees_details(&client_address(state, &request), principal).is_ok();
     Ok(health_response(if sees_details { &snapshot.health } else { &snapshot.health_anonymous }))
 }
 
@@ -304,8 +320,8 @@ pub async fn get_health(
         CommonProblems,
     )
 )]
-pub async fn get_liveness(state: Data<HealthState>) -> HttpResponse {
-    health_response(&state.reader.current().liveness)
+pub async fn get_liveness(request: HttpRequest) -> HttpResponse {
+    health_response(&state_of(&request).reader.current().liveness)
 }
 
 #[utoipa::path(
@@ -314,7 +330,8 @@ pub async fn get_liveness(state: Data<HealthState>) -> HttpResponse {
     operation_id = "getReadiness",
     responses(HealthAnswers, CommonProblems,)
 )]
-pub async fn get_readiness(state: Data<HealthState>) -> HttpResponse {
+pub async fn get_readiness(request: HttpRequest) -> HttpResponse {
+    let state = state_of(&request);
     let snapshot = state.reader.current();
     health_response(if state.is_draining() { &snapshot.draining } else { &snapshot.readiness })
 }
@@ -325,8 +342,8 @@ pub async fn get_readiness(state: Data<HealthState>) -> HttpResponse {
     operation_id = "getStartup",
     responses(HealthAnswers, CommonProblems,)
 )]
-pub async fn get_startup(state: Data<HealthState>) -> HttpResponse {
-    health_response(&state.reader.current().startup)
+pub async fn get_startup(request: HttpRequest) -> HttpResponse {
+    health_response(&state_of(&request).reader.current().startup)
 }
 
 #[utoipa::path(
@@ -342,9 +359,9 @@ pub async fn get_startup(state: Data<HealthState>) -> HttpResponse {
 pub async fn get_check(
     request: HttpRequest,
     name: web::Path<String>,
-    state: Data<HealthState>,
 ) -> Result<HttpResponse, ApiError> {
-    require_details(&state, &request)?;
+    let state = state_of(&request);
+    require_details(state, &request)?;
     let snapshot = state.reader.current();
     match snapshot.checks.get(name.as_str()) {
         Some(rendered) => Ok(health_response(rendered)),
@@ -360,11 +377,9 @@ pub async fn get_check(
         TokenProblems,
     )
 )]
-pub async fn get_metrics(
-    request: HttpRequest,
-    state: Data<HealthState>,
-) -> Result<HttpResponse, ApiError> {
-    require_details(&state, &request)?;
+pub async fn get_metrics(request: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let state = state_of(&request);
+    require_details(state, &request)?;
     let body = metrics::render(&state.reader.current(), &state.requests, state.is_draining());
     Ok(HttpResponse::Ok()
         .insert_header((

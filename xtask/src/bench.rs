@@ -17,7 +17,7 @@ use anyhow::{bail, Context};
 
 use crate::project_root;
 use crate::services::{
-    fetch, free_port, start_baseline, start_healthd, wait_until, Dependencies, Profile,
+    fetch, free_port, start_baseline, start_healthd, wait_until, Dependencies, Launch, Profile,
     CHECK_INTERVAL_SECONDS, TOKEN, WORKERS,
 };
 
@@ -26,6 +26,8 @@ struct Plan {
     seconds: u64,
     levels: Vec<u32>,
     rounds: usize,
+    /// Requests counted per target under callgrind.
+    counted_requests: usize,
 }
 
 /// One wrk run.
@@ -54,7 +56,7 @@ const TARGETS: [Target; 5] = [
     Target {
         label: "baseline (static JSON)",
         server: Server::Baseline,
-        path: "/",
+        path: "/health",
         authorized: false,
     },
     Target {
@@ -86,32 +88,40 @@ const TARGETS: [Target; 5] = [
 pub fn run(args: &[&str]) -> anyhow::Result<()> {
     let smoke = args.contains(&"--smoke");
     let plan = if smoke {
-        Plan { smoke, seconds: 2, levels: vec![64], rounds: 1 }
+        Plan { smoke, seconds: 2, levels: vec![64], rounds: 1, counted_requests: 100 }
     } else {
-        Plan { smoke, seconds: 5, levels: vec![1, 16, 64, 256], rounds: 3 }
+        Plan {
+            smoke,
+            seconds: 5,
+            levels: vec![1, 16, 64, 256],
+            rounds: 3,
+            counted_requests: 20_000,
+        }
     };
     let root = project_root();
     Profile::Release.build(&root)?;
-    ensure_wrk()?;
+    ensure_installed("wrk", "wrk")?;
+    ensure_installed("valgrind", "valgrind")?;
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     runtime.block_on(bench(&root, &plan))
 }
 
-fn ensure_wrk() -> anyhow::Result<()> {
-    if Command::new("wrk").arg("--version").output().is_ok() {
+/// Installs a Debian package when its program is missing (as root).
+fn ensure_installed(program: &str, package: &str) -> anyhow::Result<()> {
+    if Command::new(program).arg("--version").output().is_ok() {
         return Ok(());
     }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        bail!("wrk is not installed: run `apt-get install wrk` (as root)");
+        bail!("{program} is not installed: run `apt-get install {package}` (as root)");
     }
-    eprintln!("installing wrk from the OS packages");
-    let installed = Command::new("sh")
-        .args(["-c", "apt-get install -y wrk >/dev/null 2>&1 || (apt-get update >/dev/null && apt-get install -y wrk >/dev/null)"])
-        .status()?;
-    if !installed.success() {
-        bail!("apt-get install wrk failed");
+    eprintln!("installing {package} from the OS packages");
+    let script = format!(
+        "apt-get install -y {package} >/dev/null 2>&1 || (apt-get update >/dev/null && apt-get install -y {package} >/dev/null)"
+    );
+    if !Command::new("sh").args(["-c", &script]).status()?.success() {
+        bail!("apt-get install {package} failed");
     }
     Ok(())
 }
@@ -223,6 +233,7 @@ async fn bench(root: &Path, plan: &Plan) -> anyhow::Result<()> {
     let healthd = start_healthd(
         root,
         Profile::Release,
+        Launch::Native,
         healthd_port,
         &dependencies,
         fs::File::create(&access_log)?.into(),
@@ -232,7 +243,14 @@ async fn bench(root: &Path, plan: &Plan) -> anyhow::Result<()> {
         bail!("healthd is not healthy before the bench: {report}");
     }
     let baseline_port = free_port()?;
-    let baseline = start_baseline(root, Profile::Release, baseline_port, WORKERS, report.len())?;
+    let baseline = start_baseline(
+        root,
+        Profile::Release,
+        Launch::Native,
+        baseline_port,
+        WORKERS,
+        report.len(),
+    )?;
 
     let mut table = String::new();
     let started = Instant::now();
@@ -309,6 +327,8 @@ async fn bench(root: &Path, plan: &Plan) -> anyhow::Result<()> {
 
     let healthd_rss = peak_rss_kib(healthd.pid())?;
     let baseline_rss = peak_rss_kib(baseline.pid())?;
+    drop((healthd, baseline));
+    let instructions = count_instructions(root, plan, &dependencies, report.len())?;
     let log_lines = fs::read_to_string(&access_log)?
         .lines()
         .filter(|line| line.contains("healthd::access"))
@@ -354,6 +374,17 @@ async fn bench(root: &Path, plan: &Plan) -> anyhow::Result<()> {
             m.requests_per_second, m.p50_us, m.p99_us
         )?;
     }
+    writeln!(
+        table,
+        "\nInstructions per request, counted by callgrind over {} requests on one keep-alive connection (user space, every thread of the server):\n",
+        plan.counted_requests
+    )?;
+    writeln!(table, "| target | instructions/request | × baseline |")?;
+    writeln!(table, "|---|---:|---:|")?;
+    let base = instructions.first().map(|(_, count)| *count).context("no baseline count")?;
+    for (label, count) in &instructions {
+        writeln!(table, "| {label} | {count:.0} | {:.2} |", count / base)?;
+    }
     let statements = (statements_after - statements_before) as f64;
     writeln!(table, "\n| measure | value |\n|---|---:|")?;
     writeln!(table, "| probes sent to healthd during the load | {probes:.0} |")?;
@@ -379,6 +410,51 @@ async fn bench(root: &Path, plan: &Plan) -> anyhow::Result<()> {
     fs::write(&path, document)?;
     eprintln!("wrote {}", path.display());
     Ok(())
+}
+
+/// Each target's instructions per request, the baseline's first, with
+/// each server run under callgrind in turn.
+fn count_instructions(
+    root: &Path,
+    plan: &Plan,
+    dependencies: &Dependencies,
+    body_bytes: usize,
+) -> anyhow::Result<Vec<(&'static str, f64)>> {
+    let mut counts = Vec::new();
+    for server in [Server::Baseline, Server::Healthd] {
+        let port = free_port()?;
+        let process = match server {
+            Server::Baseline => start_baseline(
+                root,
+                Profile::Release,
+                Launch::Callgrind,
+                port,
+                WORKERS,
+                body_bytes,
+            )?,
+            Server::Healthd => {
+                let log = fs::File::create(root.join("target/bench/access-callgrind.log"))?;
+                start_healthd(
+                    root,
+                    Profile::Release,
+                    Launch::Callgrind,
+                    port,
+                    dependencies,
+                    log.into(),
+                )?
+            }
+        };
+        let counter = process.instrumented().context("not under callgrind")?;
+        for target in TARGETS.iter().filter(|target| target.server == server) {
+            let token = target.authorized.then_some(TOKEN);
+            let count = counter
+                .count_requests(port, target.path, token, plan.counted_requests)
+                .with_context(|| format!("counting instructions for {}", target.label))?;
+            eprintln!("{}: {count:.0} instructions per request", target.label);
+            counts.push((target.label, count));
+        }
+    }
+    Ok(counts)
 }
 
 fn command_output(program: &str, args: &[&str]) -> String {

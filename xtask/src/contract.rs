@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 
 use crate::project_root;
-use crate::services::{free_port, start_healthd, Dependencies, Profile, TOKEN};
+use crate::services::{free_port, start_healthd, Dependencies, Launch, Profile, TOKEN};
 
 pub fn run() -> anyhow::Result<()> {
     let root = project_root();
@@ -21,7 +21,8 @@ pub fn run() -> anyhow::Result<()> {
     let port = free_port()?;
     std::fs::create_dir_all(root.join("target/xtask"))?;
     let log = std::fs::File::create(root.join("target/xtask/contract-healthd.log"))?;
-    let _healthd = start_healthd(&root, Profile::Debug, port, &dependencies, log.into())?;
+    let _healthd =
+        start_healthd(&root, Profile::Debug, Launch::Native, port, &dependencies, log.into())?;
     let status = Command::new("bash")
         .arg(root.join("contract/run.sh"))
         .current_dir(&root)

@@ -2,6 +2,7 @@
 //! `cargo xtask bench [--smoke]`, `cargo xtask contract`.
 
 mod bench;
+mod callgrind;
 mod codegen;
 mod contract;
 mod services;

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use healthd_testkit::postgres::TestPostgres;
 
+use crate::callgrind;
+
 /// The bearer token healthd is given; its `[[access.tokens]]` name is "xtask".
 pub const TOKEN: &str = "xtask-token-0123456789";
 /// How often healthd's checks run under the xtasks.
@@ -45,6 +47,34 @@ impl Profile {
     }
 }
 
+/// How a server binary runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Launch {
+    Native,
+    /// Under callgrind, which writes next to the bench's other output and
+    /// slows start-up by tens of times.
+    Callgrind,
+}
+
+impl Launch {
+    fn command(self, root: &Path, binary: &Path) -> (Command, Option<PathBuf>) {
+        match self {
+            Launch::Native => (Command::new(binary), None),
+            Launch::Callgrind => {
+                let (command, out_file) = callgrind::wrap(binary, &root.join("target/bench"));
+                (command, Some(out_file))
+            }
+        }
+    }
+
+    fn startup_deadline(self, native: Duration) -> Duration {
+        match self {
+            Launch::Native => native,
+            Launch::Callgrind => native * 10,
+        }
+    }
+}
+
 /// What healthd's checks watch: a throwaway PostgreSQL, and a bare
 /// actix-web server as the http and tcp checks' dependency.
 pub struct Dependencies {
@@ -57,7 +87,7 @@ impl Dependencies {
     pub async fn start(root: &Path, profile: Profile) -> anyhow::Result<Dependencies> {
         let postgres = TestPostgres::start().await;
         let upstream_port = free_port()?;
-        let upstream = start_baseline(root, profile, upstream_port, 1, 64)?;
+        let upstream = start_baseline(root, profile, Launch::Native, upstream_port, 1, 64)?;
         Ok(Dependencies { postgres, upstream_port, _upstream: upstream })
     }
 }
@@ -67,20 +97,26 @@ impl Dependencies {
 pub fn start_baseline(
     root: &Path,
     profile: Profile,
+    launch: Launch,
     port: u16,
     workers: usize,
     body_bytes: usize,
 ) -> anyhow::Result<Process> {
+    let (mut command, callgrind_out) =
+        launch.command(root, &profile.binary(root, "examples/baseline"));
     let process = Process {
-        child: Command::new(profile.binary(root, "examples/baseline"))
+        child: command
             .args([format!("127.0.0.1:{port}"), workers.to_string(), body_bytes.to_string()])
             .stdout(Stdio::null())
             .spawn()
             .context("starting the baseline server")?,
+        callgrind_out,
     };
-    wait_until("the baseline server answering", Duration::from_secs(10), || {
-        fetch(port, "/", None).is_ok()
-    })?;
+    wait_until(
+        "the baseline server answering",
+        launch.startup_deadline(Duration::from_secs(10)),
+        || fetch(port, "/health", None).is_ok_and(|(status, _)| status == 200),
+    )?;
     Ok(process)
 }
 
@@ -90,6 +126,7 @@ pub fn start_baseline(
 pub fn start_healthd(
     root: &Path,
     profile: Profile,
+    launch: Launch,
     port: u16,
     dependencies: &Dependencies,
     log: Stdio,
@@ -101,8 +138,9 @@ pub fn start_healthd(
         &config_path,
         realistic_config(port, &dependencies.postgres.url(), dependencies.upstream_port),
     )?;
+    let (mut command, callgrind_out) = launch.command(root, &profile.binary(root, "healthd"));
     let process = Process {
-        child: Command::new(profile.binary(root, "healthd"))
+        child: command
             .arg("--config")
             .arg(&config_path)
             .args(["--log-format", "json"])
@@ -110,8 +148,10 @@ pub fn start_healthd(
             .stdout(log)
             .spawn()
             .context("starting healthd")?,
+        callgrind_out,
     };
-    wait_until("healthd's startup probe answering 200", Duration::from_secs(30), || {
+    let deadline = launch.startup_deadline(Duration::from_secs(30));
+    wait_until("healthd's startup probe answering 200", deadline, || {
         fetch(port, "/health/startup", None).is_ok_and(|(status, _)| status == 200)
     })?;
     Ok(process)
@@ -164,11 +204,19 @@ path = "/"
 /// A child process killed and reaped on drop, however the bench ends.
 pub struct Process {
     pub child: Child,
+    /// Where callgrind writes, when the process runs under it.
+    callgrind_out: Option<PathBuf>,
 }
 
 impl Process {
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The process's instruction counter, when it runs under callgrind.
+    pub fn instrumented(&self) -> Option<callgrind::Instrumented> {
+        let out_file = self.callgrind_out.clone()?;
+        Some(callgrind::Instrumented::new(self.pid(), out_file))
     }
 }
 
