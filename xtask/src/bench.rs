@@ -3,9 +3,11 @@
 //!
 //! Both servers are release builds with the same worker count. wrk drives
 //! each target in turn, round after round, so drift on a shared machine
-//! hits all of them; the table shows each target's median round as a ratio
-//! to the baseline's. `--smoke` is one short round at 64 connections, to
-//! prove the bench works (CI); its numbers are not judged.
+//! hits all of them; ratios to the baseline are taken within a round, and
+//! the table shows their medians. Callgrind then counts instructions per
+//! request, a figure the machine's noise does not move. `--smoke` is one
+//! short round at 64 connections, to prove the bench works (CI); its
+//! numbers are not judged.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -218,9 +220,55 @@ fn wrk(
     })
 }
 
-fn median(mut measurements: Vec<Measurement>) -> Measurement {
-    measurements.sort_by(|a, b| a.requests_per_second.total_cmp(&b.requests_per_second));
-    measurements[measurements.len() / 2]
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// One target's rounds, each next to its yardstick measured in the same
+/// round: ratios are taken round by round, then their median, so that a
+/// slow stretch of the machine hits both sides of a ratio.
+struct Rounds {
+    pairs: Vec<(Measurement, Measurement)>,
+}
+
+impl Rounds {
+    fn median_of(&self, value: impl Fn(&(Measurement, Measurement)) -> f64) -> f64 {
+        median(self.pairs.iter().map(value).collect())
+    }
+
+    fn requests_per_second(&self) -> f64 {
+        self.median_of(|(m, _)| m.requests_per_second)
+    }
+
+    fn throughput_ratio(&self) -> f64 {
+        self.median_of(|(m, y)| m.requests_per_second / y.requests_per_second)
+    }
+
+    fn p99_ratio(&self) -> f64 {
+        self.median_of(|(m, y)| m.p99_us / y.p99_us)
+    }
+}
+
+struct Runner<'a> {
+    plan: &'a Plan,
+    healthd: (u16, u32),
+    baseline: (u16, u32),
+}
+
+impl Runner<'_> {
+    fn measure(
+        &self,
+        target: &Target,
+        connections: u32,
+        expect: Expect,
+    ) -> anyhow::Result<Measurement> {
+        let (port, pid) = match target.server {
+            Server::Healthd => self.healthd,
+            Server::Baseline => self.baseline,
+        };
+        wrk(port, target, connections, self.plan.seconds, pid, expect)
+    }
 }
 
 async fn bench(root: &Path, plan: &Plan) -> anyhow::Result<()> {
@@ -251,79 +299,39 @@ async fn bench(root: &Path, plan: &Plan) -> anyhow::Result<()> {
         WORKERS,
         report.len(),
     )?;
+    let runner = Runner {
+        plan,
+        healthd: (healthd_port, healthd.pid()),
+        baseline: (baseline_port, baseline.pid()),
+    };
 
-    let mut table = String::new();
     let started = Instant::now();
     let statements_before = postgres.executed_statements().await;
-    let mut results: Vec<(u32, &Target, Measurement)> = Vec::new();
+    let mut grid: Vec<(u32, &Target, Rounds)> = Vec::new();
     for &connections in &plan.levels {
         let mut rounds: Vec<Vec<Measurement>> = vec![Vec::new(); TARGETS.len()];
         for _ in 0..plan.rounds {
             for (index, target) in TARGETS.iter().enumerate() {
-                let (port, pid) = match target.server {
-                    Server::Healthd => (healthd_port, healthd.pid()),
-                    Server::Baseline => (baseline_port, baseline.pid()),
-                };
-                rounds[index].push(wrk(
-                    port,
-                    target,
-                    connections,
-                    plan.seconds,
-                    pid,
-                    Expect::Success,
-                )?);
+                rounds[index].push(runner.measure(target, connections, Expect::Success)?);
             }
         }
+        // TARGETS[0] is the baseline: every target's yardstick.
+        let yardstick = rounds[0].clone();
         for (target, measurements) in TARGETS.iter().zip(rounds) {
-            results.push((connections, target, median(measurements)));
+            let pairs = measurements.into_iter().zip(yardstick.iter().copied()).collect();
+            grid.push((connections, target, Rounds { pairs }));
         }
     }
     let statements_after = postgres.executed_statements().await;
     let load_minutes = started.elapsed().as_secs_f64() / 60.0;
-    let probes: f64 = results
+    let probes: f64 = grid
         .iter()
         .filter(|(_, target, _)| target.server == Server::Healthd)
-        .map(|(_, _, m)| m.requests_per_second * plan.seconds as f64 * plan.rounds as f64)
+        .flat_map(|(_, _, rounds)| &rounds.pairs)
+        .map(|(m, _)| m.requests_per_second * plan.seconds as f64)
         .sum();
 
-    // The same /health load with PostgreSQL frozen (SIGSTOP).
-    let frozen_level = 64;
-    postgres.freeze();
-    // Measure once the check has noticed: /health then answers 503 from the snapshot.
-    let noticed = wait_until(
-        "the db check timing out",
-        Duration::from_secs(3 * CHECK_INTERVAL_SECONDS),
-        || {
-            fetch(healthd_port, "/health", Some(TOKEN))
-                .is_ok_and(|(status, body)| status == 503 && body.contains("timed out"))
-        },
-    );
-    // As many rounds as the unfrozen figures, each target in turn, so the
-    // medians compare like with like.
-    let frozen_targets = [&TARGETS[1], &TARGETS[2]];
-    let frozen = noticed.and_then(|()| {
-        let mut rounds: Vec<Vec<Measurement>> = vec![Vec::new(); frozen_targets.len()];
-        for _ in 0..plan.rounds {
-            for (index, target) in frozen_targets.iter().enumerate() {
-                let pid = healthd.pid();
-                rounds[index].push(wrk(
-                    healthd_port,
-                    target,
-                    frozen_level,
-                    plan.seconds,
-                    pid,
-                    Expect::Unavailable,
-                )?);
-            }
-        }
-        Ok(frozen_targets
-            .iter()
-            .zip(rounds)
-            .map(|(target, m)| (target.label, median(m)))
-            .collect::<Vec<_>>())
-    });
-    postgres.thaw();
-    let frozen = frozen?;
+    let frozen = frozen_rounds(root, plan, &runner).await?;
 
     let healthd_rss = peak_rss_kib(healthd.pid())?;
     let baseline_rss = peak_rss_kib(baseline.pid())?;
@@ -334,49 +342,45 @@ async fn bench(root: &Path, plan: &Plan) -> anyhow::Result<()> {
         .filter(|line| line.contains("healthd::access"))
         .count();
 
+    let mut table = String::new();
     writeln!(table, "| connections | target | requests/s | × baseline | p50 µs | p99 µs | p99 × baseline | CPU µs/request |")?;
     writeln!(table, "|---:|---|---:|---:|---:|---:|---:|---:|")?;
-    for &connections in &plan.levels {
-        let level: Vec<_> = results.iter().filter(|(c, _, _)| *c == connections).collect();
-        let base = level
-            .iter()
-            .find(|(_, t, _)| t.server == Server::Baseline)
-            .map(|(_, _, m)| *m)
-            .context("no baseline")?;
-        for (_, target, m) in level {
-            writeln!(
-                table,
-                "| {connections} | {} | {:.0} | {:.2} | {:.0} | {:.0} | {:.2} | {:.1} |",
-                target.label,
-                m.requests_per_second,
-                m.requests_per_second / base.requests_per_second,
-                m.p50_us,
-                m.p99_us,
-                m.p99_us / base.p99_us,
-                m.cpu_us_per_request
-            )?;
-        }
-    }
-    let unfrozen = |label: &str| {
-        results.iter().find(|(c, t, _)| *c == frozen_level && t.label == label).map(|(_, _, m)| *m)
-    };
-    writeln!(
-        table,
-        "\nPostgreSQL frozen (SIGSTOP), {frozen_level} connections, after the db check timed out (every answer a 503 from the snapshot):\n"
-    )?;
-    writeln!(table, "| target | requests/s | p50 µs | p99 µs | p99 × unfrozen |")?;
-    writeln!(table, "|---|---:|---:|---:|---:|")?;
-    for (label, m) in &frozen {
-        let ratio = unfrozen(label).map_or(f64::NAN, |u| m.p99_us / u.p99_us);
+    for (connections, target, rounds) in &grid {
         writeln!(
             table,
-            "| {label} | {:.0} | {:.0} | {:.0} | {ratio:.2} |",
-            m.requests_per_second, m.p50_us, m.p99_us
+            "| {connections} | {} | {:.0} | {:.2} | {:.0} | {:.0} | {:.2} | {:.1} |",
+            target.label,
+            rounds.requests_per_second(),
+            rounds.throughput_ratio(),
+            rounds.median_of(|(m, _)| m.p50_us),
+            rounds.median_of(|(m, _)| m.p99_us),
+            rounds.p99_ratio(),
+            rounds.median_of(|(m, _)| m.cpu_us_per_request),
         )?;
     }
     writeln!(
         table,
-        "\nInstructions per request, counted by callgrind over {} requests on one keep-alive connection (user space, every thread of the server):\n",
+        "\nPostgreSQL frozen (SIGSTOP) against running, {FROZEN_CONNECTIONS} connections, {} rounds of {} s: a second healthd, configured alike, whose PostgreSQL is frozen and whose db check has timed out (every answer a 503 from the snapshot), takes turns with the first within each round:\n",
+        frozen.first().map_or(0, |(_, rounds)| rounds.pairs.len()),
+        plan.seconds
+    )?;
+    writeln!(table, "| target | requests/s running | requests/s frozen | p99 µs running | p99 µs frozen | p99 frozen × running |")?;
+    writeln!(table, "|---|---:|---:|---:|---:|---:|")?;
+    for (target, rounds) in &frozen {
+        writeln!(
+            table,
+            "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} |",
+            target.label,
+            rounds.median_of(|(_, running)| running.requests_per_second),
+            rounds.requests_per_second(),
+            rounds.median_of(|(_, running)| running.p99_us),
+            rounds.median_of(|(frozen, _)| frozen.p99_us),
+            rounds.p99_ratio(),
+        )?;
+    }
+    writeln!(
+        table,
+        "\nInstructions per request, counted by callgrind over {} requests on one keep-alive connection after 500 to warm up (user space, every thread of the server, the log writer's included):\n",
         plan.counted_requests
     )?;
     writeln!(table, "| target | instructions/request | × baseline |")?;
@@ -410,6 +414,51 @@ async fn bench(root: &Path, plan: &Plan) -> anyhow::Result<()> {
     fs::write(&path, document)?;
     eprintln!("wrote {}", path.display());
     Ok(())
+}
+
+/// Connections for the frozen-database comparison.
+const FROZEN_CONNECTIONS: u32 = 64;
+/// Rounds of the frozen-database comparison: p99 on a saturated two-core
+/// machine follows the scheduler's time slices, so it takes many pairs
+/// for their median to settle.
+const FROZEN_ROUNDS: usize = 10;
+
+/// `/health` of two healthd instances, alike but for their database: one
+/// PostgreSQL running, the other frozen (SIGSTOP) once healthd is up.
+/// Taking turns within each round, they meet the same machine, and no
+/// round waits for a check to notice a change. Each pair is (frozen,
+/// running).
+async fn frozen_rounds(
+    root: &Path,
+    plan: &Plan,
+    runner: &Runner<'_>,
+) -> anyhow::Result<Vec<(&'static Target, Rounds)>> {
+    let dependencies = Dependencies::start(root, Profile::Release).await?;
+    let port = free_port()?;
+    let log = fs::File::create(root.join("target/bench/access-frozen.log"))?;
+    let healthd =
+        start_healthd(root, Profile::Release, Launch::Native, port, &dependencies, log.into())?;
+    dependencies.postgres.freeze();
+    // A run that meets the frozen database takes its timeout; the next
+    // run starts an interval later.
+    wait_until("the db check timing out", Duration::from_secs(3 * CHECK_INTERVAL_SECONDS), || {
+        fetch(port, "/health", Some(TOKEN))
+            .is_ok_and(|(status, body)| status == 503 && body.contains("timed out"))
+    })?;
+    let frozen =
+        Runner { plan: runner.plan, healthd: (port, healthd.pid()), baseline: runner.baseline };
+    let targets = [&TARGETS[1], &TARGETS[2]];
+    let rounds = if plan.smoke { 1 } else { FROZEN_ROUNDS };
+    let mut pairs: Vec<Vec<(Measurement, Measurement)>> = vec![Vec::new(); targets.len()];
+    for _ in 0..rounds {
+        for (index, target) in targets.iter().enumerate() {
+            let running = runner.measure(target, FROZEN_CONNECTIONS, Expect::Success)?;
+            let frozen = frozen.measure(target, FROZEN_CONNECTIONS, Expect::Unavailable)?;
+            pairs[index].push((frozen, running));
+        }
+    }
+    dependencies.postgres.thaw();
+    Ok(targets.into_iter().zip(pairs.into_iter().map(|pairs| Rounds { pairs })).collect())
 }
 
 /// Each target's instructions per request, the baseline's first, with
@@ -514,7 +563,7 @@ fn benchmarks_document(plan: &Plan, table: &str) -> anyhow::Result<String> {
     )?;
     writeln!(
         document,
-        "- each row is the median of {} rounds of {} s; targets take turns within a round\n",
+        "- {} rounds of {} s; targets take turns within a round, the baseline first; each figure is the median over the rounds, and each ratio the median of the ratios taken within a round\n",
         plan.rounds, plan.seconds
     )?;
     document.push_str(table);
