@@ -600,7 +600,8 @@ async fn wait_until_started(base: &str) {
 #[tokio::test]
 async fn the_binary_writes_one_text_access_line_per_request() {
     // Arrange
-    let mut binary = spawn_binary(&binary_config(), &[], &[("HEALTHD_CI_TOKEN", CI_TOKEN), LISTEN]);
+    let mut binary =
+        spawn_binary(&binary_config(), &[], &[("HEALTHD_CI_TOKEN", CI_TOKEN), LISTEN]).await;
     let base = binary.base();
     wait_until_started(&base).await;
 
@@ -609,10 +610,12 @@ async fn the_binary_writes_one_text_access_line_per_request() {
 
     // Assert: `<time>  INFO healthd::access: request client=… peer=… method=… path=… status=… duration_ms=… principal=…`
     for (path, status, principal) in sent {
-        let line = binary.wait_for_line(DEADLINE, |line| {
-            line.contains("healthd::access")
-                && line.contains(&format!("path={path:?} status={status}"))
-        });
+        let line = binary
+            .wait_for_line(DEADLINE, |line| {
+                line.contains("healthd::access")
+                    && line.contains(&format!("path={path:?} status={status}"))
+            })
+            .await;
         let time = line.split_whitespace().next().unwrap();
         assert!(chrono::DateTime::parse_from_rfc3339(time).is_ok(), "no time first: {line}");
         let fields = text_fields(&line);
@@ -640,7 +643,7 @@ async fn the_binary_writes_one_json_access_line_per_request() {
         (&[], &[("HEALTHD_CI_TOKEN", CI_TOKEN), ("HEALTHD_LOG_FORMAT", "json"), LISTEN]),
     ] {
         // Arrange
-        let mut binary = spawn_binary(&binary_config(), args, env);
+        let mut binary = spawn_binary(&binary_config(), args, env).await;
         let base = binary.base();
         wait_until_started(&base).await;
 
@@ -648,7 +651,7 @@ async fn the_binary_writes_one_json_access_line_per_request() {
         let sent = log_some_requests(&base).await;
 
         // Assert: every line of stdout is a JSON object, and each request has its line.
-        binary.wait_for_line(DEADLINE, |line| line.contains("/nowhere"));
+        binary.wait_for_line(DEADLINE, |line| line.contains("/nowhere")).await;
         let stdout = binary.stdout();
         let lines: Vec<Value> = stdout
             .lines()

@@ -327,7 +327,7 @@ async fn junk_never_panics_the_server_and_is_answered_below_500() {
     let config =
         format!("{CONFIG}\n[[access.tokens]]\nname = \"t\"\nsha256 = \"{}\"\n", "ab".repeat(32))
             .replace("[access]\n", "[access]\ntrusted_proxies = [\"127.0.0.1\"]\n");
-    let mut binary = spawn_binary(&config, &[], &[("HEALTHD_LISTEN", "127.0.0.1:0")]);
+    let mut binary = spawn_binary(&config, &[], &[("HEALTHD_LISTEN", "127.0.0.1:0")]).await;
 
     // Act + Assert
     for (what, bytes, expect) in junk() {
@@ -375,8 +375,10 @@ async fn junk_never_panics_the_server_and_is_answered_below_500() {
     // Still serving, nothing panicked, and a 60 KB path made no 60 KB log line.
     let live = raw_request(binary.address(), &raw_get("/health/live", "")).await.unwrap();
     assert_eq!(live.status, 200);
-    binary.wait_for_line(Duration::from_secs(5), |line| line.contains("path=\"/aaaa"));
-    std::thread::sleep(Duration::from_millis(200));
+    binary.wait_for_line(Duration::from_secs(5), |line| line.contains("path=\"/aaaa")).await;
+    // Stopped and read to the end, so that a panic anywhere is in the output.
+    binary.signal(libc::SIGTERM);
+    assert!(binary.wait_for_exit(Duration::from_secs(20)).await.success());
     let stderr = binary.stderr();
     assert!(!stderr.contains("panicked"), "healthd panicked:\n{stderr}");
     let longest = binary.stdout().lines().map(str::len).max().unwrap_or_default();

@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 
-use crate::helpers::{spawn_app, spawn_app_with_env, Answer};
+use crate::helpers::{spawn_app, spawn_app_with_env};
 use crate::support::checks::{
-    assert_no_secret, config, every_body, failures, output, shows, status, unique, wait_started,
-    DEADLINE,
+    assert_no_secret, config, every_body, failures, is_unavailable, output, shows, status, unique,
+    wait_started, DEADLINE,
 };
 use crate::support::upstream::{refused_address, Behaviour, Upstream};
 
@@ -31,10 +31,6 @@ timeout = "150ms"
 {extra}
 "#
     ))
-}
-
-fn is_unavailable(answer: &Answer) -> bool {
-    answer.status == StatusCode::SERVICE_UNAVAILABLE
 }
 
 #[tokio::test]

@@ -11,8 +11,8 @@ use reqwest::StatusCode;
 
 use crate::helpers::{spawn_app, spawn_app_with_env, Answer, TestApp};
 use crate::support::checks::{
-    assert_no_secret, config, every_body, failures, output, percentile, probe_latencies, shows,
-    status, DEADLINE,
+    assert_no_secret, config, every_body, failures, is_unavailable, output, percentile,
+    probe_latencies, shows, status, DEADLINE,
 };
 use crate::support::postgres::TestPostgres;
 use crate::support::upstream::{Behaviour, Upstream};
@@ -36,10 +36,6 @@ retries = 0
 {extra}
 "#
     ))
-}
-
-fn is_unavailable(answer: &Answer) -> bool {
-    answer.status == StatusCode::SERVICE_UNAVAILABLE
 }
 
 async fn wait_pass(app: &TestApp, key: &str) -> Answer {

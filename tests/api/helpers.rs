@@ -336,12 +336,14 @@ pub struct RunningBinary {
     pub port: u16,
     stdout: Arc<Mutex<String>>,
     stderr: Arc<Mutex<String>>,
+    /// The threads reading stdout and stderr; they end when the pipes close.
+    readers: Vec<std::thread::JoinHandle<()>>,
     config: PathBuf,
 }
 
 /// Runs `healthd --config <config> <args>` with only `env` set of healthd's
 /// variables, and waits for it to log the port it serves on.
-pub fn spawn_binary(config: &str, args: &[&str], env: &[(&str, &str)]) -> RunningBinary {
+pub async fn spawn_binary(config: &str, args: &[&str], env: &[(&str, &str)]) -> RunningBinary {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     let path = std::env::temp_dir().join(format!(
         "healthd-binary-{}-{}.toml",
@@ -368,7 +370,7 @@ pub fn spawn_binary(config: &str, args: &[&str], env: &[(&str, &str)]) -> Runnin
     let collect = |mut source: Box<dyn std::io::Read + Send>| {
         let sink = Arc::new(Mutex::new(String::new()));
         let writer = sink.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             let mut chunk = [0u8; 8192];
             while let Ok(read) = source.read(&mut chunk) {
                 if read == 0 {
@@ -377,13 +379,15 @@ pub fn spawn_binary(config: &str, args: &[&str], env: &[(&str, &str)]) -> Runnin
                 writer.lock().unwrap().push_str(&String::from_utf8_lossy(&chunk[..read]));
             }
         });
-        sink
+        (sink, reader)
     };
-    let stdout = collect(Box::new(child.stdout.take().unwrap()));
-    let stderr = collect(Box::new(child.stderr.take().unwrap()));
-    let mut binary = RunningBinary { child, port: 0, stdout, stderr, config: path };
-    let line =
-        binary.wait_for_line(Duration::from_secs(20), |line| line.contains("healthd is serving"));
+    let (stdout, stdout_reader) = collect(Box::new(child.stdout.take().unwrap()));
+    let (stderr, stderr_reader) = collect(Box::new(child.stderr.take().unwrap()));
+    let readers = vec![stdout_reader, stderr_reader];
+    let mut binary = RunningBinary { child, port: 0, stdout, stderr, readers, config: path };
+    let line = binary
+        .wait_for_line(Duration::from_secs(20), |line| line.contains("healthd is serving"))
+        .await;
     // `port=N` in text, `"port":N` in JSON.
     let digits = line
         .split("port")
@@ -413,15 +417,21 @@ impl RunningBinary {
     }
 
     /// The first stdout line `wanted` accepts, waiting up to `deadline`.
-    pub fn wait_for_line(&mut self, deadline: Duration, wanted: impl Fn(&str) -> bool) -> String {
+    pub async fn wait_for_line(
+        &mut self,
+        deadline: Duration,
+        wanted: impl Fn(&str) -> bool,
+    ) -> String {
         let started = Instant::now();
         loop {
             if let Some(line) = self.stdout().lines().find(|line| wanted(line)) {
                 return line.to_string();
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                // Let the readers drain the pipes before reporting.
-                std::thread::sleep(Duration::from_millis(100));
+                self.finish_reading();
+                if let Some(line) = self.stdout().lines().find(|line| wanted(line)) {
+                    return line.to_string();
+                }
                 panic!(
                     "healthd exited ({status}) before the wanted line\nstdout:\n{}\nstderr:\n{}",
                     self.stdout(),
@@ -434,7 +444,15 @@ impl RunningBinary {
                 self.stdout(),
                 self.stderr()
             );
-            std::thread::sleep(Duration::from_millis(20));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until everything the process wrote has been read: the pipes
+    /// close when it exits.
+    fn finish_reading(&mut self) {
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
         }
     }
 
@@ -445,13 +463,13 @@ impl RunningBinary {
         assert_eq!(unsafe { libc::kill(pid, signal) }, 0, "kill failed");
     }
 
-    /// Waits for the process to exit, failing after `deadline`.
-    pub fn wait_for_exit(&mut self, deadline: Duration) -> std::process::ExitStatus {
+    /// Waits for the process to exit, failing after `deadline`; its
+    /// output is then read to the end.
+    pub async fn wait_for_exit(&mut self, deadline: Duration) -> std::process::ExitStatus {
         let started = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                // The pipes close with the process; give the readers a moment.
-                std::thread::sleep(Duration::from_millis(100));
+                self.finish_reading();
                 return status;
             }
             assert!(
@@ -459,7 +477,7 @@ impl RunningBinary {
                 "healthd did not exit within {deadline:?}\nstdout:\n{}",
                 self.stdout()
             );
-            std::thread::sleep(Duration::from_millis(10));
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 }

@@ -161,7 +161,7 @@ async fn sigterm_drains_readiness_first_then_closes_the_listener_finishes_in_fli
     let drain_delay = Duration::from_millis(1500);
     let (target, _, _listener) = counting_listener().await;
     let mut binary =
-        spawn_binary(&config("1500ms", target), &[], &[("HEALTHD_LISTEN", "127.0.0.1:0")]);
+        spawn_binary(&config("1500ms", target), &[], &[("HEALTHD_LISTEN", "127.0.0.1:0")]).await;
     let address = binary.address();
     let started = Instant::now();
     while probe(address, "/health/ready").await != Probe::Answered(200, None) {
@@ -203,7 +203,7 @@ async fn sigterm_drains_readiness_first_then_closes_the_listener_finishes_in_fli
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let idle_after_close = read_answer(&mut idle, false).await;
-    let status = binary.wait_for_exit(DEADLINE);
+    let status = binary.wait_for_exit(DEADLINE).await;
     let exited = Instant::now();
     sampler.await.unwrap();
 
@@ -290,9 +290,9 @@ async fn sigterm_drains_readiness_first_then_closes_the_listener_finishes_in_fli
 async fn sigint_drains_and_exits_0_too() {
     let (target, _, _listener) = counting_listener().await;
     let mut binary =
-        spawn_binary(&config("200ms", target), &[], &[("HEALTHD_LISTEN", "127.0.0.1:0")]);
+        spawn_binary(&config("200ms", target), &[], &[("HEALTHD_LISTEN", "127.0.0.1:0")]).await;
     binary.signal(libc::SIGINT);
-    let status = binary.wait_for_exit(DEADLINE);
+    let status = binary.wait_for_exit(DEADLINE).await;
     assert_eq!(status.code(), Some(0), "{}", binary.stdout());
     let stdout = binary.stdout();
     assert!(stdout.contains("SIGINT received") && stdout.contains("healthd stopped"), "{stdout}");

@@ -2,9 +2,6 @@
 //! `[[checks]]`, readers for one check's reading in a report, probe timing,
 //! and the secret scan over every answer and log line.
 
-// Test support: not every helper is used by every set of tests.
-#![allow(dead_code)]
-
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
@@ -57,9 +54,9 @@ pub fn failures(answer: &Answer, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// The `time` of `key`'s reading.
-pub fn observed_at(answer: &Answer, key: &str) -> Option<String> {
-    Some(answer.check(key)?.get("time")?.as_str()?.to_string())
+/// The answer is 503: a check failed.
+pub fn is_unavailable(answer: &Answer) -> bool {
+    answer.status == StatusCode::SERVICE_UNAVAILABLE
 }
 
 /// Whether `/health` says `key` has `wanted` status and output.

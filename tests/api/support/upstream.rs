@@ -10,9 +10,6 @@
 //! Plain answers echo the request head in their body on purpose: a
 //! dependency that repeats credentials back must not make healthd leak them.
 
-// Test support: not every helper is used by every set of tests.
-#![allow(dead_code)]
-
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -41,8 +38,6 @@ pub enum Behaviour {
     /// The first status on the 1st, 3rd, 5th... request since it was set,
     /// the second on the others.
     Alternate(u16, u16),
-    /// 500 to the first `n` requests since it was set, then 200.
-    FailFirst(usize),
     /// 200 with `application/health+json` and this `status` in the body.
     HealthReport(&'static str),
     /// Writes a plain HTTP answer as soon as it accepts, before reading: what
@@ -101,10 +96,6 @@ impl Upstream {
 
     pub fn address(&self) -> SocketAddr {
         self.address
-    }
-
-    pub fn port(&self) -> u16 {
-        self.address.port()
     }
 
     /// `http://127.0.0.1:PORT/health`.
@@ -191,9 +182,6 @@ async fn answer(mut stream: TcpStream, shared: Arc<Shared>) {
         Behaviour::Close | Behaviour::PlainAtOnce => return,
         Behaviour::Alternate(first, second) => {
             (if nth.is_multiple_of(2) { first } else { second }, "text/plain", echo)
-        }
-        Behaviour::FailFirst(failures) => {
-            (if nth < failures { 500 } else { 200 }, "text/plain", echo)
         }
         Behaviour::HealthReport(status) => (
             200,
