@@ -9,18 +9,32 @@ use healthd_models::HealthStatus;
 use crate::monitor::{Counters, LATENCY_BUCKETS};
 use crate::report::Snapshot;
 
-/// Route names, as given in the route table; anything else is `other`.
+/// Route names: the route table names each operation by one, and requests
+/// are counted under it; `OTHER` counts what matched no route.
+pub mod endpoint {
+    pub const HEALTH: &str = "health";
+    pub const LIVENESS: &str = "liveness";
+    pub const READINESS: &str = "readiness";
+    pub const STARTUP: &str = "startup";
+    pub const CHECK: &str = "check";
+    pub const METRICS: &str = "metrics";
+    pub const OPENAPI_YAML: &str = "openapi_yaml";
+    pub const OPENAPI_JSON: &str = "openapi_json";
+    pub const SWAGGER_UI: &str = "swagger_ui";
+    pub const OTHER: &str = "other";
+}
+
 const ENDPOINTS: [&str; 10] = [
-    "health",
-    "liveness",
-    "readiness",
-    "startup",
-    "check",
-    "metrics",
-    "openapi_yaml",
-    "openapi_json",
-    "swagger_ui",
-    "other",
+    endpoint::HEALTH,
+    endpoint::LIVENESS,
+    endpoint::READINESS,
+    endpoint::STARTUP,
+    endpoint::CHECK,
+    endpoint::METRICS,
+    endpoint::OPENAPI_YAML,
+    endpoint::OPENAPI_JSON,
+    endpoint::SWAGGER_UI,
+    endpoint::OTHER,
 ];
 const STATUSES: [u16; 10] = [200, 301, 400, 401, 403, 404, 405, 431, 500, 503];
 

@@ -27,6 +27,7 @@ use crate::report::Rendered;
 use crate::telemetry::{self, AccessRecord};
 
 pub use docs::ApiDoc;
+use metrics::endpoint;
 pub use metrics::RequestCounters;
 
 /// What the handlers share: the snapshot, the access rules, the lifecycle.
@@ -88,16 +89,16 @@ pub fn scope(
     let layer_state = Rc::new(state.clone());
     web::scope(prefix)
         .app_data(state)
-        .service(operation("/health", "health").to(get_health))
-        .service(operation("/health/live", "liveness").to(get_liveness))
-        .service(operation("/health/ready", "readiness").to(get_readiness))
-        .service(operation("/health/startup", "startup").to(get_startup))
-        .service(operation("/health/checks/{name}", "check").to(get_check))
-        .service(operation("/metrics", "metrics").to(get_metrics))
-        .service(operation("/openapi.yaml", "openapi_yaml").to(docs::get_openapi_yaml))
-        .service(operation("/openapi.json", "openapi_json").to(docs::get_openapi_json))
-        .service(operation("/swagger-ui", "swagger_ui").to(docs::redirect_to_swagger_ui))
-        .service(operation("/swagger-ui/{file:.*}", "swagger_ui").to(docs::get_swagger_ui))
+        .service(operation("/health", endpoint::HEALTH).to(get_health))
+        .service(operation("/health/live", endpoint::LIVENESS).to(get_liveness))
+        .service(operation("/health/ready", endpoint::READINESS).to(get_readiness))
+        .service(operation("/health/startup", endpoint::STARTUP).to(get_startup))
+        .service(operation("/health/checks/{name}", endpoint::CHECK).to(get_check))
+        .service(operation("/metrics", endpoint::METRICS).to(get_metrics))
+        .service(operation("/openapi.yaml", endpoint::OPENAPI_YAML).to(docs::get_openapi_yaml))
+        .service(operation("/openapi.json", endpoint::OPENAPI_JSON).to(docs::get_openapi_json))
+        .service(operation("/swagger-ui", endpoint::SWAGGER_UI).to(docs::redirect_to_swagger_ui))
+        .service(operation("/swagger-ui/{file:.*}", endpoint::SWAGGER_UI).to(docs::get_swagger_ui))
         .default_service(web::to(not_found))
         .wrap_fn(move |request, service| {
             let started = Instant::now();

@@ -95,9 +95,9 @@ pub fn run(args: &[&str]) -> anyhow::Result<()> {
     } else {
         Plan {
             smoke,
-            seconds: 5,
+            seconds: 3,
             levels: vec![1, 16, 64, 256],
-            rounds: 3,
+            rounds: 5,
             counted_requests: 20_000,
         }
     };
