@@ -55,6 +55,7 @@ static ACCESS_FORMAT: OnceLock<LogFormat> = OnceLock::new();
 pub struct AccessRecord<'a> {
     pub client: IpAddr,
     pub peer: IpAddr,
+    /// An HTTP method, which the parser admits only as a token: written unescaped.
     pub method: &'a str,
     pub path: &'a str,
     pub status: u16,
@@ -88,8 +89,10 @@ pub fn log_access(record: &AccessRecord<'_>) {
                 write_timestamp(line);
                 line.extend_from_slice(br#"","level":"INFO","message":"request","client":""#);
                 write_addresses(line, record.client, br#"","peer":""#, record.peer);
-                line.extend_from_slice(br#"","method":"#);
-                json_string(line, record.method);
+                // A method is an HTTP token: nothing in it needs escaping.
+                line.extend_from_slice(br#"","method":""#);
+                line.extend_from_slice(record.method.as_bytes());
+                line.push(b'"');
                 line.extend_from_slice(br#","path":"#);
                 json_string(line, record.path);
                 line.extend_from_slice(br#","status":"#);

@@ -97,6 +97,16 @@ impl Access {
         found.map(Principal::Token).ok_or(BadToken)
     }
 
+    /// Whether the `details` setting could show this principal the checks
+    /// from some address: when not, the address need not be worked out.
+    pub fn may_see_details(&self, principal: Principal) -> bool {
+        match self.settings.details {
+            Details::Never => false,
+            Details::Authorized => principal != Principal::Anonymous,
+            Details::Always => true,
+        }
+    }
+
     /// Whether this caller sees checks, given the `details` setting.
     pub fn sees_details(
         &self,
@@ -319,5 +329,7 @@ mod tests {
             Err(DetailsDenied::NeedsToken)
         );
         assert_eq!(access.sees_details(&remote, Principal::Token(0)), Err(DetailsDenied::Address));
+        assert!(access.may_see_details(Principal::Token(0)));
+        assert!(!access.may_see_details(Principal::Anonymous));
     }
 }
