@@ -226,23 +226,28 @@ fn needs_no_escaping(text: &str) -> bool {
     text.bytes().all(|byte| (0x20..0x7f).contains(&byte) && byte != b'"' && byte != b'\\')
 }
 
-/// Appends `text` quoted as Rust's `Debug` quotes it (the text format).
-fn debug_string(out: &mut Vec<u8>, text: &str) {
-    if needs_no_escaping(text) {
+/// Appends `text` in double quotes, as is, when it needs no escaping in
+/// either format; says whether it did.
+fn quoted_as_is(out: &mut Vec<u8>, text: &str) -> bool {
+    let plain = needs_no_escaping(text);
+    if plain {
         out.push(b'"');
         out.extend_from_slice(text.as_bytes());
         out.push(b'"');
-    } else {
+    }
+    plain
+}
+
+/// Appends `text` quoted as Rust's `Debug` quotes it (the text format).
+fn debug_string(out: &mut Vec<u8>, text: &str) {
+    if !quoted_as_is(out, text) {
         let _ = write!(out, "{text:?}");
     }
 }
 
 /// Appends `text` as a JSON string literal.
 fn json_string(out: &mut Vec<u8>, text: &str) {
-    if needs_no_escaping(text) {
-        out.push(b'"');
-        out.extend_from_slice(text.as_bytes());
-        out.push(b'"');
+    if quoted_as_is(out, text) {
         return;
     }
     out.push(b'"');

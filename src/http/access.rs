@@ -113,17 +113,17 @@ impl Access {
         address: &ClientAddress,
         principal: Principal,
     ) -> Result<(), DetailsDenied> {
-        match self.settings.details {
-            Details::Never => Err(DetailsDenied::Disabled),
-            _ if !Cidr::any_contains(&self.settings.details_allow, address.client) => {
-                Err(DetailsDenied::Address)
-            }
-            Details::Always => Ok(()),
-            Details::Authorized if principal == Principal::Anonymous => {
-                Err(DetailsDenied::NeedsToken)
-            }
-            Details::Authorized => Ok(()),
+        // Checked in this order so that the refusal names the first reason.
+        if self.settings.details == Details::Never {
+            return Err(DetailsDenied::Disabled);
         }
+        if !Cidr::any_contains(&self.settings.details_allow, address.client) {
+            return Err(DetailsDenied::Address);
+        }
+        if !self.may_see_details(principal) {
+            return Err(DetailsDenied::NeedsToken);
+        }
+        Ok(())
     }
 
     /// The token's configured name, for the access log.

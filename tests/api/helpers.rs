@@ -424,14 +424,15 @@ impl RunningBinary {
     ) -> String {
         let started = Instant::now();
         loop {
+            // Once the process has exited, all it wrote is read before looking.
+            let exited = self.child.try_wait().ok().flatten();
+            if exited.is_some() {
+                self.finish_reading();
+            }
             if let Some(line) = self.stdout().lines().find(|line| wanted(line)) {
                 return line.to_string();
             }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                self.finish_reading();
-                if let Some(line) = self.stdout().lines().find(|line| wanted(line)) {
-                    return line.to_string();
-                }
+            if let Some(status) = exited {
                 panic!(
                     "healthd exited ({status}) before the wanted line\nstdout:\n{}\nstderr:\n{}",
                     self.stdout(),

@@ -331,13 +331,14 @@ async fn bench(root: &Path, plan: &Plan) -> anyhow::Result<()> {
         .map(|(m, _)| m.requests_per_second * plan.seconds as f64)
         .sum();
 
-    let frozen = frozen_rounds(root, plan, &runner).await?;
+    let frozen = frozen_rounds(root, &runner).await?;
 
     let healthd_rss = peak_rss_kib(healthd.pid())?;
     let baseline_rss = peak_rss_kib(baseline.pid())?;
     drop((healthd, baseline));
     let instructions = count_instructions(root, plan, &dependencies, report.len())?;
     let log_lines = count_access_lines(&access_log)?;
+    remove_bench_output(&out_dir)?;
 
     let mut table = String::new();
     writeln!(table, "| connections | target | requests/s | × baseline | p50 µs | p99 µs | p99 × baseline | CPU µs/request |")?;
@@ -413,9 +414,8 @@ async fn bench(root: &Path, plan: &Plan) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Counts the access log's lines, then removes the logs the bench wrote:
-/// a full run writes gigabytes, which `grep` reads far faster than a
-/// debug-built xtask would.
+/// Counts the access log's lines with `grep`, which reads the gigabytes
+/// of a full run far faster than a debug-built xtask would.
 fn count_access_lines(access_log: &Path) -> anyhow::Result<usize> {
     let output = Command::new("grep")
         .args(["--count", "--fixed-strings", "healthd::access"])
@@ -426,8 +426,12 @@ fn count_access_lines(access_log: &Path) -> anyhow::Result<usize> {
     if output.status.code().is_none_or(|code| code > 1) {
         bail!("grep failed: {}", String::from_utf8_lossy(&output.stderr));
     }
-    let count = String::from_utf8_lossy(&output.stdout).trim().parse()?;
-    let dir = access_log.parent().context("no directory")?;
+    Ok(String::from_utf8_lossy(&output.stdout).trim().parse()?)
+}
+
+/// Removes the logs and callgrind files the bench wrote in `dir`: a full
+/// run writes gigabytes of access log.
+fn remove_bench_output(dir: &Path) -> anyhow::Result<()> {
     for entry in fs::read_dir(dir)? {
         let path = entry?.path();
         let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
@@ -435,7 +439,7 @@ fn count_access_lines(access_log: &Path) -> anyhow::Result<usize> {
             fs::remove_file(&path)?;
         }
     }
-    Ok(count)
+    Ok(())
 }
 
 /// Connections for the frozen-database comparison.
@@ -452,7 +456,6 @@ const FROZEN_ROUNDS: usize = 10;
 /// running).
 async fn frozen_rounds(
     root: &Path,
-    plan: &Plan,
     runner: &Runner<'_>,
 ) -> anyhow::Result<Vec<(&'static Target, Rounds)>> {
     let dependencies = Dependencies::start(root, Profile::Release).await?;
@@ -467,10 +470,9 @@ async fn frozen_rounds(
         fetch(port, "/health", Some(TOKEN))
             .is_ok_and(|(status, body)| status == 503 && body.contains("timed out"))
     })?;
-    let frozen =
-        Runner { plan: runner.plan, healthd: (port, healthd.pid()), baseline: runner.baseline };
+    let frozen = Runner { healthd: (port, healthd.pid()), ..*runner };
     let targets = [&TARGETS[1], &TARGETS[2]];
-    let rounds = if plan.smoke { 1 } else { FROZEN_ROUNDS };
+    let rounds = if runner.plan.smoke { 1 } else { FROZEN_ROUNDS };
     let mut pairs: Vec<Vec<(Measurement, Measurement)>> = vec![Vec::new(); targets.len()];
     for _ in 0..rounds {
         for (index, target) in targets.iter().enumerate() {

@@ -17,7 +17,7 @@ const WARM_UP: usize = 500;
 
 /// A server process running under `valgrind --tool=callgrind`.
 pub struct Instrumented {
-    pub pid: u32,
+    pid: u32,
     out_file: PathBuf,
 }
 
