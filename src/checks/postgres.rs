@@ -1,20 +1,78 @@
 //! `kind = "postgres"`: `query` through a deadpool pool built once per check.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::{
     Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
 };
 use healthd_models::ComponentType;
+use serde::Deserialize;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
 
 use crate::checks::{
-    elapsed_ms, error_chain, find_io_error, io_category, BoxFuture, Check, Observation,
+    elapsed_ms, error_chain, find_io_error, io_category, BoxFuture, Check, Kind, KindInput,
+    KindSettings, Observation, CREDENTIALS_IN_FILE,
 };
-use crate::config::Secret;
+use crate::config::{Policy, Secret};
 
-pub struct PostgresCheck {
+pub const KIND: Kind = Kind::new("postgres", &["url", "url_env", "query", "pool_size"], parse);
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PostgresFields {
+    url: Option<String>,
+    url_env: Option<String>,
+    query: Option<String>,
+    pool_size: Option<usize>,
+}
+
+#[derive(Debug)]
+struct PostgresSettings {
+    dsn: Secret,
+    query: String,
+    pool_size: usize,
+}
+
+fn parse(input: &mut KindInput<'_>) -> Option<Arc<dyn KindSettings>> {
+    let fields: PostgresFields = input.fields()?;
+    let (dsn, from_file) = input.secret_url(fields.url, fields.url_env)?;
+    let parsed = match dsn.expose().parse::<tokio_postgres::Config>() {
+        Ok(parsed) => parsed,
+        Err(error) => {
+            // The parser's message never repeats the DSN, but says what is wrong with it.
+            input.report_at("url", format!("not a PostgreSQL connection string: {error}"));
+            return None;
+        }
+    };
+    if from_file && parsed.get_password().is_some() {
+        input.report_at("url", CREDENTIALS_IN_FILE);
+        return None;
+    }
+    if parsed.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+        input.report_at(
+            "url",
+            "sslmode=require is not supported yet: the postgres check connects without TLS (use sslmode=disable or prefer)",
+        );
+        return None;
+    }
+    let pool_size = fields.pool_size.unwrap_or(2);
+    if pool_size == 0 {
+        input.report_at("pool_size", "must be at least 1");
+        return None;
+    }
+    let query = fields.query.unwrap_or_else(|| "SELECT 1".into());
+    Some(Arc::new(PostgresSettings { dsn, query, pool_size }))
+}
+
+impl KindSettings for PostgresSettings {
+    fn build(&self, name: &str, policy: &Policy) -> anyhow::Result<Arc<dyn Check>> {
+        Ok(Arc::new(PostgresCheck::new(name, &self.dsn, &self.query, self.pool_size, policy.timeout)?))
+    }
+}
+
+struct PostgresCheck {
     name: String,
     pool: Pool,
     query: String,
@@ -22,7 +80,7 @@ pub struct PostgresCheck {
 }
 
 impl PostgresCheck {
-    pub fn new(
+    fn new(
         name: &str,
         dsn: &Secret,
         query: &str,
