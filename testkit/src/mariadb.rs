@@ -90,8 +90,9 @@ impl TestMariadb {
         let run_as = run_as();
         let dir = TempDir::new("mariadb", run_as);
         let data_dir = dir.path().join("data");
-        copy_tree(template, &data_dir, run_as)
-            .unwrap_or_else(|e| panic!("copying {} to {}: {e}", template.display(), data_dir.display()));
+        copy_tree(template, &data_dir, run_as).unwrap_or_else(|e| {
+            panic!("copying {} to {}: {e}", template.display(), data_dir.display())
+        });
         let log = dir.path().join("mariadb.log");
         TestMariadb { server: Server::start(Mariadb { data_dir }, dir, log).await }
     }
@@ -273,8 +274,7 @@ fn run_as() -> Option<RunAs> {
 /// when the process exits (or by a later process's sweep, if it is killed).
 async fn template() -> &'static Path {
     /// The temp dir, and the data dir in it (install.log stays beside it).
-    static TEMPLATE: tokio::sync::OnceCell<(TempDir, PathBuf)> =
-        tokio::sync::OnceCell::const_new();
+    static TEMPLATE: tokio::sync::OnceCell<(TempDir, PathBuf)> = tokio::sync::OnceCell::const_new();
     let (_, data_dir) = TEMPLATE
         .get_or_init(|| async {
             let dir = TempDir::new("mariadbtemplate", run_as());

@@ -54,8 +54,8 @@ use tokio_postgres::NoTls;
 
 use crate::certs::{LeafSpec, TestCerts};
 use crate::process::{
-    child_command, find_in_path, is_executable, lock, percent_encode,
-    run_as_when_root, run_to_completion, set_owner_and_mode, Flavor, RunAs, Server, TempDir,
+    child_command, find_in_path, is_executable, lock, percent_encode, run_as_when_root,
+    run_to_completion, set_owner_and_mode, Flavor, RunAs, Server, TempDir,
 };
 
 /// Bound on `client()`.

@@ -628,8 +628,7 @@ pub(crate) fn spawn_child_blocking(mut cmd: Command) -> io::Result<Child> {
 pub(crate) async fn run_to_completion(cmd: Command, log: &Path) {
     let program = Path::new(cmd.get_program()).display().to_string();
     let log_start = file_len(log);
-    let mut child =
-        spawn_child(cmd).await.unwrap_or_else(|e| panic!("running {program}: {e}"));
+    let mut child = spawn_child(cmd).await.unwrap_or_else(|e| panic!("running {program}: {e}"));
     let status = tokio::task::spawn_blocking(move || child.wait())
         .await
         .expect("waiting for a setup command")

@@ -73,7 +73,9 @@ impl Flavor for Redis {
             .args(["--requirepass", &self.password, "--appendonly", "no", "--save", ""])
             .arg("--dir")
             .arg(dir)
-            .args(["--dbfilename", "dump.rdb", "--logfile", ""]);
+            .args(["--dbfilename", "dump.rdb", "--logfile", ""])
+            // A master waits 5 s by default for more replicas before a sync.
+            .args(["--repl-diskless-sync-delay", "0"]);
         if let Some(master) = self.replica_of {
             cmd.args(["--replicaof", "127.0.0.1", &master.to_string()])
                 .args(["--masterauth", &self.password]);
