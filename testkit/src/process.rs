@@ -763,6 +763,80 @@ impl Drop for TempDir {
     }
 }
 
+/// A dir made once per test process (an installed data dir) and copied for
+/// every server after that: `initdb` and `mariadb-install-db` take seconds
+/// on a loaded machine, a copy a fraction of that. Removed when the process
+/// exits (atexit), or by a later process's sweep if it was killed.
+pub(crate) struct Template {
+    cell: tokio::sync::OnceCell<TempDir>,
+}
+
+impl Template {
+    pub(crate) const fn new() -> Template {
+        Template { cell: tokio::sync::OnceCell::const_new() }
+    }
+
+    /// The template dir, made by `make` (given the new, empty dir) the
+    /// first time; callers racing the first one wait for it.
+    pub(crate) async fn get<Fut: Future<Output = ()>>(
+        &'static self,
+        kind: &'static str,
+        owner: Option<RunAs>,
+        make: impl FnOnce(PathBuf) -> Fut,
+    ) -> &'static Path {
+        let dir = self
+            .cell
+            .get_or_init(|| async {
+                let dir = TempDir::new(kind, owner);
+                remove_at_exit(dir.path());
+                make(dir.path().to_owned()).await;
+                dir
+            })
+            .await;
+        dir.path()
+    }
+}
+
+fn remove_at_exit(path: &Path) {
+    static DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+    static REGISTERED: std::sync::Once = std::sync::Once::new();
+    extern "C" fn remove_all() {
+        for dir in lock(&DIRS).iter() {
+            let _ = fs::remove_dir_all(dir);
+        }
+    }
+    lock(&DIRS).push(path.to_owned());
+    // SAFETY: the handler is a plain function that only removes files.
+    REGISTERED.call_once(|| unsafe {
+        libc::atexit(remove_all);
+    });
+}
+
+/// Copies the tree `from` to the new dir `to` (dirs and files only, with
+/// their modes: PostgreSQL refuses a data dir open to others), owned by
+/// `owner` if given.
+pub(crate) fn copy_tree(from: &Path, to: &Path, owner: Option<RunAs>) -> io::Result<()> {
+    let chown = |path: &Path| match owner {
+        Some(user) => std::os::unix::fs::chown(path, Some(user.uid), Some(user.gid)),
+        None => Ok(()),
+    };
+    fs::DirBuilder::new().mode(fs::metadata(from)?.permissions().mode()).create(to)?;
+    chown(to)?;
+    for entry in fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            copy_tree(&entry.path(), &target, owner)?;
+        } else if kind.is_file() {
+            // Keeps the mode.
+            fs::copy(entry.path(), &target)?;
+            chown(&target)?;
+        }
+    }
+    Ok(())
+}
+
 /// Removes, once per process and kind, the temp dirs of test processes that
 /// died without cleaning up: their servers died with them, the dirs did not.
 /// A dir whose PID is alive stays.
