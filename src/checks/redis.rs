@@ -98,8 +98,8 @@ impl RedisCheck {
     }
 
     async fn connect(&self) -> Result<MultiplexedConnection, RedisError> {
-        // Inner bounds a little past the deadline: the monitor's deadline cuts
-        // first and names itself; these only stop a task that outlives it.
+        // The crate's own bounds (500 ms and 1 s by default) would cut a
+        // longer deadline short: they are set to the check's.
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.timeout))
             .set_response_timeout(Some(self.timeout));
@@ -117,6 +117,9 @@ impl RedisCheck {
     fn failed(&self, error: &RedisError) -> Observation {
         // Redis errors never carry the URL or the password.
         tracing::warn!(check = %self.name, error = %error_chain(error), "redis check failed");
+        if error.is_timeout() {
+            return Observation::timed_out(self.timeout);
+        }
         Observation::fail(redis_category(error))
     }
 }
@@ -212,9 +215,6 @@ fn redis_category(error: &RedisError) -> String {
     }
     if let Some(io) = find_io_error(error) {
         return io_category(io);
-    }
-    if error.is_timeout() {
-        return "timed out".into();
     }
     if error.is_connection_refusal() {
         return "connection refused".into();
