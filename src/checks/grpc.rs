@@ -2,6 +2,7 @@
 //! (`grpc.health.v1.Health/Check`) with tonic and tonic-health's protos,
 //! over one channel per check that reconnects by itself.
 
+use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -13,7 +14,6 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
-use crate::checks::tls::read_ca_file;
 use crate::checks::{
     elapsed_ms, error_chain, find_io_error, io_category, tls_category, BoxFuture, Check, Kind,
     KindInput, KindSettings, Observation, RESPONSE_TIME,
@@ -27,15 +27,15 @@ pub const KIND: Kind = Kind::new("grpc", &["address", "service", "ca_file"], par
 struct GrpcFields {
     address: Option<String>,
     service: Option<String>,
-    ca_file: Option<String>,
+    ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug)]
 struct GrpcSettings {
     address: String,
     service: String,
-    /// The PEM of `ca_file`, trusted instead of the webpki roots.
-    ca_pem: Option<Vec<u8>>,
+    /// Trusted instead of the system's roots, for a private CA.
+    ca_file: Option<PathBuf>,
 }
 
 fn parse(input: &mut KindInput<'_>) -> Option<Arc<dyn KindSettings>> {
@@ -55,24 +55,21 @@ fn parse(input: &mut KindInput<'_>) -> Option<Arc<dyn KindSettings>> {
         );
         return None;
     }
-    let ca_pem = match fields.ca_file {
-        Some(path) => {
-            read_ca_file(input, &path)?;
-            match std::fs::read(&path) {
-                Ok(pem) => Some(pem),
-                Err(error) => {
-                    input.report_at("ca_file", format!("cannot read {path}: {}", io_category(&error)));
-                    return None;
-                }
-            }
+    if let Some(path) = &fields.ca_file {
+        if !address.starts_with("https://") {
+            input.report_at("ca_file", "needs an https:// address");
+            return None;
         }
-        None => None,
-    };
-    if ca_pem.is_some() && !address.starts_with("https://") {
-        input.report_at("ca_file", "needs an https:// address");
-        return None;
+        if let Err(reason) = crate::tls::check_ca_file(path) {
+            input.report_at("ca_file", reason);
+            return None;
+        }
     }
-    Some(Arc::new(GrpcSettings { address, service: fields.service.unwrap_or_default(), ca_pem }))
+    Some(Arc::new(GrpcSettings {
+        address,
+        service: fields.service.unwrap_or_default(),
+        ca_file: fields.ca_file,
+    }))
 }
 
 impl KindSettings for GrpcSettings {
@@ -82,9 +79,14 @@ impl KindSettings for GrpcSettings {
             .timeout(policy.timeout)
             .user_agent(concat!("healthd/", env!("CARGO_PKG_VERSION")))?;
         if self.address.starts_with("https://") {
-            let tls = match &self.ca_pem {
-                Some(pem) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)),
-                None => ClientTlsConfig::new().with_webpki_roots(),
+            let tls = match &self.ca_file {
+                Some(path) => {
+                    let pem = std::fs::read(path).map_err(|_| {
+                        anyhow::anyhow!("check {name}: cannot read {}", path.display())
+                    })?;
+                    ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem))
+                }
+                None => ClientTlsConfig::new().with_native_roots(),
             };
             endpoint = endpoint.tls_config(tls)?;
         }

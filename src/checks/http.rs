@@ -2,6 +2,7 @@
 //! TLS it also reports the leaf certificate's `daysRemaining`.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -9,9 +10,8 @@ use healthd_models::{ComponentType, HealthStatus};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 use reqwest::{redirect, Client, Method, Url};
 use serde::Deserialize;
-use tokio_rustls::rustls::pki_types::CertificateDer;
 
-use crate::checks::tls::{days_remaining, read_ca_file, DAYS_REMAINING};
+use crate::checks::tls::{days_remaining, DAYS_REMAINING};
 use crate::checks::{
     elapsed_ms, error_chain, find_io_error, io_category, tls_category, BoxFuture, Check, Kind,
     KindInput, KindSettings, Observation, CREDENTIALS_IN_FILE, RESPONSE_TIME,
@@ -43,7 +43,7 @@ struct HttpFields {
     headers: Option<BTreeMap<String, String>>,
     headers_env: Option<BTreeMap<String, String>>,
     follow_redirects: Option<bool>,
-    ca_file: Option<String>,
+    ca_file: Option<PathBuf>,
 }
 
 /// `kind = "http"`, validated.
@@ -56,8 +56,8 @@ struct HttpSettings {
     /// Header values may be credentials: all are kept secret.
     headers: Vec<(String, Secret)>,
     follow_redirects: bool,
-    /// Trusted instead of the webpki roots, for a private CA.
-    ca: Option<Vec<CertificateDer<'static>>>,
+    /// Trusted instead of the built-in roots, for a private CA.
+    ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -111,14 +111,12 @@ fn parse(input: &mut KindInput<'_>) -> Option<Arc<dyn KindSettings>> {
             ok = false;
         }
     }
-    let ca = match fields.ca_file {
-        Some(path) => {
-            let ca = read_ca_file(input, &path);
-            ok &= ca.is_some();
-            ca
+    if let Some(path) = &fields.ca_file {
+        if let Err(reason) = crate::tls::check_ca_file(path) {
+            input.report_at("ca_file", reason);
+            ok = false;
         }
-        None => None,
-    };
+    }
     ok.then(|| {
         Arc::new(HttpSettings {
             url,
@@ -126,7 +124,7 @@ fn parse(input: &mut KindInput<'_>) -> Option<Arc<dyn KindSettings>> {
             expect_status: fields.expect_status.unwrap_or_default(),
             headers,
             follow_redirects: fields.follow_redirects.unwrap_or(false),
-            ca,
+            ca_file: fields.ca_file,
         }) as Arc<dyn KindSettings>
     })
 }
@@ -170,10 +168,12 @@ impl HttpCheck {
             redirect::Policy::none()
         };
         let mut builder = Client::builder();
-        if let Some(ca) = &settings.ca {
+        if let Some(path) = &settings.ca_file {
+            let pem = std::fs::read(path)
+                .map_err(|_| anyhow::anyhow!("check {name}: cannot read {}", path.display()))?;
             builder = builder.tls_built_in_root_certs(false);
-            for certificate in ca {
-                builder = builder.add_root_certificate(reqwest::Certificate::from_der(certificate)?);
+            for certificate in reqwest::Certificate::from_pem_bundle(&pem)? {
+                builder = builder.add_root_certificate(certificate);
             }
         }
         let client = builder

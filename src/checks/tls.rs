@@ -1,13 +1,13 @@
 //! `kind = "tls"`: a TLS handshake with `address`, the chain and the name
-//! verified (the webpki roots reqwest uses, or `ca_file`), and the days left
-//! on the leaf certificate. Also the certificate helpers the `http` kind
-//! uses for its `daysRemaining` and its `ca_file`.
+//! verified (the system's roots, or `ca_file`), and the days left on the
+//! leaf certificate; also the expiry reading the `http` kind reports as its
+//! `daysRemaining`.
 //!
 //! rustls refuses an expired certificate without handing it over, so the
 //! verifier here records the leaf it was shown and the verdict: an expired
 //! leaf still says how long ago it expired.
 
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -15,16 +15,11 @@ use healthd_models::ComponentType;
 use serde::Deserialize;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio_rustls::rustls::client::danger::{
-    HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier,
-};
-use tokio_rustls::rustls::client::WebPkiServerVerifier;
-use tokio_rustls::rustls::crypto::{ring, CryptoProvider};
-use tokio_rustls::rustls::pki_types::pem::PemObject;
-use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use tokio_rustls::rustls::{
-    self, CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
-};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::{ring, CryptoProvider};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, SignatureScheme};
 use tokio_rustls::TlsConnector;
 
 use crate::checks::{
@@ -47,7 +42,7 @@ pub const DAYS_REMAINING: (&str, &str) = ("daysRemaining", "d");
 struct TlsFields {
     address: Option<String>,
     server_name: Option<String>,
-    ca_file: Option<String>,
+    ca_file: Option<PathBuf>,
     warn_below: Option<DaysText>,
     fail_below: Option<DaysText>,
 }
@@ -71,8 +66,8 @@ impl<'de> Deserialize<'de> for DaysText {
 struct TlsSettings {
     address: String,
     server_name: ServerName<'static>,
-    /// Roots from `ca_file`, or none for the built-in webpki roots.
-    ca: Option<Vec<CertificateDer<'static>>>,
+    /// Trusted instead of the system's roots, for a private CA.
+    ca_file: Option<PathBuf>,
     warn_below: u32,
     fail_below: u32,
 }
@@ -96,10 +91,12 @@ fn parse(input: &mut KindInput<'_>) -> Option<Arc<dyn KindSettings>> {
         input.report_at(key, format!("{name:?} is not a DNS name or an IP address"));
         return None;
     };
-    let ca = match fields.ca_file {
-        Some(path) => Some(read_ca_file(input, &path)?),
-        None => None,
-    };
+    if let Some(path) = &fields.ca_file {
+        if let Err(reason) = crate::tls::check_ca_file(path) {
+            input.report_at("ca_file", reason);
+            return None;
+        }
+    }
     let warn_below = fields.warn_below.map_or(14, |days| days.0);
     let fail_below = fields.fail_below.map_or(3, |days| days.0);
     if fail_below > warn_below {
@@ -109,43 +106,19 @@ fn parse(input: &mut KindInput<'_>) -> Option<Arc<dyn KindSettings>> {
         );
         return None;
     }
-    Some(Arc::new(TlsSettings { address, server_name, ca, warn_below, fail_below }))
-}
-
-/// Reads the PEM certificates of `ca_file`, reporting a file that cannot be
-/// read or holds none.
-pub fn read_ca_file(input: &mut KindInput<'_>, path: &str) -> Option<Vec<CertificateDer<'static>>> {
-    let bytes = match std::fs::read(Path::new(path)) {
-        Ok(bytes) => bytes,
-        Err(error) => {
-            input.report_at("ca_file", format!("cannot read {path}: {}", io_category(&error)));
-            return None;
-        }
-    };
-    let certificates: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(&bytes).collect();
-    match certificates {
-        Ok(certificates) if !certificates.is_empty() => Some(certificates),
-        _ => {
-            input.report_at("ca_file", format!("{path} holds no PEM certificate"));
-            None
-        }
-    }
+    Some(Arc::new(TlsSettings {
+        address,
+        server_name,
+        ca_file: fields.ca_file,
+        warn_below,
+        fail_below,
+    }))
 }
 
 impl KindSettings for TlsSettings {
     fn build(&self, name: &str, _policy: &Policy) -> anyhow::Result<Arc<dyn Check>> {
         let provider = Arc::new(ring::default_provider());
-        let mut roots = RootCertStore::empty();
-        match &self.ca {
-            Some(certificates) => {
-                for certificate in certificates {
-                    roots.add(certificate.clone()).map_err(|_| {
-                        anyhow::anyhow!("check {name}: ca_file holds an invalid CA certificate")
-                    })?;
-                }
-            }
-            None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-        }
+        let roots = crate::tls::roots(self.ca_file.as_deref())?;
         let verifier =
             WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
                 .build()?;
@@ -372,8 +345,7 @@ mod tests {
 
     fn check(warn_below: u32, fail_below: u32) -> TlsCheck {
         let provider = Arc::new(ring::default_provider());
-        let mut roots = RootCertStore::empty();
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        let roots = crate::tls::roots(None).unwrap();
         TlsCheck {
             name: "cert".into(),
             address: "127.0.0.1:443".into(),
