@@ -119,6 +119,19 @@ impl AmqpCheck {
         Observation::fail(amqp_category(error))
     }
 
+    fn connect_failed(&self, error: &lapin::Error) -> Observation {
+        tracing::warn!(check = %self.name, error = %error_chain(error), "amqp connect failed");
+        // Refused while connecting is the login; later it is a permission.
+        match error.kind() {
+            ErrorKind::ProtocolError(amqp)
+                if matches!(amqp.kind(), AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED)) =>
+            {
+                Observation::fail("authentication failed")
+            }
+            _ => Observation::fail(amqp_category(error)),
+        }
+    }
+
     /// The kept connection, connecting first when there is none or it broke.
     async fn connection<'a>(
         &self,
@@ -143,7 +156,7 @@ impl AmqpCheck {
             *link = Link::Idle;
             match connected {
                 Ok(Ok(connection)) => *link = Link::Connected(Box::new(connection)),
-                Ok(Err(error)) => return Err(self.failed(&error)),
+                Ok(Err(error)) => return Err(self.connect_failed(&error)),
                 Err(_) => return Err(Observation::fail("amqp connect panicked")),
             }
         }

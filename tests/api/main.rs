@@ -2,10 +2,17 @@
 
 mod access;
 mod bad_input;
+#[cfg(feature = "amqp")]
+mod checks_amqp;
+#[cfg(feature = "grpc")]
+mod checks_grpc;
 mod checks_http;
+#[cfg(feature = "nats")]
+mod checks_nats;
 mod checks_postgres;
 mod checks_redis;
 mod checks_tcp;
+mod checks_tls;
 mod config_cli;
 mod contract;
 mod endpoints;
