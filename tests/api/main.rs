@@ -16,6 +16,8 @@ mod checks_tls;
 mod config_cli;
 mod contract;
 mod endpoints;
+#[cfg(all(feature = "amqp", feature = "nats", feature = "grpc"))]
+mod every_kind;
 mod helpers;
 mod lifecycle;
 mod metrics;
