@@ -49,9 +49,9 @@ use std::sync::{mpsc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// How long killed or stopped processes may take to reach that state.
-pub(crate) const SIGNAL_DEADLINE: Duration = Duration::from_secs(10);
+const SIGNAL_DEADLINE: Duration = Duration::from_secs(10);
 /// Bound on one readiness probe.
-pub(crate) const PROBE_ATTEMPT: Duration = Duration::from_secs(2);
+const PROBE_ATTEMPT: Duration = Duration::from_secs(2);
 const POLL: Duration = Duration::from_millis(20);
 /// Ports to try if another process takes the chosen one first.
 const PORT_ATTEMPTS: usize = 5;
@@ -457,7 +457,7 @@ pub(crate) fn require_binary(name: &str, package: &str) -> PathBuf {
     })
 }
 
-pub(crate) fn find_binary(name: &str) -> Option<PathBuf> {
+fn find_binary(name: &str) -> Option<PathBuf> {
     find_in_path(name).or_else(|| {
         ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin"]
             .iter()
@@ -483,7 +483,7 @@ pub(crate) struct RunAs {
     pub(crate) gid: u32,
 }
 
-pub(crate) fn is_root() -> bool {
+fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
 }
@@ -899,12 +899,12 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-pub(crate) fn file_len(path: &Path) -> u64 {
+fn file_len(path: &Path) -> u64 {
     fs::metadata(path).map_or(0, |m| m.len())
 }
 
 /// The last 60 lines of `path` from byte `offset` on.
-pub(crate) fn log_since(path: &Path, offset: u64) -> String {
+fn log_since(path: &Path, offset: u64) -> String {
     let mut text = Vec::new();
     if let Ok(mut file) = File::open(path) {
         let _ = file.seek(SeekFrom::Start(offset));
