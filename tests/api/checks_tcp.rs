@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 
 use crate::helpers::spawn_app;
-use crate::support::checks::{config, failures, output, shows, status, wait_started, DEADLINE};
+use crate::support::checks::{config, failures, output, shows, status, DEADLINE};
 use crate::support::upstream::{refused_address, Behaviour, Unanswering, Upstream};
 
 const CACHE: &str = "cache:responseTime";
@@ -91,8 +91,11 @@ async fn a_non_critical_tcp_check_that_fails_makes_the_service_warn_and_stays_re
     let app = spawn_app(&cache_check(&address.to_string(), "critical = false")).await;
 
     // Act
-    wait_started(&app).await;
-    let answer = app.get("/health").await;
+    let answer = app
+        .wait_for("/health", None, DEADLINE, |a| {
+            shows(a, CACHE, "fail", Some("connection refused"))
+        })
+        .await;
 
     // Assert
     assert_eq!(answer.status, StatusCode::OK);
