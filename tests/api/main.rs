@@ -10,6 +10,7 @@ mod checks_http;
 #[cfg(feature = "nats")]
 mod checks_nats;
 mod checks_postgres;
+mod checks_postgres_tls;
 mod checks_redis;
 mod checks_tcp;
 mod checks_tls;
