@@ -1,7 +1,8 @@
 //! `kind = "nats"`: a NATS server, with the official async-nats client. One
-//! connection is kept; each attempt is a round trip (a flush: PING and its
-//! PONG), and with `stream` reads the JetStream stream's info for its
-//! `messages`.
+//! connection is kept; each attempt is a round trip through the server (a
+//! request to an inbox nobody listens on, which the server answers with "no
+//! responders": a flush only empties the client's buffer), and with `stream`
+//! reads the JetStream stream's info for its `messages`.
 //!
 //! Credentials come from the environment only: a user and password or a
 //! token in the URL of `url_env` (`nats://user:pass@host`, `nats://token@host`),
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 use async_nats::connection::State;
 use async_nats::jetstream::context::GetStreamErrorKind;
 use async_nats::jetstream::ErrorCode;
-use async_nats::{Client, ConnectErrorKind, ConnectOptions};
+use async_nats::{Client, ConnectErrorKind, ConnectOptions, RequestErrorKind};
 use healthd_models::ComponentType;
 use reqwest::Url;
 use serde::Deserialize;
@@ -212,9 +213,17 @@ impl Check for NatsCheck {
                     Err(error) => return self.failed(connect_category(&error), &error),
                 },
             };
-            if let Err(error) = client.flush().await {
-                *kept = None;
-                return self.failed("connection lost".into(), &error);
+            // The server's own answer, where a flush would only fill the socket.
+            match client.request(client.new_inbox(), Default::default()).await {
+                Ok(_) => {}
+                Err(error) if error.kind() == RequestErrorKind::NoResponders => {}
+                Err(error) if error.kind() == RequestErrorKind::TimedOut => {
+                    return Observation::timed_out(self.timeout);
+                }
+                Err(error) => {
+                    *kept = None;
+                    return self.failed("connection lost".into(), &error);
+                }
             }
             match &self.stream {
                 None => Observation::pass(vec![elapsed_ms(started)]),
