@@ -141,6 +141,7 @@ fn the_example_config_is_valid() {
 }
 
 /// One check of `kind` with `keys`, as a config text.
+#[cfg(all(feature = "amqp", feature = "nats"))]
 fn one_check(kind: &str, keys: &str) -> String {
     format!("[[checks]]\nname = \"c\"\nkind = \"{kind}\"\n{keys}\n")
 }
