@@ -140,6 +140,8 @@ async fn a_closed_port_is_refused_and_a_listener_that_never_answers_times_out() 
         .await;
     assert!(is_unavailable(&answer));
     assert!(answer.check("closed:daysRemaining").unwrap()["observedValue"].is_null());
+    // The silent one was reached: the handshake, not the connect, hung.
+    assert!(silent.accepted() >= 1);
 }
 
 #[tokio::test]

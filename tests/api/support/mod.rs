@@ -3,5 +3,7 @@
 //! too; the small HTTP dependencies and the check-test helpers live here.
 
 pub mod checks;
-pub use healthd_testkit::{nats, postgres, redis};
+#[cfg(feature = "nats")]
+pub use healthd_testkit::nats;
+pub use healthd_testkit::{postgres, redis};
 pub mod upstream;
