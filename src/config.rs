@@ -42,6 +42,10 @@ pub struct AccessSettings {
     pub trusted_proxies: Vec<Cidr>,
     /// The one header a trusted proxy writes the client address into.
     pub forwarded_header: ForwardedHeader,
+    /// The path prefix trusted proxies mount healthd under, for proxies that
+    /// cannot send `X-Forwarded-Prefix`; it wins over the header. Normalised
+    /// (`/ops`), never empty.
+    pub forwarded_prefix: Option<String>,
     pub tokens: Vec<TokenSettings>,
 }
 
@@ -340,6 +344,7 @@ struct RawAccess {
     details_allow: Option<Vec<String>>,
     trusted_proxies: Option<Vec<String>>,
     forwarded_header: Option<ForwardedHeader>,
+    forwarded_prefix: Option<String>,
     #[serde(default)]
     tokens: Vec<RawToken>,
 }
@@ -551,6 +556,18 @@ fn validate(raw: RawSettings, env: &dyn Environment, problems: &mut Vec<Problem>
             tokens.push(TokenSettings { name: token.name, sha256 });
         }
     }
+    let forwarded_prefix = raw.access.forwarded_prefix.as_deref().and_then(|text| {
+        if trusted_proxies.is_empty() {
+            report(
+                "access.forwarded_prefix".into(),
+                "applies only to requests from access.trusted_proxies, which lists none".into(),
+            );
+        }
+        crate::http::access::normalise_prefix(text)
+            .map_err(|reason| report("access.forwarded_prefix".into(), reason))
+            .ok()
+            .filter(|prefix| !prefix.is_empty())
+    });
     let details = raw.access.details.unwrap_or(Details::Authorized);
     let access = AccessSettings {
         details,
@@ -558,6 +575,7 @@ fn validate(raw: RawSettings, env: &dyn Environment, problems: &mut Vec<Problem>
         details_allow,
         trusted_proxies,
         forwarded_header: raw.access.forwarded_header.unwrap_or(ForwardedHeader::XForwardedFor),
+        forwarded_prefix,
         tokens,
     };
 

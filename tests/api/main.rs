@@ -2,6 +2,7 @@
 
 mod access;
 mod bad_input;
+mod behind_proxy;
 mod checks_http;
 mod checks_postgres;
 mod checks_tcp;
