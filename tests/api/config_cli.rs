@@ -175,13 +175,14 @@ fn each_subcommand_has_its_own_help_with_the_environment() {
 }
 
 #[test]
-fn usage_errors_exit_2_with_the_usage() {
+fn usage_errors_exit_2_and_point_to_the_help() {
     for args in [&["--bogus"][..], &["check-config", "extra"], &["--log-format", "xml"], &["nope"]]
     {
         let output = healthd(args);
         assert_eq!(output.status.code(), Some(2), "{args:?}");
         let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(stderr.contains("Usage: healthd"), "{args:?}: {stderr}");
+        assert!(stderr.starts_with("error: "), "{args:?}: {stderr}");
+        assert!(stderr.contains("try '--help'"), "{args:?}: {stderr}");
     }
 }
 

@@ -255,12 +255,13 @@ fn nginx(stage: &Stage) -> anyhow::Result<String> {
     )?;
     std::fs::write(dir.join("healthd.conf"), site)?;
     // The main file Debian's package would provide, with every path in the
-    // scratch directory; it includes the deploy file as conf.d/ would.
+    // scratch directory; it includes the deploy file as conf.d/ would. One
+    // process, no master: were the stage killed, no worker outlives it.
     let d = dir.display();
     std::fs::write(
         dir.join("nginx.conf"),
         format!(
-            "daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log stderr notice;\n\
+            "daemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log stderr notice;\n\
              events {{ worker_connections 256; }}\nhttp {{\n    access_log {d}/access.log combined;\n\
              \x20   client_body_temp_path {d}/tmp/body;\n    proxy_temp_path {d}/tmp/proxy;\n\
              \x20   fastcgi_temp_path {d}/tmp/fastcgi;\n    uwsgi_temp_path {d}/tmp/uwsgi;\n\
@@ -705,15 +706,24 @@ fn prometheus(stage: &Stage) -> anyhow::Result<String> {
     let expected: BTreeMap<String, String> =
         [("disk", "1"), ("gone", "0"), ("self", "1")].map(|(c, v)| (c.into(), v.into())).into();
     ensure!(up == expected, "healthd_check_up by check: {up:?}");
-    let rules = api("/api/v1/rules")?;
-    let loaded: Vec<&str> = rules["data"]["groups"][0]["rules"]
-        .as_array()
-        .context("rules")?
-        .iter()
-        .filter(|rule| rule["health"] == "ok")
-        .filter_map(|rule| rule["name"].as_str())
-        .collect();
-    ensure!(loaded.len() == 4, "alert rules loaded and healthy: {loaded:?}");
+    // The shipped rules, loaded and evaluated without error (health is
+    // "unknown" until the first evaluation, within evaluation_interval).
+    let mut rules = Value::Null;
+    let evaluated = |rules: &Value| -> Vec<String> {
+        let group = &rules["data"]["groups"][0]["rules"];
+        let rules = group.as_array().map(Vec::as_slice).unwrap_or_default();
+        rules
+            .iter()
+            .filter(|rule| rule["health"] == "ok")
+            .filter_map(|rule| rule["name"].as_str().map(str::to_string))
+            .collect()
+    };
+    wait_until("the alert rules evaluated", DEADLINE, || {
+        rules = api("/api/v1/rules").unwrap_or(Value::Null);
+        evaluated(&rules).len() == 4
+    })
+    .with_context(|| format!("the rules: {rules}"))?;
+    let loaded = evaluated(&rules);
     let scraped = healthd.wait_for_line("for Prometheus' scrape", DEADLINE, |line| {
         line.contains("\"path\":\"/metrics\"") && line.contains("\"principal\":\"prometheus\"")
     })?;
