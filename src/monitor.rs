@@ -11,7 +11,7 @@ use healthd_models::{ComponentType, HealthStatus};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::checks::{self, Check, Observation};
+use crate::checks::{Check, Observation};
 use crate::config::{CheckSettings, Policy};
 use crate::report::{ServiceInfo, Snapshot};
 
@@ -107,21 +107,21 @@ struct Shared {
 impl Monitor {
     /// Builds every check and starts one task each. Must run inside a tokio runtime.
     pub fn start(service: ServiceInfo, settings: &[CheckSettings]) -> anyhow::Result<Monitor> {
-        let built: Vec<Box<dyn Check>> =
-            settings.iter().map(checks::build).collect::<anyhow::Result<_>>()?;
+        let built: Vec<Arc<dyn Check>> =
+            settings.iter().map(CheckSettings::build).collect::<anyhow::Result<_>>()?;
         Ok(Monitor::start_with(service, settings.iter().zip(built).collect()))
     }
 
     /// Starts the given checks; each pairs its settings with its implementation.
     pub fn start_with(
         service: ServiceInfo,
-        checks: Vec<(&CheckSettings, Box<dyn Check>)>,
+        checks: Vec<(&CheckSettings, Arc<dyn Check>)>,
     ) -> Monitor {
         let states: Vec<CheckState> = checks
             .iter()
             .map(|(settings, check)| CheckState {
                 name: settings.name.clone(),
-                kind: settings.kind.name(),
+                kind: settings.kind,
                 component_type: check.component_type(),
                 critical: settings.critical,
                 policy: settings.policy,
@@ -193,7 +193,7 @@ async fn stop_requested(stopped: &mut watch::Receiver<bool>) {
 
 async fn run_forever(
     index: usize,
-    check: Box<dyn Check>,
+    check: Arc<dyn Check>,
     policy: Policy,
     shared: Arc<Shared>,
     mut stopped: watch::Receiver<bool>,
@@ -323,6 +323,7 @@ fn next_status(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::checks;
     use HealthStatus::{Fail, Pass, Warn};
 
     const POLICY: Policy = Policy {

@@ -5,6 +5,8 @@ mod bad_input;
 mod behind_proxy;
 mod checks_http;
 mod checks_postgres;
+mod checks_postgres_tls;
+mod checks_redis;
 mod checks_tcp;
 mod config_cli;
 mod contract;
