@@ -114,7 +114,8 @@ fn install_missing_tools() -> anyhow::Result<()> {
     }
     println!("gateway: installing {} from Debian's packages", missing.join(" "));
     let policy = Path::new("/usr/sbin/policy-rc.d");
-    let previous = std::fs::read(policy).ok();
+    // Whatever was there (a container's own, often) comes back afterwards.
+    let previous = std::fs::read(policy).ok().zip(std::fs::metadata(policy).ok());
     std::fs::write(
         policy,
         "#!/bin/sh\n# cargo xtask gateway: start no service during its install\nexit 101\n",
@@ -139,7 +140,10 @@ fn install_missing_tools() -> anyhow::Result<()> {
         apt(&args)
     });
     match previous {
-        Some(previous) => std::fs::write(policy, previous)?,
+        Some((bytes, metadata)) => {
+            std::fs::write(policy, bytes)?;
+            std::fs::set_permissions(policy, metadata.permissions())?;
+        }
         None => std::fs::remove_file(policy)?,
     }
     installed?;
