@@ -3,6 +3,7 @@
 mod access;
 mod bad_input;
 mod checks_http;
+mod checks_mysql;
 mod checks_postgres;
 mod checks_tcp;
 mod config_cli;
