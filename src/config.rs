@@ -769,12 +769,6 @@ mod tests {
     }
 
     #[test]
-    fn sslmode_require_is_refused_rather_than_failing_forever() {
-        let problem = only_problem("[[checks]]\nname = \"db\"\nkind = \"postgres\"\nurl = \"postgres://h/db?sslmode=require\"\n");
-        assert!(problem.reason.contains("sslmode=require"), "{}", problem.reason);
-    }
-
-    #[test]
     fn absurd_retries_are_an_error_not_a_panic() {
         let problem = only_problem("[[checks]]\nname = \"t\"\nkind = \"tcp\"\naddress = \"h:1\"\nretries = 4294967295\nbackoff = \"1000000h\"\n");
         assert!(problem.reason.contains("more than 10"), "{}", problem.reason);

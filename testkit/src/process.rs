@@ -26,6 +26,9 @@
 //!   process-group signal would miss them. While frozen, a small guard shell
 //!   SIGKILLs the stopped processes if the test process dies, since a stopped
 //!   process cannot act on its parent-death signal.
+//! - A data dir that takes seconds to install (`initdb`, `mariadb-install-db`)
+//!   is installed once per test process into a [`Template`] and copied for
+//!   each server.
 //! - Temp dirs of test processes that died without cleaning up (a timeout
 //!   killed them) are swept once per process and kind.
 

@@ -1,8 +1,8 @@
 //! Test support shared by the modules of the api test binary. The throwaway
-//! PostgreSQL and MariaDB live in the healthd-testkit crate, which the
+//! PostgreSQL, Redis and MariaDB live in the healthd-testkit crate, which the
 //! benchmark uses too; the small HTTP dependencies and the check-test
 //! helpers live here.
 
 pub mod checks;
-pub use healthd_testkit::{mariadb, postgres};
+pub use healthd_testkit::{mariadb, postgres, redis};
 pub mod upstream;
