@@ -276,7 +276,7 @@ fn mysql_category(error: &mysql_async::Error) -> String {
         Error::Server(server) => server_category(server.code),
         Error::Driver(driver) => match driver {
             DriverError::ConnectionClosed => "connection closed".into(),
-            DriverError::NoClientSslFlagFromServer => "TLS: the server does not offer TLS".into(),
+            DriverError::NoClientSslFlagFromServer => "TLS: the server does not accept TLS".into(),
             DriverError::UnknownAuthPlugin { .. }
             | DriverError::CleartextPluginDisabled
             | DriverError::MysqlOldPasswordDisabled => "authentication method not supported".into(),

@@ -5,6 +5,7 @@ mod bad_input;
 mod checks_http;
 mod checks_mysql;
 mod checks_postgres;
+mod checks_postgres_tls;
 mod checks_redis;
 mod checks_tcp;
 mod config_cli;
