@@ -3,11 +3,12 @@
 //! `require_ssl=true`. A connection whose query did not finish (the deadline
 //! passed, or it failed) is closed, never handed to a later attempt.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use healthd_models::ComponentType;
 use mysql_async::prelude::Queryable;
 use mysql_async::{
@@ -20,6 +21,7 @@ use crate::checks::{
     KindInput, KindSettings, Observation, CREDENTIALS_IN_FILE,
 };
 use crate::config::{Policy, Secret};
+use crate::tls;
 
 pub const KIND: Kind =
     Kind::new("mysql", &["url", "url_env", "query", "pool_size", "ca_file"], parse);
@@ -39,21 +41,36 @@ struct MysqlSettings {
     dsn: Secret,
     query: String,
     pool_size: usize,
-    /// PEM certificates of a private CA, read at load.
-    ca: Option<Vec<u8>>,
+    /// A private CA's PEM file, trusted instead of the system's roots.
+    ca_file: Option<PathBuf>,
 }
 
-/// URL parameters healthd sets itself.
-const POOL_PARAMETERS: [&str; 2] = ["pool_min", "pool_max"];
+/// mysql_async URL parameters healthd refuses, and what to do instead.
+const REFUSED_PARAMETERS: [(&str, &str); 3] = [
+    ("pool_min", "set pool_size instead"),
+    ("pool_max", "set pool_size instead"),
+    ("built_in_roots", "healthd trusts the system's roots, or only those in ca_file"),
+];
 
 fn parse(input: &mut KindInput<'_>) -> Option<Arc<dyn KindSettings>> {
     let fields: MysqlFields = input.fields()?;
     let (dsn, from_file) = input.secret_url(fields.url, fields.url_env)?;
-    if let Some(parameter) = url_parameters(dsn.expose())
-        .into_iter()
-        .find(|(name, _)| POOL_PARAMETERS.contains(&name.as_str()))
+    let parameters = url_parameters(dsn.expose());
+    if let Some((name, instead)) = REFUSED_PARAMETERS
+        .iter()
+        .find(|(refused, _)| parameters.iter().any(|(name, _)| name == refused))
     {
-        input.report_at("url", format!("{}: set pool_size instead", parameter.0));
+        input.report_at("url", format!("{name}: {instead}"));
+        return None;
+    }
+    // mysql_async 0.37 skips the name check by matching rustls's error text
+    // for "NotValidForName", which current rustls no longer writes: the
+    // parameter would be silently ignored.
+    if parameters.iter().any(|(name, value)| name == "verify_identity" && value != "true") {
+        input.report_at(
+            "url",
+            "verify_identity=false is not supported: connect by a name the certificate holds",
+        );
         return None;
     }
     let opts = match Opts::from_url(dsn.expose()) {
@@ -77,29 +94,18 @@ fn parse(input: &mut KindInput<'_>) -> Option<Arc<dyn KindSettings>> {
         input.report_at("pool_size", "must be at least 1");
         return None;
     }
-    let ca = match fields.ca_file {
-        None => None,
-        Some(_) if opts.ssl_opts().is_none() => {
+    if let Some(path) = &fields.ca_file {
+        if opts.ssl_opts().is_none() {
             input.report_at("ca_file", "needs require_ssl=true in the URL");
             return None;
         }
-        Some(path) => match std::fs::read(&path) {
-            Ok(pem) if contains_certificate(&pem) => Some(pem),
-            Ok(_) => {
-                input.report_at("ca_file", format!("{} holds no PEM certificate", path.display()));
-                return None;
-            }
-            Err(error) => {
-                input.report_at(
-                    "ca_file",
-                    format!("{} cannot be read: {}", path.display(), io_category(&error)),
-                );
-                return None;
-            }
-        },
-    };
+        if let Err(reason) = tls::check_ca_file(path) {
+            input.report_at("ca_file", reason);
+            return None;
+        }
+    }
     let query = fields.query.unwrap_or_else(|| "SELECT 1".into());
-    Some(Arc::new(MysqlSettings { dsn, query, pool_size, ca }))
+    Some(Arc::new(MysqlSettings { dsn, query, pool_size, ca_file: fields.ca_file }))
 }
 
 /// The URL's query parameters, for the few healthd looks at itself.
@@ -109,8 +115,16 @@ fn url_parameters(dsn: &str) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
-fn contains_certificate(pem: &[u8]) -> bool {
-    pem.windows(27).any(|window| window == b"-----BEGIN CERTIFICATE-----")
+/// The roots to trust, as mysql_async takes them: the PEM file's bytes, or
+/// each of the system's certificates as DER; read when the check is built.
+fn root_certificates(ca_file: Option<&Path>) -> anyhow::Result<Vec<Vec<u8>>> {
+    if let Some(path) = ca_file {
+        let pem = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        return Ok(vec![pem]);
+    }
+    let found = rustls_native_certs::load_native_certs();
+    anyhow::ensure!(!found.certs.is_empty(), "no system root certificates found");
+    Ok(found.certs.into_iter().map(|certificate| certificate.to_vec()).collect())
 }
 
 impl KindSettings for MysqlSettings {
@@ -137,12 +151,19 @@ impl MysqlCheck {
         let constraints = PoolConstraints::new(size, size)
             .ok_or_else(|| anyhow::anyhow!("check {name}: invalid pool_size {size}"))?;
         let pool_opts = opts.pool_opts().clone().with_constraints(constraints);
-        let ssl_opts = match (opts.ssl_opts().cloned(), &settings.ca) {
-            // A private CA is trusted instead of the built-in (webpki) roots.
-            (Some(ssl), Some(pem)) => Some(
-                ssl.with_root_certs(vec![pem.clone().into()]).with_disable_built_in_roots(true),
+        let ssl_opts = match opts.ssl_opts().cloned() {
+            // mysql_async trusts webpki's roots; healthd trusts what the
+            // PostgreSQL kind does: the system's, or only those in ca_file.
+            Some(ssl) => Some(
+                ssl.with_root_certs(
+                    root_certificates(settings.ca_file.as_deref())?
+                        .into_iter()
+                        .map(Into::into)
+                        .collect(),
+                )
+                    .with_disable_built_in_roots(true),
             ),
-            (ssl, _) => ssl,
+            None => None,
         };
         // mysql_async would otherwise ask a loopback server for its Unix
         // socket and move there: the check watches the address it was given.
@@ -355,7 +376,7 @@ mod tests {
             dsn: Secret::new("mysql://healthd@127.0.0.1:1/app".into()),
             query: "SELECT 1".into(),
             pool_size: 2,
-            ca: None,
+            ca_file: None,
         };
         // Building opens nothing and needs no runtime.
         let check = MysqlCheck::new("db", &settings, Duration::from_secs(1)).unwrap();
@@ -391,12 +412,20 @@ mod tests {
                 r#"url = "mysql://db.internal/app?pool_max=5""#,
                 "checks[0].url: pool_max: set pool_size instead",
             ),
+            (
+                r#"url = "mysql://db.internal/app?require_ssl=true&verify_identity=false""#,
+                "checks[0].url: verify_identity=false is not supported",
+            ),
+            (
+                r#"url = "mysql://db.internal/app?require_ssl=true&built_in_roots=false""#,
+                "checks[0].url: built_in_roots: healthd trusts the system's roots",
+            ),
             (r#"url = "mysql://db.internal/app"
 pool_size = 0"#, "checks[0].pool_size: must be at least 1"),
             (r#"url = "mysql://db.internal/app"
 ca_file = "/etc/hostname""#, "checks[0].ca_file: needs require_ssl=true"),
             (r#"url = "mysql://db.internal/app?require_ssl=true"
-ca_file = "/nonexistent/ca.pem""#, "checks[0].ca_file: /nonexistent/ca.pem cannot be read: not found"),
+ca_file = "/nonexistent/ca.pem""#, "checks[0].ca_file: cannot read /nonexistent/ca.pem"),
             (r#"url = "mysql://db.internal/app"
 sslmode = "require""#, "checks[0].sslmode: unknown field `sslmode`"),
             ("query = \"SELECT 1\"", "checks[0].url: url or url_env is required for kind \"mysql\""),
@@ -415,21 +444,16 @@ sslmode = "require""#, "checks[0].sslmode: unknown field `sslmode`"),
     }
 
     #[test]
-    fn a_ca_file_must_hold_a_certificate() {
-        let dir = std::env::temp_dir().join(format!("healthd-mysql-ca-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let empty = dir.join("empty.pem");
-        std::fs::write(&empty, "not a certificate").unwrap();
-        let good = dir.join("ca.pem");
-        std::fs::write(&good, "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
-            .unwrap();
+    fn a_ca_file_is_checked_at_load() {
+        let certs = healthd_testkit::certs::TestCerts::new();
+        let not_pem = certs.dir().join("not.pem");
+        std::fs::write(&not_pem, "not a certificate").unwrap();
         let url = r#"url = "mysql://db.internal/app?require_ssl=true""#;
-        let (parsed, problems) = parse_with(&format!("{url}\nca_file = {:?}", empty), &[]);
+        let (parsed, problems) = parse_with(&format!("{url}\nca_file = {not_pem:?}"), &[]);
         assert!(!parsed);
-        assert!(reasons(&problems)[0].ends_with("holds no PEM certificate"), "{problems:?}");
-        let (parsed, problems) = parse_with(&format!("{url}\nca_file = {:?}", good), &[]);
+        assert!(reasons(&problems)[0].ends_with("holds no certificate"), "{problems:?}");
+        let (parsed, problems) = parse_with(&format!("{url}\nca_file = {:?}", certs.ca_path()), &[]);
         assert!(parsed, "{problems:?}");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

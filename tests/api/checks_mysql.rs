@@ -398,3 +398,79 @@ retries = 0
     let connections: BTreeSet<u64> = runs.values().copied().collect();
     assert_eq!(connections.len(), runs.len(), "a connection ran two queries: {runs:?}");
 }
+
+#[tokio::test]
+async fn require_ssl_verifies_the_certificate_against_ca_file_or_the_system_roots() {
+    // Arrange: a certificate for 127.0.0.1 only, signed by the test's CA.
+    // Every check connects as a user the server lets in over TLS only.
+    let db = TestMariadb::start_tls(&["127.0.0.1"]).await;
+    db.sql("CREATE USER tls_only@'%' REQUIRE SSL; GRANT USAGE ON *.* TO tls_only@'%'").await;
+    let plain = TestMariadb::start().await;
+    let ca = db.ca_path().expect("a TLS server's CA").display().to_string();
+    let tls_check = |name: &str, host: &str, parameters: &str, ca_file: bool| {
+        let ca_file = if ca_file { format!("ca_file = {ca:?}") } else { String::new() };
+        format!(
+            r#"
+[[checks]]
+name = "{name}"
+kind = "mysql"
+url = "mysql://tls_only@{host}:{}/?require_ssl=true{parameters}"
+{ca_file}
+critical = false
+"#,
+            db.port()
+        )
+    };
+    let checks = [
+        tls_check("trusted", "127.0.0.1", "", true),
+        tls_check("untrusted", "127.0.0.1", "", false),
+        tls_check("wrong_name", "localhost", "", true),
+        tls_check("any_certificate", "localhost", "&verify_ca=false", false),
+        format!(
+            r#"
+[[checks]]
+name = "plain"
+kind = "mysql"
+url = "{}/mysql?require_ssl=true"
+critical = false
+"#,
+            plain.url()
+        ),
+    ];
+    let app = spawn_app(&config(&format!(
+        r#"
+[defaults]
+# A TLS handshake on a loaded machine: a deadline it meets.
+interval = "3s"
+timeout = "2s"
+retries = 0
+{}
+"#,
+        checks.concat()
+    )))
+    .await;
+
+    // Act
+    let answer = app
+        .wait_for("/health", None, DEADLINE, |answer| {
+            shows(answer, "trusted:responseTime", "pass", None)
+                && shows(answer, "any_certificate:responseTime", "pass", None)
+                && shows(
+                    answer,
+                    "untrusted:responseTime",
+                    "fail",
+                    Some("TLS: certificate not trusted"),
+                )
+                && shows(answer, "wrong_name:responseTime", "fail", Some("TLS: hostname mismatch"))
+                && shows(
+                    answer,
+                    "plain:responseTime",
+                    "fail",
+                    Some("TLS: the server does not accept TLS"),
+                )
+        })
+        .await;
+
+    // Assert
+    assert_eq!(answer.json["status"], "warn");
+}
