@@ -18,11 +18,13 @@ use crate::support::mariadb::TestMariadb;
 use crate::support::upstream::{Behaviour, Upstream};
 
 const DB: &str = "db:responseTime";
-const INTERVAL: Duration = Duration::from_millis(500);
-const TIMEOUT_OUTPUT: &str = "timed out after 250 ms";
+const INTERVAL: Duration = Duration::from_millis(1000);
+const TIMEOUT_OUTPUT: &str = "timed out after 750 ms";
+const FROZEN_OUTPUT: &str = "timed out after 3000 ms";
 
-/// One mysql check named `db`, every 500 ms with a 250 ms deadline and no
-/// retries; `source` is `url = "..."` or `url_env = "..."`.
+/// One mysql check named `db`, every second with a 750 ms deadline (which a
+/// loaded machine meets on a healthy server) and no retries; `source` is
+/// `url = "..."` or `url_env = "..."`.
 fn db_check(source: &str, extra: &str) -> String {
     config(&format!(
         r#"
@@ -30,8 +32,8 @@ fn db_check(source: &str, extra: &str) -> String {
 name = "db"
 kind = "mysql"
 {source}
-interval = "500ms"
-timeout = "250ms"
+interval = "1s"
+timeout = "750ms"
 retries = 0
 {extra}
 "#
@@ -83,7 +85,7 @@ async fn stopping_mariadb_fails_the_check_and_a_restart_brings_it_back_without_r
     let killed = Instant::now();
     let answer = app.wait_for("/health", None, DEADLINE, is_unavailable).await;
     let to_503 = killed.elapsed();
-    eprintln!("MEASURED MariaDB kill -> /health 503: {to_503:?} (interval 500 ms, timeout 250 ms)");
+    eprintln!("MEASURED MariaDB kill -> /health 503: {to_503:?} (interval 1 s, timeout 750 ms)");
 
     // Assert: a category, whichever way the dead server was first noticed.
     assert_eq!(answer.json["status"], "fail");
@@ -94,7 +96,8 @@ async fn stopping_mariadb_fails_the_check_and_a_restart_brings_it_back_without_r
             .contains(&first.as_str()),
         "{first}"
     );
-    assert!(to_503 < INTERVAL + Duration::from_millis(250 + 2_000), "{to_503:?}");
+    // The next run starts within an interval (plus room for a loaded machine).
+    assert!(to_503 < INTERVAL + Duration::from_millis(750 + 5_000), "{to_503:?}");
     app.wait_for("/health", None, DEADLINE, |a| shows(a, DB, "fail", Some("connection refused")))
         .await;
     assert_eq!(app.get("/health/ready").await.status, StatusCode::SERVICE_UNAVAILABLE);
@@ -111,9 +114,14 @@ async fn stopping_mariadb_fails_the_check_and_a_restart_brings_it_back_without_r
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_mariadb_times_out_within_deadline_plus_interval_while_probes_stay_fast() {
-    // Arrange
+    // Arrange: a long deadline, so that a probe that waited on the database
+    // would take seconds, far from what a loaded machine adds to a probe.
     let db = TestMariadb::start().await;
-    let app = spawn_app(&db_check(&format!("url = \"{}\"", db.url()), "")).await;
+    let check = format!(
+        "[[checks]]\nname = \"db\"\nkind = \"mysql\"\nurl = \"{}\"\ninterval = \"4s\"\ntimeout = \"3s\"\nretries = 0\n",
+        db.url()
+    );
+    let app = spawn_app(&config(&check)).await;
     wait_pass(&app, DB).await;
     // Open the client's connections once, so the timings below are of probes.
     probe_latencies(&app, "/health", 200, 1).await;
@@ -123,14 +131,12 @@ async fn a_frozen_mariadb_times_out_within_deadline_plus_interval_while_probes_s
     let frozen = Instant::now();
     let answer = app.wait_for("/health", None, DEADLINE, is_unavailable).await;
     let to_fail = frozen.elapsed();
-    eprintln!(
-        "MEASURED MariaDB freeze -> /health 503: {to_fail:?} (interval 500 ms, timeout 250 ms)"
-    );
+    eprintln!("MEASURED MariaDB freeze -> /health 503: {to_fail:?} (interval 4 s, timeout 3 s)");
 
     // Assert: the next run began within an interval and was cut at its
     // deadline (plus room for a busy machine).
-    assert!(shows(&answer, DB, "fail", Some(TIMEOUT_OUTPUT)), "{:#}", answer.json);
-    assert!(to_fail < INTERVAL + Duration::from_millis(250 + 1_500), "{to_fail:?}");
+    assert!(shows(&answer, DB, "fail", Some(FROZEN_OUTPUT)), "{:#}", answer.json);
+    assert!(to_fail < Duration::from_secs(4 + 3 + 3), "{to_fail:?}");
 
     // Probes read the snapshot: one at a time and 200 at once, all fast.
     let mut sequential = Vec::new();
@@ -151,22 +157,22 @@ async fn a_frozen_mariadb_times_out_within_deadline_plus_interval_while_probes_s
         percentile(&concurrent, 99.0),
         percentile(&concurrent, 100.0)
     );
-    // A probe that waited on the database would take the 250 ms deadline;
-    // the bounds leave room for a loaded 2-core machine.
-    assert!(percentile(&sequential, 50.0) < Duration::from_millis(20));
-    assert!(percentile(&sequential, 100.0) < Duration::from_millis(200));
-    assert!(percentile(&concurrent, 100.0) < Duration::from_millis(200));
+    // A probe that waited on the database would take up to the 3 s
+    // deadline; the bounds leave room for a loaded 2-core machine.
+    assert!(percentile(&sequential, 50.0) < Duration::from_millis(100));
+    assert!(percentile(&sequential, 100.0) < Duration::from_secs(1));
+    assert!(percentile(&concurrent, 100.0) < Duration::from_secs(1));
     for path in ["/health/live", "/health/ready", "/health/startup"] {
         let started = Instant::now();
         app.get(path).await;
-        assert!(started.elapsed() < Duration::from_millis(200), "{path}");
+        assert!(started.elapsed() < Duration::from_secs(1), "{path}");
     }
 
     // Still failing, run after run, each cut at the deadline.
     let runs_before = failures(&app.get("/health").await, DB);
     let answer =
         app.wait_for("/health", None, DEADLINE, |a| failures(a, DB) >= runs_before + 2).await;
-    assert_eq!(output(&answer, DB), Some(TIMEOUT_OUTPUT));
+    assert_eq!(output(&answer, DB), Some(FROZEN_OUTPUT));
 
     // Act: thaw.
     db.thaw();
@@ -193,7 +199,12 @@ async fn a_listener_that_never_answers_in_place_of_mariadb_is_bounded_by_the_dea
     // Assert
     assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(shows(&answer, DB, "fail", Some(TIMEOUT_OUTPUT)), "{:#}", answer.json);
-    assert!(first_reading < Duration::from_millis(250 + 2_000), "{first_reading:?}");
+    // The output proves the deadline cut the attempt (only the deadline
+    // writes it); how soon the reading came depends on the machine's load.
+    eprintln!(
+        "MEASURED first reading against a silent listener: {first_reading:?} (timeout 750 ms)"
+    );
+    assert!(first_reading < Duration::from_millis(750 + 5_000), "{first_reading:?}");
     let answer = app.wait_for("/health", None, DEADLINE, |a| failures(a, DB) >= 3).await;
     assert_eq!(output(&answer, DB), Some(TIMEOUT_OUTPUT));
 }
@@ -303,8 +314,8 @@ async fn the_dsn_password_never_shows_in_answers_or_logs_in_any_fault() {
 name = "{name}"
 kind = "mysql"
 url_env = "{}_URL"
-interval = "500ms"
-timeout = "250ms"
+interval = "1s"
+timeout = "750ms"
 retries = 0
 critical = false
 "#,
