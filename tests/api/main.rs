@@ -2,11 +2,13 @@
 
 mod access;
 mod bad_input;
+mod behind_proxy;
 #[cfg(feature = "amqp")]
 mod checks_amqp;
 #[cfg(feature = "grpc")]
 mod checks_grpc;
 mod checks_http;
+mod checks_mysql;
 #[cfg(feature = "nats")]
 mod checks_nats;
 mod checks_postgres;
