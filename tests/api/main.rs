@@ -11,6 +11,7 @@ mod config_cli;
 mod contract;
 mod endpoints;
 mod helpers;
+mod history;
 mod lifecycle;
 mod metrics;
 mod postgres_support;
