@@ -249,7 +249,8 @@ mod tests {
         push(&mut history, 0, Fail, Some("connection refused"));
         push(&mut history, 1, Fail, Some("connection refused"));
         push(&mut history, 2, Fail, Some("HTTP 500"));
-        let outputs: Vec<_> = history.entries().map(|entry| entry.output.clone().unwrap()).collect();
+        let outputs: Vec<_> =
+            history.entries().map(|entry| entry.output.clone().unwrap()).collect();
         assert!(Arc::ptr_eq(&outputs[0], &outputs[1]));
         assert_eq!(outputs[2].as_ref(), "HTTP 500");
     }
@@ -261,7 +262,10 @@ mod tests {
         push(&mut history, 1, Pass, None);
         assert_eq!(history.entries().len(), 0);
         let uptime = history.uptime();
-        assert_eq!((uptime.runs, uptime.runs_since_start, uptime.failed_runs_since_start), (0, 2, 1));
+        assert_eq!(
+            (uptime.runs, uptime.runs_since_start, uptime.failed_runs_since_start),
+            (0, 2, 1)
+        );
         assert_eq!(uptime.window(), None);
         assert_eq!(uptime.since_start(), Some(0.5));
     }

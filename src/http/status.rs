@@ -142,9 +142,11 @@ mod tests {
 
     #[test]
     fn each_badge_names_its_status_and_is_svg() {
-        for (badge, word, colour) in
-            [(BADGE_PASS, "pass", "#2e7d32"), (BADGE_WARN, "warn", "#b26a00"), (BADGE_FAIL, "fail", "#c62828")]
-        {
+        for (badge, word, colour) in [
+            (BADGE_PASS, "pass", "#2e7d32"),
+            (BADGE_WARN, "warn", "#b26a00"),
+            (BADGE_FAIL, "fail", "#c62828"),
+        ] {
             assert!(badge.starts_with("<svg xmlns=\"http://www.w3.org/2000/svg\""));
             assert!(badge.contains(&format!(">{word}</text>")), "{badge}");
             assert!(badge.contains(&format!("fill=\"{colour}\"")), "{badge}");

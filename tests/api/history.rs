@@ -113,7 +113,10 @@ async fn the_history_shows_pass_fail_and_recovery_in_order_with_its_uptime() {
     let failed = count(&history, Fail);
     let uptime = &history.uptime;
     assert_eq!((uptime.runs as usize, uptime.failed_runs as usize), (runs, failed));
-    assert_eq!((uptime.runs_since_start, uptime.failed_runs_since_start), (runs as u64, failed as u64));
+    assert_eq!(
+        (uptime.runs_since_start, uptime.failed_runs_since_start),
+        (runs as u64, failed as u64)
+    );
     let share = (runs - failed) as f64 / runs as f64;
     assert_eq!(uptime.window, Some(share));
     assert_eq!(uptime.since_start, Some(share));
@@ -168,11 +171,15 @@ async fn the_history_needs_details_access_and_an_unknown_name_is_404() {
     let anonymous = app.get("/health/checks/api/history").await;
     let wrong = app.get_with_token("/health/checks/api/history", "nope").await;
     let unknown = app.get_with_token("/health/checks/nope/history", "history-token").await;
-    let head = app.request(reqwest::Method::HEAD, "/health/checks/api/history", Some("history-token"));
+    let head =
+        app.request(reqwest::Method::HEAD, "/health/checks/api/history", Some("history-token"));
 
     // Assert
     assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
-    assert_eq!(anonymous.headers["www-authenticate"].to_str().unwrap().split(' ').next(), Some("Bearer"));
+    assert_eq!(
+        anonymous.headers["www-authenticate"].to_str().unwrap().split(' ').next(),
+        Some("Bearer")
+    );
     assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
     assert_eq!(unknown.status, StatusCode::NOT_FOUND);
     assert_eq!(unknown.json["detail"], "no check is named \"nope\"");
@@ -191,7 +198,9 @@ fn badge(answer: &Answer) -> (&str, &str) {
     assert!(svg.starts_with("<svg xmlns=\"http://www.w3.org/2000/svg\""), "{svg}");
     let word = ["pass", "warn", "fail"]
         .into_iter()
-        .find(|word| svg.contains(&format!(">{word}</text>")) && svg.contains(&format!("health: {word}")))
+        .find(|word| {
+            svg.contains(&format!(">{word}</text>")) && svg.contains(&format!("health: {word}"))
+        })
         .unwrap_or_else(|| panic!("no status word in {svg}"));
     let colour = ["#2e7d32", "#b26a00", "#c62828"]
         .into_iter()
@@ -233,7 +242,8 @@ async fn the_badge_says_pass_warn_and_fail_in_green_amber_and_red() {
 #[tokio::test]
 async fn the_status_page_is_one_self_contained_file_served_to_anyone_allowed() {
     // Arrange
-    let app = spawn_app(&config("[[checks]]\nname = \"disk\"\nkind = \"disk\"\npath = \"/\"\n")).await;
+    let app =
+        spawn_app(&config("[[checks]]\nname = \"disk\"\nkind = \"disk\"\npath = \"/\"\n")).await;
 
     // Act
     let page = app.get("/status").await;
@@ -261,13 +271,21 @@ async fn the_status_page_is_one_self_contained_file_served_to_anyone_allowed() {
 
 #[tokio::test]
 async fn a_history_over_the_limit_is_refused_with_file_key_and_reason() {
-    let too_many = config("[[checks]]\nname = \"disk\"\nkind = \"disk\"\npath = \"/\"\nhistory = 20000\n");
-    let negative = config("[defaults]\nhistory = -1\n[[checks]]\nname = \"disk\"\nkind = \"disk\"\npath = \"/\"\n");
+    let too_many =
+        config("[[checks]]\nname = \"disk\"\nkind = \"disk\"\npath = \"/\"\nhistory = 20000\n");
+    let negative = config(
+        "[defaults]\nhistory = -1\n[[checks]]\nname = \"disk\"\nkind = \"disk\"\npath = \"/\"\n",
+    );
     let env = BTreeMap::new();
 
-    let too_many = healthd::config::Settings::parse(&too_many, "h.toml", &env).unwrap_err().to_string();
-    let negative = healthd::config::Settings::parse(&negative, "h.toml", &env).unwrap_err().to_string();
+    let too_many =
+        healthd::config::Settings::parse(&too_many, "h.toml", &env).unwrap_err().to_string();
+    let negative =
+        healthd::config::Settings::parse(&negative, "h.toml", &env).unwrap_err().to_string();
 
-    assert!(too_many.contains("h.toml: checks[0]: history = 20000 is more than 10000"), "{too_many}");
+    assert!(
+        too_many.contains("h.toml: checks[0]: history = 20000 is more than 10000"),
+        "{too_many}"
+    );
     assert!(negative.contains("h.toml: defaults.history:"), "{negative}");
 }
