@@ -13,6 +13,8 @@
 #   STATUS_FAILING_CHECK  a configured check that fails, which the status page
 #                    must show as fail (default "broken"; the browser stage)
 #   CONTRACT_SPEC    the contract to test against (default: openapi.yaml)
+#   CONTRACT_OUT     where stages write (default: target/contract; the fuzz
+#                    stage's dictionary path in schemathesis.toml assumes it)
 #
 # Tools are pinned in contract/requirements.txt (PyPI, into the venv
 # target/contract/venv) and contract/package-lock.json (npm, into
@@ -24,8 +26,10 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 HERE="$ROOT/contract"
-OUT="$ROOT/target/contract"
-VENV="$OUT/venv"
+# CONTRACT_OUT moves the stages' output (the gateway stage runs the browser
+# stage under /ops/ with its own); the venv stays in target/contract.
+OUT="${CONTRACT_OUT:-$ROOT/target/contract}"
+VENV="$ROOT/target/contract/venv"
 LOGS="$OUT/logs"
 SPEC=$(realpath "${CONTRACT_SPEC:-$ROOT/openapi.yaml}")
 ALL_STAGES=(lint fuzz sdk browser)
@@ -203,8 +207,8 @@ stage_browser() {
   STATUS_SCREENSHOT="$OUT/status.png" show node "$HERE/status.mjs" || rc=$?
   status=$last
   local shots=""
-  [ -f "$OUT/swagger-ui.png" ] && shots="; screenshots target/contract/swagger-ui.png"
-  [ -f "$OUT/status.png" ] && shots="${shots:-; screenshots} target/contract/status.png"
+  [ -f "$OUT/swagger-ui.png" ] && shots="; screenshots ${OUT#"$ROOT"/}/swagger-ui.png"
+  [ -f "$OUT/status.png" ] && shots="${shots:-; screenshots} ${OUT#"$ROOT"/}/status.png"
   echo "${swagger#swagger-ui: } | ${status#status-page: }$shots" | cut -c1-400 > "$LOGS/browser.summary"
   return $rc
 }

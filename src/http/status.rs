@@ -8,7 +8,7 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::{web, HttpRequest, HttpResponse};
 use healthd_models::{CheckHistory, HealthStatus, HistoryEntry, Uptime};
 
-use crate::http::docs::{CommonProblems, TokenProblems};
+use crate::http::docs::{wants_text, CommonProblems, TokenProblems};
 use crate::http::error::{ApiError, ApiErrorKind};
 use crate::http::{require_details, state_of};
 use crate::monitor::CheckState;
@@ -111,7 +111,10 @@ const BADGE_FAIL: &str = badge!("fail", "#c62828");
 #[utoipa::path(
     method(get, head), path = "/health/badge.svg", operation_id = "getBadge",
     responses(
-        (status = 200, body = String, content_type = "image/svg+xml"),
+        (status = 200, content(
+            (String = "image/svg+xml"),
+            (String = "text/plain"),
+        )),
         CommonProblems,
     )
 )]
@@ -122,7 +125,14 @@ pub async fn get_badge(request: HttpRequest) -> HttpResponse {
         HealthStatus::Warn => BADGE_WARN,
         HealthStatus::Fail => BADGE_FAIL,
     };
-    answer("image/svg+xml", badge)
+    let content_type = if wants_text(&request, "image/svg+xml") {
+        "text/plain; charset=utf-8"
+    } else {
+        "image/svg+xml"
+    };
+    let mut response = answer(content_type, badge);
+    response.headers_mut().insert(header::VARY, HeaderValue::from_static("accept"));
+    response
 }
 
 #[utoipa::path(

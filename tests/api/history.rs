@@ -234,6 +234,13 @@ async fn the_badge_says_pass_warn_and_fail_in_green_amber_and_red() {
     critical.set(Behaviour::Status(500));
     let fail = wait("fail").await;
     assert_eq!(badge(&fail), ("fail", "#c62828"));
+    // The same bytes as text to a caller that reads no SVG.
+    let text =
+        app.send(app.client.get(app.url("/health/badge.svg")).header("accept", "text/plain")).await;
+    assert_eq!(text.content_type(), "text/plain; charset=utf-8");
+    assert_eq!(text.text, fail.text);
+    assert_eq!(text.headers["vary"], "accept");
+    assert_eq!(fail.headers["vary"], "accept");
     // Still 200: an image that is not served shows nothing at all.
     let head = app.request(reqwest::Method::HEAD, "/health/badge.svg", None).await;
     assert_eq!((head.status, head.content_type()), (StatusCode::OK, "image/svg+xml"));
