@@ -10,6 +10,8 @@
 # Optional environment:
 #   HEALTHD_CHECK    a configured check name (default "disk")
 #   HEALTHD_DETAILS  the server's `details` setting (default "authorized")
+#   STATUS_FAILING_CHECK  a configured check that fails, which the status page
+#                    must show as fail (default "broken"; the browser stage)
 #   CONTRACT_SPEC    the contract to test against (default: openapi.yaml)
 #   CONTRACT_OUT     where stages write (default: target/contract; the fuzz
 #                    stage's dictionary path in schemathesis.toml assumes it)
@@ -196,12 +198,18 @@ stage_sdk() {
 stage_browser() {
   "$VENV/bin/python" -c 'import json, sys, yaml; json.dump(yaml.safe_load(open(sys.argv[1])), open(sys.argv[2], "w"))' \
     "$SPEC" "$OUT/openapi.json"
-  rm -f "$OUT/swagger-ui.png"
-  local rc=0
+  rm -f "$OUT/swagger-ui.png" "$OUT/status.png" "$OUT/status-phone.png"
+  local rc=0 swagger status
+  echo "== Swagger UI (contract/swagger.mjs)"
   CONTRACT_SPEC_JSON="$OUT/openapi.json" SWAGGER_SCREENSHOT="$OUT/swagger-ui.png" show node "$HERE/swagger.mjs" || rc=$?
-  local shot=""
-  [ -f "$OUT/swagger-ui.png" ] && shot="; screenshot ${OUT#"$ROOT"/}/swagger-ui.png"
-  echo "${last#swagger-ui: }$shot" | cut -c1-300 > "$LOGS/browser.summary"
+  swagger=$last
+  echo "== the status page (contract/status.mjs)"
+  STATUS_SCREENSHOT="$OUT/status.png" show node "$HERE/status.mjs" || rc=$?
+  status=$last
+  local shots=""
+  [ -f "$OUT/swagger-ui.png" ] && shots="; screenshots ${OUT#"$ROOT"/}/swagger-ui.png"
+  [ -f "$OUT/status.png" ] && shots="${shots:-; screenshots} ${OUT#"$ROOT"/}/status.png"
+  echo "${swagger#swagger-ui: } | ${status#status-page: }$shots" | cut -c1-400 > "$LOGS/browser.summary"
   return $rc
 }
 

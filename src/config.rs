@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::checks::{self, Check, KindInput, KindSettings};
+use crate::history::MAX_HISTORY;
 use crate::net::Cidr;
 
 /// Everything healthd needs to run, validated.
@@ -130,6 +131,10 @@ pub struct Policy {
     pub backoff: Duration,
     pub failure_threshold: u32,
     pub success_threshold: u32,
+    /// Runs kept for `/health/checks/{name}/history` and the status page
+    /// (0 keeps none). Not about running, but set where the rest is: in
+    /// `[defaults]` or per check.
+    pub history: u32,
 }
 
 impl Policy {
@@ -350,6 +355,7 @@ struct RawPolicy {
     backoff: Option<DurationText>,
     failure_threshold: Option<u32>,
     success_threshold: Option<u32>,
+    history: Option<u32>,
 }
 
 /// The keys every check has; the rest of its table belongs to its kind.
@@ -365,6 +371,7 @@ struct RawCheck {
     backoff: Option<DurationText>,
     failure_threshold: Option<u32>,
     success_threshold: Option<u32>,
+    history: Option<u32>,
 }
 
 const COMMON_CHECK_KEYS: &[&str] = &[
@@ -377,6 +384,7 @@ const COMMON_CHECK_KEYS: &[&str] = &[
     "backoff",
     "failure_threshold",
     "success_threshold",
+    "history",
 ];
 
 /// A duration written as `"500ms"`, `"2s"`, `"1m"` or `"1h"`.
@@ -435,6 +443,7 @@ const DEFAULT_POLICY: Policy = Policy {
     backoff: Duration::from_millis(100),
     failure_threshold: 1,
     success_threshold: 1,
+    history: 120,
 };
 
 /// Check names become URL path segments and metric labels.
@@ -557,6 +566,7 @@ fn policy_over(base: &Policy, raw: &RawPolicy) -> Policy {
         backoff: raw.backoff.map_or(base.backoff, |d| d.0),
         failure_threshold: raw.failure_threshold.unwrap_or(base.failure_threshold),
         success_threshold: raw.success_threshold.unwrap_or(base.success_threshold),
+        history: raw.history.unwrap_or(base.history),
     }
 }
 
@@ -573,6 +583,9 @@ fn policy_problems(policy: &Policy) -> Vec<String> {
     }
     if policy.failure_threshold == 0 || policy.success_threshold == 0 {
         problems.push("failure_threshold and success_threshold must be at least 1".into());
+    }
+    if policy.history > MAX_HISTORY {
+        problems.push(format!("history = {} is more than {MAX_HISTORY}", policy.history));
     }
     if policy.retries <= 10 && policy.worst_case() > policy.interval {
         problems.push(format!(
@@ -625,6 +638,7 @@ fn check_settings(
             backoff: check.backoff,
             failure_threshold: check.failure_threshold,
             success_threshold: check.success_threshold,
+            history: check.history,
         },
     );
     for reason in policy_problems(&policy) {

@@ -29,6 +29,7 @@
 
 pub mod checks;
 pub mod config;
+pub mod history;
 pub mod http;
 pub mod monitor;
 pub mod net;

@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 
 use crate::checks::{Check, Observation};
 use crate::config::{CheckSettings, Policy};
+use crate::history::SharedHistory;
 use crate::report::{ServiceInfo, Snapshot};
 
 /// Upper bounds (seconds) of the run-duration histogram buckets.
@@ -33,6 +34,8 @@ pub struct CheckState {
     pub consecutive_failures: u32,
     pub consecutive_successes: u32,
     pub counters: Counters,
+    /// The last runs; shared, not copied, with every snapshot.
+    pub history: SharedHistory,
 }
 
 /// The latest run of a check.
@@ -130,6 +133,7 @@ impl Monitor {
                 consecutive_failures: 0,
                 consecutive_successes: 0,
                 counters: Counters::default(),
+                history: SharedHistory::new(settings.policy.history),
             })
             .collect();
         let snapshot = Snapshot::render(&service, states.clone(), Instant::now());
@@ -280,10 +284,16 @@ impl Shared {
             let output = run.observation.output.as_deref().unwrap_or("");
             tracing::info!(check = %state.name, %from, to = %status, output, "check status changed");
         }
+        let observed_at = Utc::now();
+        state.history.with(|history| {
+            let value = run.observation.values.first().copied().flatten();
+            let output = run.observation.output.as_deref();
+            history.push(observed_at, status, value, output, run.duration);
+        });
         state.reading = Some(Reading {
             status,
             observation: run.observation,
-            observed_at: Utc::now(),
+            observed_at,
             observed_instant: Instant::now(),
             duration: run.duration,
         });
@@ -333,6 +343,7 @@ mod tests {
         backoff: Duration::from_millis(100),
         failure_threshold: 3,
         success_threshold: 2,
+        history: 120,
     };
 
     #[test]
@@ -397,6 +408,7 @@ mod tests {
         backoff: Duration::from_millis(5),
         failure_threshold: 1,
         success_threshold: 1,
+        history: 120,
     };
 
     #[tokio::test]

@@ -280,6 +280,7 @@ mod tests {
                 backoff: Duration::from_millis(100),
                 failure_threshold: 1,
                 success_threshold: 1,
+                history: 120,
             },
             measurements: &[("responseTime", "ms"), ("connections", "connections")],
             reading: status.map(|status| Reading {
@@ -292,6 +293,7 @@ mod tests {
             consecutive_failures: 0,
             consecutive_successes: 0,
             counters: Counters::default(),
+            history: crate::history::SharedHistory::new(120),
         }
     }
 

@@ -348,6 +348,7 @@ mod tests {
             backoff: Duration::from_millis(100),
             failure_threshold: 1,
             success_threshold: 1,
+            history: 120,
         };
         let env = std::collections::BTreeMap::<String, String>::new();
         for kind in kinds().iter().filter(|kind| kind.parse.is_some()) {

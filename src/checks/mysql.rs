@@ -350,6 +350,7 @@ mod tests {
             backoff: Duration::from_millis(100),
             failure_threshold: 1,
             success_threshold: 1,
+            history: 120,
         }
     }
 

@@ -25,6 +25,9 @@ use crate::http::HealthState;
         crate::http::get_readiness,
         crate::http::get_startup,
         crate::http::get_check,
+        crate::http::status::get_check_history,
+        crate::http::status::get_badge,
+        crate::http::status::get_status_page,
         crate::http::get_metrics,
         get_openapi_yaml,
         get_openapi_json,
@@ -33,6 +36,9 @@ use crate::http::HealthState;
     components(schemas(
         healthd_models::HealthReport,
         healthd_models::CheckResult,
+        healthd_models::CheckHistory,
+        healthd_models::Uptime,
+        healthd_models::HistoryEntry,
         healthd_models::HealthStatus,
         healthd_models::ComponentType,
         healthd_models::Problem,
@@ -131,25 +137,29 @@ fn document(request: &HttpRequest, content_type: &'static str, body: &'static st
     )
 )]
 pub async fn get_openapi_yaml(request: HttpRequest) -> HttpResponse {
-    let content_type =
-        if wants_text(&request) { "text/plain; charset=utf-8" } else { "application/yaml" };
+    let content_type = if wants_text(&request, "application/yaml") {
+        "text/plain; charset=utf-8"
+    } else {
+        "application/yaml"
+    };
     let mut response = document(&request, content_type, healthd_models::OPENAPI_YAML);
     response.headers_mut().insert(header::VARY, HeaderValue::from_static("accept"));
     response
 }
 
-/// Whether `Accept` lists `text/plain` and not `application/yaml`: the
-/// YAML as text, for what reads no YAML. Anything else gets YAML.
-fn wants_text(request: &HttpRequest) -> bool {
+/// Whether `Accept` lists `text/plain` and not `media` (the body's own
+/// type): the same bytes as text, for viewers and client generators that
+/// read no YAML or SVG. Anything else gets `media`.
+pub(crate) fn wants_text(request: &HttpRequest, media: &str) -> bool {
     let mut text = false;
     for value in request.headers().get_all(header::ACCEPT) {
         let Ok(value) = value.to_str() else { continue };
         for range in value.split(',') {
-            let media = range.split(';').next().unwrap_or("").trim();
-            if media.eq_ignore_ascii_case("application/yaml") {
+            let listed = range.split(';').next().unwrap_or("").trim();
+            if listed.eq_ignore_ascii_case(media) {
                 return false;
             }
-            text |= media.eq_ignore_ascii_case("text/plain");
+            text |= listed.eq_ignore_ascii_case("text/plain");
         }
     }
     text

@@ -17,6 +17,9 @@ pub mod endpoint {
     pub const READINESS: &str = "readiness";
     pub const STARTUP: &str = "startup";
     pub const CHECK: &str = "check";
+    pub const CHECK_HISTORY: &str = "check_history";
+    pub const BADGE: &str = "badge";
+    pub const STATUS_PAGE: &str = "status_page";
     pub const METRICS: &str = "metrics";
     pub const OPENAPI_YAML: &str = "openapi_yaml";
     pub const OPENAPI_JSON: &str = "openapi_json";
@@ -24,12 +27,15 @@ pub mod endpoint {
     pub const OTHER: &str = "other";
 }
 
-const ENDPOINTS: [&str; 10] = [
+const ENDPOINTS: [&str; 13] = [
     endpoint::HEALTH,
     endpoint::LIVENESS,
     endpoint::READINESS,
     endpoint::STARTUP,
     endpoint::CHECK,
+    endpoint::CHECK_HISTORY,
+    endpoint::BADGE,
+    endpoint::STATUS_PAGE,
     endpoint::METRICS,
     endpoint::OPENAPI_YAML,
     endpoint::OPENAPI_JSON,

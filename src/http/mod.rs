@@ -6,6 +6,7 @@ pub mod access;
 mod docs;
 pub mod error;
 mod metrics;
+mod status;
 
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -98,6 +99,12 @@ pub fn scope(
         .service(operation("/health/ready", endpoint::READINESS).to(get_readiness))
         .service(operation("/health/startup", endpoint::STARTUP).to(get_startup))
         .service(operation("/health/checks/{name}", endpoint::CHECK).to(get_check))
+        .service(
+            operation("/health/checks/{name}/history", endpoint::CHECK_HISTORY)
+                .to(status::get_check_history),
+        )
+        .service(operation("/health/badge.svg", endpoint::BADGE).to(status::get_badge))
+        .service(operation("/status", endpoint::STATUS_PAGE).to(status::get_status_page))
         .service(operation("/metrics", endpoint::METRICS).to(get_metrics))
         .service(operation("/openapi.yaml", endpoint::OPENAPI_YAML).to(docs::get_openapi_yaml))
         .service(operation("/openapi.json", endpoint::OPENAPI_JSON).to(docs::get_openapi_json))

@@ -22,6 +22,7 @@ mod endpoints;
 #[cfg(all(feature = "amqp", feature = "nats", feature = "grpc"))]
 mod every_kind;
 mod helpers;
+mod history;
 mod lifecycle;
 mod metrics;
 mod postgres_support;

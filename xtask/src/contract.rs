@@ -9,7 +9,11 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 
 use crate::project_root;
-use crate::services::{free_port, start_healthd, Dependencies, Launch, Profile, TOKEN};
+use crate::services::{free_port, start_healthd_with, Dependencies, Launch, Profile, TOKEN};
+
+/// The check the status page must show as failing: non-critical, so
+/// `/health` still answers 200 (warn) for the other stages.
+const FAILING_CHECK: &str = "broken";
 
 pub fn run() -> anyhow::Result<()> {
     let root = project_root();
@@ -21,14 +25,27 @@ pub fn run() -> anyhow::Result<()> {
     let port = free_port()?;
     std::fs::create_dir_all(root.join("target/xtask"))?;
     let log = std::fs::File::create(root.join("target/xtask/contract-healthd.log"))?;
-    let _healthd =
-        start_healthd(&root, Profile::Debug, Launch::Native, port, &dependencies, log.into())?;
+    // A port nothing listens on: connection refused on every run.
+    let refused = free_port()?;
+    let failing = format!(
+        "\n[[checks]]\nname = \"{FAILING_CHECK}\"\nkind = \"tcp\"\naddress = \"127.0.0.1:{refused}\"\ncritical = false\n"
+    );
+    let _healthd = start_healthd_with(
+        &root,
+        Profile::Debug,
+        Launch::Native,
+        port,
+        &dependencies,
+        log.into(),
+        &failing,
+    )?;
     let status = Command::new("bash")
         .arg(root.join("contract/run.sh"))
         .current_dir(&root)
         .env("HEALTHD_URL", format!("http://127.0.0.1:{port}"))
         .env("HEALTHD_TOKEN", TOKEN)
         .env("HEALTHD_CHECK", "db")
+        .env("STATUS_FAILING_CHECK", FAILING_CHECK)
         .stdin(Stdio::null())
         .status()
         .context("running contract/run.sh")?;

@@ -140,13 +140,25 @@ pub fn start_healthd(
     dependencies: &Dependencies,
     log: Stdio,
 ) -> anyhow::Result<Process> {
+    start_healthd_with(root, profile, launch, port, dependencies, log, "")
+}
+
+/// As `start_healthd`, with `extra_checks` (TOML `[[checks]]` tables)
+/// after the realistic ones.
+pub fn start_healthd_with(
+    root: &Path,
+    profile: Profile,
+    launch: Launch,
+    port: u16,
+    dependencies: &Dependencies,
+    log: Stdio,
+    extra_checks: &str,
+) -> anyhow::Result<Process> {
     let dir = root.join("target/xtask");
     fs::create_dir_all(&dir)?;
     let config_path = dir.join(format!("healthd-{port}.toml"));
-    fs::write(
-        &config_path,
-        realistic_config(port, &dependencies.postgres.url(), dependencies.upstream_port),
-    )?;
+    let config = realistic_config(port, &dependencies.postgres.url(), dependencies.upstream_port);
+    fs::write(&config_path, config + extra_checks)?;
     let (mut command, callgrind_out) = launch.command(root, &profile.binary(root, "healthd"));
     let process = Process {
         child: command
