@@ -27,7 +27,9 @@
 //! }
 //! ```
 
+mod builder;
 pub mod checks;
+mod code;
 pub mod config;
 pub mod http;
 pub mod monitor;
@@ -36,3 +38,9 @@ pub mod report;
 pub mod startup;
 pub mod telemetry;
 pub mod tls;
+
+pub use builder::{Builder, Healthd};
+pub use checks::{BoxFuture, Check, Observation};
+pub use code::{blocking_check_fn, check_fn, Outcome};
+pub use config::{CheckPolicy, ConfigError, Environment, ProcessEnv, Settings};
+pub use healthd_models::{ComponentType, HealthReport, HealthStatus};

@@ -2,18 +2,15 @@
 //! and runs the lifecycle starting -> ready -> draining -> stopped.
 
 use std::net::TcpListener;
-use std::time::Duration;
 
 use actix_web::dev::{Server, ServerHandle};
-use actix_web::web::{self, Data};
+use actix_web::web;
 use actix_web::{App, HttpServer};
 use anyhow::Context;
 
+use crate::builder::Healthd;
 use crate::config::Settings;
-use crate::http::access::Access;
-use crate::http::{self, HealthState};
-use crate::monitor::Monitor;
-use crate::report::ServiceInfo;
+use crate::http;
 
 /// How long (seconds) requests in flight may take to finish once the
 /// listener has closed. healthd answers in microseconds; this bounds slow
@@ -24,17 +21,14 @@ pub const SHUTDOWN_TIMEOUT_SECS: u64 = 10;
 pub struct Application {
     port: u16,
     server: Server,
-    monitor: Monitor,
-    state: Data<HealthState>,
-    drain_delay: Duration,
+    healthd: Healthd,
 }
 
 /// Starts draining a running `Application` from elsewhere (a signal, a test).
 #[derive(Clone)]
 pub struct DrainHandle {
-    state: Data<HealthState>,
+    healthd: Healthd,
     server: ServerHandle,
-    drain_delay: Duration,
 }
 
 impl Application {
@@ -43,29 +37,22 @@ impl Application {
         let listener = TcpListener::bind(settings.server.listen)
             .with_context(|| format!("cannot listen on {}", settings.server.listen))?;
         let port = listener.local_addr()?.port();
-        let service = ServiceInfo::new(
-            settings.server.service_id.clone(),
-            settings.server.description.clone(),
-        );
-        let monitor = Monitor::start(service, &settings.checks)?;
-        let state =
-            HealthState::new(monitor.reader(), Access::new(settings.access.clone()), "", true);
-        let server_state = state.clone();
+        let workers = settings.server.workers;
+        let healthd = Healthd::builder(settings).start()?;
+        let routes = healthd.clone();
         let mut server = HttpServer::new(move || {
-            App::new()
-                .service(http::scope(server_state.clone(), ""))
-                .default_service(web::to(http::not_found))
+            App::new().service(routes.scope()).default_service(web::to(http::not_found))
         })
         // The lifecycle owns signals: readiness must turn 503 before the listener closes.
         .disable_signals()
         // After the listener closes, requests in flight get this long to
         // finish; idle keep-alive connections close at once.
         .shutdown_timeout(SHUTDOWN_TIMEOUT_SECS);
-        if let Some(workers) = settings.server.workers {
+        if let Some(workers) = workers {
             server = server.workers(workers);
         }
         let server = server.listen(listener)?.run();
-        Ok(Application { port, server, monitor, state, drain_delay: settings.server.drain_delay })
+        Ok(Application { port, server, healthd })
     }
 
     pub fn port(&self) -> u16 {
@@ -73,11 +60,7 @@ impl Application {
     }
 
     pub fn drain_handle(&self) -> DrainHandle {
-        DrainHandle {
-            state: self.state.clone(),
-            server: self.server.handle(),
-            drain_delay: self.drain_delay,
-        }
+        DrainHandle { healthd: self.healthd.clone(), server: self.server.handle() }
     }
 
     /// Serves until drained (SIGTERM, SIGINT or a `DrainHandle`), then stops the checks.
@@ -100,7 +83,7 @@ impl Application {
         tracing::info!(port = self.port, "healthd is serving");
         let result = self.server.await;
         signals.abort();
-        self.monitor.stop().await;
+        self.healthd.stop().await;
         tracing::info!("checks stopped; healthd stopped");
         result.context("the server failed")
     }
@@ -110,12 +93,7 @@ impl DrainHandle {
     /// Readiness answers 503 at once; after the drain delay the listener
     /// closes and requests in flight finish.
     pub async fn drain(&self) {
-        tracing::info!(
-            drain_delay_ms = self.drain_delay.as_millis() as u64,
-            "draining: readiness now answers 503"
-        );
-        self.state.start_draining();
-        tokio::time::sleep(self.drain_delay).await;
+        self.healthd.drain().await;
         tracing::info!("drain delay over: closing the listener");
         self.server.stop(true).await;
     }
