@@ -9,6 +9,7 @@ mod checks_redis;
 mod checks_tcp;
 mod config_cli;
 mod contract;
+mod embedded;
 mod endpoints;
 mod helpers;
 mod lifecycle;
