@@ -469,7 +469,7 @@ mod tests {
             checks::RESPONSE_TIME
         }
         fn attempt(&self) -> checks::BoxFuture<'_, Observation> {
-            if self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst) % 2 == 0 {
+            if self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst).is_multiple_of(2) {
                 panic!("secret detail in attempt");
             }
             Box::pin(async { panic!("secret detail in the future") })
