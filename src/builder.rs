@@ -89,6 +89,23 @@ impl Builder {
     /// and starts one task per check. Call it inside a tokio runtime (an
     /// actix-web app's `main` is one); the checks run on it.
     pub fn start(self) -> anyhow::Result<Healthd> {
+        let prefix = self.prefix.clone();
+        let drain_delay = self.settings.server.drain_delay;
+        let (monitor, state) = self.start_parts()?;
+        Ok(Healthd {
+            inner: Arc::new(Inner {
+                reader: monitor.reader(),
+                state,
+                prefix,
+                drain_delay,
+                monitor: Mutex::new(Some(monitor)),
+            }),
+        })
+    }
+
+    /// `start`, handing out the running monitor and the routes' state, for
+    /// the binary's lifecycle (which drains and reloads them itself).
+    pub(crate) fn start_parts(self) -> anyhow::Result<(Monitor, Data<HealthState>)> {
         let Builder { settings, code, prefix, access_log } = self;
         let mut names: HashSet<&str> =
             settings.checks.iter().map(|check| check.name.as_str()).collect();
@@ -117,18 +134,9 @@ impl Builder {
             settings.server.description.clone(),
         );
         let monitor = Monitor::start(service, &checks)?;
-        let reader = monitor.reader();
         let state =
-            HealthState::new(reader.clone(), Access::new(settings.access), &prefix, access_log);
-        Ok(Healthd {
-            inner: Arc::new(Inner {
-                state,
-                reader,
-                prefix,
-                drain_delay: settings.server.drain_delay,
-                monitor: Mutex::new(Some(monitor)),
-            }),
-        })
+            HealthState::new(monitor.reader(), Access::new(settings.access), &prefix, access_log);
+        Ok((monitor, state))
     }
 }
 

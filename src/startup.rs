@@ -2,15 +2,17 @@
 //! and runs the lifecycle starting -> ready -> draining -> stopped.
 
 use std::net::TcpListener;
+use std::time::Duration;
 
 use actix_web::dev::{Server, ServerHandle};
-use actix_web::web;
+use actix_web::web::{self, Data};
 use actix_web::{App, HttpServer};
 use anyhow::Context;
 
 use crate::builder::Healthd;
 use crate::config::Settings;
-use crate::http;
+use crate::http::{self, HealthState};
+use crate::monitor::Monitor;
 
 /// How long (seconds) requests in flight may take to finish once the
 /// listener has closed. healthd answers in microseconds; this bounds slow
@@ -21,14 +23,17 @@ pub const SHUTDOWN_TIMEOUT_SECS: u64 = 10;
 pub struct Application {
     port: u16,
     server: Server,
-    healthd: Healthd,
+    monitor: Monitor,
+    state: Data<HealthState>,
+    drain_delay: Duration,
 }
 
 /// Starts draining a running `Application` from elsewhere (a signal, a test).
 #[derive(Clone)]
 pub struct DrainHandle {
-    healthd: Healthd,
+    state: Data<HealthState>,
     server: ServerHandle,
+    drain_delay: Duration,
 }
 
 impl Application {
@@ -37,22 +42,23 @@ impl Application {
         let listener = TcpListener::bind(settings.server.listen)
             .with_context(|| format!("cannot listen on {}", settings.server.listen))?;
         let port = listener.local_addr()?.port();
-        let workers = settings.server.workers;
-        let healthd = Healthd::builder(settings).start()?;
-        let routes = healthd.clone();
+        let (monitor, state) = Healthd::builder(settings.clone()).start_parts()?;
+        let server_state = state.clone();
         let mut server = HttpServer::new(move || {
-            App::new().service(routes.scope()).default_service(web::to(http::not_found))
+            App::new()
+                .service(http::scope(server_state.clone(), ""))
+                .default_service(web::to(http::not_found))
         })
         // The lifecycle owns signals: readiness must turn 503 before the listener closes.
         .disable_signals()
         // After the listener closes, requests in flight get this long to
         // finish; idle keep-alive connections close at once.
         .shutdown_timeout(SHUTDOWN_TIMEOUT_SECS);
-        if let Some(workers) = workers {
+        if let Some(workers) = settings.server.workers {
             server = server.workers(workers);
         }
         let server = server.listen(listener)?.run();
-        Ok(Application { port, server, healthd })
+        Ok(Application { port, server, monitor, state, drain_delay: settings.server.drain_delay })
     }
 
     pub fn port(&self) -> u16 {
@@ -60,7 +66,11 @@ impl Application {
     }
 
     pub fn drain_handle(&self) -> DrainHandle {
-        DrainHandle { healthd: self.healthd.clone(), server: self.server.handle() }
+        DrainHandle {
+            state: self.state.clone(),
+            server: self.server.handle(),
+            drain_delay: self.drain_delay,
+        }
     }
 
     /// Serves until drained (SIGTERM, SIGINT or a `DrainHandle`), then stops the checks.
@@ -83,7 +93,7 @@ impl Application {
         tracing::info!(port = self.port, "healthd is serving");
         let result = self.server.await;
         signals.abort();
-        self.healthd.stop().await;
+        self.monitor.stop().await;
         tracing::info!("checks stopped; healthd stopped");
         result.context("the server failed")
     }
@@ -93,7 +103,12 @@ impl DrainHandle {
     /// Readiness answers 503 at once; after the drain delay the listener
     /// closes and requests in flight finish.
     pub async fn drain(&self) {
-        self.healthd.drain().await;
+        tracing::info!(
+            drain_delay_ms = self.drain_delay.as_millis() as u64,
+            "draining: readiness now answers 503"
+        );
+        self.state.start_draining();
+        tokio::time::sleep(self.drain_delay).await;
         tracing::info!("drain delay over: closing the listener");
         self.server.stop(true).await;
     }
