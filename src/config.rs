@@ -133,6 +133,10 @@ impl CheckSettings {
         if !valid_check_name(name) {
             report(format!("invalid name {name:?}: use 1 to 64 of A-Z a-z 0-9 - _ ."));
         }
+        if check.measurements().is_empty() {
+            // Reports have one entry per measurement: it would not show.
+            report("measurements() is empty: a check reports at least one measurement".into());
+        }
         let resolved = policy_over(defaults, &policy.raw());
         policy_problems(&resolved).into_iter().for_each(&mut report);
         if !problems.is_empty() {
@@ -943,7 +947,7 @@ mod tests {
             healthd_models::ComponentType::Component
         }
         fn measurements(&self) -> &'static [(&'static str, &'static str)] {
-            &[]
+            checks::RESPONSE_TIME
         }
         fn attempt(&self) -> checks::BoxFuture<'_, checks::Observation> {
             Box::pin(async { checks::Observation::pass(vec![]) })

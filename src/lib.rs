@@ -71,17 +71,26 @@
 //! `fail` with output `check panicked` (the panic's message goes to the log
 //! only) and keeps its schedule. `examples/embedded.rs` is a whole app.
 
+#![warn(missing_docs)]
+
 mod builder;
-pub mod checks;
+mod checks;
 mod code;
+mod monitor;
+mod net;
+mod report;
+mod tls;
+
+// The binary (a crate of its own) and the integration tests reach into
+// these; they are not the library's API, which is what is re-exported below.
+#[doc(hidden)]
 pub mod config;
+#[doc(hidden)]
 pub mod http;
-pub mod monitor;
-pub mod net;
-pub mod report;
+#[doc(hidden)]
 pub mod startup;
+#[doc(hidden)]
 pub mod telemetry;
-pub mod tls;
 
 pub use builder::{Builder, Healthd};
 pub use checks::{BoxFuture, Check, Observation};
