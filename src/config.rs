@@ -312,16 +312,22 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// Config problems, each with the key it is about.
+/// Config problems, each with the key it is about; shown one per line as
+/// `FILE: KEY: REASON`.
 #[derive(Debug)]
 pub struct ConfigError {
+    /// The file, `(built-in default)`, or `checks from code`.
     pub source_name: String,
+    /// Every problem found, not only the first.
     pub problems: Vec<Problem>,
 }
 
+/// One problem with a config.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Problem {
+    /// Where: `checks[2].timeout`, or a check from code's name.
     pub key: String,
+    /// What is wrong, and what would be right.
     pub reason: String,
 }
 
@@ -358,12 +364,16 @@ warn_below = "10%"
 fail_below = "5%"
 "#;
 
-/// Where the environment can change the file's settings.
+/// Where the environment can change the file's settings
+/// (`HEALTHD_LISTEN`, variables a check names with `url_env`, tokens'
+/// `env`): the process's ([`ProcessEnv`]), or a map in tests.
 pub trait Environment {
+    /// The variable's value, if it is set.
     fn var(&self, name: &str) -> Option<String>;
 }
 
 /// The process environment.
+#[derive(Debug, Clone, Copy, Default)]
 pub struct ProcessEnv;
 
 impl Environment for ProcessEnv {

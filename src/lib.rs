@@ -95,5 +95,5 @@ pub mod telemetry;
 pub use builder::{Builder, Healthd};
 pub use checks::{BoxFuture, Check, Observation};
 pub use code::{blocking_check_fn, check_fn, Outcome};
-pub use config::{CheckPolicy, ConfigError, Environment, ProcessEnv, Settings};
+pub use config::{CheckPolicy, ConfigError, Environment, Problem, ProcessEnv, Settings};
 pub use healthd_models::{ComponentType, HealthReport, HealthStatus};
