@@ -20,9 +20,8 @@
 //! and so lose the parent-death signal). Every server reads no option file
 //! (`--no-defaults`), so the machine's own MariaDB config never applies; it
 //! runs small and fast: an 8 MiB buffer pool, no binary log, no performance
-//! schema, no doublewrite, no flush per commit, no name resolution.
+//! schema, no doublewrite, no sync per commit, no name resolution.
 
-use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -33,8 +32,8 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 use crate::process::{
-    child_command, percent_encode, require_binary, run_as_when_root, run_to_completion, Flavor,
-    RunAs, Server, TempDir,
+    child_command, copy_tree, percent_encode, require_binary, run_as_when_root, run_to_completion,
+    Flavor, RunAs, Server, TempDir, Template,
 };
 
 /// Bound on `greeting()` and on one `sql()` connection attempt.
@@ -70,7 +69,9 @@ impl Flavor for Mariadb {
                 "--skip-log-bin",
                 "--performance-schema=OFF",
                 "--innodb-doublewrite=0",
-                "--innodb-flush-log-at-trx-commit=0",
+                // Written to the OS at each commit, synced once a second: what a
+                // test set up survives a SIGKILL (not a machine crash).
+                "--innodb-flush-log-at-trx-commit=2",
                 "--innodb-temp-data-file-path=ibtmp1:1M:autoextend",
             ]);
         cmd
@@ -90,7 +91,7 @@ impl TestMariadb {
         let run_as = run_as();
         let dir = TempDir::new("mariadb", run_as);
         let data_dir = dir.path().join("data");
-        copy_tree(template, &data_dir, run_as).unwrap_or_else(|e| {
+        copy_tree(&template, &data_dir, run_as).unwrap_or_else(|e| {
             panic!("copying {} to {}: {e}", template.display(), data_dir.display())
         });
         let log = dir.path().join("mariadb.log");
@@ -270,55 +271,19 @@ fn run_as() -> Option<RunAs> {
     *RUN_AS.get_or_init(|| run_as_when_root("mysql", "mariadb-server"))
 }
 
-/// The data dir every server copies, installed once per process and removed
-/// when the process exits (or by a later process's sweep, if it is killed).
-async fn template() -> &'static Path {
-    /// The temp dir, and the data dir in it (install.log stays beside it).
-    static TEMPLATE: tokio::sync::OnceCell<(TempDir, PathBuf)> = tokio::sync::OnceCell::const_new();
-    let (_, data_dir) = TEMPLATE
-        .get_or_init(|| async {
-            let dir = TempDir::new("mariadbtemplate", run_as());
-            let log = dir.path().join("install.log");
-            let data_dir = dir.path().join("data");
-            let mut cmd = child_command(&binaries().install_db, run_as(), dir.path(), &log);
+/// The data dir every server copies, installed once per process.
+async fn template() -> PathBuf {
+    static TEMPLATE: Template = Template::new();
+    let dir = TEMPLATE
+        .get("mariadbtemplate", run_as(), |dir| async move {
+            let log = dir.join("install.log");
+            let mut cmd = child_command(&binaries().install_db, run_as(), &dir, &log);
             cmd.arg("--no-defaults")
-                .arg(format!("--datadir={}", data_dir.display()))
+                .arg(format!("--datadir={}", dir.join("data").display()))
                 .args(["--auth-root-authentication-method=normal", "--skip-test-db"])
                 .args(SETTINGS);
             run_to_completion(cmd, &log).await;
-            extern "C" fn remove_template() {
-                if let Some((dir, _)) = TEMPLATE.get() {
-                    let _ = fs::remove_dir_all(dir.path());
-                }
-            }
-            // SAFETY: the handler is a plain function that only removes files.
-            unsafe { libc::atexit(remove_template) };
-            (dir, data_dir)
         })
         .await;
-    data_dir
-}
-
-/// Copies the dir `from` to `to` (files and dirs only), owned by `owner`.
-fn copy_tree(from: &Path, to: &Path, owner: Option<RunAs>) -> io::Result<()> {
-    fs::create_dir(to)?;
-    chown(to, owner)?;
-    for entry in fs::read_dir(from)? {
-        let entry = entry?;
-        let target = to.join(entry.file_name());
-        if entry.file_type()?.is_dir() {
-            copy_tree(&entry.path(), &target, owner)?;
-        } else {
-            fs::copy(entry.path(), &target)?;
-            chown(&target, owner)?;
-        }
-    }
-    Ok(())
-}
-
-fn chown(path: &Path, owner: Option<RunAs>) -> io::Result<()> {
-    match owner {
-        Some(user) => std::os::unix::fs::chown(path, Some(user.uid), Some(user.gid)),
-        None => Ok(()),
-    }
+    dir.join("data")
 }
