@@ -42,7 +42,7 @@ macro_rules! registry {
 
 registry! {
     built_in: [disk, http, postgres, tcp],
-    with_feature: [redis = "redis"],
+    with_feature: [mysql = "mysql", redis = "redis"],
 }
 
 /// Every kind healthd knows, including those built without their feature.

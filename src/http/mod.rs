@@ -36,7 +36,10 @@ pub struct HealthState {
     access: Access,
     draining: AtomicBool,
     requests: RequestCounters,
+    /// Swagger UI's settings for requests that come with no external prefix.
     swagger: Arc<utoipa_swagger_ui::Config<'static>>,
+    /// Where the routes are mounted in the app ("" for the root).
+    mount: String,
     access_log: bool,
 }
 
@@ -55,6 +58,7 @@ impl HealthState {
             draining: AtomicBool::new(false),
             requests: RequestCounters::default(),
             swagger: Arc::new(docs::swagger_config(prefix)),
+            mount: prefix.to_string(),
             access_log,
         })
     }

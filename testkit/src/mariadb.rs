@@ -14,6 +14,12 @@
 //! recovers from the kill). Dropping the value kills the server and removes
 //! the temp dir.
 //!
+//! TLS: `start_tls(names)` also gives the server a certificate for `names`
+//! signed by a test CA (`ca_path()`), so a check can connect with
+//! `require_ssl=true`; connections without TLS are still accepted. The
+//! certificate and key are copies in the temp dir, owned by the server's
+//! user.
+//!
 //! As root it runs as the `mysql` user: the temp dir belongs to that user and
 //! both `mariadb-install-db` and `mariadbd` are spawned with its uid/gid
 //! (not with `--user=mysql`, which would make mariadbd switch users itself
@@ -22,6 +28,7 @@
 //! runs small and fast: an 8 MiB buffer pool, no binary log, no performance
 //! schema, no doublewrite, no sync per commit, no name resolution.
 
+use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -31,9 +38,10 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
+use crate::certs::{LeafSpec, TestCerts};
 use crate::process::{
     child_command, copy_tree, percent_encode, require_binary, run_as_when_root, run_to_completion,
-    Flavor, RunAs, Server, TempDir, Template,
+    set_owner_and_mode, Flavor, RunAs, Server, TempDir, Template,
 };
 
 /// Bound on `greeting()` and on one `sql()` connection attempt.
@@ -45,10 +53,14 @@ const SETTINGS: [&str; 3] =
 /// A MariaDB of its own for one test; see the module docs.
 pub struct TestMariadb {
     server: Server<Mariadb>,
+    /// The CA and leaf of a TLS server (dropped after the server).
+    certs: Option<TestCerts>,
 }
 
 struct Mariadb {
     data_dir: PathBuf,
+    /// Options beyond the fixed ones (TLS).
+    settings: Vec<String>,
 }
 
 impl Flavor for Mariadb {
@@ -73,7 +85,8 @@ impl Flavor for Mariadb {
                 // test set up survives a SIGKILL (not a machine crash).
                 "--innodb-flush-log-at-trx-commit=2",
                 "--innodb-temp-data-file-path=ibtmp1:1M:autoextend",
-            ]);
+            ])
+            .args(&self.settings);
         cmd
     }
 
@@ -87,6 +100,16 @@ impl TestMariadb {
     /// 2 s for the first server of the test process, which installs the data
     /// dir the others copy). Panics with the server's log if that fails.
     pub async fn start() -> TestMariadb {
+        TestMariadb::launch(None).await
+    }
+
+    /// As `start()`, with TLS: a certificate for `names` (IP addresses become
+    /// IP SANs) signed by the test CA that `ca_path()` names.
+    pub async fn start_tls(names: &[&str]) -> TestMariadb {
+        TestMariadb::launch(Some(names)).await
+    }
+
+    async fn launch(tls: Option<&[&str]>) -> TestMariadb {
         let template = template().await;
         let run_as = run_as();
         let dir = TempDir::new("mariadb", run_as);
@@ -94,8 +117,27 @@ impl TestMariadb {
         copy_tree(&template, &data_dir, run_as).unwrap_or_else(|e| {
             panic!("copying {} to {}: {e}", template.display(), data_dir.display())
         });
+        let mut settings = Vec::new();
+        let certs = tls.map(|names| {
+            let certs = TestCerts::new();
+            let leaf = certs.mint(&LeafSpec::new(names));
+            let (cert, key) = (dir.path().join("server.crt"), dir.path().join("server.key"));
+            for (from, to, mode) in [(&leaf.chain, &cert, 0o644), (&leaf.key, &key, 0o600)] {
+                fs::copy(from, to).unwrap_or_else(|e| panic!("copying {}: {e}", from.display()));
+                set_owner_and_mode(to, run_as, mode);
+            }
+            settings.push(format!("--ssl-cert={}", cert.display()));
+            settings.push(format!("--ssl-key={}", key.display()));
+            certs
+        });
         let log = dir.path().join("mariadb.log");
-        TestMariadb { server: Server::start(Mariadb { data_dir }, dir, log).await }
+        let server = Server::start(Mariadb { data_dir, settings }, dir, log).await;
+        TestMariadb { server, certs }
+    }
+
+    /// The test CA that signed a TLS server's certificate; `None` without TLS.
+    pub fn ca_path(&self) -> Option<&Path> {
+        self.certs.as_ref().map(TestCerts::ca_path)
     }
 
     /// The TCP port on 127.0.0.1; it stays the same across `restart()`.

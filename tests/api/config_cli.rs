@@ -17,6 +17,7 @@ fn healthd(args: &[&str]) -> Output {
         .args(args)
         .env_remove("HEALTHD_CONFIG")
         .env_remove("HEALTHD_LISTEN")
+        .env_remove("HEALTHD_LOG_FORMAT")
         .output()
         .unwrap()
 }
@@ -138,4 +139,64 @@ fn the_example_config_is_valid() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/healthd.example.toml");
     let output = healthd(&["check-config", "--config", example]);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+}
+
+#[test]
+fn a_fixed_prefix_needs_trusted_proxies_and_a_plain_path() {
+    assert_rejected(
+        "prefix-untrusted.toml",
+        "[access]\nforwarded_prefix = \"/ops\"\n",
+        "access.forwarded_prefix",
+        "lists none",
+    );
+    assert_rejected(
+        "prefix-bad.toml",
+        "[access]\ntrusted_proxies = [\"10.0.0.1\"]\nforwarded_prefix = \"ops\"\n",
+        "access.forwarded_prefix",
+        "invalid path prefix",
+    );
+}
+
+#[test]
+fn each_subcommand_has_its_own_help_with_the_environment() {
+    let top = healthd(&["--help"]);
+    assert_eq!(top.status.code(), Some(0));
+    let top = String::from_utf8(top.stdout).unwrap();
+    for text in ["check-config", "hash-token", "[env: HEALTHD_CONFIG=]", "HEALTHD_LISTEN"] {
+        assert!(top.contains(text), "healthd --help lacks {text}: {top}");
+    }
+    let check = healthd(&["check-config", "--help"]);
+    assert_eq!(check.status.code(), Some(0));
+    let check = String::from_utf8(check.stdout).unwrap();
+    assert!(check.starts_with("Validate a config without running it"), "{check}");
+    assert!(check.contains("Usage: healthd check-config"), "{check}");
+    let hash = String::from_utf8(healthd(&["hash-token", "--help"]).stdout).unwrap();
+    assert!(hash.contains("Usage: healthd hash-token"), "{hash}");
+}
+
+#[test]
+fn usage_errors_exit_2_and_point_to_the_help() {
+    for args in [&["--bogus"][..], &["check-config", "extra"], &["--log-format", "xml"], &["nope"]]
+    {
+        let output = healthd(args);
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.starts_with("error: "), "{args:?}: {stderr}");
+        assert!(stderr.contains("try '--help'"), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn the_readme_shows_the_help_as_healthd_prints_it() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    for args in [&["--help"][..], &["check-config", "--help"]] {
+        let help = String::from_utf8(healthd(args).stdout).unwrap();
+        let shown = format!("$ healthd {}\n{help}", args.join(" "));
+        assert!(
+            readme.contains(&shown),
+            "README.md does not show `healthd {}` as printed:\n{help}",
+            args.join(" ")
+        );
+    }
 }

@@ -2,7 +2,9 @@
 
 mod access;
 mod bad_input;
+mod behind_proxy;
 mod checks_http;
+mod checks_mysql;
 mod checks_postgres;
 mod checks_postgres_tls;
 mod checks_redis;

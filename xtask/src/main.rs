@@ -1,10 +1,11 @@
 //! Project tasks that need more than cargo: `cargo xtask codegen [--check]`,
-//! `cargo xtask bench [--smoke]`, `cargo xtask contract`.
+//! `cargo xtask bench [--smoke]`, `cargo xtask contract`, `cargo xtask gateway`.
 
 mod bench;
 mod callgrind;
 mod codegen;
 mod contract;
+mod gateway;
 mod services;
 
 use std::path::{Path, PathBuf};
@@ -16,8 +17,11 @@ fn main() -> anyhow::Result<()> {
         Some("codegen") => codegen::generate(flags.contains(&"--check")),
         Some("bench") => bench::run(&flags),
         Some("contract") => contract::run(),
+        Some("gateway") => gateway::run(),
         _ => {
-            eprintln!("usage: cargo xtask <codegen [--check] | bench [--smoke] | contract>");
+            eprintln!(
+                "usage: cargo xtask <codegen [--check] | bench [--smoke] | contract | gateway>"
+            );
             std::process::exit(2);
         }
     }

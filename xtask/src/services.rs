@@ -41,9 +41,18 @@ impl Profile {
         Ok(())
     }
 
-    fn binary(self, root: &Path, name: &str) -> PathBuf {
+    pub fn binary(self, root: &Path, name: &str) -> PathBuf {
         let profile = if self == Profile::Release { "release" } else { "debug" };
-        root.join("target").join(profile).join(name)
+        target_dir(root).join(profile).join(name)
+    }
+}
+
+/// Where cargo builds: `CARGO_TARGET_DIR` when set (relative to the root,
+/// as cargo reads it from the root), else `target/`.
+pub fn target_dir(root: &Path) -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => root.join(dir),
+        None => root.join("target"),
     }
 }
 
