@@ -200,3 +200,94 @@ fn the_readme_shows_the_help_as_healthd_prints_it() {
         );
     }
 }
+
+/// One check of `kind` with `keys`, as a config text.
+#[cfg(all(feature = "amqp", feature = "nats"))]
+fn one_check(kind: &str, keys: &str) -> String {
+    format!("[[checks]]\nname = \"c\"\nkind = \"{kind}\"\n{keys}\n")
+}
+
+#[cfg(all(feature = "amqp", feature = "nats"))]
+#[test]
+fn broker_urls_with_a_password_in_the_file_are_refused() {
+    for (kind, url) in [
+        ("amqp", "amqp://guest:secret@127.0.0.1:5672/%2f"),
+        ("nats", "nats://user:secret@127.0.0.1:4222"),
+        // A lone user name is how NATS carries a token.
+        ("nats", "nats://a-token@127.0.0.1:4222"),
+    ] {
+        let text = one_check(kind, &format!("url = \"{url}\""));
+        let (code, stderr, path) = check_config(&format!("{kind}-credentials.toml"), &text);
+        assert_eq!(code, 2, "{stderr}");
+        assert!(
+            stderr.contains(&format!("{}: checks[0].url: holds credentials", path.display())),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("secret") && !stderr.contains("a-token"), "{stderr}");
+    }
+}
+
+#[cfg(all(feature = "amqp", feature = "nats", feature = "grpc"))]
+#[test]
+fn the_new_kinds_name_the_key_that_is_wrong() {
+    let cases = [
+        (
+            "amqp",
+            "url = \"http://127.0.0.1:5672\"",
+            "checks[0].url",
+            "not an amqp:// or amqps:// URL",
+        ),
+        (
+            "amqp",
+            "url = \"amqp://127.0.0.1\"\nwarn_above_messages = 5",
+            "checks[0].warn_above_messages",
+            "needs a queue",
+        ),
+        (
+            "nats",
+            "url = \"nats://127.0.0.1:4222\"\ntoken_env = \"HEALTHD_NO_SUCH_VAR\"",
+            "checks[0].token_env",
+            "is not set",
+        ),
+        (
+            "grpc",
+            "address = \"127.0.0.1:50051\"",
+            "checks[0].address",
+            "expected http://HOST:PORT or https://HOST:PORT",
+        ),
+        (
+            "grpc",
+            "address = \"http://127.0.0.1:50051\"\nca_file = \"/etc/hostname\"",
+            "checks[0].ca_file",
+            "needs an https:// address",
+        ),
+        ("tls", "address = \"127.0.0.1\"", "checks[0].address", "expected HOST:PORT"),
+        (
+            "tls",
+            "address = \"127.0.0.1:443\"\nwarn_below = \"2 weeks\"",
+            "checks[0].warn_below",
+            "such as \"14d\"",
+        ),
+        (
+            "tls",
+            "address = \"127.0.0.1:443\"\nwarn_below = \"5d\"\nfail_below = \"7d\"",
+            "checks[0].fail_below",
+            "7d is above warn_below = 5d",
+        ),
+        (
+            "tls",
+            "address = \"127.0.0.1:443\"\nca_file = \"/no/such/ca.pem\"",
+            "checks[0].ca_file",
+            "/no/such/ca.pem",
+        ),
+        (
+            "http",
+            "url = \"https://127.0.0.1/\"\nca_file = \"/no/such/ca.pem\"",
+            "checks[0].ca_file",
+            "/no/such/ca.pem",
+        ),
+    ];
+    for (index, (kind, keys, key, reason)) in cases.iter().enumerate() {
+        assert_rejected(&format!("new-kind-{index}.toml"), &one_check(kind, keys), key, reason);
+    }
+}

@@ -4,5 +4,7 @@
 //! helpers live here.
 
 pub mod checks;
+#[cfg(feature = "nats")]
+pub use healthd_testkit::nats;
 pub use healthd_testkit::{mariadb, postgres, redis};
 pub mod upstream;
