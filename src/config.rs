@@ -18,8 +18,14 @@ use crate::net::Cidr;
 /// Everything healthd needs to run, validated.
 #[derive(Debug, Clone)]
 pub struct Settings {
+    /// `[server]`.
     pub server: ServerSettings,
+    /// `[access]`.
     pub access: AccessSettings,
+    /// `[defaults]` over the built-in policy: what every check, from the
+    /// file or from code, runs under unless it says otherwise.
+    pub defaults: Policy,
+    /// `[[checks]]`.
     pub checks: Vec<CheckSettings>,
 }
 
@@ -117,6 +123,144 @@ impl CheckSettings {
             && self.policy == other.policy
             && self.definition == other.definition
     }
+
+    /// A check from code (`kind` "code"): its name and policy validated
+    /// as a `[[checks]]` table's are, over `defaults`. The problems are
+    /// keyed by the check's name.
+    pub fn from_code(
+        name: &str,
+        policy: &CheckPolicy,
+        defaults: &Policy,
+        check: Arc<dyn Check>,
+    ) -> Result<CheckSettings, Vec<Problem>> {
+        let mut problems = Vec::new();
+        let mut report = |reason: String| problems.push(Problem { key: name.into(), reason });
+        if !valid_check_name(name) {
+            report(format!("invalid name {name:?}: use 1 to 64 of A-Z a-z 0-9 - _ ."));
+        }
+        if check.measurements().is_empty() {
+            // Reports have one entry per measurement: it would not show.
+            report("measurements() is empty: a check reports at least one measurement".into());
+        }
+        let resolved = policy_over(defaults, &policy.raw());
+        policy_problems(&resolved).into_iter().for_each(&mut report);
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(CheckSettings {
+            name: name.into(),
+            kind: CODE_KIND,
+            critical: policy.critical.unwrap_or(true),
+            policy: resolved,
+            settings: Arc::new(Prebuilt(check)),
+            definition: toml::Table::new(),
+        })
+    }
+}
+
+/// The kind label of checks from code, in logs and metrics.
+pub const CODE_KIND: &str = "code";
+
+/// The settings of a check from code: the check itself, built already.
+struct Prebuilt(Arc<dyn Check>);
+
+impl fmt::Debug for Prebuilt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Prebuilt")
+    }
+}
+
+impl KindSettings for Prebuilt {
+    fn build(&self, _name: &str, _policy: &Policy) -> anyhow::Result<Arc<dyn Check>> {
+        Ok(self.0.clone())
+    }
+}
+
+/// The policy of a check from code: what it sets of the keys a
+/// `[[checks]]` table may set. What it leaves unset comes from the
+/// config's `[defaults]` (else the built-in ones: every 10 s, a 2 s
+/// timeout, 2 retries with a 100 ms backoff, thresholds of 1, critical),
+/// and the result is validated as a config check's is.
+///
+/// ```
+/// use std::time::Duration;
+/// let policy = healthd::CheckPolicy::new()
+///     .critical(false)
+///     .interval(Duration::from_secs(5))
+///     .timeout(Duration::from_millis(500));
+/// # let _ = policy;
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckPolicy {
+    critical: Option<bool>,
+    interval: Option<Duration>,
+    timeout: Option<Duration>,
+    retries: Option<u32>,
+    backoff: Option<Duration>,
+    failure_threshold: Option<u32>,
+    success_threshold: Option<u32>,
+}
+
+impl CheckPolicy {
+    /// Everything from `[defaults]`.
+    pub fn new() -> Self {
+        CheckPolicy::default()
+    }
+
+    /// `critical`: a failing non-critical check makes the service `warn`,
+    /// not `fail`, and is left out of readiness. Checks are critical unless
+    /// they say otherwise.
+    pub fn critical(mut self, critical: bool) -> Self {
+        self.critical = Some(critical);
+        self
+    }
+
+    /// `interval`: how often the check runs.
+    pub fn interval(mut self, interval: Duration) -> Self {
+        self.interval = Some(interval);
+        self
+    }
+
+    /// `timeout`: the hard deadline of one attempt; its future is dropped then.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// `retries`: attempts after a failed one, within the same run (at most 10).
+    pub fn retries(mut self, retries: u32) -> Self {
+        self.retries = Some(retries);
+        self
+    }
+
+    /// `backoff`: the base of the exponential backoff between attempts.
+    pub fn backoff(mut self, backoff: Duration) -> Self {
+        self.backoff = Some(backoff);
+        self
+    }
+
+    /// `failure_threshold`: failed runs in a row before the check reports `fail`.
+    pub fn failure_threshold(mut self, runs: u32) -> Self {
+        self.failure_threshold = Some(runs);
+        self
+    }
+
+    /// `success_threshold`: good runs in a row before a failed check recovers.
+    pub fn success_threshold(mut self, runs: u32) -> Self {
+        self.success_threshold = Some(runs);
+        self
+    }
+
+    fn raw(&self) -> RawPolicy {
+        RawPolicy {
+            interval: self.interval.map(DurationText),
+            timeout: self.timeout.map(DurationText),
+            retries: self.retries,
+            backoff: self.backoff.map(DurationText),
+            failure_threshold: self.failure_threshold,
+            success_threshold: self.success_threshold,
+        }
+    }
 }
 
 /// When and how patiently a check runs.
@@ -177,16 +321,22 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// Config problems, each with the key it is about.
+/// Config problems, each with the key it is about; shown one per line as
+/// `FILE: KEY: REASON`.
 #[derive(Debug)]
 pub struct ConfigError {
+    /// The file, `(built-in default)`, or `checks from code`.
     pub source_name: String,
+    /// Every problem found, not only the first.
     pub problems: Vec<Problem>,
 }
 
+/// One problem with a config.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Problem {
+    /// Where: `checks[2].timeout`, or a check from code's name.
     pub key: String,
+    /// What is wrong, and what would be right.
     pub reason: String,
 }
 
@@ -223,12 +373,16 @@ warn_below = "10%"
 fail_below = "5%"
 "#;
 
-/// Where the environment can change the file's settings.
+/// Where the environment can change the file's settings
+/// (`HEALTHD_LISTEN`, variables a check names with `url_env`, tokens'
+/// `env`): the process's ([`ProcessEnv`]), or a map in tests.
 pub trait Environment {
+    /// The variable's value, if it is set.
     fn var(&self, name: &str) -> Option<String>;
 }
 
 /// The process environment.
+#[derive(Debug, Clone, Copy, Default)]
 pub struct ProcessEnv;
 
 impl Environment for ProcessEnv {
@@ -555,7 +709,7 @@ fn validate(raw: RawSettings, env: &dyn Environment, problems: &mut Vec<Problem>
         }
     }
 
-    Settings { server, access, checks }
+    Settings { server, access, defaults, checks }
 }
 
 fn policy_over(base: &Policy, raw: &RawPolicy) -> Policy {
@@ -831,6 +985,56 @@ mod tests {
             "{}",
             problem.reason
         );
+    }
+
+    struct Nothing;
+
+    impl Check for Nothing {
+        fn component_type(&self) -> healthd_models::ComponentType {
+            healthd_models::ComponentType::Component
+        }
+        fn measurements(&self) -> &'static [(&'static str, &'static str)] {
+            checks::RESPONSE_TIME
+        }
+        fn attempt(&self) -> checks::BoxFuture<'_, checks::Observation> {
+            Box::pin(async { checks::Observation::pass(vec![]) })
+        }
+    }
+
+    #[test]
+    fn a_check_from_code_takes_the_defaults_under_what_it_sets() {
+        let settings = parse("[defaults]\ninterval = \"30s\"\nretries = 1\n").unwrap();
+        let policy = CheckPolicy::new().critical(false).timeout(Duration::from_secs(1));
+        let check =
+            CheckSettings::from_code("queue", &policy, &settings.defaults, Arc::new(Nothing))
+                .unwrap();
+        assert_eq!((check.kind, check.critical), (CODE_KIND, false));
+        assert_eq!(check.policy.interval, Duration::from_secs(30));
+        assert_eq!(check.policy.timeout, Duration::from_secs(1));
+        assert_eq!(check.policy.retries, 1);
+        assert!(check.build().is_ok());
+    }
+
+    #[test]
+    fn a_check_from_code_that_does_not_fit_its_interval_is_an_error_naming_it() {
+        let policy = CheckPolicy::new()
+            .interval(Duration::from_secs(1))
+            .timeout(Duration::from_millis(600))
+            .retries(1);
+        let problems =
+            CheckSettings::from_code("queue", &policy, &DEFAULT_POLICY, Arc::new(Nothing))
+                .unwrap_err();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].key, "queue");
+        assert!(problems[0].reason.contains("does not fit inside interval"), "{problems:?}");
+        let problems = CheckSettings::from_code(
+            "no spaces",
+            &CheckPolicy::new().retries(u32::MAX).backoff(Duration::MAX),
+            &DEFAULT_POLICY,
+            Arc::new(Nothing),
+        )
+        .unwrap_err();
+        assert_eq!(problems.len(), 2, "{problems:?}");
     }
 
     #[test]

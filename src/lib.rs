@@ -1,39 +1,100 @@
 //! healthd: health checks for an application's dependencies, answered from
-//! a contract-first HTTP API. Run it as a service (`healthd --config FILE`)
-//! or mount its routes in your own actix-web app:
+//! a contract-first HTTP API (`/health`, `/health/live`, `/health/ready`,
+//! `/health/startup`, `/metrics`, the contract and Swagger UI). Run it as a
+//! service (`healthd --config FILE`), or embed it in an actix-web app: the
+//! binary and an app start it the same way, through [`Healthd::builder`].
 //!
-//! ```no_run
-//! use actix_web::{App, HttpServer};
-//! use healthd::config::Settings;
-//! use healthd::http::{access::Access, scope, HealthState};
-//! use healthd::monitor::Monitor;
-//! use healthd::report::ServiceInfo;
+//! An app gets healthd's checks from a config file (or the built-in
+//! default, which watches the disk and shows details to local callers),
+//! adds checks of its own from code, mounts the routes under a prefix, and
+//! drains before it stops:
 //!
-//! #[actix_web::main]
-//! async fn main() -> anyhow::Result<()> {
-//!     let settings = Settings::load(None, &healthd::config::ProcessEnv)?;
-//!     let service = ServiceInfo::new("orders-api".into(), None);
-//!     let monitor = Monitor::start(service, &settings.checks)?;
-//!     let state = HealthState::new(monitor.reader(), Access::new(settings.access), "/ops", true);
-//!     HttpServer::new(move || {
-//!         App::new()
-//!             .route("/orders", actix_web::web::get().to(|| async { "[]" }))
-//!             .service(scope(state.clone(), "/ops"))
-//!     })
-//!     .bind("127.0.0.1:8080")?
-//!     .run()
-//!     .await?;
-//!     Ok(())
-//! }
 //! ```
+//! use std::time::Duration;
+//!
+//! use actix_web::{web, App, HttpServer};
+//! use healthd::{check_fn, CheckPolicy, Healthd, Outcome, ProcessEnv, Settings};
+//!
+//! # #[actix_web::main]
+//! # async fn main() -> anyhow::Result<()> {
+//! // `HEALTHD_CONFIG`'s checks and access rules, or the built-in default.
+//! let config = std::env::var_os("HEALTHD_CONFIG").map(std::path::PathBuf::from);
+//! let settings = Settings::load(config.as_deref(), &ProcessEnv)?;
+//! let healthd = Healthd::builder(settings)
+//!     .service_id("orders-api")
+//!     .prefix("/ops")
+//!     // A check only the app can make, under the same policy rules as
+//!     // config checks: a non-critical failure makes the service `warn`.
+//!     .check(
+//!         "queue",
+//!         CheckPolicy::new()
+//!             .critical(false)
+//!             .interval(Duration::from_secs(5))
+//!             .timeout(Duration::from_secs(1)),
+//!         check_fn(|| async { Outcome::Pass }),
+//!     )
+//!     .start()?; // inside the app's runtime; the checks run on it
+//!
+//! let routes = healthd.clone();
+//! let server = HttpServer::new(move || {
+//!     App::new()
+//!         .route("/orders", web::get().to(|| async { "[]" }))
+//!         .service(routes.scope())
+//! })
+//! .disable_signals() // the app drains on SIGTERM itself; see below
+//! .bind("127.0.0.1:0")?;
+//! let address = server.addrs()[0];
+//! let server = server.run();
+//! let handle = server.handle();
+//! actix_web::rt::spawn(server);
+//!
+//! let ready = reqwest::get(format!("http://{address}/ops/health/live")).await?;
+//! assert_eq!(ready.status(), 200);
+//!
+//! // On SIGTERM: readiness answers 503 at once; `healthd.drain().await`
+//! // also waits the config's drain delay before the server stops.
+//! healthd.start_draining();
+//! let ready = reqwest::get(format!("http://{address}/ops/health/ready")).await?;
+//! assert_eq!(ready.status(), 503);
+//! handle.stop(true).await;
+//! healthd.stop().await;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! A check from code is any [`Check`], or an async closure through
+//! [`check_fn`], or blocking code through [`blocking_check_fn`] (which runs
+//! it on tokio's blocking pool, one call in flight per check). Each runs
+//! under its [`CheckPolicy`]: a hard deadline per attempt (its future is
+//! dropped then), retries with backoff, thresholds, and the same history,
+//! metrics and disclosure rules as a config check. A check that panics is
+//! `fail` with output `check panicked` (the panic's message goes to the log
+//! only) and keeps its schedule. `examples/embedded.rs` is a whole app.
 
-pub mod checks;
+#![warn(missing_docs)]
+
+mod builder;
+mod checks;
+mod code;
+mod history;
+mod monitor;
+mod net;
+mod report;
+mod tls;
+
+// The binary (a crate of its own) and the integration tests reach into
+// these; they are not the library's API, which is what is re-exported below.
+#[doc(hidden)]
 pub mod config;
-pub mod history;
+#[doc(hidden)]
 pub mod http;
-pub mod monitor;
-pub mod net;
-pub mod report;
+#[doc(hidden)]
 pub mod startup;
+#[doc(hidden)]
 pub mod telemetry;
-pub mod tls;
+
+pub use builder::{Builder, Healthd};
+pub use checks::{BoxFuture, Check, Observation};
+pub use code::{blocking_check_fn, check_fn, Outcome};
+pub use config::{CheckPolicy, ConfigError, Environment, Problem, ProcessEnv, Settings};
+pub use healthd_models::{ComponentType, HealthReport, HealthStatus};

@@ -2,11 +2,13 @@
 //! with backoff, apply thresholds, and publish a new `Snapshot`. Probes only
 //! ever read the snapshot.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
+use futures_util::FutureExt;
 use healthd_models::{ComponentType, HealthStatus};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -149,6 +151,7 @@ impl Monitor {
             .map(|(index, (settings, check))| {
                 tokio::spawn(run_forever(
                     index,
+                    settings.name.clone(),
                     check,
                     settings.policy,
                     shared.clone(),
@@ -197,6 +200,7 @@ async fn stop_requested(stopped: &mut watch::Receiver<bool>) {
 
 async fn run_forever(
     index: usize,
+    name: String,
     check: Arc<dyn Check>,
     policy: Policy,
     shared: Arc<Shared>,
@@ -211,21 +215,36 @@ async fn run_forever(
             _ = stop_requested(&mut stopped) => return,
         }
         let run = tokio::select! {
-            run = run_once(check.as_ref(), &policy) => run,
+            run = run_once(&name, check.as_ref(), &policy) => run,
             _ = stop_requested(&mut stopped) => return,
         };
         shared.record(index, run);
     }
 }
 
+/// Said of an attempt that panicked; the panic's message goes to the log only.
+pub const PANICKED: &str = "check panicked";
+
 /// One run: attempts under the deadline, retried with full-jitter backoff.
-async fn run_once(check: &dyn Check, policy: &Policy) -> RunResult {
+async fn run_once(name: &str, check: &dyn Check, policy: &Policy) -> RunResult {
     let started = Instant::now();
     let mut timeouts = 0;
     let mut attempt = 0;
     loop {
-        let observation = match tokio::time::timeout(policy.timeout, check.attempt()).await {
-            Ok(observation) => observation,
+        // A panic (in `attempt` itself or in its future) fails this attempt
+        // only; the task and its schedule go on. Dropping the future at the
+        // deadline still cancels the attempt.
+        let attempt_caught = AssertUnwindSafe(async { check.attempt().await }).catch_unwind();
+        let observation = match tokio::time::timeout(policy.timeout, attempt_caught).await {
+            Ok(Ok(observation)) => observation,
+            Ok(Err(panic)) => {
+                tracing::error!(
+                    check = name,
+                    panic = panic_message(panic.as_ref()),
+                    "check panicked"
+                );
+                Observation::fail(PANICKED)
+            }
             Err(_) => Observation::timed_out(policy.timeout),
         };
         if observation.timed_out {
@@ -242,6 +261,15 @@ async fn run_once(check: &dyn Check, policy: &Policy) -> RunResult {
         let cap = policy.backoff_cap(attempt);
         tokio::time::sleep(cap.mul_f64(fastrand::f64())).await;
         attempt += 1;
+    }
+}
+
+/// The text a panic was raised with, when it is one.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
+        (Some(text), _) => text,
+        (_, Some(text)) => text,
+        _ => "(not a string)",
     }
 }
 
@@ -417,7 +445,7 @@ mod tests {
             Some(Observation::fail("HTTP 500")),
             Some(Observation::pass(vec![Some(1.0)])),
         ]);
-        let run = run_once(&check, &QUICK).await;
+        let run = run_once("c", &check, &QUICK).await;
         assert_eq!(run.observation.status, Pass);
         assert_eq!(run.attempts, 2);
     }
@@ -426,7 +454,7 @@ mod tests {
     async fn retries_stop_at_the_configured_count() {
         let fail = || Some(Observation::fail("HTTP 500"));
         let check = Scripted::new(vec![fail(), fail(), fail()]);
-        let run = run_once(&check, &QUICK).await;
+        let run = run_once("c", &check, &QUICK).await;
         assert_eq!(run.observation.output.as_deref(), Some("HTTP 500"));
         assert_eq!(run.attempts, 2);
     }
@@ -434,11 +462,78 @@ mod tests {
     #[tokio::test]
     async fn an_attempt_that_never_ends_is_cut_at_the_deadline() {
         let check = Scripted::new(vec![None, None]);
-        let run = run_once(&check, &QUICK).await;
+        let run = run_once("c", &check, &QUICK).await;
         assert_eq!(run.observation.status, Fail);
         assert_eq!(run.observation.output.as_deref(), Some("timed out after 50 ms"));
         assert_eq!((run.attempts, run.timeouts), (2, 2));
         assert!(run.duration < QUICK.worst_case() + Duration::from_millis(500), "{run:?}");
+    }
+
+    /// A check whose attempts panic: in `attempt` itself (odd calls) or in
+    /// the future it returns (even calls).
+    struct Panicking(std::sync::atomic::AtomicU32);
+
+    impl Check for Panicking {
+        fn component_type(&self) -> ComponentType {
+            ComponentType::Component
+        }
+        fn measurements(&self) -> &'static [(&'static str, &'static str)] {
+            checks::RESPONSE_TIME
+        }
+        fn attempt(&self) -> checks::BoxFuture<'_, Observation> {
+            if self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst).is_multiple_of(2) {
+                panic!("secret detail in attempt");
+            }
+            Box::pin(async { panic!("secret detail in the future") })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_attempt_is_a_failure_that_keeps_the_task() {
+        let check = Panicking(Default::default());
+        let run = run_once("c", &check, &QUICK).await;
+        assert_eq!(run.observation.status, Fail);
+        assert_eq!(run.observation.output.as_deref(), Some(PANICKED));
+        // Both kinds of panic were caught, and the failed attempt retried.
+        assert_eq!(run.attempts, 2);
+        let again = run_once("c", &check, &QUICK).await;
+        assert_eq!(again.observation.output.as_deref(), Some(PANICKED));
+    }
+
+    /// A check whose attempt never ends and says when its future is dropped.
+    struct Hanging(Arc<std::sync::atomic::AtomicBool>);
+
+    struct SetOnDrop(Arc<std::sync::atomic::AtomicBool>);
+
+    impl Drop for SetOnDrop {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    impl Check for Hanging {
+        fn component_type(&self) -> ComponentType {
+            ComponentType::Component
+        }
+        fn measurements(&self) -> &'static [(&'static str, &'static str)] {
+            checks::RESPONSE_TIME
+        }
+        fn attempt(&self) -> checks::BoxFuture<'_, Observation> {
+            let guard = SetOnDrop(self.0.clone());
+            Box::pin(async move {
+                let _guard = guard;
+                std::future::pending().await
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn the_deadline_drops_the_attempt_through_the_panic_catch() {
+        let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let policy = Policy { retries: 0, ..QUICK };
+        let run = run_once("c", &Hanging(dropped.clone()), &policy).await;
+        assert_eq!(run.observation.output.as_deref(), Some("timed out after 50 ms"));
+        assert!(dropped.load(std::sync::atomic::Ordering::SeqCst), "the attempt was not dropped");
     }
 
     #[test]

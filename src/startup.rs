@@ -9,11 +9,10 @@ use actix_web::web::{self, Data};
 use actix_web::{App, HttpServer};
 use anyhow::Context;
 
+use crate::builder::Healthd;
 use crate::config::Settings;
-use crate::http::access::Access;
 use crate::http::{self, HealthState};
 use crate::monitor::Monitor;
-use crate::report::ServiceInfo;
 
 /// How long (seconds) requests in flight may take to finish once the
 /// listener has closed. healthd answers in microseconds; this bounds slow
@@ -43,13 +42,7 @@ impl Application {
         let listener = TcpListener::bind(settings.server.listen)
             .with_context(|| format!("cannot listen on {}", settings.server.listen))?;
         let port = listener.local_addr()?.port();
-        let service = ServiceInfo::new(
-            settings.server.service_id.clone(),
-            settings.server.description.clone(),
-        );
-        let monitor = Monitor::start(service, &settings.checks)?;
-        let state =
-            HealthState::new(monitor.reader(), Access::new(settings.access.clone()), "", true);
+        let (monitor, state) = Healthd::builder(settings.clone()).start_parts()?;
         let server_state = state.clone();
         let mut server = HttpServer::new(move || {
             App::new()

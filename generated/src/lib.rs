@@ -302,7 +302,7 @@ pub mod error {
     }
 }
 
-/// The contract, as written.
-pub const OPENAPI_YAML: &str = include_str!("../../openapi.yaml");
+/// The contract, as written (codegen's copy of openapi.yaml).
+pub const OPENAPI_YAML: &str = include_str!("../openapi.yaml");
 /// The contract as JSON, converted by codegen.
 pub const OPENAPI_JSON: &str = include_str!("../openapi.json");

@@ -105,6 +105,8 @@ pub struct KindInput<'a> {
     /// `checks[N]`.
     pub key: &'a str,
     pub kind: &'a str,
+    /// The check's policy, for kinds that fit inner timeouts inside it.
+    #[allow(dead_code)]
     pub policy: &'a Policy,
     pub env: &'a dyn Environment,
     table: Option<toml::Table>,
@@ -202,13 +204,46 @@ pub const CREDENTIALS_IN_FILE: &str =
 /// A boxed future, so that `Check` stays object-safe.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// One dependency to watch. Implementations never block a thread: the
-/// monitor drops the future at the deadline, and that must cancel the work.
+/// One dependency to watch: every kind of check implements it, and so can
+/// an app's own checks ([`Builder::check`](crate::Builder::check)).
+///
+/// The monitor calls `attempt` once per attempt, under the check's
+/// deadline, and owns everything around it: retries, backoff, thresholds,
+/// history, metrics. Implementations never block a thread (use
+/// [`blocking_check_fn`](crate::blocking_check_fn) for code that does): the
+/// monitor drops the future at the deadline, and that must cancel the
+/// work. A panic fails the attempt with output `check panicked`.
+///
+/// ```
+/// use healthd::{BoxFuture, Check, ComponentType, Observation};
+///
+/// struct CacheWarm(std::sync::atomic::AtomicBool);
+///
+/// impl Check for CacheWarm {
+///     fn component_type(&self) -> ComponentType {
+///         ComponentType::Component
+///     }
+///     fn measurements(&self) -> &'static [(&'static str, &'static str)] {
+///         &[("warm", "boolean")]
+///     }
+///     fn attempt(&self) -> BoxFuture<'_, Observation> {
+///         Box::pin(async move {
+///             if self.0.load(std::sync::atomic::Ordering::Relaxed) {
+///                 Observation::pass(vec![Some(1.0)])
+///             } else {
+///                 Observation::warn("cache still warming", vec![Some(0.0)])
+///             }
+///         })
+///     }
+/// }
+/// # let _ = CacheWarm(Default::default());
+/// ```
 pub trait Check: Send + Sync + 'static {
     /// `componentType` in reports.
     fn component_type(&self) -> ComponentType;
-    /// The names of the measurements `attempt` reports, the main one first;
-    /// an attempt leaves out the values it could not take.
+    /// The measurements `attempt` reports, as (name, unit), at least one:
+    /// the main one first. Reports key each as `CHECK:NAME`
+    /// (`db:responseTime`), and `/metrics` reads the first.
     fn measurements(&self) -> &'static [(&'static str, &'static str)];
     /// Makes one attempt.
     fn attempt(&self) -> BoxFuture<'_, Observation>;
@@ -217,19 +252,26 @@ pub trait Check: Send + Sync + 'static {
 /// What one attempt saw.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Observation {
+    /// What the attempt itself saw, before thresholds.
     pub status: HealthStatus,
-    /// A category a person can act on; never raw error text.
+    /// A category a person can act on (`connection refused`); never raw
+    /// error text, which goes to the log. Shown to every caller allowed to
+    /// see details.
     pub output: Option<String>,
-    /// Values of `Check::measurements`, in order, where they were taken.
+    /// Values of `Check::measurements`, in order; `None` where one could
+    /// not be taken.
     pub values: Vec<Option<f64>>,
+    /// Whether the attempt was cut at its deadline (counted in `/metrics`).
     pub timed_out: bool,
 }
 
 impl Observation {
+    /// A passing attempt with its values.
     pub fn pass(values: Vec<Option<f64>>) -> Self {
         Observation { status: HealthStatus::Pass, output: None, values, timed_out: false }
     }
 
+    /// A warning: working, but someone should look.
     pub fn warn(output: impl Into<String>, values: Vec<Option<f64>>) -> Self {
         Observation {
             status: HealthStatus::Warn,
@@ -239,6 +281,7 @@ impl Observation {
         }
     }
 
+    /// A failure that measured nothing.
     pub fn fail(output: impl Into<String>) -> Self {
         Observation::fail_with(output, Vec::new())
     }
@@ -253,6 +296,7 @@ impl Observation {
         }
     }
 
+    /// An attempt cut at its deadline: `timed out after N ms`.
     pub fn timed_out(after: Duration) -> Self {
         Observation { timed_out: true, ..Observation::fail(timed_out_output(after)) }
     }

@@ -338,7 +338,7 @@ pub struct RunningBinary {
     stderr: Arc<Mutex<String>>,
     /// The threads reading stdout and stderr; they end when the pipes close.
     readers: Vec<std::thread::JoinHandle<()>>,
-    config: PathBuf,
+    config: Option<PathBuf>,
 }
 
 /// Runs `healthd --config <config> <args>` with only `env` set of healthd's
@@ -359,32 +359,11 @@ pub async fn spawn_binary(config: &str, args: &[&str], env: &[(&str, &str)]) -> 
         .env_remove("HEALTHD_CONFIG")
         .env_remove("HEALTHD_LISTEN")
         .env_remove("HEALTHD_LOG_FORMAT")
-        .env_remove("RUST_LOG")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
+        .env_remove("RUST_LOG");
     for (name, value) in env {
         command.env(name, value);
     }
-    let mut child = command.spawn().expect("the healthd binary starts");
-    let collect = |mut source: Box<dyn std::io::Read + Send>| {
-        let sink = Arc::new(Mutex::new(String::new()));
-        let writer = sink.clone();
-        let reader = std::thread::spawn(move || {
-            let mut chunk = [0u8; 8192];
-            while let Ok(read) = source.read(&mut chunk) {
-                if read == 0 {
-                    break;
-                }
-                writer.lock().unwrap().push_str(&String::from_utf8_lossy(&chunk[..read]));
-            }
-        });
-        (sink, reader)
-    };
-    let (stdout, stdout_reader) = collect(Box::new(child.stdout.take().unwrap()));
-    let (stderr, stderr_reader) = collect(Box::new(child.stderr.take().unwrap()));
-    let readers = vec![stdout_reader, stderr_reader];
-    let mut binary = RunningBinary { child, port: 0, stdout, stderr, readers, config: path };
+    let mut binary = RunningBinary::start(command, Some(path));
     let line = binary
         .wait_for_line(Duration::from_secs(20), |line| line.contains("healthd is serving"))
         .await;
@@ -399,7 +378,43 @@ pub async fn spawn_binary(config: &str, args: &[&str], env: &[(&str, &str)]) -> 
     binary
 }
 
+/// Starts tracing into the captured logs, as `spawn_app` does.
+pub fn init_tracing() {
+    LazyLock::force(&TRACING);
+}
+
 impl RunningBinary {
+    /// Spawns `command` with piped stdout and stderr collected as they come;
+    /// `config` is a file to delete when it is dropped. `port` is 0 until
+    /// the caller reads it off the output.
+    pub fn start(mut command: std::process::Command, config: Option<PathBuf>) -> RunningBinary {
+        command
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|error| panic!("{:?} starts: {error}", command.get_program()));
+        let collect = |mut source: Box<dyn std::io::Read + Send>| {
+            let sink = Arc::new(Mutex::new(String::new()));
+            let writer = sink.clone();
+            let reader = std::thread::spawn(move || {
+                let mut chunk = [0u8; 8192];
+                while let Ok(read) = source.read(&mut chunk) {
+                    if read == 0 {
+                        break;
+                    }
+                    writer.lock().unwrap().push_str(&String::from_utf8_lossy(&chunk[..read]));
+                }
+            });
+            (sink, reader)
+        };
+        let (stdout, stdout_reader) = collect(Box::new(child.stdout.take().unwrap()));
+        let (stderr, stderr_reader) = collect(Box::new(child.stderr.take().unwrap()));
+        let readers = vec![stdout_reader, stderr_reader];
+        RunningBinary { child, port: 0, stdout, stderr, readers, config }
+    }
+
     pub fn address(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))
     }
@@ -487,7 +502,9 @@ impl Drop for RunningBinary {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.config);
+        if let Some(config) = &self.config {
+            let _ = std::fs::remove_file(config);
+        }
     }
 }
 

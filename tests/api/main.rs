@@ -18,6 +18,7 @@ mod checks_tcp;
 mod checks_tls;
 mod config_cli;
 mod contract;
+mod embedded;
 mod endpoints;
 #[cfg(all(feature = "amqp", feature = "nats", feature = "grpc"))]
 mod every_kind;

@@ -26,6 +26,8 @@ pub fn generate(check: bool) -> anyhow::Result<()> {
         rustfmt(&format!("{PREAMBLE}\n{}\n{}", models_source(&document)?, CONTRACT_CONSTANTS))?;
 
     let stale = [
+        // A copy inside the crate, so that the published healthd-models has it.
+        ensure_file_contents(&root.join("generated/openapi.yaml"), &yaml, check)?,
         ensure_file_contents(&root.join("generated/openapi.json"), &json, check)?,
         ensure_file_contents(&root.join("generated/src/lib.rs"), &models, check)?,
     ];
@@ -36,8 +38,8 @@ pub fn generate(check: bool) -> anyhow::Result<()> {
 }
 
 const CONTRACT_CONSTANTS: &str = r#"
-/// The contract, as written.
-pub const OPENAPI_YAML: &str = include_str!("../../openapi.yaml");
+/// The contract, as written (codegen's copy of openapi.yaml).
+pub const OPENAPI_YAML: &str = include_str!("../openapi.yaml");
 /// The contract as JSON, converted by codegen.
 pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
 "#;
