@@ -118,14 +118,12 @@ pub fn render(snapshot: &Snapshot, requests: &RequestCounters, draining: bool) -
         "gauge",
         "Each check's reported status: 0 pass, 1 warn, 2 fail.",
     );
-    for state in &snapshot.states {
-        let status =
-            snapshot.checks.get(&state.name).map_or(HealthStatus::Fail, |rendered| rendered.status);
+    for check in snapshot.checks() {
         let _ = writeln!(
             out,
             "healthd_check_status{{{}}} {}",
-            labels(&state.name, state.kind),
-            status_value(status)
+            labels(&check.state.name, check.state.kind),
+            status_value(check.status)
         );
     }
     header(
@@ -134,16 +132,12 @@ pub fn render(snapshot: &Snapshot, requests: &RequestCounters, draining: bool) -
         "gauge",
         "Whether the check's status is pass or warn (1) or fail (0).",
     );
-    for state in &snapshot.states {
-        let up = snapshot
-            .checks
-            .get(&state.name)
-            .is_some_and(|rendered| rendered.status != HealthStatus::Fail);
+    for check in snapshot.checks() {
         let _ = writeln!(
             out,
             "healthd_check_up{{{}}} {}",
-            labels(&state.name, state.kind),
-            u8::from(up)
+            labels(&check.state.name, check.state.kind),
+            u8::from(check.status != HealthStatus::Fail)
         );
     }
     header(
@@ -152,7 +146,7 @@ pub fn render(snapshot: &Snapshot, requests: &RequestCounters, draining: bool) -
         "gauge",
         "How long the latest run took, retries included.",
     );
-    for state in &snapshot.states {
+    for state in snapshot.checks().map(|check| &check.state) {
         if let Some(reading) = &state.reading {
             let _ = writeln!(
                 out,
@@ -168,7 +162,7 @@ pub fn render(snapshot: &Snapshot, requests: &RequestCounters, draining: bool) -
         "histogram",
         "Run durations, retries included.",
     );
-    for state in &snapshot.states {
+    for state in snapshot.checks().map(|check| &check.state) {
         let labels = labels(&state.name, state.kind);
         for (bound, count) in LATENCY_BUCKETS.iter().zip(state.counters.duration_buckets) {
             let _ = writeln!(
@@ -197,7 +191,7 @@ pub fn render(snapshot: &Snapshot, requests: &RequestCounters, draining: bool) -
     ];
     for (name, help, value) in counters {
         header(&mut out, name, "counter", help);
-        for state in &snapshot.states {
+        for state in snapshot.checks().map(|check| &check.state) {
             let _ = writeln!(
                 out,
                 "{name}{{{}}} {}",

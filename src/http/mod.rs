@@ -365,8 +365,8 @@ pub async fn get_check(
     let state = state_of(&request);
     require_details(state, &request)?;
     let snapshot = state.reader.current();
-    match snapshot.checks.get(name.as_str()) {
-        Some(rendered) => Ok(health_response(rendered)),
+    match snapshot.check(name.as_str()) {
+        Some(check) => Ok(health_response(&check.body)),
         None => Err(ApiError::new(ApiErrorKind::UnknownCheck(name.into_inner()), request.path())),
     }
 }
