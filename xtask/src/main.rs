@@ -1,10 +1,11 @@
 //! Project tasks that need more than cargo: `cargo xtask codegen [--check]`,
-//! `cargo xtask bench [--smoke]`, `cargo xtask contract`.
+//! `cargo xtask bench [--smoke | --scale]`, `cargo xtask contract`.
 
 mod bench;
 mod callgrind;
 mod codegen;
 mod contract;
+mod scale;
 mod services;
 
 use std::path::{Path, PathBuf};
@@ -17,7 +18,9 @@ fn main() -> anyhow::Result<()> {
         Some("bench") => bench::run(&flags),
         Some("contract") => contract::run(),
         _ => {
-            eprintln!("usage: cargo xtask <codegen [--check] | bench [--smoke] | contract>");
+            eprintln!(
+                "usage: cargo xtask <codegen [--check] | bench [--smoke | --scale] | contract>"
+            );
             std::process::exit(2);
         }
     }

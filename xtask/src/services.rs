@@ -41,9 +41,12 @@ impl Profile {
         Ok(())
     }
 
-    fn binary(self, root: &Path, name: &str) -> PathBuf {
+    /// Where cargo put `name`: under `$CARGO_TARGET_DIR` when it is set.
+    pub fn binary(self, root: &Path, name: &str) -> PathBuf {
         let profile = if self == Profile::Release { "release" } else { "debug" };
-        root.join("target").join(profile).join(name)
+        let target =
+            std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+        target.join(profile).join(name)
     }
 }
 
@@ -209,6 +212,11 @@ pub struct Process {
 }
 
 impl Process {
+    /// A process started natively, outside these helpers.
+    pub fn native(child: Child) -> Process {
+        Process { child, callgrind_out: None }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
