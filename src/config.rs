@@ -5,11 +5,13 @@
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::checks::{self, Check, KindInput, KindSettings};
 use crate::net::Cidr;
 
 /// Everything healthd needs to run, validated.
@@ -84,11 +86,32 @@ impl fmt::Debug for TokenSettings {
 #[derive(Debug, Clone)]
 pub struct CheckSettings {
     pub name: String,
+    /// The `kind = "..."` it was declared with.
+    pub kind: &'static str,
     /// A failing non-critical check makes the service `warn`, not `fail`, and
     /// is left out of readiness.
     pub critical: bool,
     pub policy: Policy,
-    pub kind: CheckKind,
+    /// The kind's own settings, validated.
+    pub settings: Arc<dyn KindSettings>,
+    /// The kind's keys as written, so a reload can tell an unchanged check.
+    definition: toml::Table,
+}
+
+impl CheckSettings {
+    /// Builds the check's pool or client.
+    pub fn build(&self) -> anyhow::Result<Arc<dyn Check>> {
+        self.settings.build(&self.name, &self.policy)
+    }
+
+    /// Whether `other` describes the same check under the same policy.
+    pub fn is_same_as(&self, other: &CheckSettings) -> bool {
+        self.name == other.name
+            && self.kind == other.kind
+            && self.critical == other.critical
+            && self.policy == other.policy
+            && self.definition == other.definition
+    }
 }
 
 /// When and how patiently a check runs.
@@ -124,45 +147,6 @@ impl Policy {
     pub fn stale_after(&self) -> Duration {
         self.interval * 3
     }
-}
-
-/// What a check talks to.
-#[derive(Debug, Clone)]
-pub enum CheckKind {
-    Postgres { dsn: Secret, query: String, pool_size: usize },
-    Http(HttpCheckSettings),
-    Tcp { address: String },
-    Disk { path: PathBuf, warn_below: f64, fail_below: f64 },
-}
-
-impl CheckKind {
-    pub fn name(&self) -> &'static str {
-        match self {
-            CheckKind::Postgres { .. } => "postgres",
-            CheckKind::Http(_) => "http",
-            CheckKind::Tcp { .. } => "tcp",
-            CheckKind::Disk { .. } => "disk",
-        }
-    }
-}
-
-/// `kind = "http"`.
-#[derive(Debug, Clone)]
-pub struct HttpCheckSettings {
-    pub url: Secret,
-    pub method: HttpMethod,
-    /// Status codes that count as up; empty means 200 to 399.
-    pub expect_status: Vec<u16>,
-    /// Header values may be credentials: all are kept secret.
-    pub headers: Vec<(String, Secret)>,
-    pub follow_redirects: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum HttpMethod {
-    Get,
-    Head,
 }
 
 /// A value that must never reach a response or a log line.
@@ -319,7 +303,7 @@ struct RawSettings {
     #[serde(default)]
     defaults: RawPolicy,
     #[serde(default)]
-    checks: Vec<RawCheck>,
+    checks: Vec<toml::Table>,
 }
 
 #[derive(Deserialize, Default)]
@@ -363,6 +347,7 @@ struct RawPolicy {
     success_threshold: Option<u32>,
 }
 
+/// The keys every check has; the rest of its table belongs to its kind.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawCheck {
@@ -375,51 +360,23 @@ struct RawCheck {
     backoff: Option<DurationText>,
     failure_threshold: Option<u32>,
     success_threshold: Option<u32>,
-    // postgres
-    query: Option<String>,
-    pool_size: Option<usize>,
-    // postgres, http
-    url: Option<String>,
-    url_env: Option<String>,
-    // http
-    method: Option<HttpMethod>,
-    expect_status: Option<Vec<u16>>,
-    headers: Option<BTreeMap<String, String>>,
-    headers_env: Option<BTreeMap<String, String>>,
-    follow_redirects: Option<bool>,
-    // tcp
-    address: Option<String>,
-    // disk
-    path: Option<String>,
-    warn_below: Option<PercentText>,
-    fail_below: Option<PercentText>,
 }
 
-impl RawCheck {
-    /// The kind-specific keys that are set, for "does not apply" errors.
-    fn kind_keys_set(&self) -> Vec<&'static str> {
-        let set = [
-            ("query", self.query.is_some()),
-            ("pool_size", self.pool_size.is_some()),
-            ("url", self.url.is_some()),
-            ("url_env", self.url_env.is_some()),
-            ("method", self.method.is_some()),
-            ("expect_status", self.expect_status.is_some()),
-            ("headers", self.headers.is_some()),
-            ("headers_env", self.headers_env.is_some()),
-            ("follow_redirects", self.follow_redirects.is_some()),
-            ("address", self.address.is_some()),
-            ("path", self.path.is_some()),
-            ("warn_below", self.warn_below.is_some()),
-            ("fail_below", self.fail_below.is_some()),
-        ];
-        set.into_iter().filter(|(_, is_set)| *is_set).map(|(key, _)| key).collect()
-    }
-}
+const COMMON_CHECK_KEYS: &[&str] = &[
+    "name",
+    "kind",
+    "critical",
+    "interval",
+    "timeout",
+    "retries",
+    "backoff",
+    "failure_threshold",
+    "success_threshold",
+];
 
 /// A duration written as `"500ms"`, `"2s"`, `"1m"` or `"1h"`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct DurationText(Duration);
+pub struct DurationText(pub Duration);
 
 impl<'de> Deserialize<'de> for DurationText {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -448,7 +405,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 
 /// A percentage written as `"10%"`.
 #[derive(Clone, Copy, Debug)]
-struct PercentText(f64);
+pub struct PercentText(pub f64);
 
 impl<'de> Deserialize<'de> for PercentText {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -564,37 +521,10 @@ fn validate(raw: RawSettings, env: &dyn Environment, problems: &mut Vec<Problem>
     let defaults = policy_over(&DEFAULT_POLICY, &raw.defaults);
     let mut names = HashSet::new();
     let mut checks = Vec::new();
-    for (index, check) in raw.checks.into_iter().enumerate() {
+    for (index, table) in raw.checks.into_iter().enumerate() {
         let key = format!("checks[{index}]");
-        if !valid_check_name(&check.name) {
-            report(
-                format!("{key}.name"),
-                format!("invalid name {:?}: use 1 to 64 of A-Z a-z 0-9 - _ .", check.name),
-            );
-        } else if !names.insert(check.name.clone()) {
-            report(format!("{key}.name"), format!("duplicate check name {:?}", check.name));
-        }
-        let policy = policy_over(
-            &defaults,
-            &RawPolicy {
-                interval: check.interval,
-                timeout: check.timeout,
-                retries: check.retries,
-                backoff: check.backoff,
-                failure_threshold: check.failure_threshold,
-                success_threshold: check.success_threshold,
-            },
-        );
-        for reason in policy_problems(&policy) {
-            report(key.clone(), reason);
-        }
-        if let Some(kind) = check_kind(&check, &key, env, &mut report) {
-            checks.push(CheckSettings {
-                name: check.name,
-                critical: check.critical.unwrap_or(true),
-                policy,
-                kind,
-            });
+        if let Some(check) = check_settings(table, &key, &defaults, env, &mut names, problems) {
+            checks.push(check);
         }
     }
 
@@ -636,204 +566,105 @@ fn policy_problems(policy: &Policy) -> Vec<String> {
     problems
 }
 
-fn check_kind(
-    check: &RawCheck,
+/// One `[[checks]]` table: the common keys here, the rest by its kind.
+fn check_settings(
+    mut table: toml::Table,
     key: &str,
+    defaults: &Policy,
     env: &dyn Environment,
-    report: &mut dyn FnMut(String, String),
-) -> Option<CheckKind> {
-    let allowed: &[&str] = match check.kind.as_str() {
-        "postgres" => &["query", "pool_size", "url", "url_env"],
-        "http" => &[
-            "url",
-            "url_env",
-            "method",
-            "expect_status",
-            "headers",
-            "headers_env",
-            "follow_redirects",
-        ],
-        "tcp" => &["address"],
-        "disk" => &["path", "warn_below", "fail_below"],
-        other => {
-            report(
-                format!("{key}.kind"),
-                format!("unknown kind {other:?}: expected postgres, http, tcp or disk"),
-            );
+    names: &mut HashSet<String>,
+    problems: &mut Vec<Problem>,
+) -> Option<CheckSettings> {
+    let mut report = |name: &str, reason: String| {
+        let key = if name.is_empty() { key.to_string() } else { format!("{key}.{name}") };
+        problems.push(Problem { key, reason })
+    };
+    let mut common = toml::Table::new();
+    for name in COMMON_CHECK_KEYS {
+        if let Some(value) = table.remove(*name) {
+            common.insert(name.to_string(), value);
+        }
+    }
+    let check: RawCheck = match serde_path_to_error::deserialize(toml::Value::Table(common)) {
+        Ok(check) => check,
+        Err(error) => {
+            let path = error.path().to_string();
+            report(if path == "." { "" } else { &path }, error.into_inner().to_string());
             return None;
         }
     };
-    let mut ok = true;
-    for set in check.kind_keys_set() {
-        if !allowed.contains(&set) {
-            report(format!("{key}.{set}"), format!("does not apply to kind {:?}", check.kind));
-            ok = false;
-        }
+    if !valid_check_name(&check.name) {
+        report("name", format!("invalid name {:?}: use 1 to 64 of A-Z a-z 0-9 - _ .", check.name));
+    } else if !names.insert(check.name.clone()) {
+        report("name", format!("duplicate check name {:?}", check.name));
     }
-    let mut required = |name: &str, value: bool| {
-        if !value {
-            report(format!("{key}.{name}"), format!("is required for kind {:?}", check.kind));
-        }
-        value
+    let policy = policy_over(
+        defaults,
+        &RawPolicy {
+            interval: check.interval,
+            timeout: check.timeout,
+            retries: check.retries,
+            backoff: check.backoff,
+            failure_threshold: check.failure_threshold,
+            success_threshold: check.success_threshold,
+        },
+    );
+    for reason in policy_problems(&policy) {
+        report("", reason);
+    }
+    let kinds = checks::kinds();
+    let Some(kind) = kinds.iter().find(|kind| kind.name == check.kind) else {
+        let names: Vec<&str> = kinds.iter().map(|kind| kind.name).collect();
+        report("kind", format!("unknown kind {:?}: expected {}", check.kind, or_list(&names)));
+        return None;
     };
-    let kind = match check.kind.as_str() {
-        "postgres" => {
-            let dsn = secret_url(check, key, env, report)?;
-            let parsed = match dsn.expose().parse::<tokio_postgres::Config>() {
-                Ok(parsed) => parsed,
-                Err(error) => {
-                    // The parser's message never repeats the DSN, but says what is wrong with it.
-                    report(
-                        format!("{key}.url"),
-                        format!("not a PostgreSQL connection string: {error}"),
-                    );
-                    return None;
-                }
-            };
-            if check.url.is_some() && parsed.get_password().is_some() {
-                report(format!("{key}.url"), CREDENTIALS_IN_FILE.into());
-                return None;
+    let mut misplaced = false;
+    if kind.feature.is_none() || !kind.keys.is_empty() {
+        // A key of another kind is named as such; an unknown one is left to
+        // the kind's settings, which refuse it with the keys they expect.
+        table.retain(|name, _| {
+            let owners: Vec<&str> = kinds
+                .iter()
+                .filter(|other| other.keys.contains(&name))
+                .map(|other| other.name)
+                .collect();
+            if kind.keys.contains(&name) || owners.is_empty() {
+                return true;
             }
-            if parsed.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
-                report(
-                    format!("{key}.url"),
-                    "sslmode=require is not supported yet: the postgres check connects without TLS (use sslmode=disable or prefer)".into(),
-                );
-                return None;
-            }
-            let pool_size = check.pool_size.unwrap_or(2);
-            if pool_size == 0 {
-                report(format!("{key}.pool_size"), "must be at least 1".into());
-            }
-            CheckKind::Postgres {
-                dsn,
-                query: check.query.clone().unwrap_or_else(|| "SELECT 1".into()),
-                pool_size,
-            }
-        }
-        "http" => {
-            let url = secret_url(check, key, env, report)?;
-            match reqwest::Url::parse(url.expose()) {
-                // A user name in an HTTP URL is often a token itself.
-                Ok(parsed)
-                    if check.url.is_some()
-                        && (!parsed.username().is_empty() || parsed.password().is_some()) =>
-                {
-                    report(format!("{key}.url"), CREDENTIALS_IN_FILE.into());
-                    return None;
-                }
-                Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => {}
-                _ => {
-                    report(format!("{key}.url"), "not an http:// or https:// URL".into());
-                    return None;
-                }
-            }
-            if let Some(code) =
-                check.expect_status.iter().flatten().find(|code| !(100..=599).contains(*code))
-            {
-                report(
-                    format!("{key}.expect_status"),
-                    format!("{code} is not an HTTP status code"),
-                );
-            }
-            let mut headers = Vec::new();
-            for (name, value) in check.headers.iter().flatten() {
-                headers.push((name.clone(), Secret::new(value.clone())));
-            }
-            for (name, var) in check.headers_env.iter().flatten() {
-                match env.var(var) {
-                    Some(value) => headers.push((name.clone(), Secret::new(value))),
-                    None => report(
-                        format!("{key}.headers_env.{name}"),
-                        format!("environment variable {var} is not set"),
-                    ),
-                }
-            }
-            for (name, value) in &headers {
-                if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err()
-                    || reqwest::header::HeaderValue::from_str(value.expose()).is_err()
-                {
-                    report(
-                        format!("{key}.headers.{name}"),
-                        "not a valid HTTP header name and value".into(),
-                    );
-                }
-            }
-            CheckKind::Http(HttpCheckSettings {
-                url,
-                method: check.method.unwrap_or(HttpMethod::Get),
-                expect_status: check.expect_status.clone().unwrap_or_default(),
-                headers,
-                follow_redirects: check.follow_redirects.unwrap_or(false),
-            })
-        }
-        "tcp" => {
-            let address = check.address.clone();
-            if !required("address", address.is_some()) {
-                return None;
-            }
-            let address = address.unwrap_or_default();
-            if address.rsplit_once(':').and_then(|(_, port)| port.parse::<u16>().ok()).is_none() {
-                report(
-                    format!("{key}.address"),
-                    format!("invalid address {address:?}: expected HOST:PORT"),
-                );
-            }
-            CheckKind::Tcp { address }
-        }
-        "disk" => {
-            let warn_below = check.warn_below.map_or(10.0, |p| p.0);
-            let fail_below = check.fail_below.map_or(5.0, |p| p.0);
-            if fail_below > warn_below {
-                report(
-                    format!("{key}.fail_below"),
-                    format!("{fail_below}% is above warn_below = {warn_below}%"),
-                );
-            }
-            CheckKind::Disk {
-                path: PathBuf::from(check.path.clone().unwrap_or_else(|| ".".into())),
-                warn_below,
-                fail_below,
-            }
-        }
-        _ => unreachable!("kinds were matched above"),
-    };
-    ok.then_some(kind)
+            report(
+                name,
+                format!(
+                    "does not apply to kind {:?} (it is a key of {})",
+                    check.kind,
+                    or_list(&owners)
+                ),
+            );
+            misplaced = true;
+            false
+        });
+    }
+    let definition = table.clone();
+    let mut input = KindInput::new(key, kind.name, &policy, table, env, problems);
+    let settings = kind.parse(&mut input)?;
+    if misplaced {
+        return None;
+    }
+    Some(CheckSettings {
+        name: check.name,
+        kind: kind.name,
+        critical: check.critical.unwrap_or(true),
+        policy,
+        settings,
+        definition,
+    })
 }
 
-const CREDENTIALS_IN_FILE: &str =
-    "holds credentials: put the whole URL in an environment variable and name it with url_env";
-
-/// `url` (without credentials) or `url_env` (the name of a variable holding it).
-fn secret_url(
-    check: &RawCheck,
-    key: &str,
-    env: &dyn Environment,
-    report: &mut dyn FnMut(String, String),
-) -> Option<Secret> {
-    match (&check.url, &check.url_env) {
-        (Some(url), None) => Some(Secret::new(url.clone())),
-        (None, Some(var)) => match env.var(var) {
-            Some(value) if !value.is_empty() => Some(Secret::new(value)),
-            _ => {
-                report(
-                    format!("{key}.url_env"),
-                    format!("environment variable {var} is not set or empty"),
-                );
-                None
-            }
-        },
-        (Some(_), Some(_)) => {
-            report(format!("{key}.url"), "set url or url_env, not both".into());
-            None
-        }
-        (None, None) => {
-            report(
-                format!("{key}.url"),
-                format!("url or url_env is required for kind {:?}", check.kind),
-            );
-            None
-        }
+/// `a`, `a or b`, `a, b or c`.
+fn or_list(items: &[&str]) -> String {
+    match items {
+        [] => String::new(),
+        [only] => only.to_string(),
+        [rest @ .., last] => format!("{} or {last}", rest.join(", ")),
     }
 }
 
@@ -872,7 +703,7 @@ mod tests {
         let settings = Settings::load(None, &BTreeMap::new()).unwrap();
         assert_eq!(settings.server.listen, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(settings.checks.len(), 1);
-        assert_eq!(settings.checks[0].kind.name(), "disk");
+        assert_eq!(settings.checks[0].kind, "disk");
     }
 
     #[test]
@@ -938,12 +769,6 @@ mod tests {
     }
 
     #[test]
-    fn sslmode_require_is_refused_rather_than_failing_forever() {
-        let problem = only_problem("[[checks]]\nname = \"db\"\nkind = \"postgres\"\nurl = \"postgres://h/db?sslmode=require\"\n");
-        assert!(problem.reason.contains("sslmode=require"), "{}", problem.reason);
-    }
-
-    #[test]
     fn absurd_retries_are_an_error_not_a_panic() {
         let problem = only_problem("[[checks]]\nname = \"t\"\nkind = \"tcp\"\naddress = \"h:1\"\nretries = 4294967295\nbackoff = \"1000000h\"\n");
         assert!(problem.reason.contains("more than 10"), "{}", problem.reason);
@@ -955,6 +780,20 @@ mod tests {
             "[[checks]]\nname = \"c\"\nkind = \"tcp\"\naddress = \"h:1\"\nquery = \"SELECT 1\"\n",
         );
         assert_eq!(problem.key, "checks[0].query");
+        assert_eq!(problem.reason, "does not apply to kind \"tcp\" (it is a key of postgres)");
+    }
+
+    #[test]
+    fn an_unknown_key_of_a_check_lists_the_keys_of_its_kind() {
+        let problem = only_problem(
+            "[[checks]]\nname = \"c\"\nkind = \"tcp\"\naddress = \"h:1\"\nadress = \"h:2\"\n",
+        );
+        assert_eq!(problem.key, "checks[0].adress");
+        assert!(
+            problem.reason.contains("unknown field `adress`, expected `address`"),
+            "{}",
+            problem.reason
+        );
     }
 
     #[test]

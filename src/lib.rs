@@ -35,3 +35,4 @@ pub mod net;
 pub mod report;
 pub mod startup;
 pub mod telemetry;
+pub mod tls;

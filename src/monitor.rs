@@ -13,7 +13,7 @@ use healthd_models::{ComponentType, HealthStatus};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use crate::checks::{self, Check, Observation};
+use crate::checks::{Check, Observation};
 use crate::config::{CheckSettings, Policy};
 use crate::report::{Layout, Piece, Renderer, ServiceInfo, Snapshot};
 
@@ -145,15 +145,15 @@ impl Slot {
 impl Monitor {
     /// Builds every check and starts one task each. Must run inside a tokio runtime.
     pub fn start(service: ServiceInfo, settings: &[CheckSettings]) -> anyhow::Result<Monitor> {
-        let built: Vec<Box<dyn Check>> =
-            settings.iter().map(checks::build).collect::<anyhow::Result<_>>()?;
+        let built: Vec<Arc<dyn Check>> =
+            settings.iter().map(CheckSettings::build).collect::<anyhow::Result<_>>()?;
         Ok(Monitor::start_with(service, settings.iter().zip(built).collect()))
     }
 
     /// Starts the given checks; each pairs its settings with its implementation.
     pub fn start_with(
         service: ServiceInfo,
-        checks: Vec<(&CheckSettings, Box<dyn Check>)>,
+        checks: Vec<(&CheckSettings, Arc<dyn Check>)>,
     ) -> Monitor {
         let renderer = Renderer::new(service, 0);
         let now = Instant::now();
@@ -239,7 +239,7 @@ async fn publish_forever(shared: Arc<Shared>) {
 }
 
 async fn run_forever(
-    check: Box<dyn Check>,
+    check: Arc<dyn Check>,
     mut state: CheckState,
     slot: Arc<Slot>,
     shared: Arc<Shared>,
@@ -298,7 +298,7 @@ impl Shared {
         })
     }
 
-    fn spawn(self: &Arc<Self>, check: Box<dyn Check>, state: CheckState, slot: Arc<Slot>) {
+    fn spawn(self: &Arc<Self>, check: Arc<dyn Check>, state: CheckState, slot: Arc<Slot>) {
         let task = tokio::spawn(run_forever(check, state, slot.clone(), self.clone()));
         *lock(&slot.task) = Some(task);
     }
@@ -350,7 +350,7 @@ impl CheckState {
     fn new(settings: &CheckSettings, check: &dyn Check) -> CheckState {
         CheckState {
             name: settings.name.clone(),
-            kind: settings.kind.name(),
+            kind: settings.kind,
             component_type: check.component_type(),
             critical: settings.critical,
             policy: settings.policy,
@@ -426,6 +426,7 @@ fn next_status(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::checks;
     use HealthStatus::{Fail, Pass, Warn};
 
     const POLICY: Policy = Policy {

@@ -7,10 +7,50 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use healthd_models::ComponentType;
+use serde::Deserialize;
 
-use crate::checks::{io_category, BoxFuture, Check, Observation};
+use crate::checks::{io_category, BoxFuture, Check, Kind, KindInput, KindSettings, Observation};
+use crate::config::{PercentText, Policy};
 
-pub struct DiskCheck {
+pub const KIND: Kind = Kind::new("disk", &["path", "warn_below", "fail_below"], parse);
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DiskFields {
+    path: Option<String>,
+    warn_below: Option<PercentText>,
+    fail_below: Option<PercentText>,
+}
+
+#[derive(Debug)]
+struct DiskSettings {
+    path: PathBuf,
+    warn_below: f64,
+    fail_below: f64,
+}
+
+fn parse(input: &mut KindInput<'_>) -> Option<Arc<dyn KindSettings>> {
+    let fields: DiskFields = input.fields()?;
+    let warn_below = fields.warn_below.map_or(10.0, |p| p.0);
+    let fail_below = fields.fail_below.map_or(5.0, |p| p.0);
+    if fail_below > warn_below {
+        input.report_at(
+            "fail_below",
+            format!("{fail_below}% is above warn_below = {warn_below}%"),
+        );
+        return None;
+    }
+    let path = PathBuf::from(fields.path.unwrap_or_else(|| ".".into()));
+    Some(Arc::new(DiskSettings { path, warn_below, fail_below }))
+}
+
+impl KindSettings for DiskSettings {
+    fn build(&self, _name: &str, _policy: &Policy) -> anyhow::Result<Arc<dyn Check>> {
+        Ok(Arc::new(DiskCheck::new(&self.path, self.warn_below, self.fail_below)))
+    }
+}
+
+struct DiskCheck {
     path: PathBuf,
     warn_below: f64,
     fail_below: f64,
@@ -21,7 +61,7 @@ pub struct DiskCheck {
 }
 
 impl DiskCheck {
-    pub fn new(path: &Path, warn_below: f64, fail_below: f64) -> Self {
+    fn new(path: &Path, warn_below: f64, fail_below: f64) -> Self {
         DiskCheck { path: path.to_path_buf(), warn_below, fail_below, in_flight: Arc::default() }
     }
 

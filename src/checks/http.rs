@@ -1,21 +1,122 @@
 //! `kind = "http"`: a GET or HEAD with reqwest, one client per check.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use healthd_models::{ComponentType, HealthStatus};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 use reqwest::{redirect, Client, Method, Url};
+use serde::Deserialize;
 
 use crate::checks::{
-    elapsed_ms, error_chain, find_io_error, io_category, BoxFuture, Check, Observation,
-    RESPONSE_TIME,
+    elapsed_ms, error_chain, find_io_error, io_category, tls_category, BoxFuture, Check, Kind,
+    KindInput, KindSettings, Observation, CREDENTIALS_IN_FILE, RESPONSE_TIME,
 };
-use crate::config::{HttpCheckSettings, HttpMethod};
+use crate::config::{Policy, Secret};
+
+pub const KIND: Kind = Kind::new(
+    "http",
+    &["url", "url_env", "method", "expect_status", "headers", "headers_env", "follow_redirects"],
+    parse,
+);
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HttpFields {
+    url: Option<String>,
+    url_env: Option<String>,
+    method: Option<HttpMethod>,
+    expect_status: Option<Vec<u16>>,
+    headers: Option<BTreeMap<String, String>>,
+    headers_env: Option<BTreeMap<String, String>>,
+    follow_redirects: Option<bool>,
+}
+
+/// `kind = "http"`, validated.
+#[derive(Debug)]
+struct HttpSettings {
+    url: Secret,
+    method: HttpMethod,
+    /// Status codes that count as up; empty means 200 to 399.
+    expect_status: Vec<u16>,
+    /// Header values may be credentials: all are kept secret.
+    headers: Vec<(String, Secret)>,
+    follow_redirects: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+enum HttpMethod {
+    Get,
+    Head,
+}
+
+fn parse(input: &mut KindInput<'_>) -> Option<Arc<dyn KindSettings>> {
+    let fields: HttpFields = input.fields()?;
+    let (url, from_file) = input.secret_url(fields.url, fields.url_env)?;
+    match Url::parse(url.expose()) {
+        // A user name in an HTTP URL is often a token itself.
+        Ok(parsed) if from_file && (!parsed.username().is_empty() || parsed.password().is_some()) => {
+            input.report_at("url", CREDENTIALS_IN_FILE);
+            return None;
+        }
+        Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => {}
+        _ => {
+            input.report_at("url", "not an http:// or https:// URL");
+            return None;
+        }
+    }
+    let mut ok = true;
+    if let Some(code) = fields.expect_status.iter().flatten().find(|code| !(100..=599).contains(*code)) {
+        input.report_at("expect_status", format!("{code} is not an HTTP status code"));
+        ok = false;
+    }
+    let mut headers = Vec::new();
+    for (name, value) in fields.headers.into_iter().flatten() {
+        headers.push((name, Secret::new(value)));
+    }
+    for (name, var) in fields.headers_env.into_iter().flatten() {
+        match input.env.var(&var) {
+            Some(value) => headers.push((name, Secret::new(value))),
+            None => {
+                input.report_at(
+                    &format!("headers_env.{name}"),
+                    format!("environment variable {var} is not set"),
+                );
+                ok = false;
+            }
+        }
+    }
+    for (name, value) in &headers {
+        if HeaderName::from_bytes(name.as_bytes()).is_err()
+            || HeaderValue::from_str(value.expose()).is_err()
+        {
+            input.report_at(&format!("headers.{name}"), "not a valid HTTP header name and value");
+            ok = false;
+        }
+    }
+    ok.then(|| {
+        Arc::new(HttpSettings {
+            url,
+            method: fields.method.unwrap_or(HttpMethod::Get),
+            expect_status: fields.expect_status.unwrap_or_default(),
+            headers,
+            follow_redirects: fields.follow_redirects.unwrap_or(false),
+        }) as Arc<dyn KindSettings>
+    })
+}
+
+impl KindSettings for HttpSettings {
+    fn build(&self, name: &str, policy: &Policy) -> anyhow::Result<Arc<dyn Check>> {
+        Ok(Arc::new(HttpCheck::new(name, self, policy.timeout)?))
+    }
+}
 
 /// A dependency's own health report is read up to this size.
 const MAX_HEALTH_BODY: usize = 64 * 1024;
 
-pub struct HttpCheck {
+struct HttpCheck {
     name: String,
     client: Client,
     url: Url,
@@ -25,9 +126,9 @@ pub struct HttpCheck {
 }
 
 impl HttpCheck {
-    pub fn new(
+    fn new(
         name: &str,
-        settings: &HttpCheckSettings,
+        settings: &HttpSettings,
         timeout: Duration,
     ) -> anyhow::Result<Self> {
         let url = Url::parse(settings.url.expose())
@@ -185,26 +286,6 @@ fn reqwest_category(error: &reqwest::Error) -> String {
     "request failed".into()
 }
 
-/// rustls names certificate problems in its error text; map them to words.
-/// Current rustls 0.23 writes the common ones as sentences ("certificate expired:
-/// verification time ..."), the others as variant names; match both.
-fn tls_category(chain: &str) -> Option<&'static str> {
-    let categories = [
-        ("certificate expired", "TLS: certificate expired"),
-        ("Expired", "TLS: certificate expired"),
-        ("certificate not valid yet", "TLS: certificate not yet valid"),
-        ("NotValidYet", "TLS: certificate not yet valid"),
-        ("UnknownIssuer", "TLS: certificate not trusted"),
-        ("certificate not valid for name", "TLS: certificate does not match the host name"),
-        ("NotValidForName", "TLS: certificate does not match the host name"),
-        ("Revoked", "TLS: certificate revoked"),
-        ("invalid peer certificate", "TLS: invalid certificate"),
-        ("InvalidContentType", "TLS: the server does not speak TLS"),
-        ("CorruptMessage", "TLS: the server does not speak TLS"),
-    ];
-    categories.iter().find(|(needle, _)| chain.contains(needle)).map(|(_, category)| *category)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,29 +296,5 @@ mod tests {
         assert_eq!(reported_status(br#"{"status":"down"}"#), Some(HealthStatus::Fail));
         assert_eq!(reported_status(br#"{"status":"fine"}"#), None);
         assert_eq!(reported_status(b"<html>"), None);
-    }
-
-    #[test]
-    fn tls_errors_become_categories() {
-        assert_eq!(
-            tls_category("invalid peer certificate: Expired"),
-            Some("TLS: certificate expired")
-        );
-        // The text rustls 0.23 writes for the common certificate problems.
-        let expired = "error sending request: client error (Connect): invalid peer certificate: certificate expired: verification time 1700000000 (UNIX), but certificate is not valid after 1600000000 (100000000 seconds ago)";
-        assert_eq!(tls_category(expired), Some("TLS: certificate expired"));
-        let early = "invalid peer certificate: certificate not valid yet: verification time 1 (UNIX), but certificate is not valid before 2 (1 seconds in future)";
-        assert_eq!(tls_category(early), Some("TLS: certificate not yet valid"));
-        let name = "invalid peer certificate: certificate not valid for name \"a.example\"; certificate is only valid for b.example";
-        assert_eq!(tls_category(name), Some("TLS: certificate does not match the host name"));
-        assert_eq!(
-            tls_category("invalid peer certificate: UnknownIssuer"),
-            Some("TLS: certificate not trusted")
-        );
-        assert_eq!(
-            tls_category("received corrupt message of type InvalidContentType"),
-            Some("TLS: the server does not speak TLS")
-        );
-        assert_eq!(tls_category("connection refused"), None);
     }
 }

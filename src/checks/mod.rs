@@ -1,24 +1,203 @@
 //! The `Check` trait and one module per kind. A check makes one attempt and
 //! says what it saw; the monitor owns deadlines, retries and thresholds.
 
-mod disk;
-mod http;
-mod postgres;
-mod tcp;
+//!
+//! A kind is one file: its settings (a serde struct that refuses unknown
+//! keys), their validation, the pool or client it builds once, and its
+//! attempt. `registry!` below is the one place that lists them; `config.rs`
+//! never names a kind.
 
+use std::fmt;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use healthd_models::{ComponentType, HealthStatus};
+use serde::de::DeserializeOwned;
 
-use crate::config::{CheckKind, CheckSettings};
+use crate::config::{Environment, Policy, Problem, Secret};
 
-pub use disk::DiskCheck;
-pub use http::HttpCheck;
-pub use postgres::PostgresCheck;
-pub use tcp::TcpCheck;
+/// Declares the kinds: those always built, and those behind a cargo feature
+/// of the same purpose (heavy client crates), which an embedder may leave out.
+macro_rules! registry {
+    (built_in: [$($kind:ident),* $(,)?], with_feature: [$($optional:ident = $feature:literal),* $(,)?] $(,)?) => {
+        $(mod $kind;)*
+        $(#[cfg(feature = $feature)] mod $optional;)*
+
+        static KINDS: LazyLock<Vec<Kind>> = LazyLock::new(|| {
+            #[allow(unused_mut)]
+            let mut kinds = vec![$($kind::KIND),*];
+            $(
+                #[cfg(feature = $feature)]
+                kinds.push($optional::KIND);
+                #[cfg(not(feature = $feature))]
+                kinds.push(Kind::without_feature(stringify!($optional), $feature));
+            )*
+            kinds
+        });
+    };
+}
+
+registry! {
+    built_in: [disk, http, postgres, tcp],
+    with_feature: [redis = "redis"],
+}
+
+/// Every kind healthd knows, including those built without their feature.
+pub fn kinds() -> &'static [Kind] {
+    &KINDS
+}
+
+/// One kind of check, as the registry knows it.
+pub struct Kind {
+    /// The `kind = "..."` value.
+    pub name: &'static str,
+    /// The keys of its `[[checks]]` table beyond the common ones, so that a
+    /// key of another kind is named as such.
+    pub keys: &'static [&'static str],
+    /// Validates the kind's part of a `[[checks]]` table; `None` when the
+    /// kind was built without its cargo feature.
+    parse: Option<ParseKind>,
+    /// The cargo feature that builds it, for kinds behind one.
+    pub feature: Option<&'static str>,
+}
+
+/// Reads and validates one check's kind-specific keys, reporting problems
+/// through the input; returns the settings when there were none.
+pub type ParseKind = fn(&mut KindInput<'_>) -> Option<Arc<dyn KindSettings>>;
+
+impl Kind {
+    pub const fn new(name: &'static str, keys: &'static [&'static str], parse: ParseKind) -> Self {
+        Kind { name, keys, parse: Some(parse), feature: None }
+    }
+
+    #[allow(dead_code)]
+    const fn without_feature(name: &'static str, feature: &'static str) -> Self {
+        Kind { name, keys: &[], parse: None, feature: Some(feature) }
+    }
+
+    pub fn parse(&self, input: &mut KindInput<'_>) -> Option<Arc<dyn KindSettings>> {
+        match self.parse {
+            Some(parse) => parse(input),
+            None => {
+                let feature = self.feature.unwrap_or(self.name);
+                input.report_at(
+                    "kind",
+                    format!("kind {:?} is not built into this healthd: build it with the cargo feature {feature:?}", self.name),
+                );
+                None
+            }
+        }
+    }
+}
+
+/// A kind's validated settings: they build the check, once.
+pub trait KindSettings: fmt::Debug + Send + Sync {
+    /// Builds the pool or client; connections are opened by the first attempt.
+    fn build(&self, name: &str, policy: &Policy) -> anyhow::Result<Arc<dyn Check>>;
+}
+
+/// What a kind's parser is handed: its part of one `[[checks]]` table and
+/// where to report problems (keys are reported as `checks[N].KEY`).
+pub struct KindInput<'a> {
+    /// `checks[N]`.
+    pub key: &'a str,
+    pub kind: &'a str,
+    pub policy: &'a Policy,
+    pub env: &'a dyn Environment,
+    table: Option<toml::Table>,
+    problems: &'a mut Vec<Problem>,
+}
+
+impl<'a> KindInput<'a> {
+    pub fn new(
+        key: &'a str,
+        kind: &'a str,
+        policy: &'a Policy,
+        table: toml::Table,
+        env: &'a dyn Environment,
+        problems: &'a mut Vec<Problem>,
+    ) -> Self {
+        KindInput { key, kind, policy, env, table: Some(table), problems }
+    }
+
+    /// Reports a problem with the key `name` of this check.
+    pub fn report_at(&mut self, name: &str, reason: impl Into<String>) {
+        self.problems.push(Problem { key: format!("{}.{name}", self.key), reason: reason.into() });
+    }
+
+    /// Reports a problem with this check as a whole.
+    pub fn report(&mut self, reason: impl Into<String>) {
+        self.problems.push(Problem { key: self.key.to_string(), reason: reason.into() });
+    }
+
+    /// Deserialises the kind's keys into its settings struct, which should
+    /// `deny_unknown_fields`; a problem names the key it is about.
+    pub fn fields<T: DeserializeOwned>(&mut self) -> Option<T> {
+        let table = self.table.take().unwrap_or_default();
+        match serde_path_to_error::deserialize(toml::Value::Table(table)) {
+            Ok(fields) => Some(fields),
+            Err(error) => {
+                let path = error.path().to_string();
+                let reason = error.into_inner().to_string();
+                if path == "." {
+                    self.report(reason);
+                } else {
+                    self.report_at(&path, reason);
+                }
+                None
+            }
+        }
+    }
+
+    /// A value the kind cannot do without.
+    pub fn required<T>(&mut self, name: &str, value: Option<T>) -> Option<T> {
+        if value.is_none() {
+            self.report_at(name, format!("is required for kind {:?}", self.kind));
+        }
+        value
+    }
+
+    /// `url` (without credentials) or `url_env` (the name of a variable
+    /// holding it). Returns the URL and whether it came from the file, where
+    /// credentials are refused.
+    pub fn secret_url(
+        &mut self,
+        url: Option<String>,
+        url_env: Option<String>,
+    ) -> Option<(Secret, bool)> {
+        match (url, url_env) {
+            (Some(url), None) => Some((Secret::new(url), true)),
+            (None, Some(var)) => match self.env.var(&var) {
+                Some(value) if !value.is_empty() => Some((Secret::new(value), false)),
+                _ => {
+                    self.report_at(
+                        "url_env",
+                        format!("environment variable {var} is not set or empty"),
+                    );
+                    None
+                }
+            },
+            (Some(_), Some(_)) => {
+                self.report_at("url", "set url or url_env, not both");
+                None
+            }
+            (None, None) => {
+                self.report_at(
+                    "url",
+                    format!("url or url_env is required for kind {:?}", self.kind),
+                );
+                None
+            }
+        }
+    }
+}
+
+/// Said of a URL in the file that holds a password or user-info.
+pub const CREDENTIALS_IN_FILE: &str =
+    "holds credentials: put the whole URL in an environment variable and name it with url_env";
 
 /// A boxed future, so that `Check` stays object-safe.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -91,22 +270,6 @@ pub fn elapsed_ms(started: Instant) -> Option<f64> {
 /// The measurements of the kinds that observe only a response time.
 pub const RESPONSE_TIME: &[(&str, &str)] = &[("responseTime", "ms")];
 
-/// Builds the check a config entry describes. Pools and clients are made
-/// here, once; connections are opened by the first attempt.
-pub fn build(settings: &CheckSettings) -> anyhow::Result<Box<dyn Check>> {
-    let timeout = settings.policy.timeout;
-    Ok(match &settings.kind {
-        CheckKind::Postgres { dsn, query, pool_size } => {
-            Box::new(PostgresCheck::new(&settings.name, dsn, query, *pool_size, timeout)?)
-        }
-        CheckKind::Http(http) => Box::new(HttpCheck::new(&settings.name, http, timeout)?),
-        CheckKind::Tcp { address } => Box::new(TcpCheck::new(&settings.name, address)),
-        CheckKind::Disk { path, warn_below, fail_below } => {
-            Box::new(DiskCheck::new(path, *warn_below, *fail_below))
-        }
-    })
-}
-
 /// The category of a failed socket operation.
 pub fn io_category(error: &io::Error) -> String {
     use io::ErrorKind::*;
@@ -152,9 +315,58 @@ pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
+/// rustls names certificate problems in its error text; map them to words.
+/// Current rustls 0.23 writes the common ones as sentences ("certificate expired:
+/// verification time ..."), the others as variant names; match both.
+pub fn tls_category(chain: &str) -> Option<&'static str> {
+    let categories = [
+        ("certificate expired", "TLS: certificate expired"),
+        ("Expired", "TLS: certificate expired"),
+        ("certificate not valid yet", "TLS: certificate not yet valid"),
+        ("NotValidYet", "TLS: certificate not yet valid"),
+        ("UnknownIssuer", "TLS: certificate not trusted"),
+        ("certificate not valid for name", "TLS: hostname mismatch"),
+        ("NotValidForName", "TLS: hostname mismatch"),
+        ("Revoked", "TLS: certificate revoked"),
+        ("invalid peer certificate", "TLS: invalid certificate"),
+        ("InvalidContentType", "TLS: the server does not speak TLS"),
+        ("CorruptMessage", "TLS: the server does not speak TLS"),
+    ];
+    categories.iter().find(|(needle, _)| chain.contains(needle)).map(|(_, category)| *category)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_key_a_kind_declares_is_one_its_settings_accept() {
+        let policy = crate::config::Policy {
+            interval: Duration::from_secs(10),
+            timeout: Duration::from_secs(1),
+            retries: 0,
+            backoff: Duration::from_millis(100),
+            failure_threshold: 1,
+            success_threshold: 1,
+        };
+        let env = std::collections::BTreeMap::<String, String>::new();
+        for kind in kinds().iter().filter(|kind| kind.parse.is_some()) {
+            for key in kind.keys {
+                // A value of the wrong type for most keys: the settings may refuse
+                // it, but never as a key they do not know.
+                let table = toml::Table::from_iter([(key.to_string(), toml::Value::Array(vec![]))]);
+                let mut problems = Vec::new();
+                let mut input =
+                    KindInput::new("checks[0]", kind.name, &policy, table, &env, &mut problems);
+                let _ = kind.parse(&mut input);
+                assert!(
+                    problems.iter().all(|problem| !problem.reason.contains("unknown field")),
+                    "kind {} declares {key} but refuses it: {problems:?}",
+                    kind.name
+                );
+            }
+        }
+    }
 
     #[test]
     fn socket_errors_become_categories() {
@@ -175,5 +387,29 @@ mod tests {
         let observation = Observation::timed_out(Duration::from_millis(2000));
         assert_eq!(observation.output.as_deref(), Some("timed out after 2000 ms"));
         assert!(observation.timed_out);
+    }
+
+    #[test]
+    fn tls_errors_become_categories() {
+        assert_eq!(
+            tls_category("invalid peer certificate: Expired"),
+            Some("TLS: certificate expired")
+        );
+        // The text rustls 0.23 writes for the common certificate problems.
+        let expired = "error sending request: client error (Connect): invalid peer certificate: certificate expired: verification time 1700000000 (UNIX), but certificate is not valid after 1600000000 (100000000 seconds ago)";
+        assert_eq!(tls_category(expired), Some("TLS: certificate expired"));
+        let early = "invalid peer certificate: certificate not valid yet: verification time 1 (UNIX), but certificate is not valid before 2 (1 seconds in future)";
+        assert_eq!(tls_category(early), Some("TLS: certificate not yet valid"));
+        let name = "invalid peer certificate: certificate not valid for name \"a.example\"; certificate is only valid for b.example";
+        assert_eq!(tls_category(name), Some("TLS: hostname mismatch"));
+        assert_eq!(
+            tls_category("invalid peer certificate: UnknownIssuer"),
+            Some("TLS: certificate not trusted")
+        );
+        assert_eq!(
+            tls_category("received corrupt message of type InvalidContentType"),
+            Some("TLS: the server does not speak TLS")
+        );
+        assert_eq!(tls_category("connection refused"), None);
     }
 }

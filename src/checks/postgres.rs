@@ -1,20 +1,136 @@
-//! `kind = "postgres"`: `query` through a deadpool pool built once per check.
+//! `kind = "postgres"`: `query` through a deadpool pool built once per check,
+//! over TLS (rustls) when the DSN's `sslmode` asks for it.
 
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::{
     Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
 };
 use healthd_models::ComponentType;
+use serde::Deserialize;
 use tokio_postgres::error::SqlState;
+use tokio_postgres::config::SslMode;
 use tokio_postgres::NoTls;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::checks::{
-    elapsed_ms, error_chain, find_io_error, io_category, BoxFuture, Check, Observation,
+    elapsed_ms, error_chain, find_io_error, io_category, tls_category, BoxFuture, Check, Kind,
+    KindInput, KindSettings, Observation, CREDENTIALS_IN_FILE,
 };
-use crate::config::Secret;
+use crate::config::{Policy, Secret};
+use crate::tls::{self, Verify};
 
-pub struct PostgresCheck {
+pub const KIND: Kind =
+    Kind::new("postgres", &["url", "url_env", "query", "pool_size", "ca_file"], parse);
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PostgresFields {
+    url: Option<String>,
+    url_env: Option<String>,
+    query: Option<String>,
+    pool_size: Option<usize>,
+    ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug)]
+struct PostgresSettings {
+    /// The DSN with `sslmode=verify-*` spelled `require`, the most
+    /// tokio-postgres reads; `verify` keeps what was asked.
+    dsn: Secret,
+    verify: Verify,
+    ca_file: Option<PathBuf>,
+    query: String,
+    pool_size: usize,
+}
+
+fn parse(input: &mut KindInput<'_>) -> Option<Arc<dyn KindSettings>> {
+    let fields: PostgresFields = input.fields()?;
+    let (dsn, from_file) = input.secret_url(fields.url, fields.url_env)?;
+    let (dsn, asked) = split_sslmode(dsn.expose());
+    let dsn = Secret::new(dsn);
+    let parsed = match dsn.expose().parse::<tokio_postgres::Config>() {
+        Ok(parsed) => parsed,
+        Err(error) => {
+            // The parser's message never repeats the DSN, but says what is wrong with it.
+            input.report_at("url", format!("not a PostgreSQL connection string: {error}"));
+            return None;
+        }
+    };
+    if from_file && parsed.get_password().is_some() {
+        input.report_at("url", CREDENTIALS_IN_FILE);
+        return None;
+    }
+    if let Some(path) = &fields.ca_file {
+        if let Err(reason) = tls::check_ca_file(path) {
+            input.report_at("ca_file", reason);
+            return None;
+        }
+    }
+    // As libpq: `require` with a CA file verifies the chain.
+    let verify = match asked {
+        Some(VerifyMode::Full) => Verify::Full,
+        Some(VerifyMode::Ca) => Verify::Chain,
+        None if fields.ca_file.is_some() => Verify::Chain,
+        None => Verify::Nothing,
+    };
+    let pool_size = fields.pool_size.unwrap_or(2);
+    if pool_size == 0 {
+        input.report_at("pool_size", "must be at least 1");
+        return None;
+    }
+    let query = fields.query.unwrap_or_else(|| "SELECT 1".into());
+    Some(Arc::new(PostgresSettings { dsn, verify, ca_file: fields.ca_file, query, pool_size }))
+}
+
+impl KindSettings for PostgresSettings {
+    fn build(&self, name: &str, policy: &Policy) -> anyhow::Result<Arc<dyn Check>> {
+        Ok(Arc::new(PostgresCheck::new(name, self, policy.timeout)?))
+    }
+}
+
+/// The `sslmode` values libpq has and tokio-postgres does not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum VerifyMode {
+    Ca,
+    Full,
+}
+
+/// Finds `sslmode=verify-ca` or `verify-full` in a URL or key-value DSN and
+/// spells it `require`, which tokio-postgres reads; verification is ours.
+fn split_sslmode(dsn: &str) -> (String, Option<VerifyMode>) {
+    let mut search = 0;
+    while let Some(found) = dsn[search..].find("sslmode") {
+        let key_end = search + found + "sslmode".len();
+        let rest = &dsn[key_end..];
+        let after_key = rest.len() - rest.trim_start().len();
+        let Some(value) = rest.trim_start().strip_prefix('=') else {
+            search = key_end;
+            continue;
+        };
+        let value_start = key_end + after_key + 1 + (value.len() - value.trim_start().len());
+        let value = dsn[value_start..]
+            .split(|c: char| c == '&' || c.is_whitespace())
+            .next()
+            .unwrap_or_default();
+        let mode = match value {
+            "verify-ca" => VerifyMode::Ca,
+            "verify-full" => VerifyMode::Full,
+            _ => {
+                search = key_end;
+                continue;
+            }
+        };
+        let rewritten =
+            format!("{}require{}", &dsn[..value_start], &dsn[value_start + value.len()..]);
+        return (rewritten, Some(mode));
+    }
+    (dsn.to_string(), None)
+}
+
+struct PostgresCheck {
     name: String,
     pool: Pool,
     query: String,
@@ -22,14 +138,9 @@ pub struct PostgresCheck {
 }
 
 impl PostgresCheck {
-    pub fn new(
-        name: &str,
-        dsn: &Secret,
-        query: &str,
-        pool_size: usize,
-        timeout: Duration,
-    ) -> anyhow::Result<Self> {
-        let mut config: tokio_postgres::Config = dsn
+    fn new(name: &str, settings: &PostgresSettings, timeout: Duration) -> anyhow::Result<Self> {
+        let mut config: tokio_postgres::Config = settings
+            .dsn
             .expose()
             .parse()
             .map_err(|_| anyhow::anyhow!("check {name}: invalid PostgreSQL connection string"))?;
@@ -37,19 +148,22 @@ impl PostgresCheck {
         // by the monitor's deadline around the whole attempt.
         config.connect_timeout(timeout);
         config.application_name("healthd");
-        let manager = Manager::from_config(
-            config,
-            NoTls,
-            ManagerConfig { recycling_method: RecyclingMethod::Fast },
-        );
+        let recycling = ManagerConfig { recycling_method: RecyclingMethod::Fast };
+        let manager = if config.get_ssl_mode() == SslMode::Disable {
+            Manager::from_config(config, NoTls, recycling)
+        } else {
+            let roots = tls::roots(settings.ca_file.as_deref())?;
+            let tls = MakeRustlsConnect::new(tls::client_config(settings.verify, roots)?);
+            Manager::from_config(config, tls, recycling)
+        };
         let pool = Pool::builder(manager)
-            .max_size(pool_size)
+            .max_size(settings.pool_size)
             .runtime(Runtime::Tokio1)
             .wait_timeout(Some(timeout))
             .create_timeout(Some(timeout))
             .recycle_timeout(Some(timeout))
             .build()?;
-        Ok(PostgresCheck { name: name.to_string(), pool, query: query.to_string(), timeout })
+        Ok(PostgresCheck { name: name.to_string(), pool, query: settings.query.clone(), timeout })
     }
 
     fn failed(&self, category: String, error: &(dyn std::error::Error + 'static)) -> Observation {
@@ -131,15 +245,41 @@ fn postgres_category(error: &tokio_postgres::Error) -> String {
         };
         return category.into();
     }
+    let chain = error_chain(error);
+    if let Some(tls) = tls_category(&chain) {
+        return tls.into();
+    }
+    if chain.contains("server does not support TLS") {
+        return "TLS: the server does not accept TLS".into();
+    }
     if let Some(io) = find_io_error(error) {
         return io_category(io);
     }
     // The server asked for a password and the DSN has none.
-    if error_chain(error).contains("password missing") {
+    if chain.contains("password missing") {
         return "authentication failed".into();
     }
     if error.is_closed() {
         return "connection closed".into();
     }
     "connection failed".into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verify_modes_are_spelled_require_for_tokio_postgres() {
+        assert_eq!(
+            split_sslmode("postgres://h/db?sslmode=verify-full&connect_timeout=3"),
+            ("postgres://h/db?sslmode=require&connect_timeout=3".into(), Some(VerifyMode::Full))
+        );
+        assert_eq!(
+            split_sslmode("host=h sslmode = verify-ca dbname=x"),
+            ("host=h sslmode = require dbname=x".into(), Some(VerifyMode::Ca))
+        );
+        assert_eq!(split_sslmode("postgres://h/db?sslmode=require"), ("postgres://h/db?sslmode=require".into(), None));
+        assert_eq!(split_sslmode("postgres://h/sslmode"), ("postgres://h/sslmode".into(), None));
+    }
 }

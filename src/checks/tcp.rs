@@ -1,19 +1,54 @@
 //! `kind = "tcp"`: a TCP connect to `address`.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use healthd_models::ComponentType;
+use serde::Deserialize;
 use tokio::net::TcpStream;
 
-use crate::checks::{elapsed_ms, io_category, BoxFuture, Check, Observation, RESPONSE_TIME};
+use crate::checks::{
+    elapsed_ms, io_category, BoxFuture, Check, Kind, KindInput, KindSettings, Observation,
+    RESPONSE_TIME,
+};
+use crate::config::Policy;
 
-pub struct TcpCheck {
+pub const KIND: Kind = Kind::new("tcp", &["address"], parse);
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TcpFields {
+    address: Option<String>,
+}
+
+#[derive(Debug)]
+struct TcpSettings {
+    address: String,
+}
+
+fn parse(input: &mut KindInput<'_>) -> Option<Arc<dyn KindSettings>> {
+    let fields: TcpFields = input.fields()?;
+    let address = input.required("address", fields.address)?;
+    if address.rsplit_once(':').and_then(|(_, port)| port.parse::<u16>().ok()).is_none() {
+        input.report_at("address", format!("invalid address {address:?}: expected HOST:PORT"));
+        return None;
+    }
+    Some(Arc::new(TcpSettings { address }))
+}
+
+impl KindSettings for TcpSettings {
+    fn build(&self, name: &str, _policy: &Policy) -> anyhow::Result<Arc<dyn Check>> {
+        Ok(Arc::new(TcpCheck::new(name, &self.address)))
+    }
+}
+
+struct TcpCheck {
     name: String,
     address: String,
 }
 
 impl TcpCheck {
-    pub fn new(name: &str, address: &str) -> Self {
+    fn new(name: &str, address: &str) -> Self {
         TcpCheck { name: name.to_string(), address: address.to_string() }
     }
 }

@@ -1,4 +1,12 @@
 //! Real dependencies for healthd's integration tests and `cargo xtask
-//! bench`: a throwaway PostgreSQL a test can kill, freeze and restart.
+//! bench`: throwaway PostgreSQL (plain or over TLS), Redis, MariaDB and NATS
+//! servers a test can kill, freeze and restart, certificates minted by the
+//! test and a TLS listener that serves them. What the servers share (running
+//! as another user, free ports, freezing, temp dirs, cleanup) is `process`.
 
+pub mod certs;
+pub mod mariadb;
+pub mod nats;
 pub mod postgres;
+mod process;
+pub mod redis;

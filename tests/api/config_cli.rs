@@ -92,12 +92,12 @@ fn a_timeout_that_does_not_fit_inside_the_interval_is_rejected() {
 
 #[test]
 fn every_problem_gets_its_own_line() {
-    let text = "[access]\nallow = [\"10.0.0.0/33\"]\n[[checks]]\nname = \"x\"\nkind = \"redis\"\n";
+    let text = "[access]\nallow = [\"10.0.0.0/33\"]\n[[checks]]\nname = \"x\"\nkind = \"carrier-pigeon\"\n";
     let (code, stderr, _) = check_config("several.toml", text);
     assert_eq!(code, 2);
     assert_eq!(stderr.lines().count(), 2, "{stderr}");
     assert!(stderr.contains("access.allow[0]"), "{stderr}");
-    assert!(stderr.contains("checks[0].kind: unknown kind \"redis\""), "{stderr}");
+    assert!(stderr.contains("checks[0].kind: unknown kind \"carrier-pigeon\""), "{stderr}");
 }
 
 #[test]

@@ -334,8 +334,9 @@ async fn the_checks_stop_once_the_server_has_stopped() {
 
 #[tokio::test]
 async fn startup_and_readiness_answer_503_starting_until_every_check_has_reported() {
-    // Arrange: a non-critical check whose first reading takes its whole 1 s
-    // deadline (a listener that accepts and never answers HTTP).
+    // Arrange: a non-critical check whose first reading takes its whole 3 s
+    // deadline (a listener that accepts and never answers HTTP), long enough
+    // that a loaded machine still sees the starting state first.
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = silent.local_addr().unwrap();
     let _holder = tokio::spawn(async move {
@@ -354,7 +355,7 @@ kind = "http"
 url = "http://{address}/health"
 critical = false
 interval = "5s"
-timeout = "1s"
+timeout = "3s"
 retries = 0
 "#
     ))

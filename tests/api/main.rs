@@ -4,6 +4,8 @@ mod access;
 mod bad_input;
 mod checks_http;
 mod checks_postgres;
+mod checks_postgres_tls;
+mod checks_redis;
 mod checks_tcp;
 mod config_cli;
 mod contract;

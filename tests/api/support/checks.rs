@@ -64,11 +64,6 @@ pub fn shows(answer: &Answer, key: &str, wanted: &str, wanted_output: Option<&st
     status(answer, key) == Some(wanted) && output(answer, key) == wanted_output
 }
 
-/// Waits until every check has reported once.
-pub async fn wait_started(app: &TestApp) {
-    app.wait_for("/health/startup", None, DEADLINE, |a| a.status == StatusCode::OK).await;
-}
-
 /// Sends `concurrency` GETs of `path` at once, `rounds` times, and returns
 /// each one's latency (send to last body byte) and status. Timed with the
 /// bare client: no schema validation inside the measurement.

@@ -3,5 +3,5 @@
 //! too; the small HTTP dependencies and the check-test helpers live here.
 
 pub mod checks;
-pub use healthd_testkit::postgres;
+pub use healthd_testkit::{postgres, redis};
 pub mod upstream;
