@@ -95,7 +95,7 @@ fn main() -> ExitCode {
                 }
             };
             telemetry::init(args.log_format);
-            let result = run(settings);
+            let result = run(settings, args.config);
             if let Err(error) = &result {
                 tracing::error!("{error:#}");
             }
@@ -111,10 +111,14 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(settings: Settings) -> anyhow::Result<()> {
+fn run(settings: Settings, config_file: Option<PathBuf>) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
-        let application = Application::build(settings).await?;
+        let mut application = Application::build(settings).await?;
+        // SIGHUP reads the same file again.
+        if let Some(file) = config_file {
+            application = application.reload_from(file);
+        }
         application.run_until_stopped().await
     })
 }

@@ -3,6 +3,7 @@
 //! One publisher task assembles the pieces into a new `Snapshot` at most
 //! once per burst of runs. Probes only ever read the snapshot.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -87,10 +88,40 @@ struct RunResult {
     duration: Duration,
 }
 
-/// Runs the checks and owns the published snapshot.
+/// Runs the checks and owns the published snapshot. Clones are handles
+/// on the same checks (a reload runs beside the server).
+#[derive(Clone)]
 pub struct Monitor {
     shared: Arc<Shared>,
 }
+
+/// What a reload did to the checks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CheckChanges {
+    pub added: usize,
+    /// Checks whose settings changed: they start afresh (no reading, no counters).
+    pub restarted: usize,
+    pub removed: usize,
+    /// Checks whose settings are the same: they keep their task, so their
+    /// readings, counters and schedule.
+    pub unchanged: usize,
+}
+
+/// A reload's checks, built and compared with the running ones, not yet
+/// started: see `Monitor::prepare`.
+pub struct Prepared {
+    entries: Vec<Entry>,
+    changes: CheckChanges,
+}
+
+enum Entry {
+    Keep(Arc<Slot>),
+    Start(Box<CheckSettings>, Arc<dyn Check>),
+}
+
+/// A new or changed check's first run may take this much longer than its
+/// policy's worst case before the reload goes on without its reading.
+const FIRST_READING_MARGIN: Duration = Duration::from_secs(1);
 
 /// A cheap handle that reads the latest snapshot.
 #[derive(Clone)]
@@ -117,6 +148,9 @@ struct Shared {
     /// Every check has reported once: startup is over for good.
     started: AtomicBool,
     publisher: Mutex<Option<JoinHandle<()>>>,
+    /// One reload at a time; `stop` waits for the one under way.
+    reloading: tokio::sync::Mutex<()>,
+    stopped: AtomicBool,
 }
 
 /// The checks being run, in the configured order, and where their entries
@@ -130,11 +164,26 @@ struct Roster {
 /// writer, but for re-renderings of the same state (turned stale, a new
 /// identity), which are swapped in only over the piece they were made from.
 struct Slot {
+    /// What the check was started from, for a reload to compare.
+    settings: CheckSettings,
     piece: ArcSwap<Piece>,
     task: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Slot {
+    fn new(settings: &CheckSettings, check: &dyn Check, renderer: &Renderer) -> Arc<Slot> {
+        let state = CheckState::new(settings, check);
+        Arc::new(Slot {
+            settings: settings.clone(),
+            piece: ArcSwap::from_pointee(renderer.piece(state, Instant::now())),
+            task: Mutex::new(None),
+        })
+    }
+
+    fn has_reported(&self) -> bool {
+        self.piece.load().state.reading.is_some()
+    }
+
     fn stop(&self) -> Option<JoinHandle<()>> {
         let task = self.task.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take()?;
         task.abort();
@@ -156,22 +205,17 @@ impl Monitor {
         checks: Vec<(&CheckSettings, Arc<dyn Check>)>,
     ) -> Monitor {
         let renderer = Renderer::new(service, 0);
-        let now = Instant::now();
         let mut pending = Vec::with_capacity(checks.len());
         let mut slots = Vec::with_capacity(checks.len());
         for (settings, check) in checks {
-            let state = CheckState::new(settings, check.as_ref());
-            let slot = Arc::new(Slot {
-                piece: ArcSwap::from_pointee(renderer.piece(state.clone(), now)),
-                task: Mutex::new(None),
-            });
+            let slot = Slot::new(settings, check.as_ref(), &renderer);
             slots.push(slot.clone());
-            pending.push((check, state, slot));
+            pending.push((check, settings.policy, slot));
         }
-        let shared = Shared::new(renderer, Roster::new(slots), now);
+        let shared = Shared::new(renderer, Roster::new(slots), Instant::now());
         *lock(&shared.publisher) = Some(tokio::spawn(publish_forever(shared.clone())));
-        for (check, state, slot) in pending {
-            shared.spawn(check, state, slot);
+        for (check, policy, slot) in pending {
+            shared.spawn(check, policy, slot);
         }
         Monitor { shared }
     }
@@ -180,9 +224,105 @@ impl Monitor {
         SnapshotReader { shared: self.shared.clone() }
     }
 
+    /// Compares `settings` with the running checks by name, and builds the
+    /// checks that are new or changed (a check that cannot be built refuses
+    /// the reload: the error names it by its index in `settings`). Nothing
+    /// changes until `apply`.
+    pub fn prepare(&self, settings: &[CheckSettings]) -> Result<Prepared, (usize, anyhow::Error)> {
+        let roster = self.shared.roster.load();
+        let running: HashMap<&str, &Arc<Slot>> =
+            roster.slots.iter().map(|slot| (slot.settings.name.as_str(), slot)).collect();
+        let mut changes = CheckChanges::default();
+        let mut entries = Vec::with_capacity(settings.len());
+        let mut named = HashSet::new();
+        for (index, wanted) in settings.iter().enumerate() {
+            named.insert(wanted.name.as_str());
+            match running.get(wanted.name.as_str()) {
+                Some(slot) if slot.settings.is_same_as(wanted) => {
+                    changes.unchanged += 1;
+                    entries.push(Entry::Keep(Arc::clone(slot)));
+                }
+                running_one => {
+                    let check = wanted.build().map_err(|error| (index, error))?;
+                    if running_one.is_some() {
+                        changes.restarted += 1;
+                    } else {
+                        changes.added += 1;
+                    }
+                    entries.push(Entry::Start(Box::new(wanted.clone()), check));
+                }
+            }
+        }
+        changes.removed = running.keys().filter(|name| !named.contains(*name)).count();
+        Ok(Prepared { entries, changes })
+    }
+
+    /// Puts a prepared set of checks in place of the running one. New and
+    /// changed checks start at once, out of sight until their first reading
+    /// (or their worst case has passed), so that they never show `no
+    /// reading yet`; then every body switches to the new set in one
+    /// snapshot, and the checks that left are stopped.
+    pub async fn apply(&self, prepared: Prepared) -> CheckChanges {
+        let _one_at_a_time = self.shared.reloading.lock().await;
+        if self.shared.stopped.load(Ordering::SeqCst) {
+            return CheckChanges::default();
+        }
+        let renderer = self.shared.renderer.load_full();
+        let mut slots = Vec::with_capacity(prepared.entries.len());
+        // Stopped again if this future is dropped before they are in place.
+        let mut starting = Starting(Vec::new());
+        let mut first_reading_by = Instant::now();
+        for entry in prepared.entries {
+            match entry {
+                Entry::Keep(slot) => slots.push(slot),
+                Entry::Start(settings, check) => {
+                    let slot = Slot::new(&settings, check.as_ref(), &renderer);
+                    self.shared.spawn(check, settings.policy, slot.clone());
+                    first_reading_by = first_reading_by
+                        .max(Instant::now() + settings.policy.worst_case() + FIRST_READING_MARGIN);
+                    starting.0.push(slot.clone());
+                    slots.push(slot);
+                }
+            }
+        }
+        while !starting.0.iter().all(|slot| slot.has_reported())
+            && Instant::now() < first_reading_by
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let kept: HashSet<*const Slot> = slots.iter().map(Arc::as_ptr).collect();
+        let previous = self.shared.roster.swap(Arc::new(Roster::new(slots)));
+        starting.0.clear();
+        self.shared.publish_now();
+        for slot in previous.slots.iter().filter(|slot| !kept.contains(&Arc::as_ptr(slot))) {
+            slot.stop();
+        }
+        prepared.changes
+    }
+
+    /// The service's identity in every body from now on; the readings stay.
+    pub fn set_service(&self, service_id: &str, description: Option<&str>) {
+        let current = self.shared.renderer.load_full();
+        let service = current.service();
+        if service.service_id == service_id && service.description.as_deref() == description {
+            return;
+        }
+        let service = ServiceInfo {
+            service_id: service_id.to_string(),
+            description: description.map(str::to_string),
+            ..service.clone()
+        };
+        // Pieces rendered for the old identity are rendered again as the
+        // next snapshot is assembled.
+        self.shared.renderer.store(Arc::new(Renderer::new(service, current.epoch() + 1)));
+        self.shared.publish_now();
+    }
+
     /// Stops every check task, abandoning runs in flight, and the
     /// publisher, and waits for them.
     pub async fn stop(self) {
+        let _no_reload = self.shared.reloading.lock().await;
+        self.shared.stopped.store(true, Ordering::SeqCst);
         let mut tasks: Vec<JoinHandle<()>> =
             self.shared.roster.load().slots.iter().filter_map(|slot| slot.stop()).collect();
         if let Some(publisher) = lock(&self.shared.publisher).take() {
@@ -191,6 +331,17 @@ impl Monitor {
         }
         for task in tasks {
             let _ = task.await;
+        }
+    }
+}
+
+/// Checks a reload started, stopped unless they were put in place.
+struct Starting(Vec<Arc<Slot>>);
+
+impl Drop for Starting {
+    fn drop(&mut self) {
+        for slot in &self.0 {
+            slot.stop();
         }
     }
 }
@@ -232,26 +383,25 @@ async fn publish_forever(shared: Arc<Shared>) {
         shared.changed.notified().await;
         tokio::time::sleep_until(earliest).await;
         let began = Instant::now();
-        shared.snapshot.store(Arc::new(shared.assemble(began)));
+        shared.publish_now();
         let gap = (began.elapsed() * PUBLISH_IDLE_FACTOR).clamp(PUBLISH_MIN_GAP, PUBLISH_MAX_GAP);
         earliest = tokio::time::Instant::now() + gap;
     }
 }
 
-async fn run_forever(
-    check: Arc<dyn Check>,
-    mut state: CheckState,
-    slot: Arc<Slot>,
-    shared: Arc<Shared>,
-) {
-    let mut ticks = tokio::time::interval(state.policy.interval);
+async fn run_forever(check: Arc<dyn Check>, policy: Policy, slot: Arc<Slot>, shared: Arc<Shared>) {
+    let mut ticks = tokio::time::interval(policy.interval);
     // A slow run delays the next one rather than causing a burst of runs.
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        let run = run_once(check.as_ref(), &state.policy).await;
+        // Boxed for the run's length only: between runs, 10,000 idle tasks
+        // then hold no room for the deadline's timer and the attempt.
+        let run = Box::pin(run_once(check.as_ref(), &policy)).await;
+        // The piece holds the check's only copy of its state.
+        let mut state = slot.piece.load().state.clone();
         state.record(run);
-        let piece = shared.renderer.load().piece(state.clone(), Instant::now());
+        let piece = shared.renderer.load().piece(state, Instant::now());
         slot.piece.store(Arc::new(piece));
         shared.changed.notify_one();
     }
@@ -295,11 +445,18 @@ impl Shared {
             changed: Notify::new(),
             started: AtomicBool::new(false),
             publisher: Mutex::new(None),
+            reloading: tokio::sync::Mutex::new(()),
+            stopped: AtomicBool::new(false),
         })
     }
 
-    fn spawn(self: &Arc<Self>, check: Arc<dyn Check>, state: CheckState, slot: Arc<Slot>) {
-        let task = tokio::spawn(run_forever(check, state, slot.clone(), self.clone()));
+    /// Publishes a snapshot at once, not waiting for the publisher.
+    fn publish_now(&self) {
+        self.snapshot.store(Arc::new(self.assemble(Instant::now())));
+    }
+
+    fn spawn(self: &Arc<Self>, check: Arc<dyn Check>, policy: Policy, slot: Arc<Slot>) {
+        let task = tokio::spawn(run_forever(check, policy, slot.clone(), self.clone()));
         *lock(&slot.task) = Some(task);
     }
 

@@ -133,6 +133,8 @@ pub struct Renderer {
     /// `service_id` or `description`) from those rendered for this one.
     epoch: u64,
     full: [Envelope; 3],
+    /// `/health/checks/{name}`: no `version`, as before pieces.
+    check: [Envelope; 3],
     anonymous: [Rendered; 3],
     pass: Rendered,
     starting: Rendered,
@@ -149,6 +151,7 @@ impl Renderer {
         });
         Renderer {
             full,
+            check: STATUSES.map(|status| Envelope::new(service.report(status))),
             anonymous: STATUSES.map(|status| Rendered::new(&service.report(status))),
             pass: service.with_output(HealthStatus::Pass, None),
             starting: service.with_output(HealthStatus::Fail, Some("starting")),
@@ -168,34 +171,48 @@ impl Renderer {
         self.epoch
     }
 
-    /// Renders one check as it reads at `now`: its own body, and its
-    /// entries of `/health`.
+    /// Renders one check as it reads at `now`: its own body, which holds
+    /// its entries of `/health` as they are to be copied there.
     pub fn piece(&self, state: CheckState, now: Instant) -> Piece {
         let effective = effective(&state, now);
-        let mut entries = Vec::with_capacity(256);
-        let mut ranges = Vec::with_capacity(state.measurements.len());
-        let mut results = BTreeMap::new();
-        for index in 0..state.measurements.len() {
-            let Some((key, result)) = effective.result(index, self.service.started_at) else {
-                ranges.push(None);
-                continue;
-            };
-            let start = entries.len();
-            // Exactly what serde writes for one entry of a map.
-            serde_json::to_writer(&mut entries, &key).expect("a key always serialises");
-            entries.push(b':');
-            serde_json::to_writer(&mut entries, std::slice::from_ref(&result))
-                .expect("a result always serialises");
-            ranges.push(Some(start..entries.len()));
-            results.insert(key, vec![result]);
-        }
-        let mut report = self.service.report(effective.status);
-        report.checks = results;
+        let mut taken: Vec<(String, usize, CheckResult)> = (0..state.measurements.len())
+            .filter_map(|index| {
+                let (key, result) = effective.result(index, self.service.started_at)?;
+                Some((key, index, result))
+            })
+            .collect();
+        // In the order of the body's map; of two measurements of one name
+        // (a check from code may have them), the map keeps the last.
+        taken.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut ranges = vec![None; state.measurements.len()];
+        let envelope = &self.check[status_index(effective.status)];
+        let body = if taken.is_empty() {
+            envelope.empty.body.clone()
+        } else {
+            let mut body = Vec::with_capacity(envelope.prefix.len() + 256 + envelope.suffix.len());
+            body.extend_from_slice(&envelope.prefix);
+            for (position, (key, index, result)) in taken.iter().enumerate() {
+                if taken.get(position + 1).is_some_and(|next| next.0 == *key) {
+                    continue;
+                }
+                if body.len() > envelope.prefix.len() {
+                    body.push(b',');
+                }
+                let start = body.len();
+                // Exactly what serde writes for one entry of a map.
+                serde_json::to_writer(&mut body, key).expect("a key always serialises");
+                body.push(b':');
+                serde_json::to_writer(&mut body, std::slice::from_ref(result))
+                    .expect("a result always serialises");
+                ranges[*index] = Some(start..body.len());
+            }
+            body.extend_from_slice(&envelope.suffix);
+            Bytes::from(body)
+        };
         Piece {
             status: effective.status,
             stale: is_stale(&state, now),
-            body: Rendered::new(&report),
-            entries,
+            body: Rendered { status: effective.status, body },
             ranges,
             epoch: self.epoch,
             state,
@@ -231,7 +248,7 @@ impl Renderer {
             if let Some(at) = piece.stale_at().filter(|at| *at >= now) {
                 stale_at = Some(stale_at.map_or(at, |earliest| earliest.min(at)));
             }
-            length += piece.entries.len() + 1;
+            length += piece.body.body.len();
         }
         let overall = if critical_failing {
             HealthStatus::Fail
@@ -304,9 +321,7 @@ pub struct Piece {
     pub status: HealthStatus,
     /// `/health/checks/{name}`.
     pub body: Rendered,
-    /// `"name:measurement":[{...}]` for each measurement taken, one after
-    /// another; `ranges` says where each one is.
-    entries: Vec<u8>,
+    /// Where in `body` each measurement's entry (`"name:measurement":[{...}]`) is, if taken.
     ranges: Vec<Option<Range<usize>>>,
     /// Rendered as stale.
     stale: bool,
@@ -327,7 +342,7 @@ impl Piece {
 
     fn entry(&self, measurement: usize) -> Option<&[u8]> {
         let range = self.ranges.get(measurement)?.clone()?;
-        Some(&self.entries[range])
+        Some(&self.body.body[range])
     }
 }
 

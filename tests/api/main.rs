@@ -14,4 +14,5 @@ mod helpers;
 mod lifecycle;
 mod metrics;
 mod postgres_support;
+mod reload;
 mod support;
