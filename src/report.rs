@@ -411,7 +411,7 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// Every check, in the configured order.
-    pub fn checks(&self) -> impl Iterator<Item = &Piece> {
+    pub fn checks(&self) -> impl ExactSizeIterator<Item = &Piece> {
         self.pieces.iter().map(|piece| piece.as_ref())
     }
 

@@ -340,15 +340,20 @@ impl MessageBody for Slices {
     }
 }
 
-fn health_response(rendered: &Rendered) -> HttpResponse {
-    let body = if rendered.body.len() <= BODY_SLICE {
-        BoxBody::new(rendered.body.clone())
+/// A body as it goes out: whole when small, else in slices.
+fn sliced(body: Bytes) -> BoxBody {
+    if body.len() <= BODY_SLICE {
+        BoxBody::new(body)
     } else {
-        BoxBody::new(Slices(rendered.body.clone()))
-    };
+        BoxBody::new(Slices(body))
+    }
+}
+
+fn health_response(rendered: &Rendered) -> HttpResponse {
     // Built directly: the builder's error slot and conversions are work a
     // probe, answered from bytes rendered once, does not need.
-    let mut response = HttpResponse::with_body(rendered.http_status(), body);
+    let mut response =
+        HttpResponse::with_body(rendered.http_status(), sliced(rendered.body.clone()));
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/health+json"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -451,7 +456,7 @@ pub async fn get_metrics(request: HttpRequest) -> Result<HttpResponse, ApiError>
             HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
         ))
         .insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")))
-        .body(body))
+        .body(sliced(Bytes::from(body))))
 }
 
 /// 404 in problem+json. Also the `App`'s default service: a request
