@@ -11,6 +11,8 @@
 #   HEALTHD_CHECK    a configured check name (default "disk")
 #   HEALTHD_DETAILS  the server's `details` setting (default "authorized")
 #   CONTRACT_SPEC    the contract to test against (default: openapi.yaml)
+#   CONTRACT_OUT     where stages write (default: target/contract; the fuzz
+#                    stage's dictionary path in schemathesis.toml assumes it)
 #
 # Tools are pinned in contract/requirements.txt (PyPI, into the venv
 # target/contract/venv) and contract/package-lock.json (npm, into
@@ -22,8 +24,10 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 HERE="$ROOT/contract"
-OUT="$ROOT/target/contract"
-VENV="$OUT/venv"
+# CONTRACT_OUT moves the stages' output (the gateway stage runs the browser
+# stage under /ops/ with its own); the venv stays in target/contract.
+OUT="${CONTRACT_OUT:-$ROOT/target/contract}"
+VENV="$ROOT/target/contract/venv"
 LOGS="$OUT/logs"
 SPEC=$(realpath "${CONTRACT_SPEC:-$ROOT/openapi.yaml}")
 ALL_STAGES=(lint fuzz sdk browser)
@@ -196,7 +200,7 @@ stage_browser() {
   local rc=0
   CONTRACT_SPEC_JSON="$OUT/openapi.json" SWAGGER_SCREENSHOT="$OUT/swagger-ui.png" show node "$HERE/swagger.mjs" || rc=$?
   local shot=""
-  [ -f "$OUT/swagger-ui.png" ] && shot="; screenshot target/contract/swagger-ui.png"
+  [ -f "$OUT/swagger-ui.png" ] && shot="; screenshot ${OUT#"$ROOT"/}/swagger-ui.png"
   echo "${last#swagger-ui: }$shot" | cut -c1-300 > "$LOGS/browser.summary"
   return $rc
 }

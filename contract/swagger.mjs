@@ -8,6 +8,9 @@
 //   - GET /health can be expanded, "Try it out" and "Execute" send the
 //     request to this server, and the answer shown is a 200 whose body
 //     holds "status".
+// HEALTHD_URL may have a path (http://gateway/ops behind a proxy): the
+// contract must then be loaded from /ops/openapi.yaml and "Try it out"
+// must call /ops/health.
 // It saves a screenshot to $SWAGGER_SCREENSHOT.
 //
 // Environment: HEALTHD_URL (required), CONTRACT_SPEC_JSON (the local
@@ -40,10 +43,12 @@ for (const [path, item] of Object.entries(spec.paths ?? {})) {
   }
 }
 const origin = new URL(base).origin;
+const basePath = new URL(base).pathname.replace(/\/+$/, "");
 
 const profile = mkdtempSync(join(tmpdir(), "healthd-swagger-"));
 const problems = [];
 const foreign = new Set();
+const contracts = [];
 let context;
 let page;
 try {
@@ -73,6 +78,10 @@ try {
     const url = request.url();
     if (/^https?:/.test(url) && new URL(url).origin !== origin) foreign.add(url);
   });
+  page.on("response", (response) => {
+    const { pathname } = new URL(response.url());
+    if (pathname.endsWith("/openapi.yaml")) contracts.push(`${pathname} ${response.status()}`);
+  });
 
   const response = await page.goto(`${base}/swagger-ui/`, { waitUntil: "load" });
   if (!response || response.status() !== 200) throw new Error(`GET /swagger-ui/ answered ${response?.status()}`);
@@ -92,6 +101,9 @@ try {
     if (!classes.split(/\s+/).includes(`opblock-${op.method}`) || shownPath !== op.path) {
       missing.push(`${op.method.toUpperCase()} ${op.path} (${op.operationId}): listed as ${classes} ${shownPath}`);
     }
+  }
+  if (!contracts.includes(`${basePath}/openapi.yaml 200`)) {
+    throw new Error(`Swagger UI did not load the contract from ${basePath}/openapi.yaml: ${contracts.join(", ") || "no request"}`);
   }
   const listed = await page.locator(".opblock").count();
   if (missing.length) throw new Error(`operations missing from Swagger UI: ${missing.join("; ")}`);
@@ -127,7 +139,9 @@ try {
   await live.waitFor();
   const code = (await live.locator(".response-col_status").innerText()).trim();
   const body = await live.locator(".response-col_description pre, .response-col_description .microlight").first().innerText();
-  console.log(`execute: GET /health answered ${answer.status()}, Swagger UI shows ${code}`);
+  const called = new URL(answer.url()).pathname;
+  console.log(`execute: GET ${called} answered ${answer.status()}, Swagger UI shows ${code}`);
+  if (called !== `${basePath}/health`) throw new Error(`"Try it out" called ${called}, not ${basePath}/health`);
   // The operation as Swagger UI shows it, from its title to the live response.
   await page.setViewportSize({ width: 1280, height: 1200 });
   await page.evaluate(() => document.querySelector('[id="operations-report-getHealth"]')?.scrollIntoView({ block: "start" }));
@@ -138,7 +152,7 @@ try {
   if (!body.includes('"status"')) throw new Error(`the response shown has no "status": ${oneLine}`);
   if (foreign.size) problems.push(`requests to other origins (Swagger UI must not need a CDN): ${[...foreign].join(", ")}`);
   if (problems.length) throw new Error(problems.join("; "));
-  console.log(`swagger-ui: ${operations.length} operations listed, GET /health executed: ${code}`);
+  console.log(`swagger-ui: ${operations.length} operations listed from ${basePath}/openapi.yaml, GET ${called} executed: ${code}`);
 } catch (error) {
   // A screenshot of the failure helps more than none.
   if (page) await page.screenshot({ path: screenshot, fullPage: true }).catch(() => {});

@@ -1,113 +1,129 @@
 //! The healthd command: run the service, check a config, hash a token.
+//! The command line is clap's (derive): help for each subcommand, the
+//! environment variables in it, and exit code 2 for usage errors.
 
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use healthd::config::{ProcessEnv, Settings};
 use healthd::startup::Application;
 use healthd::telemetry::{self, LogFormat};
 
-const USAGE: &str = "\
-usage: healthd [--config FILE] [--log-format text|json]   run the service
-       healthd check-config [--config FILE]               validate a config: exit 0, or 2 with one line per problem
-       healthd hash-token                                 read a token on stdin, print its SHA-256 for [[access.tokens]]
+/// Health checks for an application's dependencies, answered over HTTP.
+///
+/// With no command, healthd runs the service: it reads the config (or the
+/// built-in default: listen on 127.0.0.1:8080, check the disk), runs the
+/// checks and serves /health, the probes, /metrics, the contract and
+/// Swagger UI until SIGTERM or SIGINT, which start the drain.
+#[derive(Parser)]
+#[command(name = "healthd", version, after_help = ENVIRONMENT)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    config: ConfigFile,
+    /// How the service logs: readable text, or one JSON object per line.
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormatArg::Text, env = "HEALTHD_LOG_FORMAT")]
+    log_format: LogFormatArg,
+}
 
-FILE defaults to $HEALTHD_CONFIG, else the built-in default (listen on 127.0.0.1:8080, check the disk).
-$HEALTHD_LISTEN overrides server.listen; $HEALTHD_LOG_FORMAT sets the log format.";
+/// Read by healthd besides the options' own variables, shown in `--help`.
+const ENVIRONMENT: &str = "\
+Environment:
+  HEALTHD_LISTEN   overrides server.listen (IP:PORT)
+  RUST_LOG         filters the log (default: info)
+  Checks and tokens name further variables for their secrets (url_env, headers_env, env).";
 
+/// Where the config comes from: for the service and for check-config, not
+/// for hash-token, which reads none.
+#[derive(Args)]
+struct ConfigFile {
+    /// The config file (TOML); without one, the built-in default.
+    #[arg(long, short, value_name = "FILE", env = "HEALTHD_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
 enum Command {
-    Run,
-    CheckConfig,
+    /// Validate a config without running it: exit 0, or 2 with one line per
+    /// problem (FILE: KEY: REASON).
+    #[command(after_help = ENVIRONMENT)]
+    CheckConfig {
+        #[command(flatten)]
+        config: ConfigFile,
+    },
+    /// Read a token on stdin and print its hex SHA-256, for the `sha256` of
+    /// an [[access.tokens]] entry (the token itself never sits in the file).
     HashToken,
 }
 
-struct Args {
-    command: Command,
-    config: Option<PathBuf>,
-    log_format: LogFormat,
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormatArg {
+    Text,
+    Json,
 }
 
-fn parse_args() -> Result<Args, String> {
-    let mut args = std::env::args().skip(1);
-    let mut parsed = Args {
-        command: Command::Run,
-        config: std::env::var_os("HEALTHD_CONFIG").map(PathBuf::from),
-        log_format: match std::env::var("HEALTHD_LOG_FORMAT") {
-            Ok(format) => format.parse().map_err(|error| format!("HEALTHD_LOG_FORMAT: {error}"))?,
-            Err(_) => LogFormat::Text,
-        },
-    };
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "check-config" => parsed.command = Command::CheckConfig,
-            "hash-token" => parsed.command = Command::HashToken,
-            "--config" | "-c" => {
-                parsed.config = Some(args.next().ok_or("--config needs a file")?.into())
-            }
-            "--log-format" => {
-                parsed.log_format = args.next().ok_or("--log-format needs text or json")?.parse()?
-            }
-            "--help" | "-h" => return Err(String::new()),
-            "--version" | "-V" => {
-                println!("healthd {}", env!("CARGO_PKG_VERSION"));
-                std::process::exit(0);
-            }
-            other => return Err(format!("unknown argument {other:?}")),
+impl From<LogFormatArg> for LogFormat {
+    fn from(format: LogFormatArg) -> Self {
+        match format {
+            LogFormatArg::Text => LogFormat::Text,
+            LogFormatArg::Json => LogFormat::Json,
         }
     }
-    Ok(parsed)
 }
 
 fn main() -> ExitCode {
     keep_large_blocks_mapped();
-    let args = match parse_args() {
-        Ok(args) => args,
+    // clap prints usage errors with exit code 2, help and version with 0.
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::HashToken) => hash_token(),
+        Some(Command::CheckConfig { config }) => {
+            // `healthd --config F check-config` as well as `healthd check-config --config F`.
+            check_config(config.config.or(cli.config.config).as_deref())
+        }
+        None => serve(cli.config.config.as_deref(), cli.log_format.into()),
+    }
+}
+
+fn check_config(path: Option<&Path>) -> ExitCode {
+    match Settings::load(path, &ProcessEnv) {
+        Ok(settings) => {
+            println!(
+                "config OK: {} check(s), listening on {}",
+                settings.checks.len(),
+                settings.server.listen
+            );
+            ExitCode::SUCCESS
+        }
         Err(error) => {
-            if !error.is_empty() {
-                eprintln!("healthd: {error}");
-            }
-            eprintln!("{USAGE}");
+            eprintln!("{error}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn serve(path: Option<&Path>, log_format: LogFormat) -> ExitCode {
+    let settings = match Settings::load(path, &ProcessEnv) {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("{error}");
             return ExitCode::from(2);
         }
     };
-    match args.command {
-        Command::HashToken => hash_token(),
-        Command::CheckConfig => match Settings::load(args.config.as_deref(), &ProcessEnv) {
-            Ok(settings) => {
-                println!(
-                    "config OK: {} check(s), listening on {}",
-                    settings.checks.len(),
-                    settings.server.listen
-                );
-                ExitCode::SUCCESS
-            }
-            Err(error) => {
-                eprintln!("{error}");
-                ExitCode::from(2)
-            }
-        },
-        Command::Run => {
-            let settings = match Settings::load(args.config.as_deref(), &ProcessEnv) {
-                Ok(settings) => settings,
-                Err(error) => {
-                    eprintln!("{error}");
-                    return ExitCode::from(2);
-                }
-            };
-            telemetry::init(args.log_format);
-            let result = run(settings, args.config);
-            if let Err(error) = &result {
-                tracing::error!("{error:#}");
-            }
-            telemetry::flush();
-            match result {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(error) => {
-                    eprintln!("healthd: {error:#}");
-                    ExitCode::FAILURE
-                }
-            }
+    telemetry::init(log_format);
+    let result = run(settings, path.map(Path::to_path_buf));
+    if let Err(error) = &result {
+        tracing::error!("{error:#}");
+    }
+    telemetry::flush();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("healthd: {error:#}");
+            ExitCode::FAILURE
         }
     }
 }

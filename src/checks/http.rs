@@ -1,14 +1,17 @@
-//! `kind = "http"`: a GET or HEAD with reqwest, one client per check.
+//! `kind = "http"`: a GET or HEAD with reqwest, one client per check; over
+//! TLS it also reports the leaf certificate's `daysRemaining`.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use healthd_models::{ComponentType, HealthStatus};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 use reqwest::{redirect, Client, Method, Url};
 use serde::Deserialize;
 
+use crate::checks::tls::{days_remaining, DAYS_REMAINING};
 use crate::checks::{
     elapsed_ms, error_chain, find_io_error, io_category, tls_category, BoxFuture, Check, Kind,
     KindInput, KindSettings, Observation, CREDENTIALS_IN_FILE, RESPONSE_TIME,
@@ -17,7 +20,16 @@ use crate::config::{Policy, Secret};
 
 pub const KIND: Kind = Kind::new(
     "http",
-    &["url", "url_env", "method", "expect_status", "headers", "headers_env", "follow_redirects"],
+    &[
+        "url",
+        "url_env",
+        "method",
+        "expect_status",
+        "headers",
+        "headers_env",
+        "follow_redirects",
+        "ca_file",
+    ],
     parse,
 );
 
@@ -31,6 +43,7 @@ struct HttpFields {
     headers: Option<BTreeMap<String, String>>,
     headers_env: Option<BTreeMap<String, String>>,
     follow_redirects: Option<bool>,
+    ca_file: Option<PathBuf>,
 }
 
 /// `kind = "http"`, validated.
@@ -43,6 +56,8 @@ struct HttpSettings {
     /// Header values may be credentials: all are kept secret.
     headers: Vec<(String, Secret)>,
     follow_redirects: bool,
+    /// Trusted instead of the built-in roots, for a private CA.
+    ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -96,6 +111,12 @@ fn parse(input: &mut KindInput<'_>) -> Option<Arc<dyn KindSettings>> {
             ok = false;
         }
     }
+    if let Some(path) = &fields.ca_file {
+        if let Err(reason) = crate::tls::check_ca_file(path) {
+            input.report_at("ca_file", reason);
+            ok = false;
+        }
+    }
     ok.then(|| {
         Arc::new(HttpSettings {
             url,
@@ -103,6 +124,7 @@ fn parse(input: &mut KindInput<'_>) -> Option<Arc<dyn KindSettings>> {
             expect_status: fields.expect_status.unwrap_or_default(),
             headers,
             follow_redirects: fields.follow_redirects.unwrap_or(false),
+            ca_file: fields.ca_file,
         }) as Arc<dyn KindSettings>
     })
 }
@@ -145,8 +167,18 @@ impl HttpCheck {
         } else {
             redirect::Policy::none()
         };
-        let client = Client::builder()
+        let mut builder = Client::builder();
+        if let Some(path) = &settings.ca_file {
+            let pem = std::fs::read(path)
+                .map_err(|_| anyhow::anyhow!("check {name}: cannot read {}", path.display()))?;
+            builder = builder.tls_built_in_root_certs(false);
+            for certificate in reqwest::Certificate::from_pem_bundle(&pem)? {
+                builder = builder.add_root_certificate(certificate);
+            }
+        }
+        let client = builder
             .default_headers(headers)
+            .tls_info(true)
             .redirect(redirects)
             .timeout(timeout)
             .connect_timeout(timeout)
@@ -191,7 +223,12 @@ impl Check for HttpCheck {
     }
 
     fn measurements(&self) -> &'static [(&'static str, &'static str)] {
-        RESPONSE_TIME
+        if self.url.scheme() == "https" {
+            const OVER_TLS: &[(&str, &str)] = &[("responseTime", "ms"), DAYS_REMAINING];
+            OVER_TLS
+        } else {
+            RESPONSE_TIME
+        }
     }
 
     fn attempt(&self) -> BoxFuture<'_, Observation> {
@@ -202,10 +239,17 @@ impl Check for HttpCheck {
                     Ok(response) => response,
                     Err(error) => return self.failed(error),
                 };
+            // The leaf certificate of the connection that answered (over TLS).
+            let days = response
+                .extensions()
+                .get::<reqwest::tls::TlsInfo>()
+                .and_then(|info| info.peer_certificate())
+                .and_then(|der| days_remaining(der, SystemTime::now()));
+            let values = |elapsed| vec![elapsed, days];
             let status = response.status().as_u16();
             if !self.expected(status) {
                 // The dependency answered: how fast is still worth showing.
-                return Observation::fail_with(format!("HTTP {status}"), vec![elapsed_ms(started)]);
+                return Observation::fail_with(format!("HTTP {status}"), values(elapsed_ms(started)));
             }
             let is_health_json = response
                 .headers()
@@ -213,7 +257,7 @@ impl Check for HttpCheck {
                 .and_then(|value| value.to_str().ok())
                 .is_some_and(|value| value.starts_with("application/health+json"));
             if !is_health_json || self.method == Method::HEAD {
-                return Observation::pass(vec![elapsed_ms(started)]);
+                return Observation::pass(values(elapsed_ms(started)));
             }
             // The dependency reports its own health: carry its warn or fail.
             let mut body = Vec::new();
@@ -229,12 +273,12 @@ impl Check for HttpCheck {
             }
             let elapsed = elapsed_ms(started);
             match reported_status(&body) {
-                Some(HealthStatus::Pass) => Observation::pass(vec![elapsed]),
+                Some(HealthStatus::Pass) => Observation::pass(values(elapsed)),
                 Some(HealthStatus::Warn) => {
-                    Observation::warn("dependency reports warn", vec![elapsed])
+                    Observation::warn("dependency reports warn", values(elapsed))
                 }
                 Some(HealthStatus::Fail) => {
-                    Observation::fail_with("dependency reports fail", vec![elapsed])
+                    Observation::fail_with("dependency reports fail", values(elapsed))
                 }
                 None => Observation::fail("invalid health report"),
             }

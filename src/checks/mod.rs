@@ -41,8 +41,8 @@ macro_rules! registry {
 }
 
 registry! {
-    built_in: [disk, http, postgres, tcp],
-    with_feature: [redis = "redis"],
+    built_in: [disk, http, postgres, tcp, tls],
+    with_feature: [mysql = "mysql", redis = "redis", amqp = "amqp", nats = "nats", grpc = "grpc"],
 }
 
 /// Every kind healthd knows, including those built without their feature.

@@ -1,5 +1,7 @@
 //! Who is asking: the client address (behind trusted proxies), the
-//! allowlists, and bearer tokens compared as SHA-256 digests in constant time.
+//! allowlists, and bearer tokens compared as SHA-256 digests in constant time;
+//! and where the client reaches healthd: the path prefix a trusted proxy
+//! mounts it under.
 
 use std::net::IpAddr;
 
@@ -53,10 +55,10 @@ impl Access {
     pub fn client_address(&self, peer: IpAddr, headers: &HeaderMap) -> ClientAddress {
         // An IPv4 client of a dual-stack socket shows as ::ffff:a.b.c.d.
         let peer = peer.to_canonical();
-        let proxies = &self.settings.trusted_proxies;
-        if proxies.is_empty() || !Cidr::any_contains(proxies, peer) {
+        if !self.trusts(peer) {
             return ClientAddress { client: peer, peer };
         }
+        let proxies = &self.settings.trusted_proxies;
         let mut client = peer;
         for hop in forwarded_hops(headers, self.settings.forwarded_header).into_iter().rev() {
             let Some(address) = hop else { break };
@@ -66,6 +68,37 @@ impl Access {
             }
         }
         ClientAddress { client, peer }
+    }
+
+    fn trusts(&self, peer: IpAddr) -> bool {
+        let proxies = &self.settings.trusted_proxies;
+        !proxies.is_empty() && Cidr::any_contains(proxies, peer.to_canonical())
+    }
+
+    /// The path prefix the client reaches healthd under ("" for none), as
+    /// the direct peer says when it is a trusted proxy: `forwarded_prefix`
+    /// when set, else `X-Forwarded-Prefix` (several values, from a chain of
+    /// proxies, are joined in order). From anyone else, or when the header
+    /// is not a plain path, there is none: a client must not choose the
+    /// URLs that Swagger UI and the served contract point to.
+    pub fn external_prefix(&self, peer: IpAddr, headers: &HeaderMap) -> String {
+        if !self.trusts(peer) {
+            return String::new();
+        }
+        if let Some(prefix) = &self.settings.forwarded_prefix {
+            return prefix.clone();
+        }
+        let mut prefix = String::new();
+        for value in headers.get_all("x-forwarded-prefix") {
+            let Ok(value) = value.to_str() else { return String::new() };
+            for part in value.split(',') {
+                match normalise_prefix(part.trim()) {
+                    Ok(part) => prefix.push_str(&part),
+                    Err(_) => return String::new(),
+                }
+            }
+        }
+        prefix
     }
 
     pub fn allowed(&self, address: &ClientAddress) -> bool {
@@ -151,6 +184,51 @@ fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
     std::hint::black_box(difference) == 0
 }
 
+/// A path prefix as healthd uses it: `/ops/` and `/ops` are `/ops`, `/` is
+/// "". Only a plain absolute path is one (letters, digits, `-._~`, `%`
+/// escapes, no empty, `.` or `..` segment): it ends up in URLs of the served
+/// contract and of Swagger UI's script, so nothing there may need escaping.
+pub fn normalise_prefix(text: &str) -> Result<String, String> {
+    let Some(path) = text.strip_prefix('/') else {
+        return Err(format!(
+            "invalid path prefix {text:?}: expected an absolute path such as \"/ops\""
+        ));
+    };
+    let path = path.strip_suffix('/').unwrap_or(path);
+    if path.is_empty() {
+        return Ok(String::new());
+    }
+    if path.split('/').all(plain_segment) {
+        Ok(format!("/{path}"))
+    } else {
+        Err(format!("invalid path prefix {text:?}: expected path segments of letters, digits, '-', '.', '_', '~' and %-escapes, such as \"/ops\""))
+    }
+}
+
+fn plain_segment(segment: &str) -> bool {
+    if segment.is_empty() || segment == "." || segment == ".." {
+        return false;
+    }
+    let bytes = segment.as_bytes();
+    let mut index = 0;
+    while index < bytes.len() {
+        match bytes[index] {
+            b'%' => {
+                let hex = bytes.get(index + 1..index + 3);
+                if !hex.is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit)) {
+                    return false;
+                }
+                index += 3;
+            }
+            byte if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') => {
+                index += 1
+            }
+            _ => return false,
+        }
+    }
+    true
+}
+
 /// The hops of the forwarded header, oldest first: an address, or `None`
 /// for an entry that is not one. Several header lines are one list, in
 /// order. Entries are split on raw bytes, so a client's non-UTF-8 garbage
@@ -211,6 +289,7 @@ mod tests {
             details_allow: vec!["127.0.0.0/8".parse().unwrap()],
             trusted_proxies: trusted.iter().map(|t| t.parse().unwrap()).collect(),
             forwarded_header,
+            forwarded_prefix: None,
             tokens: vec![TokenSettings { name: "ops".into(), sha256: sha256(b"s3cret") }],
         })
     }
@@ -331,5 +410,44 @@ mod tests {
         assert_eq!(access.sees_details(&remote, Principal::Token(0)), Err(DetailsDenied::Address));
         assert!(access.may_see_details(Principal::Token(0)));
         assert!(!access.may_see_details(Principal::Anonymous));
+    }
+
+    #[test]
+    fn the_prefix_is_believed_only_from_a_trusted_proxy() {
+        let access = access(&["10.0.0.0/8"]);
+        let sent = headers(&[("x-forwarded-prefix", "/ops/")]);
+        assert_eq!(access.external_prefix(ip("10.0.0.1"), &sent), "/ops");
+        assert_eq!(access.external_prefix(ip("192.0.2.1"), &sent), "");
+        assert_eq!(access.external_prefix(ip("10.0.0.1"), &headers(&[])), "");
+        // A chain of proxies, each adding its own.
+        let chain = headers(&[("x-forwarded-prefix", "/api, /ops")]);
+        assert_eq!(access.external_prefix(ip("10.0.0.1"), &chain), "/api/ops");
+        // Anything but a plain path is no prefix at all.
+        for bad in ["ops", "/a/../b", "//evil.example", "/a\"b", "/%zz", "/a b", "https://x/y"] {
+            let sent = headers(&[("x-forwarded-prefix", bad)]);
+            assert_eq!(access.external_prefix(ip("10.0.0.1"), &sent), "", "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_fixed_prefix_wins_over_the_header_and_still_needs_a_trusted_peer() {
+        let mut settings = access(&["10.0.0.0/8"]).settings;
+        settings.forwarded_prefix = Some("/fixed".into());
+        let access = Access::new(settings);
+        let sent = headers(&[("x-forwarded-prefix", "/other")]);
+        assert_eq!(access.external_prefix(ip("10.0.0.1"), &sent), "/fixed");
+        assert_eq!(access.external_prefix(ip("192.0.2.1"), &sent), "");
+    }
+
+    #[test]
+    fn prefixes_are_normalised() {
+        assert_eq!(normalise_prefix("/").unwrap(), "");
+        assert_eq!(normalise_prefix("/ops/").unwrap(), "/ops");
+        assert_eq!(normalise_prefix("/a/b-c_d.e~f%2F").unwrap(), "/a/b-c_d.e~f%2F");
+        assert!(normalise_prefix("").is_err());
+        assert!(normalise_prefix("/a//b").is_err());
+        assert!(normalise_prefix("/a/./b").is_err());
+        assert!(normalise_prefix("/a%2").is_err());
+        assert!(normalise_prefix("/<script>").is_err());
     }
 }

@@ -1,6 +1,12 @@
 //! The contract itself (`/openapi.yaml`, `/openapi.json`) and Swagger UI
 //! showing it, served from the binary. `ApiDoc` is the document utoipa
 //! derives from the handlers; a contract test compares it with openapi.yaml.
+//!
+//! Behind a trusted proxy that mounts healthd under a prefix, the contract's
+//! server URL, Swagger UI's contract URL and the redirect to it carry that
+//! prefix, so that "Try it out" calls the URLs the client can reach.
+
+use std::sync::Arc;
 
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::web::{self, Data};
@@ -72,21 +78,81 @@ pub fn swagger_config(prefix: &str) -> utoipa_swagger_ui::Config<'static> {
         .display_operation_id(true)
 }
 
-fn document(content_type: &'static str, body: &'static str) -> HttpResponse {
+/// Where this request's client reaches the routes: the prefix a trusted
+/// proxy mounts healthd under, then the app's own mount point.
+fn external_base(state: &HealthState, request: &HttpRequest) -> String {
+    let peer = crate::http::peer(request);
+    let prefix = state.access.load().external_prefix(peer, request.headers());
+    format!("{prefix}{}", state.mount)
+}
+
+/// The `servers` entry of openapi.yaml and of its JSON form, as written
+/// there; tests below keep these in step with the contract.
+const YAML_SERVER: &str = "\nservers:\n  - url: /\n";
+const JSON_SERVER: &str =
+    "\"description\": \"The healthd that serves this document\",\n      \"url\": \"/\"";
+
+/// The contract with its server URL at `base` ("" leaves it as written:
+/// `/`, the origin the document is served from). `base` is a plain path
+/// (see `normalise_prefix`), so it needs no quoting in YAML or JSON.
+fn served_at(document: &'static str, base: &str) -> std::borrow::Cow<'static, str> {
+    if base.is_empty() {
+        return document.into();
+    }
+    if document.contains(YAML_SERVER) {
+        document.replacen(YAML_SERVER, &format!("\nservers:\n  - url: {base}\n"), 1).into()
+    } else {
+        document
+            .replacen(
+                JSON_SERVER,
+                &JSON_SERVER.replace("\"url\": \"/\"", &format!("\"url\": \"{base}\"")),
+                1,
+            )
+            .into()
+    }
+}
+
+fn document(request: &HttpRequest, content_type: &'static str, body: &'static str) -> HttpResponse {
+    let state = crate::http::state_of(request);
+    let body = served_at(body, &external_base(state, request));
     HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, HeaderValue::from_static(content_type)))
-        .body(body)
+        .body(body.into_owned())
 }
 
 #[utoipa::path(
     method(get, head), path = "/openapi.yaml", operation_id = "getOpenapiYaml",
     responses(
-        (status = 200, body = String, content_type = "application/yaml"),
+        (status = 200, content(
+            (Object = "application/yaml"),
+            (String = "text/plain"),
+        )),
         CommonProblems,
     )
 )]
-pub async fn get_openapi_yaml() -> HttpResponse {
-    document("application/yaml", healthd_models::OPENAPI_YAML)
+pub async fn get_openapi_yaml(request: HttpRequest) -> HttpResponse {
+    let content_type =
+        if wants_text(&request) { "text/plain; charset=utf-8" } else { "application/yaml" };
+    let mut response = document(&request, content_type, healthd_models::OPENAPI_YAML);
+    response.headers_mut().insert(header::VARY, HeaderValue::from_static("accept"));
+    response
+}
+
+/// Whether `Accept` lists `text/plain` and not `application/yaml`: the
+/// YAML as text, for what reads no YAML. Anything else gets YAML.
+fn wants_text(request: &HttpRequest) -> bool {
+    let mut text = false;
+    for value in request.headers().get_all(header::ACCEPT) {
+        let Ok(value) = value.to_str() else { continue };
+        for range in value.split(',') {
+            let media = range.split(';').next().unwrap_or("").trim();
+            if media.eq_ignore_ascii_case("application/yaml") {
+                return false;
+            }
+            text |= media.eq_ignore_ascii_case("text/plain");
+        }
+    }
+    text
 }
 
 #[utoipa::path(
@@ -96,12 +162,15 @@ pub async fn get_openapi_yaml() -> HttpResponse {
         CommonProblems,
     )
 )]
-pub async fn get_openapi_json() -> HttpResponse {
-    document("application/json", healthd_models::OPENAPI_JSON)
+pub async fn get_openapi_json(request: HttpRequest) -> HttpResponse {
+    document(&request, "application/json", healthd_models::OPENAPI_JSON)
 }
 
 pub async fn redirect_to_swagger_ui(request: HttpRequest) -> HttpResponse {
-    let target = format!("{}/", request.path());
+    let state = crate::http::state_of(&request);
+    let prefix =
+        state.access.load().external_prefix(crate::http::peer(&request), request.headers());
+    let target = format!("{prefix}{}/", request.path());
     HttpResponse::MovedPermanently().insert_header((header::LOCATION, target)).finish()
 }
 
@@ -118,7 +187,12 @@ pub async fn get_swagger_ui(
     file: web::Path<String>,
     state: Data<HealthState>,
 ) -> Result<HttpResponse, ApiError> {
-    match utoipa_swagger_ui::serve(&file, state.swagger.clone()) {
+    let base = external_base(&state, &request);
+    // Only requests through a proxy that mounts healthd elsewhere need
+    // settings of their own.
+    let config =
+        if base == state.mount { state.swagger.clone() } else { Arc::new(swagger_config(&base)) };
+    match utoipa_swagger_ui::serve(&file, config) {
         Ok(Some(file)) => Ok(HttpResponse::Ok()
             .insert_header((header::CONTENT_TYPE, file.content_type))
             .insert_header((
@@ -130,6 +204,27 @@ pub async fn get_swagger_ui(
         Err(error) => {
             tracing::error!(%error, "serving Swagger UI failed");
             Err(ApiError::new(ApiErrorKind::Internal, request.path()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_served_contract_points_its_server_url_at_the_prefix() {
+        for document in [healthd_models::OPENAPI_YAML, healthd_models::OPENAPI_JSON] {
+            assert_eq!(served_at(document, ""), document);
+            let served = served_at(document, "/ops");
+            // Parsed, not searched: the replacement must keep the document valid.
+            let parsed: serde_json::Value = if document.starts_with('{') {
+                serde_json::from_str(&served).unwrap()
+            } else {
+                serde_norway::from_str(&served).unwrap()
+            };
+            assert_eq!(parsed["servers"][0]["url"], "/ops", "{}", &served[..200]);
+            assert_eq!(parsed["servers"].as_array().unwrap().len(), 1);
         }
     }
 }

@@ -177,6 +177,10 @@ pub fn render(
 
     header(&mut out, "healthd_status", "gauge", "The service's status: 0 pass, 1 warn, 2 fail.");
     let _ = writeln!(out, "healthd_status {}", status_value(snapshot.health.status));
+    // What /health/ready answers, for alerts and dashboards that cannot probe.
+    header(&mut out, "healthd_ready", "gauge", "1 while /health/ready answers 200.");
+    let ready = !draining && snapshot.readiness.status != HealthStatus::Fail;
+    let _ = writeln!(out, "healthd_ready {}", u8::from(ready));
 
     let labels = |name: &str, kind: &str| format!("check=\"{name}\",kind=\"{kind}\"");
     header(
@@ -191,6 +195,23 @@ pub fn render(
             "healthd_check_status{{{}}} {}",
             labels(&check.state.name, check.state.kind),
             status_value(check.status)
+        );
+    }
+    // A series of its own rather than a label on every check metric: alert
+    // rules join on it (`and on (instance, check)`) to page for critical
+    // checks only.
+    header(
+        &mut out,
+        "healthd_check_critical",
+        "gauge",
+        "Whether the check is critical (1): its failure fails the service and readiness.",
+    );
+    for state in snapshot.checks().map(|check| &check.state) {
+        let _ = writeln!(
+            out,
+            "healthd_check_critical{{{}}} {}",
+            labels(&state.name, state.kind),
+            u8::from(state.critical)
         );
     }
     header(

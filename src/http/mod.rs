@@ -42,7 +42,10 @@ pub struct HealthState {
     draining: AtomicBool,
     requests: RequestCounters,
     reloads: ReloadCounters,
+    /// Swagger UI's settings for requests that come with no external prefix.
     swagger: Arc<utoipa_swagger_ui::Config<'static>>,
+    /// Where the routes are mounted in the app ("" for the root).
+    mount: String,
     access_log: bool,
 }
 
@@ -62,6 +65,7 @@ impl HealthState {
             requests: RequestCounters::default(),
             reloads: ReloadCounters::default(),
             swagger: Arc::new(docs::swagger_config(prefix)),
+            mount: prefix.to_string(),
             access_log,
         })
     }

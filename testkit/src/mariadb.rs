@@ -14,13 +14,19 @@
 //! recovers from the kill). Dropping the value kills the server and removes
 //! the temp dir.
 //!
+//! TLS: `start_tls(names)` also gives the server a certificate for `names`
+//! signed by a test CA (`ca_path()`), so a check can connect with
+//! `require_ssl=true`; connections without TLS are still accepted. The
+//! certificate and key are copies in the temp dir, owned by the server's
+//! user.
+//!
 //! As root it runs as the `mysql` user: the temp dir belongs to that user and
 //! both `mariadb-install-db` and `mariadbd` are spawned with its uid/gid
 //! (not with `--user=mysql`, which would make mariadbd switch users itself
 //! and so lose the parent-death signal). Every server reads no option file
 //! (`--no-defaults`), so the machine's own MariaDB config never applies; it
 //! runs small and fast: an 8 MiB buffer pool, no binary log, no performance
-//! schema, no doublewrite, no flush per commit, no name resolution.
+//! schema, no doublewrite, no sync per commit, no name resolution.
 
 use std::fs;
 use std::io;
@@ -32,9 +38,10 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
+use crate::certs::{LeafSpec, TestCerts};
 use crate::process::{
-    child_command, percent_encode, require_binary, run_as_when_root, run_to_completion, Flavor,
-    RunAs, Server, TempDir,
+    child_command, copy_tree, percent_encode, require_binary, run_as_when_root, run_to_completion,
+    set_owner_and_mode, Flavor, RunAs, Server, TempDir, Template,
 };
 
 /// Bound on `greeting()` and on one `sql()` connection attempt.
@@ -46,10 +53,14 @@ const SETTINGS: [&str; 3] =
 /// A MariaDB of its own for one test; see the module docs.
 pub struct TestMariadb {
     server: Server<Mariadb>,
+    /// The CA and leaf of a TLS server (dropped after the server).
+    certs: Option<TestCerts>,
 }
 
 struct Mariadb {
     data_dir: PathBuf,
+    /// Options beyond the fixed ones (TLS).
+    settings: Vec<String>,
 }
 
 impl Flavor for Mariadb {
@@ -70,9 +81,12 @@ impl Flavor for Mariadb {
                 "--skip-log-bin",
                 "--performance-schema=OFF",
                 "--innodb-doublewrite=0",
-                "--innodb-flush-log-at-trx-commit=0",
+                // Written to the OS at each commit, synced once a second: what a
+                // test set up survives a SIGKILL (not a machine crash).
+                "--innodb-flush-log-at-trx-commit=2",
                 "--innodb-temp-data-file-path=ibtmp1:1M:autoextend",
-            ]);
+            ])
+            .args(&self.settings);
         cmd
     }
 
@@ -86,15 +100,44 @@ impl TestMariadb {
     /// 2 s for the first server of the test process, which installs the data
     /// dir the others copy). Panics with the server's log if that fails.
     pub async fn start() -> TestMariadb {
+        TestMariadb::launch(None).await
+    }
+
+    /// As `start()`, with TLS: a certificate for `names` (IP addresses become
+    /// IP SANs) signed by the test CA that `ca_path()` names.
+    pub async fn start_tls(names: &[&str]) -> TestMariadb {
+        TestMariadb::launch(Some(names)).await
+    }
+
+    async fn launch(tls: Option<&[&str]>) -> TestMariadb {
         let template = template().await;
         let run_as = run_as();
         let dir = TempDir::new("mariadb", run_as);
         let data_dir = dir.path().join("data");
-        copy_tree(template, &data_dir, run_as).unwrap_or_else(|e| {
+        copy_tree(&template, &data_dir, run_as).unwrap_or_else(|e| {
             panic!("copying {} to {}: {e}", template.display(), data_dir.display())
         });
+        let mut settings = Vec::new();
+        let certs = tls.map(|names| {
+            let certs = TestCerts::new();
+            let leaf = certs.mint(&LeafSpec::new(names));
+            let (cert, key) = (dir.path().join("server.crt"), dir.path().join("server.key"));
+            for (from, to, mode) in [(&leaf.chain, &cert, 0o644), (&leaf.key, &key, 0o600)] {
+                fs::copy(from, to).unwrap_or_else(|e| panic!("copying {}: {e}", from.display()));
+                set_owner_and_mode(to, run_as, mode);
+            }
+            settings.push(format!("--ssl-cert={}", cert.display()));
+            settings.push(format!("--ssl-key={}", key.display()));
+            certs
+        });
         let log = dir.path().join("mariadb.log");
-        TestMariadb { server: Server::start(Mariadb { data_dir }, dir, log).await }
+        let server = Server::start(Mariadb { data_dir, settings }, dir, log).await;
+        TestMariadb { server, certs }
+    }
+
+    /// The test CA that signed a TLS server's certificate; `None` without TLS.
+    pub fn ca_path(&self) -> Option<&Path> {
+        self.certs.as_ref().map(TestCerts::ca_path)
     }
 
     /// The TCP port on 127.0.0.1; it stays the same across `restart()`.
@@ -270,55 +313,19 @@ fn run_as() -> Option<RunAs> {
     *RUN_AS.get_or_init(|| run_as_when_root("mysql", "mariadb-server"))
 }
 
-/// The data dir every server copies, installed once per process and removed
-/// when the process exits (or by a later process's sweep, if it is killed).
-async fn template() -> &'static Path {
-    /// The temp dir, and the data dir in it (install.log stays beside it).
-    static TEMPLATE: tokio::sync::OnceCell<(TempDir, PathBuf)> = tokio::sync::OnceCell::const_new();
-    let (_, data_dir) = TEMPLATE
-        .get_or_init(|| async {
-            let dir = TempDir::new("mariadbtemplate", run_as());
-            let log = dir.path().join("install.log");
-            let data_dir = dir.path().join("data");
-            let mut cmd = child_command(&binaries().install_db, run_as(), dir.path(), &log);
+/// The data dir every server copies, installed once per process.
+async fn template() -> PathBuf {
+    static TEMPLATE: Template = Template::new();
+    let dir = TEMPLATE
+        .get("mariadbtemplate", run_as(), |dir| async move {
+            let log = dir.join("install.log");
+            let mut cmd = child_command(&binaries().install_db, run_as(), &dir, &log);
             cmd.arg("--no-defaults")
-                .arg(format!("--datadir={}", data_dir.display()))
+                .arg(format!("--datadir={}", dir.join("data").display()))
                 .args(["--auth-root-authentication-method=normal", "--skip-test-db"])
                 .args(SETTINGS);
             run_to_completion(cmd, &log).await;
-            extern "C" fn remove_template() {
-                if let Some((dir, _)) = TEMPLATE.get() {
-                    let _ = fs::remove_dir_all(dir.path());
-                }
-            }
-            // SAFETY: the handler is a plain function that only removes files.
-            unsafe { libc::atexit(remove_template) };
-            (dir, data_dir)
         })
         .await;
-    data_dir
-}
-
-/// Copies the dir `from` to `to` (files and dirs only), owned by `owner`.
-fn copy_tree(from: &Path, to: &Path, owner: Option<RunAs>) -> io::Result<()> {
-    fs::create_dir(to)?;
-    chown(to, owner)?;
-    for entry in fs::read_dir(from)? {
-        let entry = entry?;
-        let target = to.join(entry.file_name());
-        if entry.file_type()?.is_dir() {
-            copy_tree(&entry.path(), &target, owner)?;
-        } else {
-            fs::copy(entry.path(), &target)?;
-            chown(&target, owner)?;
-        }
-    }
-    Ok(())
-}
-
-fn chown(path: &Path, owner: Option<RunAs>) -> io::Result<()> {
-    match owner {
-        Some(user) => std::os::unix::fs::chown(path, Some(user.uid), Some(user.gid)),
-        None => Ok(()),
-    }
+    dir.join("data")
 }

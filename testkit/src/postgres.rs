@@ -1,7 +1,8 @@
 //! A throwaway PostgreSQL cluster per test, owned by the test process.
 //!
-//! `TestPostgres::start()` runs `initdb` into a fresh temp dir and then the
-//! `postgres` binary itself (not `pg_ctl`), so the child process *is* the
+//! `TestPostgres::start()` copies a cluster made by `initdb` (once per test
+//! process, into a template dir) into a fresh temp dir and runs the
+//! `postgres` binary itself on it (not `pg_ctl`), so the child process *is* the
 //! postmaster: a test can kill it, restart it on the same port and data dir,
 //! or freeze it (SIGSTOP of the postmaster and its backends) to play a server
 //! that accepts connections and never answers. Dropping the value shuts the
@@ -54,8 +55,8 @@ use tokio_postgres::NoTls;
 
 use crate::certs::{LeafSpec, TestCerts};
 use crate::process::{
-    child_command, find_in_path, is_executable, lock, percent_encode, run_as_when_root,
-    run_to_completion, set_owner_and_mode, Flavor, RunAs, Server, TempDir,
+    child_command, copy_tree, find_in_path, is_executable, lock, percent_encode, run_as_when_root,
+    run_to_completion, set_owner_and_mode, Flavor, RunAs, Server, TempDir, Template,
 };
 
 /// Bound on `client()`.
@@ -170,17 +171,14 @@ impl TestPostgres {
     }
 
     async fn launch(tls: Option<PostgresTls>) -> TestPostgres {
-        let bins = binaries();
         let run_as = run_as();
+        let template = template().await;
         let dir = TempDir::new("pg", run_as);
         let data_dir = dir.path().join("data");
         let log_path = dir.path().join("postgres.log");
-        File::create(&log_path).unwrap_or_else(|e| panic!("creating {}: {e}", log_path.display()));
-
-        let mut cmd = child_command(&bins.initdb, run_as, dir.path(), &log_path);
-        cmd.args(["-A", "trust", "--no-sync", "-U", "postgres", "-E", "UTF8", "--locale=C", "-D"])
-            .arg(&data_dir);
-        run_to_completion(cmd, &log_path).await;
+        copy_tree(&template, &data_dir, run_as).unwrap_or_else(|e| {
+            panic!("copying {} to {}: {e}", template.display(), data_dir.display())
+        });
         write_pg_hba(&data_dir, tls.as_ref().is_some_and(|tls| tls.tls_only));
 
         let mut settings = Vec::new();
@@ -465,6 +463,22 @@ fn find_binaries() -> Option<Binaries> {
         (is_executable(&initdb) && is_executable(&postgres))
             .then_some(Binaries { initdb, postgres })
     })
+}
+
+/// The cluster every server copies, made by `initdb` once per process.
+async fn template() -> PathBuf {
+    static TEMPLATE: Template = Template::new();
+    let dir = TEMPLATE
+        .get("pgtemplate", run_as(), |dir| async move {
+            let log = dir.join("initdb.log");
+            let mut cmd = child_command(&binaries().initdb, run_as(), &dir, &log);
+            cmd.args(["-A", "trust", "--no-sync", "-U", "postgres", "-E", "UTF8", "--locale=C"])
+                .arg("-D")
+                .arg(dir.join("data"));
+            run_to_completion(cmd, &log).await;
+        })
+        .await;
+    dir.join("data")
 }
 
 /// The `postgres` user when we are root (PostgreSQL refuses root).

@@ -26,6 +26,12 @@
 //!   process-group signal would miss them. While frozen, a small guard shell
 //!   SIGKILLs the stopped processes if the test process dies, since a stopped
 //!   process cannot act on its parent-death signal.
+//! - A data dir that takes seconds to install (`initdb`, `mariadb-install-db`)
+//!   is installed once per test process into a [`Template`] and copied for
+//!   each server.
+//! - Temp dirs (data dirs, sockets, logs) live in `/dev/shm` when it is
+//!   writable, in memory: a disk kept busy by other builds made one
+//!   `mariadb-install-db` take minutes. Else in the temp dir.
 //! - Temp dirs of test processes that died without cleaning up (a timeout
 //!   killed them) are swept once per process and kind.
 
@@ -43,9 +49,9 @@ use std::sync::{mpsc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// How long killed or stopped processes may take to reach that state.
-pub(crate) const SIGNAL_DEADLINE: Duration = Duration::from_secs(10);
+const SIGNAL_DEADLINE: Duration = Duration::from_secs(10);
 /// Bound on one readiness probe.
-pub(crate) const PROBE_ATTEMPT: Duration = Duration::from_secs(2);
+const PROBE_ATTEMPT: Duration = Duration::from_secs(2);
 const POLL: Duration = Duration::from_millis(20);
 /// Ports to try if another process takes the chosen one first.
 const PORT_ATTEMPTS: usize = 5;
@@ -451,7 +457,7 @@ pub(crate) fn require_binary(name: &str, package: &str) -> PathBuf {
     })
 }
 
-pub(crate) fn find_binary(name: &str) -> Option<PathBuf> {
+fn find_binary(name: &str) -> Option<PathBuf> {
     find_in_path(name).or_else(|| {
         ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin"]
             .iter()
@@ -477,7 +483,7 @@ pub(crate) struct RunAs {
     pub(crate) gid: u32,
 }
 
-pub(crate) fn is_root() -> bool {
+fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
 }
@@ -729,12 +735,8 @@ impl TempDir {
     /// `kind` must not contain '-' (the sweep splits on it).
     pub(crate) fn new(kind: &'static str, owner: Option<RunAs>) -> TempDir {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let mut base = std::env::temp_dir();
-        // Unix socket paths (dir + "/.s.PGSQL.NNNNN") must fit in 107 bytes.
-        if base.as_os_str().len() > 60 {
-            base = PathBuf::from("/tmp");
-        }
-        sweep_stale_dirs(&base, kind);
+        let base = base_dir();
+        sweep_stale_dirs(base, kind);
         let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
         let path = base.join(format!(
             "healthd-{kind}-{}-{}-{nanos}",
@@ -763,6 +765,104 @@ impl Drop for TempDir {
     }
 }
 
+/// A dir made once per test process (an installed data dir) and copied for
+/// every server after that: `initdb` and `mariadb-install-db` take seconds
+/// on a loaded machine, a copy a fraction of that. Removed when the process
+/// exits (atexit), or by a later process's sweep if it was killed.
+pub(crate) struct Template {
+    cell: tokio::sync::OnceCell<TempDir>,
+}
+
+impl Template {
+    pub(crate) const fn new() -> Template {
+        Template { cell: tokio::sync::OnceCell::const_new() }
+    }
+
+    /// The template dir, made by `make` (given the new, empty dir) the
+    /// first time; callers racing the first one wait for it.
+    pub(crate) async fn get<Fut: Future<Output = ()>>(
+        &'static self,
+        kind: &'static str,
+        owner: Option<RunAs>,
+        make: impl FnOnce(PathBuf) -> Fut,
+    ) -> &'static Path {
+        let dir = self
+            .cell
+            .get_or_init(|| async {
+                let dir = TempDir::new(kind, owner);
+                remove_at_exit(dir.path());
+                make(dir.path().to_owned()).await;
+                dir
+            })
+            .await;
+        dir.path()
+    }
+}
+
+fn remove_at_exit(path: &Path) {
+    static DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+    static REGISTERED: std::sync::Once = std::sync::Once::new();
+    extern "C" fn remove_all() {
+        for dir in lock(&DIRS).iter() {
+            let _ = fs::remove_dir_all(dir);
+        }
+    }
+    lock(&DIRS).push(path.to_owned());
+    // SAFETY: the handler is a plain function that only removes files.
+    REGISTERED.call_once(|| unsafe {
+        libc::atexit(remove_all);
+    });
+}
+
+/// Copies the tree `from` to the new dir `to` (dirs and files only, with
+/// their modes: PostgreSQL refuses a data dir open to others), owned by
+/// `owner` if given.
+pub(crate) fn copy_tree(from: &Path, to: &Path, owner: Option<RunAs>) -> io::Result<()> {
+    let chown = |path: &Path| match owner {
+        Some(user) => std::os::unix::fs::chown(path, Some(user.uid), Some(user.gid)),
+        None => Ok(()),
+    };
+    fs::DirBuilder::new().mode(fs::metadata(from)?.permissions().mode()).create(to)?;
+    chown(to)?;
+    for entry in fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            copy_tree(&entry.path(), &target, owner)?;
+        } else if kind.is_file() {
+            // Keeps the mode.
+            fs::copy(entry.path(), &target)?;
+            chown(&target)?;
+        }
+    }
+    Ok(())
+}
+
+/// Where temp dirs go: `/dev/shm` when it is writable (a tmpfs), else the temp
+/// dir (`/tmp` if that path is long: Unix socket paths, dir +
+/// "/.s.PGSQL.NNNNN", must fit in 107 bytes). In memory because a disk that
+/// other builds keep busy made `mariadb-install-db` take 70 to 220 s instead
+/// of 2.5 s (its many small syncs), and because nothing here must outlive
+/// the test process.
+fn base_dir() -> &'static Path {
+    static BASE: OnceLock<PathBuf> = OnceLock::new();
+    BASE.get_or_init(|| {
+        let shm = Path::new("/dev/shm");
+        // SAFETY: access only reads the NUL-terminated path.
+        let writable = unsafe { libc::access(c"/dev/shm".as_ptr(), libc::W_OK | libc::X_OK) } == 0;
+        if writable && fs::metadata(shm).is_ok_and(|m| m.is_dir()) {
+            return shm.to_owned();
+        }
+        let temp = std::env::temp_dir();
+        if temp.as_os_str().len() > 60 {
+            PathBuf::from("/tmp")
+        } else {
+            temp
+        }
+    })
+}
+
 /// Removes, once per process and kind, the temp dirs of test processes that
 /// died without cleaning up: their servers died with them, the dirs did not.
 /// A dir whose PID is alive stays.
@@ -771,8 +871,12 @@ fn sweep_stale_dirs(base: &Path, kind: &'static str) {
     if !lock(&SWEPT).get_or_insert_with(HashSet::new).insert(kind) {
         return;
     }
-    let Ok(entries) = fs::read_dir(base) else { return };
     let prefix = format!("healthd-{kind}-");
+    // The temp dir too: where dirs went before /dev/shm was used.
+    let entries = [base.to_owned(), std::env::temp_dir()]
+        .into_iter()
+        .filter_map(|dir| fs::read_dir(dir).ok())
+        .flatten();
     for entry in entries.flatten() {
         let name = entry.file_name();
         let Some(pid) = name
@@ -795,12 +899,12 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-pub(crate) fn file_len(path: &Path) -> u64 {
+fn file_len(path: &Path) -> u64 {
     fs::metadata(path).map_or(0, |m| m.len())
 }
 
 /// The last 60 lines of `path` from byte `offset` on.
-pub(crate) fn log_since(path: &Path, offset: u64) -> String {
+fn log_since(path: &Path, offset: u64) -> String {
     let mut text = Vec::new();
     if let Ok(mut file) = File::open(path) {
         let _ = file.seek(SeekFrom::Start(offset));

@@ -17,6 +17,7 @@ fn healthd(args: &[&str]) -> Output {
         .args(args)
         .env_remove("HEALTHD_CONFIG")
         .env_remove("HEALTHD_LISTEN")
+        .env_remove("HEALTHD_LOG_FORMAT")
         .output()
         .unwrap()
 }
@@ -138,4 +139,155 @@ fn the_example_config_is_valid() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/healthd.example.toml");
     let output = healthd(&["check-config", "--config", example]);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+}
+
+#[test]
+fn a_fixed_prefix_needs_trusted_proxies_and_a_plain_path() {
+    assert_rejected(
+        "prefix-untrusted.toml",
+        "[access]\nforwarded_prefix = \"/ops\"\n",
+        "access.forwarded_prefix",
+        "lists none",
+    );
+    assert_rejected(
+        "prefix-bad.toml",
+        "[access]\ntrusted_proxies = [\"10.0.0.1\"]\nforwarded_prefix = \"ops\"\n",
+        "access.forwarded_prefix",
+        "invalid path prefix",
+    );
+}
+
+#[test]
+fn each_subcommand_has_its_own_help_with_the_environment() {
+    let top = healthd(&["--help"]);
+    assert_eq!(top.status.code(), Some(0));
+    let top = String::from_utf8(top.stdout).unwrap();
+    for text in ["check-config", "hash-token", "[env: HEALTHD_CONFIG=]", "HEALTHD_LISTEN"] {
+        assert!(top.contains(text), "healthd --help lacks {text}: {top}");
+    }
+    let check = healthd(&["check-config", "--help"]);
+    assert_eq!(check.status.code(), Some(0));
+    let check = String::from_utf8(check.stdout).unwrap();
+    assert!(check.starts_with("Validate a config without running it"), "{check}");
+    assert!(check.contains("Usage: healthd check-config"), "{check}");
+    let hash = String::from_utf8(healthd(&["hash-token", "--help"]).stdout).unwrap();
+    assert!(hash.contains("Usage: healthd hash-token"), "{hash}");
+}
+
+#[test]
+fn usage_errors_exit_2_and_point_to_the_help() {
+    for args in [&["--bogus"][..], &["check-config", "extra"], &["--log-format", "xml"], &["nope"]]
+    {
+        let output = healthd(args);
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.starts_with("error: "), "{args:?}: {stderr}");
+        assert!(stderr.contains("try '--help'"), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn the_readme_shows_the_help_as_healthd_prints_it() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    for args in [&["--help"][..], &["check-config", "--help"]] {
+        let help = String::from_utf8(healthd(args).stdout).unwrap();
+        let shown = format!("$ healthd {}\n{help}", args.join(" "));
+        assert!(
+            readme.contains(&shown),
+            "README.md does not show `healthd {}` as printed:\n{help}",
+            args.join(" ")
+        );
+    }
+}
+
+/// One check of `kind` with `keys`, as a config text.
+#[cfg(all(feature = "amqp", feature = "nats"))]
+fn one_check(kind: &str, keys: &str) -> String {
+    format!("[[checks]]\nname = \"c\"\nkind = \"{kind}\"\n{keys}\n")
+}
+
+#[cfg(all(feature = "amqp", feature = "nats"))]
+#[test]
+fn broker_urls_with_a_password_in_the_file_are_refused() {
+    for (kind, url) in [
+        ("amqp", "amqp://guest:secret@127.0.0.1:5672/%2f"),
+        ("nats", "nats://user:secret@127.0.0.1:4222"),
+        // A lone user name is how NATS carries a token.
+        ("nats", "nats://a-token@127.0.0.1:4222"),
+    ] {
+        let text = one_check(kind, &format!("url = \"{url}\""));
+        let (code, stderr, path) = check_config(&format!("{kind}-credentials.toml"), &text);
+        assert_eq!(code, 2, "{stderr}");
+        assert!(
+            stderr.contains(&format!("{}: checks[0].url: holds credentials", path.display())),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("secret") && !stderr.contains("a-token"), "{stderr}");
+    }
+}
+
+#[cfg(all(feature = "amqp", feature = "nats", feature = "grpc"))]
+#[test]
+fn the_new_kinds_name_the_key_that_is_wrong() {
+    let cases = [
+        (
+            "amqp",
+            "url = \"http://127.0.0.1:5672\"",
+            "checks[0].url",
+            "not an amqp:// or amqps:// URL",
+        ),
+        (
+            "amqp",
+            "url = \"amqp://127.0.0.1\"\nwarn_above_messages = 5",
+            "checks[0].warn_above_messages",
+            "needs a queue",
+        ),
+        (
+            "nats",
+            "url = \"nats://127.0.0.1:4222\"\ntoken_env = \"HEALTHD_NO_SUCH_VAR\"",
+            "checks[0].token_env",
+            "is not set",
+        ),
+        (
+            "grpc",
+            "address = \"127.0.0.1:50051\"",
+            "checks[0].address",
+            "expected http://HOST:PORT or https://HOST:PORT",
+        ),
+        (
+            "grpc",
+            "address = \"http://127.0.0.1:50051\"\nca_file = \"/etc/hostname\"",
+            "checks[0].ca_file",
+            "needs an https:// address",
+        ),
+        ("tls", "address = \"127.0.0.1\"", "checks[0].address", "expected HOST:PORT"),
+        (
+            "tls",
+            "address = \"127.0.0.1:443\"\nwarn_below = \"2 weeks\"",
+            "checks[0].warn_below",
+            "such as \"14d\"",
+        ),
+        (
+            "tls",
+            "address = \"127.0.0.1:443\"\nwarn_below = \"5d\"\nfail_below = \"7d\"",
+            "checks[0].fail_below",
+            "7d is above warn_below = 5d",
+        ),
+        (
+            "tls",
+            "address = \"127.0.0.1:443\"\nca_file = \"/no/such/ca.pem\"",
+            "checks[0].ca_file",
+            "/no/such/ca.pem",
+        ),
+        (
+            "http",
+            "url = \"https://127.0.0.1/\"\nca_file = \"/no/such/ca.pem\"",
+            "checks[0].ca_file",
+            "/no/such/ca.pem",
+        ),
+    ];
+    for (index, (kind, keys, key, reason)) in cases.iter().enumerate() {
+        assert_rejected(&format!("new-kind-{index}.toml"), &one_check(kind, keys), key, reason);
+    }
 }

@@ -2,14 +2,25 @@
 
 mod access;
 mod bad_input;
+mod behind_proxy;
+#[cfg(feature = "amqp")]
+mod checks_amqp;
+#[cfg(feature = "grpc")]
+mod checks_grpc;
 mod checks_http;
+mod checks_mysql;
+#[cfg(feature = "nats")]
+mod checks_nats;
 mod checks_postgres;
 mod checks_postgres_tls;
 mod checks_redis;
 mod checks_tcp;
+mod checks_tls;
 mod config_cli;
 mod contract;
 mod endpoints;
+#[cfg(all(feature = "amqp", feature = "nats", feature = "grpc"))]
+mod every_kind;
 mod helpers;
 mod lifecycle;
 mod metrics;

@@ -367,9 +367,11 @@ async fn metrics_parse_and_follow_prometheus_conventions() {
     for family in [
         "healthd_build_info",
         "healthd_status",
+        "healthd_ready",
         "healthd_draining",
         "healthd_check_status",
         "healthd_check_up",
+        "healthd_check_critical",
         "healthd_check_last_duration_seconds",
         "healthd_check_duration_seconds",
         "healthd_check_runs_total",
@@ -408,6 +410,9 @@ async fn check_metrics_move_when_a_dependency_goes_away() {
         Some(1.0),
         "silent fails, but it is not critical: warn"
     );
+    assert_eq!(up.value("healthd_ready", &[]), Some(1.0), "a failing non-critical check");
+    assert_eq!(up.check("healthd_check_critical", "dependency"), 1.0);
+    assert_eq!(up.check("healthd_check_critical", "silent"), 0.0);
 
     // Act: the dependency goes away.
     open.abort();
@@ -420,6 +425,7 @@ async fn check_metrics_move_when_a_dependency_goes_away() {
     .await;
     assert_eq!(down.check("healthd_check_status", "dependency"), 2.0);
     assert_eq!(down.value("healthd_status", &[]), Some(2.0));
+    assert_eq!(down.value("healthd_ready", &[]), Some(0.0), "a critical check fails");
     let runs = |e: &Exposition| e.check("healthd_check_runs_total", "dependency");
     let failures = |e: &Exposition| e.check("healthd_check_failures_total", "dependency");
     let attempts = |e: &Exposition| e.check("healthd_check_attempts_total", "dependency");

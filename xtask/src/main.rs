@@ -1,10 +1,11 @@
 //! Project tasks that need more than cargo: `cargo xtask codegen [--check]`,
-//! `cargo xtask bench [--smoke | --scale]`, `cargo xtask contract`.
+//! `cargo xtask bench [--smoke | --scale]`, `cargo xtask contract`, `cargo xtask gateway`.
 
 mod bench;
 mod callgrind;
 mod codegen;
 mod contract;
+mod gateway;
 mod scale;
 mod services;
 
@@ -17,9 +18,10 @@ fn main() -> anyhow::Result<()> {
         Some("codegen") => codegen::generate(flags.contains(&"--check")),
         Some("bench") => bench::run(&flags),
         Some("contract") => contract::run(),
+        Some("gateway") => gateway::run(),
         _ => {
             eprintln!(
-                "usage: cargo xtask <codegen [--check] | bench [--smoke | --scale] | contract>"
+                "usage: cargo xtask <codegen [--check] | bench [--smoke | --scale] | contract | gateway>"
             );
             std::process::exit(2);
         }

@@ -41,12 +41,18 @@ impl Profile {
         Ok(())
     }
 
-    /// Where cargo put `name`: under `$CARGO_TARGET_DIR` when it is set.
     pub fn binary(self, root: &Path, name: &str) -> PathBuf {
         let profile = if self == Profile::Release { "release" } else { "debug" };
-        let target =
-            std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
-        target.join(profile).join(name)
+        target_dir(root).join(profile).join(name)
+    }
+}
+
+/// Where cargo builds: `CARGO_TARGET_DIR` when set (relative to the root,
+/// as cargo reads it from the root), else `target/`.
+pub fn target_dir(root: &Path) -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => root.join(dir),
+        None => root.join("target"),
     }
 }
 

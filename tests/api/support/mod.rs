@@ -1,7 +1,10 @@
 //! Test support shared by the modules of the api test binary. The throwaway
-//! PostgreSQL lives in the healthd-testkit crate, which the benchmark uses
-//! too; the small HTTP dependencies and the check-test helpers live here.
+//! PostgreSQL, Redis and MariaDB live in the healthd-testkit crate, which the
+//! benchmark uses too; the small HTTP dependencies and the check-test
+//! helpers live here.
 
 pub mod checks;
-pub use healthd_testkit::{postgres, redis};
+#[cfg(feature = "nats")]
+pub use healthd_testkit::nats;
+pub use healthd_testkit::{mariadb, postgres, redis};
 pub mod upstream;

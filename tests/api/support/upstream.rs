@@ -1,7 +1,8 @@
 //! Small local HTTP dependencies for the check tests: a listener on
 //! 127.0.0.1 port 0 that answers with a `Behaviour` the test can change at
 //! any time (200, 500, slowly, never, alternately, fail-then-succeed, an
-//! `application/health+json` report, or closing at once).
+//! `application/health+json` report, or closing at once), and a listener
+//! that accepts and stays silent, for the protocols that are not HTTP.
 //!
 //! It speaks just enough HTTP/1.1 for reqwest: it reads the request head,
 //! answers once with `Connection: close`, and closes. It counts the requests
@@ -276,4 +277,54 @@ pub async fn refused_address() -> SocketAddr {
     let address = listener.local_addr().expect("the listener's address");
     drop(listener);
     address
+}
+
+/// A listener that accepts every connection, counts it, reads whatever
+/// comes and never writes a byte: a broker or server that hangs after the
+/// TCP handshake. Connections stay open until it is dropped.
+pub struct Silent {
+    address: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl Silent {
+    pub async fn start() -> Silent {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("binding 127.0.0.1:0");
+        let address = listener.local_addr().expect("the listener's address");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        let task = tokio::spawn(async move {
+            // Owned here, so aborting the accept loop closes every connection.
+            let mut connections = JoinSet::new();
+            loop {
+                tokio::select! {
+                    Ok((mut stream, _)) = listener.accept() => {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        connections.spawn(async move {
+                            let mut sink = [0u8; 1024];
+                            while matches!(stream.read(&mut sink).await, Ok(read) if read > 0) {}
+                        });
+                    }
+                    Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                }
+            }
+        });
+        Silent { address, accepted, task }
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Silent {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
