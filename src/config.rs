@@ -199,6 +199,7 @@ pub struct CheckPolicy {
     backoff: Option<Duration>,
     failure_threshold: Option<u32>,
     success_threshold: Option<u32>,
+    history: Option<u32>,
 }
 
 impl CheckPolicy {
@@ -251,6 +252,12 @@ impl CheckPolicy {
         self
     }
 
+    /// `history`: runs kept for the history endpoint and the status page (0: none).
+    pub fn history(mut self, runs: u32) -> Self {
+        self.history = Some(runs);
+        self
+    }
+
     fn raw(&self) -> RawPolicy {
         RawPolicy {
             interval: self.interval.map(DurationText),
@@ -259,6 +266,7 @@ impl CheckPolicy {
             backoff: self.backoff.map(DurationText),
             failure_threshold: self.failure_threshold,
             success_threshold: self.success_threshold,
+            history: self.history,
         }
     }
 }

@@ -1,8 +1,11 @@
 //! One task per check: every `interval`, run it under its deadline, retry
-//! with backoff, apply thresholds, and publish a new `Snapshot`. Probes only
-//! ever read the snapshot.
+//! with backoff, apply thresholds, and render its own piece of the bodies.
+//! One publisher task assembles the pieces into a new `Snapshot` at most
+//! once per burst of runs. Probes only ever read the snapshot.
 
+use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -10,13 +13,13 @@ use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
 use futures_util::FutureExt;
 use healthd_models::{ComponentType, HealthStatus};
-use tokio::sync::watch;
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::checks::{Check, Observation};
 use crate::config::{CheckSettings, Policy};
 use crate::history::SharedHistory;
-use crate::report::{ServiceInfo, Snapshot};
+use crate::report::{Layout, Piece, Renderer, ServiceInfo, Snapshot};
 
 /// Upper bounds (seconds) of the run-duration histogram buckets.
 pub const LATENCY_BUCKETS: [f64; 12] =
@@ -90,12 +93,40 @@ struct RunResult {
     duration: Duration,
 }
 
-/// Runs the checks and owns the published snapshot.
+/// Runs the checks and owns the published snapshot. Clones are handles
+/// on the same checks (a reload runs beside the server).
+#[derive(Clone)]
 pub struct Monitor {
     shared: Arc<Shared>,
-    stop: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
 }
+
+/// What a reload did to the checks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CheckChanges {
+    pub added: usize,
+    /// Checks whose settings changed: they start afresh (no reading, no counters).
+    pub restarted: usize,
+    pub removed: usize,
+    /// Checks whose settings are the same: they keep their task, so their
+    /// readings, counters and schedule.
+    pub unchanged: usize,
+}
+
+/// A reload's checks, built and compared with the running ones, not yet
+/// started: see `Monitor::prepare`.
+pub struct Prepared {
+    entries: Vec<Entry>,
+    changes: CheckChanges,
+}
+
+enum Entry {
+    Keep(Arc<Slot>),
+    Start(Box<CheckSettings>, Arc<dyn Check>),
+}
+
+/// A new or changed check's first run may take this much longer than its
+/// policy's worst case before the reload goes on without its reading.
+const FIRST_READING_MARGIN: Duration = Duration::from_secs(1);
 
 /// A cheap handle that reads the latest snapshot.
 #[derive(Clone)]
@@ -103,10 +134,66 @@ pub struct SnapshotReader {
     shared: Arc<Shared>,
 }
 
+/// After assembling a snapshot that took `t`, the publisher waits at least
+/// `t` times this before the next one: assembling never takes more than
+/// about 1% of a core, however many checks there are.
+const PUBLISH_IDLE_FACTOR: u32 = 100;
+/// The least wait between two snapshots: runs that end together (checks
+/// started together keep their phase) make one snapshot.
+const PUBLISH_MIN_GAP: Duration = Duration::from_millis(5);
+/// The most a finished run waits to be published.
+const PUBLISH_MAX_GAP: Duration = Duration::from_millis(500);
+
 struct Shared {
-    states: Mutex<Vec<CheckState>>,
+    renderer: ArcSwap<Renderer>,
+    roster: ArcSwap<Roster>,
     snapshot: ArcSwap<Snapshot>,
-    service: ServiceInfo,
+    /// A run has stored a new piece; the publisher assembles a new snapshot.
+    changed: Notify,
+    /// Every check has reported once: startup is over for good.
+    started: AtomicBool,
+    publisher: Mutex<Option<JoinHandle<()>>>,
+    /// One reload at a time; `stop` waits for the one under way.
+    reloading: tokio::sync::Mutex<()>,
+    stopped: AtomicBool,
+}
+
+/// The checks being run, in the configured order, and where their entries
+/// go in the bodies.
+struct Roster {
+    slots: Vec<Arc<Slot>>,
+    layout: Arc<Layout>,
+}
+
+/// Where one check's task publishes its latest piece. The task is its only
+/// writer, but for re-renderings of the same state (turned stale, a new
+/// identity), which are swapped in only over the piece they were made from.
+struct Slot {
+    /// What the check was started from, for a reload to compare.
+    settings: CheckSettings,
+    piece: ArcSwap<Piece>,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Slot {
+    fn new(settings: &CheckSettings, check: &dyn Check, renderer: &Renderer) -> Arc<Slot> {
+        let state = CheckState::new(settings, check);
+        Arc::new(Slot {
+            settings: settings.clone(),
+            piece: ArcSwap::from_pointee(renderer.piece(state, Instant::now())),
+            task: Mutex::new(None),
+        })
+    }
+
+    fn has_reported(&self) -> bool {
+        self.piece.load().state.reading.is_some()
+    }
+
+    fn stop(&self) -> Option<JoinHandle<()>> {
+        let task = self.task.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take()?;
+        task.abort();
+        Some(task)
+    }
 }
 
 impl Monitor {
@@ -122,63 +209,166 @@ impl Monitor {
         service: ServiceInfo,
         checks: Vec<(&CheckSettings, Arc<dyn Check>)>,
     ) -> Monitor {
-        let states: Vec<CheckState> = checks
-            .iter()
-            .map(|(settings, check)| CheckState {
-                name: settings.name.clone(),
-                kind: settings.kind,
-                component_type: check.component_type(),
-                critical: settings.critical,
-                policy: settings.policy,
-                measurements: check.measurements(),
-                reading: None,
-                consecutive_failures: 0,
-                consecutive_successes: 0,
-                counters: Counters::default(),
-                history: SharedHistory::new(settings.policy.history),
-            })
-            .collect();
-        let snapshot = Snapshot::render(&service, states.clone(), Instant::now());
-        let shared = Arc::new(Shared {
-            states: Mutex::new(states),
-            snapshot: ArcSwap::from_pointee(snapshot),
-            service,
-        });
-        let (stop, stopped) = watch::channel(false);
-        let tasks = checks
-            .into_iter()
-            .enumerate()
-            .map(|(index, (settings, check))| {
-                tokio::spawn(run_forever(
-                    index,
-                    settings.name.clone(),
-                    check,
-                    settings.policy,
-                    shared.clone(),
-                    stopped.clone(),
-                ))
-            })
-            .collect();
-        Monitor { shared, stop, tasks }
+        let renderer = Renderer::new(service, 0);
+        let mut pending = Vec::with_capacity(checks.len());
+        let mut slots = Vec::with_capacity(checks.len());
+        for (settings, check) in checks {
+            let slot = Slot::new(settings, check.as_ref(), &renderer);
+            slots.push(slot.clone());
+            pending.push((check, settings.policy, slot));
+        }
+        let shared = Shared::new(renderer, Roster::new(slots), Instant::now());
+        *lock(&shared.publisher) = Some(tokio::spawn(publish_forever(shared.clone())));
+        for (check, policy, slot) in pending {
+            shared.spawn(check, policy, slot);
+        }
+        Monitor { shared }
     }
 
     pub fn reader(&self) -> SnapshotReader {
         SnapshotReader { shared: self.shared.clone() }
     }
 
-    /// Stops every check task, abandoning runs in flight, and waits for them.
+    /// Compares `settings` with the running checks by name, and builds the
+    /// checks that are new or changed (a check that cannot be built refuses
+    /// the reload: the error names it by its index in `settings`). Nothing
+    /// changes until `apply`.
+    pub fn prepare(&self, settings: &[CheckSettings]) -> Result<Prepared, (usize, anyhow::Error)> {
+        let roster = self.shared.roster.load();
+        let running: HashMap<&str, &Arc<Slot>> =
+            roster.slots.iter().map(|slot| (slot.settings.name.as_str(), slot)).collect();
+        let mut changes = CheckChanges::default();
+        let mut entries = Vec::with_capacity(settings.len());
+        let mut named = HashSet::new();
+        for (index, wanted) in settings.iter().enumerate() {
+            named.insert(wanted.name.as_str());
+            match running.get(wanted.name.as_str()) {
+                Some(slot) if slot.settings.is_same_as(wanted) => {
+                    changes.unchanged += 1;
+                    entries.push(Entry::Keep(Arc::clone(slot)));
+                }
+                running_one => {
+                    let check = wanted.build().map_err(|error| (index, error))?;
+                    if running_one.is_some() {
+                        changes.restarted += 1;
+                    } else {
+                        changes.added += 1;
+                    }
+                    entries.push(Entry::Start(Box::new(wanted.clone()), check));
+                }
+            }
+        }
+        changes.removed = running.keys().filter(|name| !named.contains(*name)).count();
+        Ok(Prepared { entries, changes })
+    }
+
+    /// Puts a prepared set of checks in place of the running one. New and
+    /// changed checks start at once, out of sight until their first reading
+    /// (or their worst case has passed), so that they never show `no
+    /// reading yet`; then every body switches to the new set in one
+    /// snapshot, and the checks that left are stopped.
+    pub async fn apply(&self, prepared: Prepared) -> CheckChanges {
+        let _one_at_a_time = self.shared.reloading.lock().await;
+        if self.shared.stopped.load(Ordering::SeqCst) {
+            return CheckChanges::default();
+        }
+        let renderer = self.shared.renderer.load_full();
+        let mut slots = Vec::with_capacity(prepared.entries.len());
+        // Stopped again if this future is dropped before they are in place.
+        let mut starting = Starting(Vec::new());
+        let mut first_reading_by = Instant::now();
+        for entry in prepared.entries {
+            match entry {
+                Entry::Keep(slot) => slots.push(slot),
+                Entry::Start(settings, check) => {
+                    let slot = Slot::new(&settings, check.as_ref(), &renderer);
+                    self.shared.spawn(check, settings.policy, slot.clone());
+                    first_reading_by = first_reading_by
+                        .max(Instant::now() + settings.policy.worst_case() + FIRST_READING_MARGIN);
+                    starting.0.push(slot.clone());
+                    slots.push(slot);
+                }
+            }
+        }
+        while !starting.0.iter().all(|slot| slot.has_reported())
+            && Instant::now() < first_reading_by
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let kept: HashSet<*const Slot> = slots.iter().map(Arc::as_ptr).collect();
+        let previous = self.shared.roster.swap(Arc::new(Roster::new(slots)));
+        starting.0.clear();
+        self.shared.publish_now();
+        for slot in previous.slots.iter().filter(|slot| !kept.contains(&Arc::as_ptr(slot))) {
+            slot.stop();
+        }
+        prepared.changes
+    }
+
+    /// The service's identity in every body from now on; the readings stay.
+    pub fn set_service(&self, service_id: &str, description: Option<&str>) {
+        let current = self.shared.renderer.load_full();
+        let service = current.service();
+        if service.service_id == service_id && service.description.as_deref() == description {
+            return;
+        }
+        let service = ServiceInfo {
+            service_id: service_id.to_string(),
+            description: description.map(str::to_string),
+            ..service.clone()
+        };
+        // Pieces rendered for the old identity are rendered again as the
+        // next snapshot is assembled.
+        self.shared.renderer.store(Arc::new(Renderer::new(service, current.epoch() + 1)));
+        self.shared.publish_now();
+    }
+
+    /// Stops every check task, abandoning runs in flight, and the
+    /// publisher, and waits for them.
     pub async fn stop(self) {
-        let _ = self.stop.send(true);
-        for task in self.tasks {
+        let _no_reload = self.shared.reloading.lock().await;
+        self.shared.stopped.store(true, Ordering::SeqCst);
+        let mut tasks: Vec<JoinHandle<()>> =
+            self.shared.roster.load().slots.iter().filter_map(|slot| slot.stop()).collect();
+        if let Some(publisher) = lock(&self.shared.publisher).take() {
+            publisher.abort();
+            tasks.push(publisher);
+        }
+        for task in tasks {
             let _ = task.await;
         }
+    }
+}
+
+/// Checks a reload started, stopped unless they were put in place.
+struct Starting(Vec<Arc<Slot>>);
+
+impl Drop for Starting {
+    fn drop(&mut self) {
+        for slot in &self.0 {
+            slot.stop();
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Roster {
+    fn new(slots: Vec<Arc<Slot>>) -> Roster {
+        let pieces: Vec<Arc<Piece>> = slots.iter().map(|slot| slot.piece.load_full()).collect();
+        let layout = Arc::new(Layout::new(
+            pieces.iter().map(|piece| (piece.state.name.as_str(), piece.state.measurements)),
+        ));
+        Roster { slots, layout }
     }
 }
 
 impl SnapshotReader {
     /// The latest snapshot, without touching its reference count on the
     /// probe path. When a reading in it has gone stale (the monitor was
-    /// stopped, or the runtime is starved), it is rendered again so that
+    /// stopped, or the runtime is starved), it is assembled again so that
     /// stale reads as `fail`.
     pub fn current(&self) -> arc_swap::Guard<Arc<Snapshot>> {
         let snapshot = self.shared.snapshot.load();
@@ -190,35 +380,36 @@ impl SnapshotReader {
     }
 }
 
-/// Resolves when `Monitor::stop` asks; a dropped `Monitor` (an embedding
-/// app that kept only the reader) leaves the checks running.
-async fn stop_requested(stopped: &mut watch::Receiver<bool>) {
-    if stopped.wait_for(|stop| *stop).await.is_err() {
-        std::future::pending::<()>().await;
+/// Assembles a snapshot after runs have ended, at most once per burst of
+/// them: see `PUBLISH_IDLE_FACTOR`.
+async fn publish_forever(shared: Arc<Shared>) {
+    let mut earliest = tokio::time::Instant::now();
+    loop {
+        shared.changed.notified().await;
+        tokio::time::sleep_until(earliest).await;
+        let began = Instant::now();
+        shared.publish_now();
+        let gap = (began.elapsed() * PUBLISH_IDLE_FACTOR).clamp(PUBLISH_MIN_GAP, PUBLISH_MAX_GAP);
+        earliest = tokio::time::Instant::now() + gap;
     }
 }
 
-async fn run_forever(
-    index: usize,
-    name: String,
-    check: Arc<dyn Check>,
-    policy: Policy,
-    shared: Arc<Shared>,
-    mut stopped: watch::Receiver<bool>,
-) {
+async fn run_forever(check: Arc<dyn Check>, policy: Policy, slot: Arc<Slot>, shared: Arc<Shared>) {
+    let name = slot.settings.name.clone();
     let mut ticks = tokio::time::interval(policy.interval);
     // A slow run delays the next one rather than causing a burst of runs.
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
-            _ = ticks.tick() => {}
-            _ = stop_requested(&mut stopped) => return,
-        }
-        let run = tokio::select! {
-            run = run_once(&name, check.as_ref(), &policy) => run,
-            _ = stop_requested(&mut stopped) => return,
-        };
-        shared.record(index, run);
+        ticks.tick().await;
+        // Boxed for the run's length only: between runs, 10,000 idle tasks
+        // then hold no room for the deadline's timer and the attempt.
+        let run = Box::pin(run_once(&name, check.as_ref(), &policy)).await;
+        // The piece holds the check's only copy of its state.
+        let mut state = slot.piece.load().state.clone();
+        state.record(run);
+        let piece = shared.renderer.load().piece(state, Instant::now());
+        slot.piece.store(Arc::new(piece));
+        shared.changed.notify_one();
     }
 }
 
@@ -274,12 +465,65 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
 }
 
 impl Shared {
-    /// Renders `seen` again at `now`, so that the readings in it that went
-    /// stale read as `fail`, and publishes that unless a newer snapshot was
-    /// published meanwhile: a probe must never put back older readings over
-    /// a run that just finished. Returns what is published.
+    fn new(renderer: Renderer, roster: Roster, now: Instant) -> Arc<Shared> {
+        let pieces = roster.slots.iter().map(|slot| slot.piece.load_full()).collect();
+        let snapshot = renderer.assemble(roster.layout.clone(), pieces, now, false);
+        Arc::new(Shared {
+            renderer: ArcSwap::from_pointee(renderer),
+            roster: ArcSwap::from_pointee(roster),
+            snapshot: ArcSwap::from_pointee(snapshot),
+            changed: Notify::new(),
+            started: AtomicBool::new(false),
+            publisher: Mutex::new(None),
+            reloading: tokio::sync::Mutex::new(()),
+            stopped: AtomicBool::new(false),
+        })
+    }
+
+    /// Publishes a snapshot at once, not waiting for the publisher.
+    fn publish_now(&self) {
+        self.snapshot.store(Arc::new(self.assemble(Instant::now())));
+    }
+
+    fn spawn(self: &Arc<Self>, check: Arc<dyn Check>, policy: Policy, slot: Arc<Slot>) {
+        let task = tokio::spawn(run_forever(check, policy, slot.clone(), self.clone()));
+        *lock(&slot.task) = Some(task);
+    }
+
+    /// Every body from the latest pieces. Pieces that no longer read as a
+    /// rendering at `now` would (turned stale, or made for another
+    /// identity) are rendered again here and kept for the next time.
+    fn assemble(&self, now: Instant) -> Snapshot {
+        let renderer = self.renderer.load();
+        let roster = self.roster.load();
+        let pieces = roster
+            .slots
+            .iter()
+            .map(|slot| {
+                let piece = slot.piece.load_full();
+                if piece.is_current(&renderer, now) {
+                    return piece;
+                }
+                let fresh = Arc::new(renderer.piece(piece.state.clone(), now));
+                // Unless the check's task has stored a newer run meanwhile.
+                slot.piece.compare_and_swap(&piece, fresh.clone());
+                fresh
+            })
+            .collect();
+        let started = self.started.load(Ordering::Relaxed);
+        let snapshot = renderer.assemble(roster.layout.clone(), pieces, now, started);
+        if !snapshot.starting {
+            self.started.store(true, Ordering::Relaxed);
+        }
+        snapshot
+    }
+
+    /// Assembles the snapshot again at `now`, so that the readings that
+    /// went stale read as `fail`, and publishes that unless a newer snapshot
+    /// was published meanwhile: a probe must never put back older readings
+    /// over a run that was just published. Returns what is published.
     fn render_again(&self, seen: &Arc<Snapshot>, now: Instant) -> Arc<Snapshot> {
-        let fresh = Arc::new(Snapshot::render(&self.service, seen.states.clone(), now));
+        let fresh = Arc::new(self.assemble(now));
         let previous = self.snapshot.compare_and_swap(seen, fresh.clone());
         if Arc::ptr_eq(&previous, seen) {
             fresh
@@ -287,46 +531,61 @@ impl Shared {
             arc_swap::Guard::into_inner(previous)
         }
     }
+}
 
-    fn record(&self, index: usize, run: RunResult) {
-        let mut states = self.states.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let state = &mut states[index];
-        state.counters.record(&run);
-        if run.observation.status == HealthStatus::Fail {
-            state.consecutive_failures += 1;
-            state.consecutive_successes = 0;
-        } else {
-            state.consecutive_successes += 1;
-            state.consecutive_failures = 0;
+impl CheckState {
+    fn new(settings: &CheckSettings, check: &dyn Check) -> CheckState {
+        CheckState {
+            name: settings.name.clone(),
+            kind: settings.kind,
+            component_type: check.component_type(),
+            critical: settings.critical,
+            policy: settings.policy,
+            measurements: check.measurements(),
+            reading: None,
+            consecutive_failures: 0,
+            consecutive_successes: 0,
+            counters: Counters::default(),
+            history: SharedHistory::new(settings.policy.history),
         }
-        let previous = state.reading.as_ref().map(|reading| reading.status);
+    }
+
+    /// Takes a run in: counters, thresholds, the new reading.
+    fn record(&mut self, run: RunResult) {
+        self.counters.record(&run);
+        if run.observation.status == HealthStatus::Fail {
+            self.consecutive_failures += 1;
+            self.consecutive_successes = 0;
+        } else {
+            self.consecutive_successes += 1;
+            self.consecutive_failures = 0;
+        }
+        let previous = self.reading.as_ref().map(|reading| reading.status);
         let status = next_status(
             previous,
             run.observation.status,
-            state.consecutive_failures,
-            state.consecutive_successes,
-            &state.policy,
+            self.consecutive_failures,
+            self.consecutive_successes,
+            &self.policy,
         );
         if previous != Some(status) {
             let from = previous.map_or("none".to_string(), |previous| previous.to_string());
             let output = run.observation.output.as_deref().unwrap_or("");
-            tracing::info!(check = %state.name, %from, to = %status, output, "check status changed");
+            tracing::info!(check = %self.name, %from, to = %status, output, "check status changed");
         }
         let observed_at = Utc::now();
-        state.history.with(|history| {
+        self.history.with(|history| {
             let value = run.observation.values.first().copied().flatten();
             let output = run.observation.output.as_deref();
             history.push(observed_at, status, value, output, run.duration);
         });
-        state.reading = Some(Reading {
+        self.reading = Some(Reading {
             status,
             observation: run.observation,
             observed_at,
             observed_instant: Instant::now(),
             duration: run.duration,
         });
-        let snapshot = Snapshot::render(&self.service, states.clone(), Instant::now());
-        self.snapshot.store(Arc::new(snapshot));
     }
 }
 
@@ -538,15 +797,11 @@ mod tests {
 
     #[test]
     fn a_probe_never_puts_older_readings_back_over_a_newer_snapshot() {
-        let service = ServiceInfo::new("svc".into(), None);
-        let seen = Arc::new(Snapshot::render(&service, Vec::new(), Instant::now()));
-        let shared = Shared {
-            states: Mutex::new(Vec::new()),
-            snapshot: ArcSwap::new(seen.clone()),
-            service: service.clone(),
-        };
+        let renderer = Renderer::new(ServiceInfo::new("svc".into(), None), 0);
+        let shared = Shared::new(renderer, Roster::new(Vec::new()), Instant::now());
+        let seen = shared.snapshot.load_full();
         // A run publishes after the probe loaded `seen` and before it renders.
-        let newer = Arc::new(Snapshot::render(&service, Vec::new(), Instant::now()));
+        let newer = Arc::new(shared.assemble(Instant::now()));
         shared.snapshot.store(newer.clone());
         let answered = shared.render_again(&seen, Instant::now());
         assert!(Arc::ptr_eq(&answered, &newer));

@@ -1,7 +1,11 @@
 //! `Application`: binds the listener, starts the monitor and the server,
-//! and runs the lifecycle starting -> ready -> draining -> stopped.
+//! and runs the lifecycle starting -> ready -> draining -> stopped; SIGHUP
+//! reloads the config file meanwhile.
 
 use std::net::TcpListener;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::dev::{Server, ServerHandle};
@@ -10,7 +14,8 @@ use actix_web::{App, HttpServer};
 use anyhow::Context;
 
 use crate::builder::Healthd;
-use crate::config::Settings;
+use crate::config::{ProcessEnv, ServerSettings, Settings};
+use crate::http::access::Access;
 use crate::http::{self, HealthState};
 use crate::monitor::Monitor;
 
@@ -25,7 +30,10 @@ pub struct Application {
     server: Server,
     monitor: Monitor,
     state: Data<HealthState>,
-    drain_delay: Duration,
+    /// Milliseconds; a reload may change it.
+    drain_delay: Arc<AtomicU64>,
+    running: Settings,
+    config_file: Option<PathBuf>,
 }
 
 /// Starts draining a running `Application` from elsewhere (a signal, a test).
@@ -33,7 +41,11 @@ pub struct Application {
 pub struct DrainHandle {
     state: Data<HealthState>,
     server: ServerHandle,
-    drain_delay: Duration,
+    drain_delay: Arc<AtomicU64>,
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl Application {
@@ -58,7 +70,22 @@ impl Application {
             server = server.workers(workers);
         }
         let server = server.listen(listener)?.run();
-        Ok(Application { port, server, monitor, state, drain_delay: settings.server.drain_delay })
+        Ok(Application {
+            port,
+            server,
+            monitor,
+            state,
+            drain_delay: Arc::new(AtomicU64::new(millis(settings.server.drain_delay))),
+            running: settings,
+            config_file: None,
+        })
+    }
+
+    /// The file SIGHUP reads again; without one (the built-in default),
+    /// SIGHUP changes nothing.
+    pub fn reload_from(mut self, config_file: PathBuf) -> Self {
+        self.config_file = Some(config_file);
+        self
     }
 
     pub fn port(&self) -> u16 {
@@ -69,7 +96,7 @@ impl Application {
         DrainHandle {
             state: self.state.clone(),
             server: self.server.handle(),
-            drain_delay: self.drain_delay,
+            drain_delay: self.drain_delay.clone(),
         }
     }
 
@@ -78,7 +105,22 @@ impl Application {
         // Registered before "serving" is logged, so no signal can arrive
         // unhandled (and kill the process without a drain).
         let signals = Signals::register();
+        let hangups = hangup_signal();
         let handle = self.drain_handle();
+        let mut reloader = Reloader {
+            config_file: self.config_file,
+            running: self.running,
+            monitor: self.monitor.clone(),
+            state: self.state.clone(),
+            drain_delay: self.drain_delay.clone(),
+        };
+        let reloads = tokio::spawn(async move {
+            let Some(mut hangups) = hangups else { return };
+            // Signals during a reload make one more reload after it.
+            while hangups.recv().await.is_some() {
+                reloader.reload().await;
+            }
+        });
         let signals = tokio::spawn(async move {
             let Some(mut signals) = signals else { return };
             signals.next().await;
@@ -93,6 +135,9 @@ impl Application {
         tracing::info!(port = self.port, "healthd is serving");
         let result = self.server.await;
         signals.abort();
+        // A reload under way stops here; the checks it started stop with it.
+        reloads.abort();
+        let _ = reloads.await;
         self.monitor.stop().await;
         tracing::info!("checks stopped; healthd stopped");
         result.context("the server failed")
@@ -103,12 +148,10 @@ impl DrainHandle {
     /// Readiness answers 503 at once; after the drain delay the listener
     /// closes and requests in flight finish.
     pub async fn drain(&self) {
-        tracing::info!(
-            drain_delay_ms = self.drain_delay.as_millis() as u64,
-            "draining: readiness now answers 503"
-        );
+        let drain_delay_ms = self.drain_delay.load(Ordering::Relaxed);
+        tracing::info!(drain_delay_ms, "draining: readiness now answers 503");
         self.state.start_draining();
-        tokio::time::sleep(self.drain_delay).await;
+        tokio::time::sleep(Duration::from_millis(drain_delay_ms)).await;
         tracing::info!("drain delay over: closing the listener");
         self.server.stop(true).await;
     }
@@ -137,5 +180,102 @@ impl Signals {
             _ = self.terminate.recv() => tracing::info!("SIGTERM received"),
             _ = self.interrupt.recv() => tracing::info!("SIGINT received"),
         }
+    }
+}
+
+/// SIGHUP, registered before healthd says it serves: its default action
+/// ends the process.
+fn hangup_signal() -> Option<tokio::signal::unix::Signal> {
+    use tokio::signal::unix::{signal, SignalKind};
+    signal(SignalKind::hangup())
+        .inspect_err(|error| tracing::error!(%error, "cannot listen for SIGHUP: no reloads"))
+        .ok()
+}
+
+/// Reads the config file again and applies it: all of it, or (when it is
+/// invalid) nothing.
+struct Reloader {
+    config_file: Option<PathBuf>,
+    /// What runs now: what a reload compares with.
+    running: Settings,
+    monitor: Monitor,
+    state: Data<HealthState>,
+    drain_delay: Arc<AtomicU64>,
+}
+
+impl Reloader {
+    async fn reload(&mut self) {
+        let Some(file) = &self.config_file else {
+            tracing::warn!("SIGHUP received, but there is no config file to read again (healthd runs on the built-in default)");
+            return;
+        };
+        tracing::info!(file = %file.display(), "SIGHUP received: reading the config again");
+        let mut settings = match Settings::load(Some(file), &ProcessEnv) {
+            Ok(settings) => settings,
+            Err(error) => {
+                return self.refuse(error.to_string().lines().map(str::to_string).collect())
+            }
+        };
+        // Checks are built before anything changes: one that cannot be
+        // built refuses the reload like a problem in the file.
+        let prepared = match self.monitor.prepare(&settings.checks) {
+            Ok(prepared) => prepared,
+            Err((index, error)) => {
+                return self.refuse(vec![format!("{}: checks[{index}]: {error:#}", file.display())])
+            }
+        };
+        keep_what_needs_a_restart(&self.running.server, &mut settings.server);
+        // Access and identity switch at once; checks once the new ones
+        // have their first reading.
+        self.state.set_access(Access::new(settings.access.clone()));
+        self.monitor
+            .set_service(&settings.server.service_id, settings.server.description.as_deref());
+        self.drain_delay.store(millis(settings.server.drain_delay), Ordering::Relaxed);
+        let changes = self.monitor.apply(prepared).await;
+        self.state.reloads().count_ok();
+        tracing::info!(
+            added = changes.added,
+            restarted = changes.restarted,
+            removed = changes.removed,
+            unchanged = changes.unchanged,
+            "config reloaded"
+        );
+        self.running = settings;
+    }
+
+    /// Logs each problem as it is (`FILE: KEY: REASON`); nothing changes.
+    fn refuse(&self, problems: Vec<String>) {
+        for problem in &problems {
+            tracing::error!("{problem}");
+        }
+        tracing::error!(
+            problems = problems.len(),
+            "config reload refused: the running config stays"
+        );
+        self.state.reloads().count_invalid();
+    }
+}
+
+/// The listener and the workers are set up once: a reload that changes
+/// them says so and keeps the running values.
+fn keep_what_needs_a_restart(running: &ServerSettings, wanted: &mut ServerSettings) {
+    if wanted.listen != running.listen {
+        tracing::warn!(
+            "server.listen changed from {} to {}: that needs a restart; still listening on {}",
+            running.listen,
+            wanted.listen,
+            running.listen
+        );
+        wanted.listen = running.listen;
+    }
+    if wanted.workers != running.workers {
+        let shown =
+            |workers: Option<usize>| workers.map_or("default".to_string(), |n| n.to_string());
+        tracing::warn!(
+            "server.workers changed from {} to {}: that needs a restart; the running value stays",
+            shown(running.workers),
+            shown(wanted.workers)
+        );
+        wanted.workers = running.workers;
     }
 }

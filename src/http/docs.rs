@@ -88,7 +88,7 @@ pub fn swagger_config(prefix: &str) -> utoipa_swagger_ui::Config<'static> {
 /// proxy mounts healthd under, then the app's own mount point.
 fn external_base(state: &HealthState, request: &HttpRequest) -> String {
     let peer = crate::http::peer(request);
-    let prefix = state.access.external_prefix(peer, request.headers());
+    let prefix = state.access.load().external_prefix(peer, request.headers());
     format!("{prefix}{}", state.mount)
 }
 
@@ -178,7 +178,8 @@ pub async fn get_openapi_json(request: HttpRequest) -> HttpResponse {
 
 pub async fn redirect_to_swagger_ui(request: HttpRequest) -> HttpResponse {
     let state = crate::http::state_of(&request);
-    let prefix = state.access.external_prefix(crate::http::peer(&request), request.headers());
+    let prefix =
+        state.access.load().external_prefix(crate::http::peer(&request), request.headers());
     let target = format!("{prefix}{}/", request.path());
     HttpResponse::MovedPermanently().insert_header((header::LOCATION, target)).finish()
 }

@@ -1,8 +1,9 @@
 //! `/metrics`: Prometheus text exposition, rendered on request from the
-//! snapshot and the request counters.
+//! snapshot, the request counters and the reload counters.
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use healthd_models::HealthStatus;
 
@@ -94,6 +95,42 @@ impl RequestCounters {
     }
 }
 
+/// Config reloads by result, and when the running config was loaded.
+pub struct ReloadCounters {
+    ok: AtomicU64,
+    invalid: AtomicU64,
+    /// Milliseconds since the Unix epoch: at start, then at each good reload.
+    last_ok_ms: AtomicU64,
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| since.as_millis() as u64)
+}
+
+impl Default for ReloadCounters {
+    /// The config loaded at start is the first good one.
+    fn default() -> Self {
+        ReloadCounters {
+            ok: AtomicU64::new(0),
+            invalid: AtomicU64::new(0),
+            last_ok_ms: AtomicU64::new(unix_ms()),
+        }
+    }
+}
+
+impl ReloadCounters {
+    /// A reload was applied.
+    pub fn count_ok(&self) {
+        self.ok.fetch_add(1, Ordering::Relaxed);
+        self.last_ok_ms.store(unix_ms(), Ordering::Relaxed);
+    }
+
+    /// A reload was refused: nothing changed.
+    pub fn count_invalid(&self) {
+        self.invalid.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 fn status_value(status: HealthStatus) -> u8 {
     match status {
         HealthStatus::Pass => 0,
@@ -107,12 +144,42 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
-pub fn render(snapshot: &Snapshot, requests: &RequestCounters, draining: bool) -> String {
-    let mut out = String::with_capacity(4096);
+pub fn render(
+    snapshot: &Snapshot,
+    requests: &RequestCounters,
+    reloads: &ReloadCounters,
+    draining: bool,
+) -> String {
+    // About what a check takes, so that 10,000 checks' text is not copied
+    // over and over as it grows.
+    let mut out = String::with_capacity(4096 + 2048 * snapshot.checks().len());
     header(&mut out, "healthd_build_info", "gauge", "healthd's version, always 1.");
     let _ = writeln!(out, "healthd_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
     header(&mut out, "healthd_draining", "gauge", "1 while the service drains before stopping.");
     let _ = writeln!(out, "healthd_draining {}", u8::from(draining));
+    header(
+        &mut out,
+        "healthd_config_reloads_total",
+        "counter",
+        "Config reloads (SIGHUP): ok was applied, invalid was refused and changed nothing.",
+    );
+    for (result, count) in [("ok", &reloads.ok), ("invalid", &reloads.invalid)] {
+        let count = count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "healthd_config_reloads_total{{result=\"{result}\"}} {count}");
+    }
+    header(
+        &mut out,
+        "healthd_config_last_reload_success_timestamp_seconds",
+        "gauge",
+        "When the running config was loaded (at start or by the last good reload), in Unix time.",
+    );
+    let last_ok_ms = reloads.last_ok_ms.load(Ordering::Relaxed);
+    let _ = writeln!(
+        out,
+        "healthd_config_last_reload_success_timestamp_seconds {}.{:03}",
+        last_ok_ms / 1000,
+        last_ok_ms % 1000
+    );
 
     header(&mut out, "healthd_status", "gauge", "The service's status: 0 pass, 1 warn, 2 fail.");
     let _ = writeln!(out, "healthd_status {}", status_value(snapshot.health.status));
@@ -128,14 +195,12 @@ pub fn render(snapshot: &Snapshot, requests: &RequestCounters, draining: bool) -
         "gauge",
         "Each check's reported status: 0 pass, 1 warn, 2 fail.",
     );
-    for state in &snapshot.states {
-        let status =
-            snapshot.checks.get(&state.name).map_or(HealthStatus::Fail, |rendered| rendered.status);
+    for check in snapshot.checks() {
         let _ = writeln!(
             out,
             "healthd_check_status{{{}}} {}",
-            labels(&state.name, state.kind),
-            status_value(status)
+            labels(&check.state.name, check.state.kind),
+            status_value(check.status)
         );
     }
     // A series of its own rather than a label on every check metric: alert
@@ -147,7 +212,7 @@ pub fn render(snapshot: &Snapshot, requests: &RequestCounters, draining: bool) -
         "gauge",
         "Whether the check is critical (1): its failure fails the service and readiness.",
     );
-    for state in &snapshot.states {
+    for state in snapshot.checks().map(|check| &check.state) {
         let _ = writeln!(
             out,
             "healthd_check_critical{{{}}} {}",
@@ -161,16 +226,12 @@ pub fn render(snapshot: &Snapshot, requests: &RequestCounters, draining: bool) -
         "gauge",
         "Whether the check's status is pass or warn (1) or fail (0).",
     );
-    for state in &snapshot.states {
-        let up = snapshot
-            .checks
-            .get(&state.name)
-            .is_some_and(|rendered| rendered.status != HealthStatus::Fail);
+    for check in snapshot.checks() {
         let _ = writeln!(
             out,
             "healthd_check_up{{{}}} {}",
-            labels(&state.name, state.kind),
-            u8::from(up)
+            labels(&check.state.name, check.state.kind),
+            u8::from(check.status != HealthStatus::Fail)
         );
     }
     header(
@@ -179,7 +240,7 @@ pub fn render(snapshot: &Snapshot, requests: &RequestCounters, draining: bool) -
         "gauge",
         "How long the latest run took, retries included.",
     );
-    for state in &snapshot.states {
+    for state in snapshot.checks().map(|check| &check.state) {
         if let Some(reading) = &state.reading {
             let _ = writeln!(
                 out,
@@ -195,7 +256,7 @@ pub fn render(snapshot: &Snapshot, requests: &RequestCounters, draining: bool) -
         "histogram",
         "Run durations, retries included.",
     );
-    for state in &snapshot.states {
+    for state in snapshot.checks().map(|check| &check.state) {
         let labels = labels(&state.name, state.kind);
         for (bound, count) in LATENCY_BUCKETS.iter().zip(state.counters.duration_buckets) {
             let _ = writeln!(
@@ -224,7 +285,7 @@ pub fn render(snapshot: &Snapshot, requests: &RequestCounters, draining: bool) -
     ];
     for (name, help, value) in counters {
         header(&mut out, name, "counter", help);
-        for state in &snapshot.states {
+        for state in snapshot.checks().map(|check| &check.state) {
             let _ = writeln!(
                 out,
                 "{name}{{{}}} {}",

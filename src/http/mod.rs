@@ -8,17 +8,21 @@ pub mod error;
 mod metrics;
 mod status;
 
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
-use actix_web::body::{BoxBody, MessageBody};
+use actix_web::body::{BodySize, BoxBody, MessageBody};
 use actix_web::dev::{Service, ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::{ConnectionType, Method};
+use actix_web::web::Bytes;
 use actix_web::web::{self, Data};
 use actix_web::{guard, HttpMessage, HttpRequest, HttpResponse, Resource, Scope};
+use arc_swap::ArcSwap;
 
 use crate::http::access::{Access, ClientAddress, DetailsDenied, Principal};
 use crate::http::docs::{CommonProblems, HealthAnswers, TokenProblems};
@@ -29,14 +33,16 @@ use crate::telemetry::{self, AccessRecord};
 
 pub use docs::ApiDoc;
 use metrics::endpoint;
-pub use metrics::RequestCounters;
+pub use metrics::{ReloadCounters, RequestCounters};
 
 /// What the handlers share: the snapshot, the access rules, the lifecycle.
 pub struct HealthState {
     reader: SnapshotReader,
-    access: Access,
+    /// Swapped whole by a reload; a request decides on the one it loaded.
+    access: ArcSwap<Access>,
     draining: AtomicBool,
     requests: RequestCounters,
+    reloads: ReloadCounters,
     /// Swagger UI's settings for requests that come with no external prefix.
     swagger: Arc<utoipa_swagger_ui::Config<'static>>,
     /// Where the routes are mounted in the app ("" for the root).
@@ -55,9 +61,10 @@ impl HealthState {
     ) -> Data<HealthState> {
         Data::new(HealthState {
             reader,
-            access,
+            access: ArcSwap::from_pointee(access),
             draining: AtomicBool::new(false),
             requests: RequestCounters::default(),
+            reloads: ReloadCounters::default(),
             swagger: Arc::new(docs::swagger_config(prefix)),
             mount: prefix.to_string(),
             access_log,
@@ -71,6 +78,16 @@ impl HealthState {
 
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
+    }
+
+    /// New access rules (a reload): the next request is decided on them.
+    pub fn set_access(&self, access: Access) {
+        self.access.store(Arc::new(access));
+    }
+
+    /// Counts config reloads, for `/metrics`.
+    pub fn reloads(&self) -> &ReloadCounters {
+        &self.reloads
     }
 }
 
@@ -114,11 +131,15 @@ pub fn scope(
         .wrap_fn(move |request, service| {
             let started = Instant::now();
             let state = Rc::clone(&layer_state);
-            let address = state.access.client_address(peer(request.request()), request.headers());
-            let call = match screen(&state.access, &address, request.request()) {
+            let access = state.access.load();
+            let address = access.client_address(peer(request.request()), request.headers());
+            let call = match screen(&access, &address, request.request()) {
                 Ok(()) => Ok(service.call(request)),
                 Err(error) => Err(request.error_response(error)),
             };
+            // Not held across the handler: a reload's new rules apply to
+            // the handler's own decisions at once.
+            drop(access);
             async move {
                 let mut response = match call {
                     Ok(call) => call.await?.map_into_left_body(),
@@ -131,7 +152,7 @@ pub fn scope(
                 }
                 state.requests.count(response.request().match_name(), response.status().as_u16());
                 if state.access_log {
-                    log_request(&state.access, &address, &response, started);
+                    log_request(&address, &response, started);
                 }
                 Ok(response)
             }
@@ -228,14 +249,13 @@ fn query_is_well_formed(query: &str) -> bool {
 }
 
 fn log_request(
-    access: &Access,
     address: &ClientAddress,
     response: &ServiceResponse<impl MessageBody>,
     started: Instant,
 ) {
     let request = response.request();
-    let principal =
-        request.extensions().get::<Principal>().copied().unwrap_or(Principal::Anonymous);
+    let extensions = request.extensions();
+    let caller = extensions.get::<Caller>().map_or("anonymous", |caller| caller.0.as_str());
     telemetry::log_access(&AccessRecord {
         client: address.client,
         peer: address.peer,
@@ -243,7 +263,7 @@ fn log_request(
         path: loggable(request.path()),
         status: response.status().as_u16(),
         duration: started.elapsed(),
-        principal: access.principal_name(principal),
+        principal: caller,
     });
 }
 
@@ -270,26 +290,29 @@ fn state_of(request: &HttpRequest) -> &HealthState {
 
 /// Recomputed by the few handlers that need it, rather than stored in the
 /// request's extensions for every probe.
-fn client_address(state: &HealthState, request: &HttpRequest) -> ClientAddress {
-    state.access.client_address(peer(request), request.headers())
+fn client_address(access: &Access, request: &HttpRequest) -> ClientAddress {
+    access.client_address(peer(request), request.headers())
 }
 
+/// The name of the token a request came with, for the access log: kept as
+/// the name, since a reload may renumber the tokens before the log line.
+struct Caller(String);
+
 /// The caller's token, recorded for the access log. A wrong one is 401.
-fn authenticate(state: &HealthState, request: &HttpRequest) -> Result<Principal, ApiError> {
-    let principal = state
-        .access
+fn authenticate(access: &Access, request: &HttpRequest) -> Result<Principal, ApiError> {
+    let principal = access
         .authenticate(request.headers())
         .map_err(|_| ApiError::new(ApiErrorKind::Unauthorized, request.path()))?;
     if principal != Principal::Anonymous {
-        request.extensions_mut().insert(principal);
+        request.extensions_mut().insert(Caller(access.principal_name(principal).to_string()));
     }
     Ok(principal)
 }
 
 /// For the operations that exist only for callers who may see details.
-fn require_details(state: &HealthState, request: &HttpRequest) -> Result<(), ApiError> {
-    let principal = authenticate(state, request)?;
-    state.access.sees_details(&client_address(state, request), principal).map_err(|denied| {
+fn require_details(access: &Access, request: &HttpRequest) -> Result<(), ApiError> {
+    let principal = authenticate(access, request)?;
+    access.sees_details(&client_address(access, request), principal).map_err(|denied| {
         let kind = match denied {
             DetailsDenied::Disabled => ApiErrorKind::DetailsDisabled,
             DetailsDenied::Address => ApiErrorKind::DetailsNotAllowed,
@@ -299,11 +322,49 @@ fn require_details(state: &HealthState, request: &HttpRequest) -> Result<(), Api
     })
 }
 
+/// Bodies larger than this go out in slices of it (views of the rendered
+/// bytes, not copies). actix-web copies what a body yields into the
+/// connection's write buffer: whole, a 2 MB `/health` (10,000 checks) to
+/// 64 callers at once would hold 128 MB of copies.
+const BODY_SLICE: usize = 32 * 1024;
+
+/// A large rendered body, yielded `BODY_SLICE` bytes at a time, so that
+/// actix-web's write-buffer limit applies to it.
+struct Slices(Bytes);
+
+impl MessageBody for Slices {
+    type Error = std::convert::Infallible;
+
+    fn size(&self) -> BodySize {
+        BodySize::Sized(self.0.len() as u64)
+    }
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Bytes, Self::Error>>> {
+        if self.0.is_empty() {
+            return Poll::Ready(None);
+        }
+        let slice = self.0.len().min(BODY_SLICE);
+        Poll::Ready(Some(Ok(self.0.split_to(slice))))
+    }
+}
+
+/// A body as it goes out: whole when small, else in slices.
+fn sliced(body: Bytes) -> BoxBody {
+    if body.len() <= BODY_SLICE {
+        BoxBody::new(body)
+    } else {
+        BoxBody::new(Slices(body))
+    }
+}
+
 fn health_response(rendered: &Rendered) -> HttpResponse {
     // Built directly: the builder's error slot and conversions are work a
     // probe, answered from bytes rendered once, does not need.
     let mut response =
-        HttpResponse::with_body(rendered.http_status(), BoxBody::new(rendered.body.clone()));
+        HttpResponse::with_body(rendered.http_status(), sliced(rendered.body.clone()));
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/health+json"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -318,11 +379,12 @@ fn health_response(rendered: &Rendered) -> HttpResponse {
 )]
 pub async fn get_health(request: HttpRequest) -> Result<HttpResponse, ApiError> {
     let state = state_of(&request);
-    let principal = authenticate(state, &request)?;
+    let access = state.access.load();
+    let principal = authenticate(&access, &request)?;
     let snapshot = state.reader.current();
     // Most probes are anonymous: they skip working out the client address.
-    let sees_details = state.access.may_see_details(principal)
-        && state.access.sees_details(&client_address(state, &request), principal).is_ok();
+    let sees_details = access.may_see_details(principal)
+        && access.sees_details(&client_address(&access, &request), principal).is_ok();
     Ok(health_response(if sees_details { &snapshot.health } else { &snapshot.health_anonymous }))
 }
 
@@ -374,10 +436,10 @@ pub async fn get_check(
     name: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let state = state_of(&request);
-    require_details(state, &request)?;
+    require_details(&state.access.load(), &request)?;
     let snapshot = state.reader.current();
-    match snapshot.checks.get(name.as_str()) {
-        Some(rendered) => Ok(health_response(rendered)),
+    match snapshot.check(name.as_str()) {
+        Some(check) => Ok(health_response(&check.body)),
         None => Err(ApiError::new(ApiErrorKind::UnknownCheck(name.into_inner()), request.path())),
     }
 }
@@ -392,15 +454,20 @@ pub async fn get_check(
 )]
 pub async fn get_metrics(request: HttpRequest) -> Result<HttpResponse, ApiError> {
     let state = state_of(&request);
-    require_details(state, &request)?;
-    let body = metrics::render(&state.reader.current(), &state.requests, state.is_draining());
+    require_details(&state.access.load(), &request)?;
+    let body = metrics::render(
+        &state.reader.current(),
+        &state.requests,
+        &state.reloads,
+        state.is_draining(),
+    );
     Ok(HttpResponse::Ok()
         .insert_header((
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
         ))
         .insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")))
-        .body(body))
+        .body(sliced(Bytes::from(body))))
 }
 
 /// 404 in problem+json. Also the `App`'s default service: a request

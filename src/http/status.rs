@@ -40,12 +40,12 @@ pub async fn get_check_history(
     name: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let state = state_of(&request);
-    require_details(state, &request)?;
+    require_details(&state.access.load(), &request)?;
     let snapshot = state.reader.current();
-    let Some(check) = snapshot.states.iter().find(|check| check.name == *name) else {
+    let Some(piece) = snapshot.check(&name) else {
         return Err(ApiError::new(ApiErrorKind::UnknownCheck(name.into_inner()), request.path()));
     };
-    let body = serde_json::to_vec(&history_of(check)).expect("a history always serialises");
+    let body = serde_json::to_vec(&history_of(&piece.state)).expect("a history always serialises");
     Ok(answer("application/json", body))
 }
 

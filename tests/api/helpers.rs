@@ -472,6 +472,16 @@ impl RunningBinary {
         }
     }
 
+    /// The config file the process was started with.
+    pub fn config_path(&self) -> &std::path::Path {
+        self.config.as_deref().expect("started with a config file")
+    }
+
+    /// Replaces the config file's text, for a reload (SIGHUP) to read.
+    pub fn write_config(&self, text: &str) {
+        std::fs::write(self.config_path(), text).unwrap();
+    }
+
     /// Sends `signal` (such as `libc::SIGTERM`) to the process.
     pub fn signal(&self, signal: i32) {
         let pid = i32::try_from(self.child.id()).unwrap();

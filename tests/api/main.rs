@@ -27,4 +27,5 @@ mod history;
 mod lifecycle;
 mod metrics;
 mod postgres_support;
+mod reload;
 mod support;

@@ -1,4 +1,4 @@
-//! `cargo xtask bench [--smoke]`: healthd against bare actix-web, side by
+//! `cargo xtask bench [--smoke | --scale]`: healthd against bare actix-web, side by
 //! side on loopback, with a real PostgreSQL behind healthd's checks.
 //!
 //! Both servers are release builds with the same worker count. wrk drives
@@ -7,7 +7,8 @@
 //! the table shows their medians. Callgrind then counts instructions per
 //! request, a figure the machine's noise does not move. `--smoke` is one
 //! short round at 64 connections, to prove the bench works (CI); its
-//! numbers are not judged.
+//! numbers are not judged. `--scale` runs only the part that grows the
+//! number of checks (`scale.rs`); `--smoke` runs a short one of it too.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -18,6 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 use crate::project_root;
+use crate::scale;
 use crate::services::{
     fetch, free_port, start_baseline, start_healthd, wait_until, Dependencies, Launch, Profile,
     CHECK_INTERVAL_SECONDS, TOKEN, WORKERS,
@@ -34,24 +36,24 @@ struct Plan {
 
 /// One wrk run.
 #[derive(Clone, Copy, Debug)]
-struct Measurement {
-    requests_per_second: f64,
-    p50_us: f64,
-    p99_us: f64,
-    cpu_us_per_request: f64,
+pub struct Measurement {
+    pub requests_per_second: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub cpu_us_per_request: f64,
 }
 
 #[derive(Clone, Copy, PartialEq)]
-enum Server {
+pub enum Server {
     Healthd,
     Baseline,
 }
 
-struct Target {
-    label: &'static str,
-    server: Server,
-    path: &'static str,
-    authorized: bool,
+pub struct Target {
+    pub label: &'static str,
+    pub server: Server,
+    pub path: &'static str,
+    pub authorized: bool,
 }
 
 const TARGETS: [Target; 5] = [
@@ -89,6 +91,20 @@ const TARGETS: [Target; 5] = [
 
 pub fn run(args: &[&str]) -> anyhow::Result<()> {
     let smoke = args.contains(&"--smoke");
+    let root = project_root();
+    Profile::Release.build(&root)?;
+    ensure_installed("wrk", "wrk")?;
+    let benchmarks = root.join("BENCHMARKS.md");
+    if args.contains(&"--scale") {
+        // With --smoke: the short scale part alone, its numbers not kept.
+        let section = scale::run(&root, smoke)?;
+        println!("{section}");
+        if !smoke {
+            write_section(&benchmarks, SCALE_SECTION, &section)?;
+            eprintln!("wrote {}", benchmarks.display());
+        }
+        return Ok(());
+    }
     let plan = if smoke {
         Plan { smoke, seconds: 2, levels: vec![64], rounds: 1, counted_requests: 100 }
     } else {
@@ -100,17 +116,53 @@ pub fn run(args: &[&str]) -> anyhow::Result<()> {
             counted_requests: 20_000,
         }
     };
-    let root = project_root();
-    Profile::Release.build(&root)?;
-    ensure_installed("wrk", "wrk")?;
     ensure_installed("valgrind", "valgrind")?;
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
-    runtime.block_on(bench(&root, &plan))
+    let section = runtime.block_on(bench(&root, &plan))?;
+    if smoke {
+        // The scale part too, briefly, so that CI proves it works.
+        let scale = scale::run(&root, true)?;
+        println!("{scale}");
+        let path = root.join("target/bench/BENCHMARKS-smoke.md");
+        fs::write(&path, format!("{DOCUMENT_TITLE}{section}\n{scale}"))?;
+        eprintln!("wrote {}", path.display());
+    } else {
+        write_section(&benchmarks, PROBE_SECTION, &section)?;
+        eprintln!("wrote {}", benchmarks.display());
+    }
+    Ok(())
+}
+
+const DOCUMENT_TITLE: &str = "# Benchmarks\n\n";
+/// BENCHMARKS.md holds one section per part of the bench, each rewritten
+/// only by its own part.
+const PROBE_SECTION: &str = "probe paths (cargo xtask bench)";
+const SCALE_SECTION: &str = "scale (cargo xtask bench --scale)";
+
+/// Replaces the text between `<!-- begin NAME -->` and `<!-- end NAME -->`
+/// in `path` (appending the section when it is missing), leaving the rest.
+fn write_section(path: &Path, name: &str, content: &str) -> anyhow::Result<()> {
+    let (begin, end) = (format!("<!-- begin {name} -->\n"), format!("<!-- end {name} -->\n"));
+    let mut document = fs::read_to_string(path).unwrap_or_else(|_| DOCUMENT_TITLE.to_string());
+    let section = format!("{begin}{content}{end}");
+    match (document.find(&begin), document.find(&end)) {
+        (Some(start), Some(stop)) if start < stop => {
+            document.replace_range(start..stop + end.len(), &section);
+        }
+        _ => {
+            if !document.ends_with("\n\n") {
+                document.push('\n');
+            }
+            document.push_str(&section);
+        }
+    }
+    fs::write(path, document)?;
+    Ok(())
 }
 
 /// Installs a Debian package when its program is missing (as root).
-fn ensure_installed(program: &str, package: &str) -> anyhow::Result<()> {
+pub fn ensure_installed(program: &str, package: &str) -> anyhow::Result<()> {
     if Command::new(program).arg("--version").output().is_ok() {
         return Ok(());
     }
@@ -129,7 +181,7 @@ fn ensure_installed(program: &str, package: &str) -> anyhow::Result<()> {
 }
 
 /// utime + stime of a process, in microseconds.
-fn cpu_time_us(pid: u32) -> anyhow::Result<f64> {
+pub fn cpu_time_us(pid: u32) -> anyhow::Result<f64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the command name, which is in parentheses and may hold spaces.
     let fields: Vec<&str> =
@@ -141,7 +193,7 @@ fn cpu_time_us(pid: u32) -> anyhow::Result<f64> {
 }
 
 /// Peak resident set size of a process, in KiB.
-fn peak_rss_kib(pid: u32) -> anyhow::Result<u64> {
+pub fn peak_rss_kib(pid: u32) -> anyhow::Result<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
     let line = status.lines().find(|line| line.starts_with("VmHWM:")).context("no VmHWM")?;
     Ok(line.split_whitespace().nth(1).context("odd VmHWM")?.parse()?)
@@ -161,12 +213,12 @@ fn parse_wrk_duration_us(text: &str) -> Option<f64> {
 
 /// What the answers under load must be.
 #[derive(Clone, Copy, PartialEq)]
-enum Expect {
+pub enum Expect {
     Success,
     Unavailable,
 }
 
-fn wrk(
+pub fn wrk(
     port: u16,
     target: &Target,
     connections: u32,
@@ -271,7 +323,7 @@ impl Runner<'_> {
     }
 }
 
-async fn bench(root: &Path, plan: &Plan) -> anyhow::Result<()> {
+async fn bench(root: &Path, plan: &Plan) -> anyhow::Result<String> {
     let out_dir = root.join("target/bench");
     fs::create_dir_all(&out_dir)?;
     let dependencies = Dependencies::start(root, Profile::Release).await?;
@@ -406,12 +458,7 @@ async fn bench(root: &Path, plan: &Plan) -> anyhow::Result<()> {
     writeln!(table, "| access-log lines written (JSON, to a file) | {log_lines} |")?;
 
     println!("{table}");
-    let document = benchmarks_document(plan, &table)?;
-    let path =
-        if plan.smoke { out_dir.join("BENCHMARKS-smoke.md") } else { root.join("BENCHMARKS.md") };
-    fs::write(&path, document)?;
-    eprintln!("wrote {}", path.display());
-    Ok(())
+    benchmarks_document(plan, &table)
 }
 
 /// Counts the access log's lines with `grep`, which reads the gigabytes
@@ -530,7 +577,7 @@ fn count_instructions(
     Ok(counts)
 }
 
-fn command_output(program: &str, args: &[&str]) -> String {
+pub fn command_output(program: &str, args: &[&str]) -> String {
     Command::new(program)
         .args(args)
         .output()
@@ -563,7 +610,6 @@ fn benchmarks_document(plan: &Plan, table: &str) -> anyhow::Result<String> {
         .and_then(|rest| rest.split('"').next())
         .unwrap_or("?");
     let mut document = String::new();
-    writeln!(document, "# Benchmarks\n")?;
     writeln!(
         document,
         "Measured by `cargo xtask bench{}` on {}.\n",
@@ -595,6 +641,6 @@ fn benchmarks_document(plan: &Plan, table: &str) -> anyhow::Result<String> {
 }
 
 /// Today's date from `date`, to keep chrono out of xtask.
-fn chrono_free_date() -> String {
+pub fn chrono_free_date() -> String {
     command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"])
 }

@@ -1,11 +1,12 @@
 //! Project tasks that need more than cargo: `cargo xtask codegen [--check]`,
-//! `cargo xtask bench [--smoke]`, `cargo xtask contract`, `cargo xtask gateway`.
+//! `cargo xtask bench [--smoke | --scale]`, `cargo xtask contract`, `cargo xtask gateway`.
 
 mod bench;
 mod callgrind;
 mod codegen;
 mod contract;
 mod gateway;
+mod scale;
 mod services;
 
 use std::path::{Path, PathBuf};
@@ -20,7 +21,7 @@ fn main() -> anyhow::Result<()> {
         Some("gateway") => gateway::run(),
         _ => {
             eprintln!(
-                "usage: cargo xtask <codegen [--check] | bench [--smoke] | contract | gateway>"
+                "usage: cargo xtask <codegen [--check] | bench [--smoke | --scale] | contract | gateway>"
             );
             std::process::exit(2);
         }

@@ -230,6 +230,11 @@ pub struct Process {
 }
 
 impl Process {
+    /// A process started natively, outside these helpers.
+    pub fn native(child: Child) -> Process {
+        Process { child, callgrind_out: None }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
