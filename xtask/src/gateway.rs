@@ -23,7 +23,7 @@ use serde_json::Value;
 
 use crate::project_root;
 use crate::services::{free_port, start_baseline, wait_until, Launch, Profile};
-use support::{http, render, version, Answer, Server};
+use support::{http, render, version, Answer, Line, Server};
 
 /// The token every healthd of the stage accepts (as `[[access.tokens]]`
 /// named "ops", from the environment).
@@ -388,6 +388,7 @@ fn nginx(stage: &Stage) -> anyhow::Result<String> {
         .env("HEALTHD_URL", format!("http://127.0.0.1:{port}/ops"))
         .env("HEALTHD_TOKEN", TOKEN)
         .env("HEALTHD_CHECK", "disk")
+        .env("CONTRACT_BROWSER_PAGES", "swagger")
         .env("CONTRACT_OUT", dir.join("contract"))
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(dir.join("browser.log"))?)
@@ -522,7 +523,18 @@ fn haproxy(stage: &Stage) -> anyhow::Result<String> {
     };
     let during_drain = by_first(sigterm, down.at);
     let after_down = by_first(down.at, Instant::now());
-    let haproxy_lines = haproxy.lines();
+    // A request's log line comes after its answer: wait for the last ones
+    // (with a deadline) rather than count what has been read so far.
+    let is_probe_line = |line: &Line| line.text.contains("\"GET /health/live");
+    let log_deadline = Instant::now() + Duration::from_secs(10);
+    let haproxy_lines = loop {
+        let lines = haproxy.lines();
+        let logged = lines.iter().filter(|line| is_probe_line(line)).count();
+        if logged >= outcomes.len() || Instant::now() >= log_deadline {
+            break lines;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     // The log lines (stdout), not their copies among HAProxy's own warnings (stderr).
     for line in haproxy_lines.iter().filter(|line| {
         line.text.contains("healthd-1")
