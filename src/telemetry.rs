@@ -173,14 +173,33 @@ fn write_decimal(out: &mut Vec<u8>, value: u64) {
     write_padded(out, value, 1);
 }
 
-/// Appends `value` in decimal, zero-padded to at least `width` digits.
+/// "00" to "99": numbers are written two digits a step, as itoa does,
+/// halving the divisions of a digit-by-digit loop.
+const DIGIT_PAIRS: &[u8; 200] = b"\
+0001020304050607080910111213141516171819\
+2021222324252627282930313233343536373839\
+4041424344454647484950515253545556575859\
+6061626364656667686970717273747576777879\
+8081828384858687888990919293949596979899";
+
+/// Appends `value` in decimal, zero-padded to at least `width` digits
+/// (at most 20).
 fn write_padded(out: &mut Vec<u8>, mut value: u64, width: usize) {
     let mut digits = [b'0'; 20];
     let mut start = digits.len();
-    while value > 0 {
+    while value >= 100 {
+        let pair = (value % 100) as usize * 2;
+        value /= 100;
+        start -= 2;
+        digits[start..start + 2].copy_from_slice(&DIGIT_PAIRS[pair..pair + 2]);
+    }
+    if value >= 10 {
+        let pair = value as usize * 2;
+        start -= 2;
+        digits[start..start + 2].copy_from_slice(&DIGIT_PAIRS[pair..pair + 2]);
+    } else if value > 0 {
         start -= 1;
-        digits[start] = b'0' + (value % 10) as u8;
-        value /= 10;
+        digits[start] = b'0' + value as u8;
     }
     start = start.min(digits.len() - width.min(digits.len()));
     out.extend_from_slice(&digits[start..]);
@@ -220,10 +239,22 @@ fn write_addresses(out: &mut Vec<u8>, client: IpAddr, separator: &[u8], peer: Ip
     });
 }
 
-/// Printable ASCII without quotes or backslashes: the same quoted in JSON
-/// and in Rust's `Debug`, so it needs no escaping.
+/// Printable ASCII but quotes and backslashes: the bytes that stand for
+/// themselves when quoted, in JSON and in Rust's `Debug` alike.
+const PLAIN: [bool; 256] = {
+    let mut plain = [false; 256];
+    let mut byte = 0x20;
+    while byte < 0x7f {
+        plain[byte] = byte != b'"' as usize && byte != b'\\' as usize;
+        byte += 1;
+    }
+    plain
+};
+
+/// Whether `text` needs no escaping in either format. A table lookup a
+/// byte: every logged path goes through here.
 fn needs_no_escaping(text: &str) -> bool {
-    text.bytes().all(|byte| (0x20..0x7f).contains(&byte) && byte != b'"' && byte != b'\\')
+    text.bytes().all(|byte| PLAIN[usize::from(byte)])
 }
 
 /// Appends `text` in double quotes, as is, when it needs no escaping in
@@ -444,8 +475,9 @@ mod tests {
 
     #[test]
     fn numbers_addresses_and_strings_format_as_std_does() {
-        for (value, width) in [(0, 1), (7, 3), (42, 3), (999, 3), (1234, 3), (5, 6), (u64::MAX, 1)]
-        {
+        let edges = [(0, 1), (7, 3), (42, 3), (999, 3), (1234, 3), (5, 6), (9, 20), (u64::MAX, 1)];
+        let every_small = (0..=100_000).flat_map(|value| [(value, 1), (value, 3), (value, 6)]);
+        for (value, width) in edges.into_iter().chain(every_small) {
             let mut out = Vec::new();
             super::write_padded(&mut out, value, width);
             assert_eq!(String::from_utf8(out).unwrap(), format!("{value:0width$}"));

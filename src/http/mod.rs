@@ -204,10 +204,18 @@ fn screen(access: &Access, address: &ClientAddress, request: &HttpRequest) -> Re
         return Err(ApiError::new(ApiErrorKind::AddressNotAllowed, request.path()));
     }
     let headers = request.headers();
-    if headers.len() > MAX_HEADER_FIELDS
-        || headers.iter().map(|(name, value)| name.as_str().len() + value.len()).sum::<usize>()
-            > MAX_HEADER_BYTES
-    {
+    if headers.len() > MAX_HEADER_FIELDS {
+        return Err(ApiError::new(ApiErrorKind::HeadersTooLarge, request.path()));
+    }
+    // One pass for the size and the body's framing: a probe's headers are
+    // few, and two lookups by name would cost more than reading them all.
+    let (mut header_bytes, mut has_body) = (0, false);
+    for (name, value) in headers.iter() {
+        header_bytes += name.as_str().len() + value.len();
+        has_body |= *name == header::TRANSFER_ENCODING
+            || (*name == header::CONTENT_LENGTH && value.as_bytes() != b"0");
+    }
+    if header_bytes > MAX_HEADER_BYTES {
         return Err(ApiError::new(ApiErrorKind::HeadersTooLarge, request.path()));
     }
     if !query_is_well_formed(request.query_string()) {
@@ -215,8 +223,6 @@ fn screen(access: &Access, address: &ClientAddress, request: &HttpRequest) -> Re
     }
     // Other methods go on to their 405: the body is not why they fail.
     let reads = matches!(*request.method(), Method::GET | Method::HEAD);
-    let has_body = headers.contains_key(header::TRANSFER_ENCODING)
-        || headers.get(header::CONTENT_LENGTH).is_some_and(|length| length.as_bytes() != b"0");
     if reads && has_body {
         return Err(ApiError::new(ApiErrorKind::BodyNotAllowed, request.path()));
     }

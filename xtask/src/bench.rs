@@ -18,11 +18,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
+use crate::callgrind;
 use crate::project_root;
 use crate::scale;
 use crate::services::{
-    fetch, free_port, start_baseline, start_healthd, wait_until, Dependencies, Launch, Profile,
-    CHECK_INTERVAL_SECONDS, TOKEN, WORKERS,
+    fetch, free_port, start_baseline, start_healthd, start_healthd_with, wait_until, Dependencies,
+    Details, Launch, Process, Profile, Variant, CHECK_INTERVAL_SECONDS, TOKEN, WORKERS,
 };
 
 struct Plan {
@@ -30,6 +31,8 @@ struct Plan {
     seconds: u64,
     levels: Vec<u32>,
     rounds: usize,
+    /// Rounds at `JUDGED_CONNECTIONS`: more, for medians that hold.
+    judged_rounds: usize,
     /// Requests counted per target under callgrind.
     counted_requests: usize,
 }
@@ -45,7 +48,14 @@ pub struct Measurement {
 
 #[derive(Clone, Copy, PartialEq)]
 pub enum Server {
+    /// healthd with `details = "authorized"` and a token.
     Healthd,
+    /// healthd configured alike but for `details = "always"`.
+    DetailsAlways,
+    /// healthd configured alike but with the access log filtered out: what
+    /// the log costs, not judged.
+    AccessLogOff,
+    /// Bare actix-web answering a fixed body (`examples/baseline.rs`).
     Baseline,
 }
 
@@ -56,11 +66,26 @@ pub struct Target {
     pub authorized: bool,
 }
 
-const TARGETS: [Target; 5] = [
+impl Target {
+    /// Whether the issue's targets apply: every path with the access log on.
+    fn judged(&self) -> bool {
+        self.server != Server::AccessLogOff
+    }
+}
+
+/// The probe paths, each measured against a baseline whose body is as
+/// large as the path's answer; the last shows what the access log costs.
+const TARGETS: [Target; 6] = [
     Target {
-        label: "baseline (static JSON)",
-        server: Server::Baseline,
-        path: "/health",
+        label: "/health/live",
+        server: Server::Healthd,
+        path: "/health/live",
+        authorized: false,
+    },
+    Target {
+        label: "/health/ready",
+        server: Server::Healthd,
+        path: "/health/ready",
         authorized: false,
     },
     Target {
@@ -76,18 +101,35 @@ const TARGETS: [Target; 5] = [
         authorized: true,
     },
     Target {
-        label: "/health/live",
-        server: Server::Healthd,
-        path: "/health/live",
+        label: "/health, details = \"always\"",
+        server: Server::DetailsAlways,
+        path: "/health",
         authorized: false,
     },
     Target {
-        label: "/health/ready",
-        server: Server::Healthd,
-        path: "/health/ready",
+        label: "/health/live, access log off (not judged)",
+        server: Server::AccessLogOff,
+        path: "/health/live",
         authorized: false,
     },
 ];
+
+const ANONYMOUS: &Target = &TARGETS[2];
+const AUTHORIZED: &Target = &TARGETS[3];
+
+const BASELINE: Target = Target {
+    label: "baseline (static JSON)",
+    server: Server::Baseline,
+    path: "/health",
+    authorized: false,
+};
+
+/// The connections at which the issue's targets are judged.
+const JUDGED_CONNECTIONS: u32 = 64;
+/// Each path's requests/s must reach this share of its baseline's...
+const JUDGED_THROUGHPUT: f64 = 0.95;
+/// ...and its p99 must stay within this multiple of the baseline's.
+const JUDGED_P99: f64 = 1.25;
 
 pub fn run(args: &[&str]) -> anyhow::Result<()> {
     let smoke = args.contains(&"--smoke");
@@ -106,13 +148,21 @@ pub fn run(args: &[&str]) -> anyhow::Result<()> {
         return Ok(());
     }
     let plan = if smoke {
-        Plan { smoke, seconds: 2, levels: vec![64], rounds: 1, counted_requests: 100 }
+        Plan {
+            smoke,
+            seconds: 2,
+            levels: vec![64],
+            rounds: 1,
+            judged_rounds: 1,
+            counted_requests: 100,
+        }
     } else {
         Plan {
             smoke,
             seconds: 3,
-            levels: vec![1, 16, 64, 256],
-            rounds: 5,
+            levels: vec![1, 64, 256],
+            rounds: 3,
+            judged_rounds: 9,
             counted_requests: 20_000,
         }
     };
@@ -302,24 +352,104 @@ impl Rounds {
     }
 }
 
-struct Runner<'a> {
-    plan: &'a Plan,
-    healthd: (u16, u32),
-    baseline: (u16, u32),
+/// How each healthd server is configured.
+fn variant(server: Server) -> Variant<'static> {
+    let details = match server {
+        Server::DetailsAlways => Details::Always,
+        _ => Details::Authorized,
+    };
+    Variant { details, access_log: server != Server::AccessLogOff, extra_checks: "" }
 }
 
-impl Runner<'_> {
+/// A server wrk can load: its port, and its pid for CPU time.
+#[derive(Clone, Copy)]
+struct Instance {
+    port: u16,
+    pid: u32,
+}
+
+impl Instance {
+    fn of(port: u16, process: &Process) -> Instance {
+        Instance { port, pid: process.pid() }
+    }
+
     fn measure(
-        &self,
+        self,
+        plan: &Plan,
         target: &Target,
         connections: u32,
         expect: Expect,
     ) -> anyhow::Result<Measurement> {
-        let (port, pid) = match target.server {
-            Server::Healthd => self.healthd,
-            Server::Baseline => self.baseline,
-        };
-        wrk(port, target, connections, self.plan.seconds, pid, expect)
+        wrk(self.port, target, connections, plan.seconds, self.pid, expect)
+    }
+}
+
+/// A probe path and the baseline that stands for it: bare actix-web
+/// answering the same path with a body as large as the path's answer.
+struct Pair {
+    target: &'static Target,
+    /// The size of the path's answer, and so of the baseline's body.
+    bytes: usize,
+    healthd: Instance,
+    baseline: Instance,
+}
+
+impl Pair {
+    /// What wrk asks the baseline: the target's path, with no token.
+    fn baseline_target(&self) -> Target {
+        Target { path: self.target.path, ..BASELINE }
+    }
+}
+
+/// The healthd instances and one baseline per answer size.
+struct Servers {
+    healthd: (Instance, Process),
+    details_always: (Instance, Process),
+    access_log_off: (Instance, Process),
+    /// By path and body size.
+    baselines: Vec<((&'static str, usize), Instance, Process)>,
+}
+
+impl Servers {
+    fn instance(&self, server: Server) -> Instance {
+        match server {
+            Server::Healthd => self.healthd.0,
+            Server::DetailsAlways => self.details_always.0,
+            Server::AccessLogOff => self.access_log_off.0,
+            Server::Baseline => unreachable!("a baseline is found by its body size"),
+        }
+    }
+
+    /// Each target with its answer's size and a baseline of its path and
+    /// that size, started when no target before it had both.
+    fn pairs(&mut self, root: &Path) -> anyhow::Result<Vec<Pair>> {
+        let mut pairs = Vec::new();
+        for target in &TARGETS {
+            let healthd = self.instance(target.server);
+            let token = target.authorized.then_some(TOKEN);
+            let (status, body) = fetch(healthd.port, target.path, token)?;
+            let detailed = target.server == Server::DetailsAlways || target.authorized;
+            if status != 200 || detailed != body.contains("db:responseTime") {
+                bail!("{} is not the answer the bench expects: {status} {body}", target.label);
+            }
+            let key = (target.path, body.len());
+            let baseline = match self.baselines.iter().find(|(known, _, _)| *known == key) {
+                Some((_, instance, _)) => *instance,
+                None => {
+                    let port = free_port()?;
+                    let (path, bytes) = key;
+                    let launch = Launch::Native;
+                    let process =
+                        start_baseline(root, Profile::Release, launch, port, WORKERS, bytes, path)?;
+                    let instance = Instance::of(port, &process);
+                    self.baselines.push((key, instance, process));
+                    instance
+                }
+            };
+            let bytes = body.len();
+            pairs.push(Pair { target, bytes, healthd, baseline });
+        }
+        Ok(pairs)
     }
 }
 
@@ -328,84 +458,105 @@ async fn bench(root: &Path, plan: &Plan) -> anyhow::Result<String> {
     fs::create_dir_all(&out_dir)?;
     let dependencies = Dependencies::start(root, Profile::Release).await?;
     let postgres = &dependencies.postgres;
-    let healthd_port = free_port()?;
     let access_log = out_dir.join("access.log");
-    let healthd = start_healthd(
-        root,
-        Profile::Release,
-        Launch::Native,
-        healthd_port,
-        &dependencies,
-        fs::File::create(&access_log)?.into(),
-    )?;
-    let (_, report) = fetch(healthd_port, "/health", Some(TOKEN))?;
-    if !report.contains("db:responseTime") || !report.contains(r#""status":"pass""#) {
-        bail!("healthd is not healthy before the bench: {report}");
-    }
-    let baseline_port = free_port()?;
-    let baseline = start_baseline(
-        root,
-        Profile::Release,
-        Launch::Native,
-        baseline_port,
-        WORKERS,
-        report.len(),
-    )?;
-    let runner = Runner {
-        plan,
-        healthd: (healthd_port, healthd.pid()),
-        baseline: (baseline_port, baseline.pid()),
+    let always_log = out_dir.join("access-always.log");
+    let start = |server: Server, log: &Path| -> anyhow::Result<(Instance, Process)> {
+        let port = free_port()?;
+        let log = fs::File::create(log)?.into();
+        let launch = Launch::Native;
+        let process = start_healthd_with(
+            root,
+            Profile::Release,
+            launch,
+            port,
+            &dependencies,
+            log,
+            variant(server),
+        )?;
+        Ok((Instance::of(port, &process), process))
     };
+    let mut servers = Servers {
+        healthd: start(Server::Healthd, &access_log)?,
+        details_always: start(Server::DetailsAlways, &always_log)?,
+        access_log_off: start(Server::AccessLogOff, &out_dir.join("log-off.log"))?,
+        baselines: Vec::new(),
+    };
+    let pairs = servers.pairs(root)?;
 
     let started = Instant::now();
     let statements_before = postgres.executed_statements().await;
-    let mut grid: Vec<(u32, &Target, Rounds)> = Vec::new();
+    let mut grid: Vec<(u32, &Pair, Rounds)> = Vec::new();
     for &connections in &plan.levels {
-        let mut rounds: Vec<Vec<Measurement>> = vec![Vec::new(); TARGETS.len()];
-        for _ in 0..plan.rounds {
-            for (index, target) in TARGETS.iter().enumerate() {
-                rounds[index].push(runner.measure(target, connections, Expect::Success)?);
+        let mut rounds: Vec<Vec<(Measurement, Measurement)>> = vec![Vec::new(); pairs.len()];
+        let rounds_here =
+            if connections == JUDGED_CONNECTIONS { plan.judged_rounds } else { plan.rounds };
+        for _ in 0..rounds_here {
+            for (index, pair) in pairs.iter().enumerate() {
+                let baseline = pair.baseline_target();
+                let baseline =
+                    pair.baseline.measure(plan, &baseline, connections, Expect::Success)?;
+                let measured =
+                    pair.healthd.measure(plan, pair.target, connections, Expect::Success)?;
+                rounds[index].push((measured, baseline));
             }
         }
-        // TARGETS[0] is the baseline: every target's yardstick.
-        let yardstick = rounds[0].clone();
-        for (target, measurements) in TARGETS.iter().zip(rounds) {
-            let pairs = measurements.into_iter().zip(yardstick.iter().copied()).collect();
-            grid.push((connections, target, Rounds { pairs }));
+        for (pair, pairs) in pairs.iter().zip(rounds) {
+            grid.push((connections, pair, Rounds { pairs }));
         }
     }
     let statements_after = postgres.executed_statements().await;
     let load_minutes = started.elapsed().as_secs_f64() / 60.0;
     let probes: f64 = grid
         .iter()
-        .filter(|(_, target, _)| target.server == Server::Healthd)
         .flat_map(|(_, _, rounds)| &rounds.pairs)
         .map(|(m, _)| m.requests_per_second * plan.seconds as f64)
         .sum();
 
-    let frozen = frozen_rounds(root, &runner).await?;
+    let frozen = frozen_rounds(root, plan, servers.healthd.0).await?;
 
-    let healthd_rss = peak_rss_kib(healthd.pid())?;
-    let baseline_rss = peak_rss_kib(baseline.pid())?;
-    drop((healthd, baseline));
-    let instructions = count_instructions(root, plan, &dependencies, report.len())?;
-    let log_lines = count_access_lines(&access_log)?;
+    let healthd_rss = peak_rss_kib(servers.healthd.0.pid)?;
+    let baseline_rss = peak_rss_kib(pairs[0].baseline.pid)?;
+    drop(servers);
+    let instructions = count_instructions(root, plan, &dependencies, &pairs)?;
+    let log_lines = count_access_lines(&access_log)? + count_access_lines(&always_log)?;
     remove_bench_output(&out_dir)?;
 
     let mut table = String::new();
-    writeln!(table, "| connections | target | requests/s | × baseline | p50 µs | p99 µs | p99 × baseline | CPU µs/request |")?;
-    writeln!(table, "|---:|---|---:|---:|---:|---:|---:|---:|")?;
-    for (connections, target, rounds) in &grid {
+    writeln!(table, "| connections | target | body bytes | requests/s | baseline requests/s | × baseline | p50 µs | p99 µs | baseline p99 µs | p99 × baseline | CPU µs/request |")?;
+    writeln!(table, "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")?;
+    for (connections, pair, rounds) in &grid {
         writeln!(
             table,
-            "| {connections} | {} | {:.0} | {:.2} | {:.0} | {:.0} | {:.2} | {:.1} |",
-            target.label,
+            "| {connections} | {} | {} | {:.0} | {:.0} | {:.2} | {:.0} | {:.0} | {:.0} | {:.2} | {:.1} |",
+            pair.target.label,
+            pair.bytes,
             rounds.requests_per_second(),
+            rounds.median_of(|(_, baseline)| baseline.requests_per_second),
             rounds.throughput_ratio(),
             rounds.median_of(|(m, _)| m.p50_us),
             rounds.median_of(|(m, _)| m.p99_us),
+            rounds.median_of(|(_, baseline)| baseline.p99_us),
             rounds.p99_ratio(),
             rounds.median_of(|(m, _)| m.cpu_us_per_request),
+        )?;
+    }
+    writeln!(
+        table,
+        "\nTargets at {JUDGED_CONNECTIONS} connections, the access log on: requests/s at least {JUDGED_THROUGHPUT:.2}x the baseline's, p99 at most {JUDGED_P99:.2}x:\n"
+    )?;
+    writeln!(table, "| target | × baseline requests/s | p99 × baseline | met |")?;
+    writeln!(table, "|---|---:|---:|:---:|")?;
+    let judged = |(connections, pair, _): &&(u32, &Pair, Rounds)| {
+        *connections == JUDGED_CONNECTIONS && pair.target.judged()
+    };
+    for (_, pair, rounds) in grid.iter().filter(judged) {
+        let (throughput, p99) = (rounds.throughput_ratio(), rounds.p99_ratio());
+        let met = throughput >= JUDGED_THROUGHPUT && p99 <= JUDGED_P99;
+        writeln!(
+            table,
+            "| {} | {throughput:.2} | {p99:.2} | {} |",
+            pair.target.label,
+            if met { "yes" } else { "no" }
         )?;
     }
     writeln!(
@@ -430,15 +581,34 @@ async fn bench(root: &Path, plan: &Plan) -> anyhow::Result<String> {
     }
     writeln!(
         table,
-        "\nInstructions per request, counted by callgrind over {} requests on one keep-alive connection after 500 to warm up (user space, every thread of the server, the log writer's included):\n",
+        "\nInstructions per request, counted by callgrind over {} requests on one keep-alive connection after 500 to warm up (user space, every thread of the server, the log writer's included), each next to a baseline whose body has the same size:\n",
         plan.counted_requests
     )?;
-    writeln!(table, "| target | instructions/request | × baseline |")?;
-    writeln!(table, "|---|---:|---:|")?;
-    let base = instructions.first().map(|(_, count)| *count).context("no baseline count")?;
-    for (label, count) in &instructions {
-        writeln!(table, "| {label} | {count:.0} | {:.2} |", count / base)?;
+    writeln!(table, "| target | instructions/request | baseline instructions/request | × baseline | more than the baseline | {} | the rest |", PARTS.map(|(_, label)| label).join(" | "))?;
+    writeln!(table, "|---|---:|---:|---:|---:|{}---:|", "---:|".repeat(PARTS.len()))?;
+    for counted in &instructions {
+        let extra = counted.healthd - counted.baseline;
+        let named: f64 = counted.parts.iter().flatten().sum();
+        let parts: Vec<String> = counted
+            .parts
+            .iter()
+            .map(|part| part.map_or("inlined".into(), |count| format!("{count:.0}")))
+            .collect();
+        writeln!(
+            table,
+            "| {} | {:.0} | {:.0} | {:.2} | {extra:.0} | {} | {:.0} |",
+            counted.label,
+            counted.healthd,
+            counted.baseline,
+            counted.healthd / counted.baseline,
+            parts.join(" | "),
+            extra - named,
+        )?;
     }
+    writeln!(
+        table,
+        "\nThe parts are healthd's own functions, each counted with what it calls: `telemetry::log_access` (formats the JSON line and hands it to the writer thread), `http::authenticate` (SHA-256 of the bearer token, compared with every configured digest in constant time, and the caller's name kept for the log), `http::screen` (allowlist, header limits, query string, no body) and `Access::client_address`. The rest is everything else healthd does that the baseline does not, found by difference: routing among healthd's 14 routes in a scope, the layer's own glue (start time, draining, request counters), loading the snapshot and the access rules, and the `Cache-Control` header. Valgrind hides the CPU's SHA extensions, so under callgrind the token's SHA-256 runs in software: natively it is a fraction of the figure shown.\n"
+    )?;
     let statements = (statements_after - statements_before) as f64;
     writeln!(table, "\n| measure | value |\n|---|---:|")?;
     writeln!(table, "| probes sent to healthd during the load | {probes:.0} |")?;
@@ -450,8 +620,8 @@ async fn bench(root: &Path, plan: &Plan) -> anyhow::Result<String> {
     writeln!(table, "| PostgreSQL statements per minute | {:.1} |", statements / load_minutes)?;
     writeln!(
         table,
-        "| statements per minute the check interval implies ({CHECK_INTERVAL_SECONDS} s, one `SELECT 1` a run) | {:.1} |",
-        60.0 / CHECK_INTERVAL_SECONDS as f64
+        "| statements per minute the check interval implies ({CHECK_INTERVAL_SECONDS} s, one `SELECT 1` a run, three healthd) | {:.1} |",
+        3.0 * 60.0 / CHECK_INTERVAL_SECONDS as f64
     )?;
     writeln!(table, "| healthd peak RSS | {:.1} MiB |", healthd_rss as f64 / 1024.0)?;
     writeln!(table, "| baseline peak RSS | {:.1} MiB |", baseline_rss as f64 / 1024.0)?;
@@ -503,13 +673,21 @@ const FROZEN_ROUNDS: usize = 10;
 /// running).
 async fn frozen_rounds(
     root: &Path,
-    runner: &Runner<'_>,
+    plan: &Plan,
+    running: Instance,
 ) -> anyhow::Result<Vec<(&'static Target, Rounds)>> {
     let dependencies = Dependencies::start(root, Profile::Release).await?;
     let port = free_port()?;
     let log = fs::File::create(root.join("target/bench/access-frozen.log"))?;
-    let healthd =
-        start_healthd(root, Profile::Release, Launch::Native, port, &dependencies, log.into())?;
+    let healthd = start_healthd(
+        root,
+        Profile::Release,
+        Launch::Native,
+        port,
+        &dependencies,
+        Details::Authorized,
+        log.into(),
+    )?;
     dependencies.postgres.freeze();
     // A run that meets the frozen database takes its timeout; the next
     // run starts an interval later.
@@ -517,14 +695,14 @@ async fn frozen_rounds(
         fetch(port, "/health", Some(TOKEN))
             .is_ok_and(|(status, body)| status == 503 && body.contains("timed out"))
     })?;
-    let frozen = Runner { healthd: (port, healthd.pid()), ..*runner };
-    let targets = [&TARGETS[1], &TARGETS[2]];
-    let rounds = if runner.plan.smoke { 1 } else { FROZEN_ROUNDS };
+    let frozen = Instance::of(port, &healthd);
+    let targets = [ANONYMOUS, AUTHORIZED];
+    let rounds = if plan.smoke { 1 } else { FROZEN_ROUNDS };
     let mut pairs: Vec<Vec<(Measurement, Measurement)>> = vec![Vec::new(); targets.len()];
     for _ in 0..rounds {
         for (index, target) in targets.iter().enumerate() {
-            let running = runner.measure(target, FROZEN_CONNECTIONS, Expect::Success)?;
-            let frozen = frozen.measure(target, FROZEN_CONNECTIONS, Expect::Unavailable)?;
+            let running = running.measure(plan, target, FROZEN_CONNECTIONS, Expect::Success)?;
+            let frozen = frozen.measure(plan, target, FROZEN_CONNECTIONS, Expect::Unavailable)?;
             pairs[index].push((frozen, running));
         }
     }
@@ -532,48 +710,83 @@ async fn frozen_rounds(
     Ok(targets.into_iter().zip(pairs.into_iter().map(|pairs| Rounds { pairs })).collect())
 }
 
-/// Each target's instructions per request, the baseline's first, with
+/// A target's instructions per request, its baseline's, and where the
+/// difference goes.
+struct Counted {
+    label: &'static str,
+    healthd: f64,
+    baseline: f64,
+    /// Per `PARTS`, what healthd spends in it (with what it calls).
+    parts: Vec<Option<f64>>,
+}
+
+/// healthd's functions that the baseline has no counterpart of, each
+/// counted with what it calls: what the profile table splits out.
+const PARTS: [(&str, &str); 4] = [
+    ("healthd::telemetry::log_access", "access-log line"),
+    ("healthd::http::authenticate", "bearer token"),
+    ("healthd::http::screen", "request screening"),
+    ("healthd::http::access::Access::client_address", "client address"),
+];
+
+/// Each target's instructions per request next to its baseline's, with
 /// each server run under callgrind in turn.
 fn count_instructions(
     root: &Path,
     plan: &Plan,
     dependencies: &Dependencies,
-    body_bytes: usize,
-) -> anyhow::Result<Vec<(&'static str, f64)>> {
-    let mut counts = Vec::new();
-    for server in [Server::Baseline, Server::Healthd] {
+    pairs: &[Pair],
+) -> anyhow::Result<Vec<Counted>> {
+    let out_dir = root.join("target/bench");
+    let mut baseline_counts: Vec<((&str, usize), f64)> = Vec::new();
+    for pair in pairs {
+        let (path, bytes) = (pair.target.path, pair.bytes);
+        if baseline_counts.iter().any(|(key, _)| *key == (path, bytes)) {
+            continue;
+        }
         let port = free_port()?;
-        let process = match server {
-            Server::Baseline => start_baseline(
-                root,
-                Profile::Release,
-                Launch::Callgrind,
-                port,
-                WORKERS,
-                body_bytes,
-            )?,
-            Server::Healthd => {
-                let log = fs::File::create(root.join("target/bench/access-callgrind.log"))?;
-                start_healthd(
-                    root,
-                    Profile::Release,
-                    Launch::Callgrind,
-                    port,
-                    dependencies,
-                    log.into(),
-                )?
-            }
-        };
+        let launch = Launch::Callgrind;
+        let process = start_baseline(root, Profile::Release, launch, port, WORKERS, bytes, path)?;
         let counter = process.instrumented().context("not under callgrind")?;
-        for target in TARGETS.iter().filter(|target| target.server == server) {
-            let token = target.authorized.then_some(TOKEN);
+        let count = counter.count_requests(port, path, None, plan.counted_requests, None)?;
+        eprintln!("baseline of {path}, {bytes} bytes: {count:.0} instructions per request");
+        baseline_counts.push(((path, bytes), count));
+    }
+    let mut counts = Vec::new();
+    for server in [Server::Healthd, Server::DetailsAlways, Server::AccessLogOff] {
+        let port = free_port()?;
+        let log = fs::File::create(out_dir.join("access-callgrind.log"))?;
+        let launch = Launch::Callgrind;
+        let process = start_healthd_with(
+            root,
+            Profile::Release,
+            launch,
+            port,
+            dependencies,
+            log.into(),
+            variant(server),
+        )?;
+        let counter = process.instrumented().context("not under callgrind")?;
+        for pair in pairs.iter().filter(|pair| pair.target.server == server) {
+            let token = pair.target.authorized.then_some(TOKEN);
+            let dump = out_dir.join("callgrind.profile");
             let count = counter
-                .count_requests(port, target.path, token, plan.counted_requests)
-                .with_context(|| format!("counting instructions for {}", target.label))?;
-            eprintln!("{}: {count:.0} instructions per request", target.label);
-            counts.push((target.label, count));
+                .count_requests(port, pair.target.path, token, plan.counted_requests, Some(&dump))
+                .with_context(|| format!("counting instructions for {}", pair.target.label))?;
+            let functions: Vec<&str> = PARTS.iter().map(|(function, _)| *function).collect();
+            let parts = callgrind::inclusive_per_request(&dump, plan.counted_requests, &functions)?;
+            fs::remove_file(&dump)?;
+            eprintln!("{}: {count:.0} instructions per request", pair.target.label);
+            let baseline = baseline_counts
+                .iter()
+                .find(|(key, _)| *key == (pair.target.path, pair.bytes))
+                .map(|(_, count)| *count)
+                .context("no baseline count")?;
+            counts.push(Counted { label: pair.target.label, healthd: count, baseline, parts });
         }
     }
+    // In the order of the targets, whichever server answered them.
+    counts.sort_by_key(|counted| TARGETS.iter().position(|t| t.label == counted.label));
     Ok(counts)
 }
 
@@ -625,16 +838,16 @@ fn benchmarks_document(plan: &Plan, table: &str) -> anyhow::Result<String> {
     )?;
     writeln!(
         document,
-        "- healthd (release) and the baseline (`examples/baseline.rs`, bare actix-web returning a fixed JSON body as large as healthd's authorized `/health`) each run {WORKERS} workers; wrk runs on the same 2 cores"
+        "- healthd (release) and the baselines (`examples/baseline.rs`, bare actix-web returning a fixed JSON body, one server per path and answer size: each target's baseline answers the target's path with a body as large as the target's answer) each run {WORKERS} workers; wrk runs on the same 2 cores"
     )?;
     writeln!(
         document,
-        "- healthd checks a throwaway PostgreSQL, a local HTTP server (http and tcp checks) and the disk every {CHECK_INTERVAL_SECONDS} s; a bearer token is configured; the access log is on, JSON, written to a file"
+        "- healthd checks a throwaway PostgreSQL, a local HTTP server (http and tcp checks) and the disk every {CHECK_INTERVAL_SECONDS} s; a bearer token is configured (`details = \"authorized\"`; a second healthd alike but for `details = \"always\"`, and a third with the access log filtered out, to show what it costs); the access log is on, JSON, written to a file"
     )?;
     writeln!(
         document,
-        "- {} rounds of {} s; targets take turns within a round, the baseline first; each figure is the median over the rounds, and each ratio the median of the ratios taken within a round\n",
-        plan.rounds, plan.seconds
+        "- {} rounds of {} s at {JUDGED_CONNECTIONS} connections, {} at the others; within a round each target runs right after its baseline; each figure is the median over the rounds, and each ratio the median of the ratios taken within a round\n",
+        plan.judged_rounds, plan.seconds, plan.rounds
     )?;
     document.push_str(table);
     Ok(document)

@@ -46,12 +46,14 @@ impl Instrumented {
     /// Sends `count` requests for `path` over one keep-alive connection
     /// with instruction counting on, and returns instructions per request
     /// across every thread of the server (the log writer's included).
+    /// The dump is moved to `keep` when given, else removed.
     pub fn count_requests(
         &self,
         port: u16,
         path: &str,
         token: Option<&str>,
         count: usize,
+        keep: Option<&Path>,
     ) -> anyhow::Result<f64> {
         let mut client = KeepAliveClient::connect(port, path, token)?;
         self.control(&["--instr=on"])?;
@@ -72,7 +74,10 @@ impl Instrumented {
             .find(|file| !before.contains(file))
             .context("callgrind wrote no dump")?;
         let text = std::fs::read_to_string(&dump)?;
-        std::fs::remove_file(&dump)?;
+        match keep {
+            Some(keep) => std::fs::rename(&dump, keep)?,
+            None => std::fs::remove_file(&dump)?,
+        }
         let total: f64 = text
             .lines()
             .find_map(|line| line.strip_prefix("summary:").or_else(|| line.strip_prefix("totals:")))
@@ -96,6 +101,35 @@ impl Instrumented {
         }
         Ok(())
     }
+}
+
+/// Instructions per request spent in each of `functions` and in what it
+/// calls (callgrind's inclusive cost), read from a dump of `requests`
+/// requests; `None` for a function the dump does not name (inlined).
+pub fn inclusive_per_request(
+    dump: &Path,
+    requests: usize,
+    functions: &[&str],
+) -> anyhow::Result<Vec<Option<f64>>> {
+    let output = Command::new("callgrind_annotate")
+        .args(["--inclusive=yes", "--threshold=100"])
+        .arg(dump)
+        .output()
+        .context("running callgrind_annotate")?;
+    if !output.status.success() {
+        bail!("callgrind_annotate failed: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    let text = String::from_utf8_lossy(&output.stdout);
+    Ok(functions
+        .iter()
+        .map(|function| {
+            // `3,808 ( 1.2%)  ???:crate::module::function [/path/binary]`
+            let name = format!(":{function} [");
+            let line = text.lines().find(|line| line.contains(&name))?;
+            let count: f64 = line.split_whitespace().next()?.replace(',', "").parse().ok()?;
+            Some(count / requests as f64)
+        })
+        .collect())
 }
 
 /// The dumps callgrind has written next to `out_file` (`out_file.N`).

@@ -9,7 +9,9 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 
 use crate::project_root;
-use crate::services::{free_port, start_healthd_with, Dependencies, Launch, Profile, TOKEN};
+use crate::services::{
+    free_port, start_healthd_with, Dependencies, Details, Launch, Profile, Variant, TOKEN,
+};
 
 /// The check the status page must show as failing: non-critical, so
 /// `/health` still answers 200 (warn) for the other stages.
@@ -37,7 +39,7 @@ pub fn run() -> anyhow::Result<()> {
         port,
         &dependencies,
         log.into(),
-        &failing,
+        Variant { details: Details::Authorized, access_log: true, extra_checks: &failing },
     )?;
     let status = Command::new("bash")
         .arg(root.join("contract/run.sh"))

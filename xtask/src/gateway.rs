@@ -243,7 +243,8 @@ fail_below = "0%"
 fn nginx(stage: &Stage) -> anyhow::Result<String> {
     let dir = stage.dir("nginx")?;
     let app_port = free_port()?;
-    let _app = start_baseline(&stage.root, Profile::Debug, Launch::Native, app_port, 1, 64)?;
+    let _app =
+        start_baseline(&stage.root, Profile::Debug, Launch::Native, app_port, 1, 64, "/health")?;
     let healthd_port = free_port()?;
     let healthd =
         stage.healthd("healthd", healthd_port, &behind_nginx_config(healthd_port), &dir, &[])?;

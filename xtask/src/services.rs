@@ -96,13 +96,14 @@ impl Dependencies {
     pub async fn start(root: &Path, profile: Profile) -> anyhow::Result<Dependencies> {
         let postgres = TestPostgres::start().await;
         let upstream_port = free_port()?;
-        let upstream = start_baseline(root, profile, Launch::Native, upstream_port, 1, 64)?;
+        let upstream =
+            start_baseline(root, profile, Launch::Native, upstream_port, 1, 64, "/health")?;
         Ok(Dependencies { postgres, upstream_port, _upstream: upstream })
     }
 }
 
-/// Starts `examples/baseline` answering a JSON body of `body_bytes`, and
-/// waits until it answers.
+/// Starts `examples/baseline` answering `GET path` with a JSON body of
+/// `body_bytes`, and waits until it answers.
 pub fn start_baseline(
     root: &Path,
     profile: Profile,
@@ -110,12 +111,14 @@ pub fn start_baseline(
     port: u16,
     workers: usize,
     body_bytes: usize,
+    path: &str,
 ) -> anyhow::Result<Process> {
     let (mut command, callgrind_out) =
         launch.command(root, &profile.binary(root, "examples/baseline"));
     let process = Process {
         child: command
             .args([format!("127.0.0.1:{port}"), workers.to_string(), body_bytes.to_string()])
+            .arg(path)
             .stdout(Stdio::null())
             .spawn()
             .context("starting the baseline server")?,
@@ -124,9 +127,27 @@ pub fn start_baseline(
     wait_until(
         "the baseline server answering",
         launch.startup_deadline(Duration::from_secs(10)),
-        || fetch(port, "/health", None).is_ok_and(|(status, _)| status == 200),
+        || fetch(port, path, None).is_ok_and(|(status, _)| status == 200),
     )?;
     Ok(process)
+}
+
+/// Who sees the checks in `/health`: healthd's `[access] details`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Details {
+    /// Callers with the token, from `details_allow`.
+    Authorized,
+    /// Everyone.
+    Always,
+}
+
+impl Details {
+    fn as_config(self) -> &'static str {
+        match self {
+            Details::Authorized => "authorized",
+            Details::Always => "always",
+        }
+    }
 }
 
 /// Starts healthd on `port` with a realistic config (a postgres, an http, a
@@ -138,13 +159,24 @@ pub fn start_healthd(
     launch: Launch,
     port: u16,
     dependencies: &Dependencies,
+    details: Details,
     log: Stdio,
 ) -> anyhow::Result<Process> {
-    start_healthd_with(root, profile, launch, port, dependencies, log, "")
+    let variant = Variant { details, access_log: true, extra_checks: "" };
+    start_healthd_with(root, profile, launch, port, dependencies, log, variant)
 }
 
-/// As `start_healthd`, with `extra_checks` (TOML `[[checks]]` tables)
-/// after the realistic ones.
+/// How one healthd differs from the realistic config.
+#[derive(Clone, Copy)]
+pub struct Variant<'a> {
+    pub details: Details,
+    /// Off: `RUST_LOG` filters out `healthd::access`, the rest of the log stays.
+    pub access_log: bool,
+    /// TOML `[[checks]]` tables after the realistic ones.
+    pub extra_checks: &'a str,
+}
+
+/// As `start_healthd`, with more than the realistic config's checks.
 pub fn start_healthd_with(
     root: &Path,
     profile: Profile,
@@ -152,13 +184,18 @@ pub fn start_healthd_with(
     port: u16,
     dependencies: &Dependencies,
     log: Stdio,
-    extra_checks: &str,
+    variant: Variant<'_>,
 ) -> anyhow::Result<Process> {
     let dir = root.join("target/xtask");
     fs::create_dir_all(&dir)?;
     let config_path = dir.join(format!("healthd-{port}.toml"));
-    let config = realistic_config(port, &dependencies.postgres.url(), dependencies.upstream_port);
-    fs::write(&config_path, config + extra_checks)?;
+    let config = realistic_config(
+        port,
+        &dependencies.postgres.url(),
+        dependencies.upstream_port,
+        variant.details,
+    );
+    fs::write(&config_path, config + variant.extra_checks)?;
     let (mut command, callgrind_out) = launch.command(root, &profile.binary(root, "healthd"));
     let process = Process {
         child: command
@@ -166,6 +203,7 @@ pub fn start_healthd_with(
             .arg(&config_path)
             .args(["--log-format", "json"])
             .env("HEALTHD_TOKEN", TOKEN)
+            .env("RUST_LOG", if variant.access_log { "info" } else { "info,healthd::access=off" })
             .stdout(log)
             .spawn()
             .context("starting healthd")?,
@@ -178,7 +216,8 @@ pub fn start_healthd_with(
     Ok(process)
 }
 
-fn realistic_config(port: u16, database_url: &str, upstream_port: u16) -> String {
+fn realistic_config(port: u16, database_url: &str, upstream_port: u16, details: Details) -> String {
+    let details = details.as_config();
     format!(
         r#"[server]
 listen = "127.0.0.1:{port}"
@@ -188,7 +227,7 @@ workers = {WORKERS}
 drain_delay = "0s"
 
 [access]
-details = "authorized"
+details = "{details}"
 details_allow = ["127.0.0.0/8"]
 [[access.tokens]]
 name = "xtask"
