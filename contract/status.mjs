@@ -20,18 +20,16 @@
 // Environment: HEALTHD_URL, HEALTHD_TOKEN (required), STATUS_FAILING_CHECK
 // (default "broken"), STATUS_SCREENSHOT, CHROMIUM (default /usr/bin/chromium).
 
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import { createRequire } from "node:module";
-import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
-import { chromium } from "playwright-core";
+import { inBrowser } from "./browser.mjs";
 
 const base = (process.env.HEALTHD_URL ?? "").replace(/\/+$/, "");
 const token = process.env.HEALTHD_TOKEN ?? "";
 const failing = process.env.STATUS_FAILING_CHECK || "broken";
 const screenshot = process.env.STATUS_SCREENSHOT ?? "status.png";
 const phoneShot = join(dirname(screenshot), "status-phone.png");
-const executablePath = process.env.CHROMIUM ?? "/usr/bin/chromium";
 // Generous: the page refreshes every 5 s, and the machine may be busy.
 const TIMEOUT = 30_000;
 
@@ -50,13 +48,9 @@ if (!expected.includes(failing)) {
   process.exit(2);
 }
 
-const profile = mkdtempSync(join(tmpdir(), "healthd-status-"));
-const problems = [];
 const requests = [];
-let context;
-let page;
 
-async function axe(when) {
+async function axe(page, problems, when) {
   await page.addScriptTag({ content: axeSource });
   const result = await page.evaluate(async () => {
     // eslint-disable-next-line no-undef
@@ -69,27 +63,7 @@ async function axe(when) {
   return result.length;
 }
 
-try {
-  context = await chromium.launchPersistentContext(profile, {
-    executablePath,
-    headless: true,
-    args: [
-      "--no-sandbox",
-      "--disable-gpu",
-      "--disable-quic",
-      "--no-first-run",
-      "--disable-background-networking",
-      "--disable-component-update",
-      "--disable-sync",
-    ],
-    viewport: { width: 1280, height: 900 },
-  });
-  page = context.pages()[0] ?? (await context.newPage());
-  page.setDefaultTimeout(TIMEOUT);
-  page.on("pageerror", (error) => problems.push(`script error: ${error.message}`));
-  page.on("console", (message) => {
-    if (message.type() === "error") console.log(`console error: ${message.text()}`);
-  });
+await inBrowser({ label: "status-page", timeout: TIMEOUT, screenshot }, async (page, problems) => {
   page.on("request", (request) => requests.push(request.url()));
 
   const response = await page.goto(`${base}/status`, { waitUntil: "load" });
@@ -141,7 +115,7 @@ try {
   );
   await page.waitForFunction((count) => document.querySelectorAll("li.check").length === count, expected.length);
 
-  const desktopFindings = await axe("desktop");
+  const desktopFindings = await axe(page, problems, "desktop");
   await page.screenshot({ path: screenshot, fullPage: true });
   console.log(`screenshot: ${screenshot}`);
 
@@ -149,7 +123,7 @@ try {
   await page.waitForTimeout(300);
   const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
   if (overflow > 0) problems.push(`on a 390 px wide screen the page is ${overflow} px too wide`);
-  const phoneFindings = await axe("phone");
+  const phoneFindings = await axe(page, problems, "phone");
   await page.screenshot({ path: phoneShot, fullPage: true });
   console.log(`screenshot: ${phoneShot}`);
 
@@ -157,17 +131,9 @@ try {
   if (foreign.length) problems.push(`requests to other origins: ${foreign.join(", ")}`);
   const paths = [...new Set(requests.map((url) => new URL(url).pathname))].sort();
   console.log(`requests: ${requests.length}, all to ${origin}: ${paths.join(" ")}`);
-  if (problems.length) throw new Error(problems.join("; "));
-  console.log(
-    `status-page: ${listed.length} checks listed with the token, ${failing} reads fail, ` +
-      `${requests.length} requests all to healthd, axe: no serious or critical ` +
-      `(${desktopFindings} + ${phoneFindings} minor findings)`,
+  return (
+    `${listed.length} checks listed with the token, ${failing} reads fail, ` +
+    `${requests.length} requests all to healthd, axe: no serious or critical ` +
+    `(${desktopFindings} + ${phoneFindings} minor findings)`
   );
-} catch (error) {
-  if (page) await page.screenshot({ path: screenshot, fullPage: true }).catch(() => {});
-  console.error(`status-page: FAILED: ${error instanceof Error ? error.message : error}`);
-  process.exitCode = 1;
-} finally {
-  await context?.close().catch(() => {});
-  rmSync(profile, { recursive: true, force: true });
-}
+});

@@ -17,15 +17,12 @@
 // openapi.yaml as JSON, written by run.sh), SWAGGER_SCREENSHOT,
 // CHROMIUM (default /usr/bin/chromium).
 
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
-import { chromium } from "playwright-core";
+import { readFileSync } from "node:fs";
+import { inBrowser } from "./browser.mjs";
 
 const base = (process.env.HEALTHD_URL ?? "").replace(/\/+$/, "");
 const specPath = process.env.CONTRACT_SPEC_JSON;
 const screenshot = process.env.SWAGGER_SCREENSHOT ?? "swagger-ui.png";
-const executablePath = process.env.CHROMIUM ?? "/usr/bin/chromium";
 const TIMEOUT = 20_000;
 const METHODS = ["get", "head", "put", "post", "delete", "options", "patch", "trace"];
 
@@ -45,35 +42,9 @@ for (const [path, item] of Object.entries(spec.paths ?? {})) {
 const origin = new URL(base).origin;
 const basePath = new URL(base).pathname.replace(/\/+$/, "");
 
-const profile = mkdtempSync(join(tmpdir(), "healthd-swagger-"));
-const problems = [];
 const foreign = new Set();
 const contracts = [];
-let context;
-let page;
-try {
-  context = await chromium.launchPersistentContext(profile, {
-    executablePath,
-    headless: true,
-    // Without the background-networking flags Chromium tries to reach
-    // Google's services at every start; this machine has no internet.
-    args: [
-      "--no-sandbox",
-      "--disable-gpu",
-      "--disable-quic",
-      "--no-first-run",
-      "--disable-background-networking",
-      "--disable-component-update",
-      "--disable-sync",
-    ],
-    viewport: { width: 1280, height: 900 },
-  });
-  page = context.pages()[0] ?? (await context.newPage());
-  page.setDefaultTimeout(TIMEOUT);
-  page.on("pageerror", (error) => problems.push(`script error: ${error.message}`));
-  page.on("console", (message) => {
-    if (message.type() === "error") console.log(`console error: ${message.text()}`);
-  });
+await inBrowser({ label: "swagger-ui", timeout: TIMEOUT, screenshot }, async (page, problems) => {
   page.on("request", (request) => {
     const url = request.url();
     if (/^https?:/.test(url) && new URL(url).origin !== origin) foreign.add(url);
@@ -151,14 +122,5 @@ try {
   if (code !== "200") throw new Error(`Swagger UI shows ${code} for GET /health, not 200: ${oneLine}`);
   if (!body.includes('"status"')) throw new Error(`the response shown has no "status": ${oneLine}`);
   if (foreign.size) problems.push(`requests to other origins (Swagger UI must not need a CDN): ${[...foreign].join(", ")}`);
-  if (problems.length) throw new Error(problems.join("; "));
-  console.log(`swagger-ui: ${operations.length} operations listed from ${basePath}/openapi.yaml, GET ${called} executed: ${code}`);
-} catch (error) {
-  // A screenshot of the failure helps more than none.
-  if (page) await page.screenshot({ path: screenshot, fullPage: true }).catch(() => {});
-  console.error(`swagger-ui: FAILED: ${error instanceof Error ? error.message : error}`);
-  process.exitCode = 1;
-} finally {
-  await context?.close().catch(() => {});
-  rmSync(profile, { recursive: true, force: true });
-}
+  return `${operations.length} operations listed from ${basePath}/openapi.yaml, GET ${called} executed: ${code}`;
+});

@@ -2,14 +2,15 @@
 //! which roots to trust (the system's, or a private CA's PEM file) and how
 //! much of the server's certificate to verify.
 
-use std::fmt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
-use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::crypto::{
+    verify_tls12_signature, verify_tls13_signature, CryptoProvider, WebPkiSupportedAlgorithms,
+};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{
@@ -66,27 +67,82 @@ pub fn client_config(verify: Verify, roots: RootCertStore) -> anyhow::Result<Cli
         .context("TLS protocol versions")?;
     let config = match verify {
         Verify::Full => builder.with_root_certificates(roots).with_no_client_auth(),
-        Verify::Chain => {
-            let webpki =
-                WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider).build()?;
-            builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(ChainOnly(webpki)))
-                .with_no_client_auth()
-        }
-        Verify::Nothing => builder
+        Verify::Chain | Verify::Nothing => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+            .with_custom_certificate_verifier(Arc::new(Verifier::new(verify, roots, &provider)?))
             .with_no_client_auth(),
     };
     Ok(config)
 }
 
-/// Verifies the chain but not the name.
-#[derive(Debug)]
-struct ChainOnly(Arc<WebPkiServerVerifier>);
+/// What the verifier saw in one handshake.
+#[derive(Debug, Default)]
+pub struct Seen {
+    /// The server's leaf certificate.
+    pub leaf: Option<CertificateDer<'static>>,
+    /// Why the certificate was refused; `None` when it was accepted.
+    pub error: Option<rustls::Error>,
+}
 
-impl ServerCertVerifier for ChainOnly {
+/// The one certificate verifier of the TLS clients built here: it checks
+/// the certificate as its [`Verify`] says and, whatever that is, the
+/// handshake's signatures with the provider's algorithms (as webpki's own
+/// verifier does), so the session is encrypted to whoever holds the
+/// certificate's key. It can also record what each handshake showed
+/// ([`Verifier::recording`]), because rustls drops a refused certificate
+/// without handing it over.
+#[derive(Debug, Clone)]
+pub struct Verifier {
+    certificate: Certificate,
+    algorithms: WebPkiSupportedAlgorithms,
+    seen: Option<Arc<Mutex<Seen>>>,
+}
+
+/// How much of the certificate [`Verifier`] checks.
+#[derive(Debug, Clone)]
+enum Certificate {
+    Any,
+    /// The chain; and the name unless `any_name`.
+    Chain {
+        webpki: Arc<WebPkiServerVerifier>,
+        any_name: bool,
+    },
+}
+
+impl Verifier {
+    /// Verifies as `verify` says, against `roots` (unused for
+    /// [`Verify::Nothing`]).
+    pub fn new(
+        verify: Verify,
+        roots: RootCertStore,
+        provider: &Arc<CryptoProvider>,
+    ) -> anyhow::Result<Self> {
+        let certificate = match verify {
+            Verify::Nothing => Certificate::Any,
+            Verify::Chain | Verify::Full => Certificate::Chain {
+                webpki: WebPkiServerVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider.clone(),
+                )
+                .build()?,
+                any_name: verify == Verify::Chain,
+            },
+        };
+        Ok(Verifier {
+            certificate,
+            algorithms: provider.signature_verification_algorithms,
+            seen: None,
+        })
+    }
+
+    /// The same verifier, writing the leaf and the verdict of each
+    /// handshake into `seen`.
+    pub fn recording(self, seen: Arc<Mutex<Seen>>) -> Self {
+        Verifier { seen: Some(seen), ..self }
+    }
+}
+
+impl ServerCertVerifier for Verifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -95,13 +151,30 @@ impl ServerCertVerifier for ChainOnly {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.0.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-        {
-            Err(rustls::Error::InvalidCertificate(
-                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
-            other => other,
+        let verdict = match &self.certificate {
+            Certificate::Any => Ok(ServerCertVerified::assertion()),
+            Certificate::Chain { webpki, any_name } => {
+                match webpki.verify_server_cert(
+                    end_entity,
+                    intermediates,
+                    server_name,
+                    ocsp_response,
+                    now,
+                ) {
+                    Err(rustls::Error::InvalidCertificate(
+                        CertificateError::NotValidForName
+                        | CertificateError::NotValidForNameContext { .. },
+                    )) if *any_name => Ok(ServerCertVerified::assertion()),
+                    other => other,
+                }
+            }
+        };
+        if let Some(seen) = &self.seen {
+            let mut seen = seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            seen.leaf = Some(end_entity.clone().into_owned());
+            seen.error = verdict.as_ref().err().cloned();
         }
+        verdict
     }
 
     fn verify_tls12_signature(
@@ -110,7 +183,7 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
+        verify_tls12_signature(message, cert, dss, &self.algorithms)
     }
 
     fn verify_tls13_signature(
@@ -119,55 +192,10 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
+        verify_tls13_signature(message, cert, dss, &self.algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
-    }
-}
-
-/// Takes any certificate, but still checks the handshake's signatures, so
-/// the session is encrypted to whoever holds the certificate's key.
-struct AnyCertificate(Arc<CryptoProvider>);
-
-impl fmt::Debug for AnyCertificate {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("AnyCertificate")
-    }
-}
-
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        self.algorithms.supported_schemes()
     }
 }

@@ -17,8 +17,8 @@ use mysql_async::{
 use serde::Deserialize;
 
 use crate::checks::{
-    elapsed_ms, error_chain, find_io_error, io_category, tls_category, BoxFuture, Check, Kind,
-    KindInput, KindSettings, Observation, CREDENTIALS_IN_FILE,
+    elapsed_ms, error_chain, find_io_error, io_category, tls_category, AbandonUnlessFinished,
+    BoxFuture, Check, Kind, KindInput, KindSettings, Observation, CREDENTIALS_IN_FILE,
 };
 use crate::config::{Policy, Secret};
 use crate::tls;
@@ -213,12 +213,13 @@ impl Check for MysqlCheck {
             // At the deadline this future is dropped: a connect in progress
             // is cancelled by mysql_async (its slot freed, its socket closed).
             let mut conn = match self.pool.get_conn().await {
-                Ok(conn) => CloseUnlessFinished::new(conn, self.timeout),
+                Ok(conn) => AbandonUnlessFinished::new(conn, |conn| close(conn, self.timeout)),
                 Err(error) => return self.failed(&error),
             };
             match conn.connection().query_drop(&self.query).await {
                 Ok(()) => {
-                    conn.finish();
+                    // Back to the pool.
+                    drop(conn.finish());
                     Observation::pass(vec![elapsed_ms(started), self.connections()])
                 }
                 Err(error) => self.failed(&error),
@@ -227,8 +228,8 @@ impl Check for MysqlCheck {
     }
 }
 
-/// A pooled connection that goes back to the pool only when its query
-/// finished.
+/// Closes a pooled connection whose query did not finish, rather than let
+/// it go back to the pool.
 ///
 /// Why not just drop it: a `Conn` dropped mid-query goes to the pool's
 /// recycler. If it was dropped inside one of mysql_async's routines (the
@@ -238,41 +239,17 @@ impl Check for MysqlCheck {
 /// with no deadline, then puts the connection back in the pool: on a server
 /// that hangs mid-result that holds a pool slot for as long as it hangs, and
 /// a later attempt inherits the session. `Conn::disconnect` marks the
-/// connection disconnected before it awaits anything, so this guard spawns
-/// it, bounded by the check's timeout: the server is told COM_QUIT when it
-/// still listens, and when the bound cuts it short the connection is already
-/// one the recycler discards (its socket closed).
-struct CloseUnlessFinished {
-    conn: Option<Conn>,
-    bound: Duration,
-}
-
-impl CloseUnlessFinished {
-    fn new(conn: Conn, bound: Duration) -> Self {
-        CloseUnlessFinished { conn: Some(conn), bound }
-    }
-
-    fn connection(&mut self) -> &mut Conn {
-        self.conn.as_mut().expect("present until finished or dropped")
-    }
-
-    /// The query finished: the connection goes back to the pool.
-    fn finish(mut self) {
-        drop(self.conn.take());
-    }
-}
-
-impl Drop for CloseUnlessFinished {
-    fn drop(&mut self) {
-        let Some(conn) = self.conn.take() else { return };
-        let bound = self.bound;
-        // Attempts run on the monitor's tokio runtime, so there is one; a
-        // drop outside any runtime falls back to mysql_async's recycling.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                let _ = tokio::time::timeout(bound, conn.disconnect()).await;
-            });
-        }
+/// connection disconnected before it awaits anything, so this spawns it,
+/// bounded by the check's timeout (`bound`): the server is told COM_QUIT
+/// when it still listens, and when the bound cuts it short the connection is
+/// already one the recycler discards (its socket closed).
+fn close(conn: Conn, bound: Duration) {
+    // Attempts run on the monitor's tokio runtime, so there is one; a
+    // drop outside any runtime falls back to mysql_async's recycling.
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(async move {
+            let _ = tokio::time::timeout(bound, conn.disconnect()).await;
+        });
     }
 }
 

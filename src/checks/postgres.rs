@@ -16,8 +16,8 @@ use tokio_postgres::NoTls;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::checks::{
-    elapsed_ms, error_chain, find_io_error, io_category, tls_category, BoxFuture, Check, Kind,
-    KindInput, KindSettings, Observation, CREDENTIALS_IN_FILE,
+    elapsed_ms, error_chain, find_io_error, io_category, tls_category, AbandonUnlessFinished,
+    BoxFuture, Check, Kind, KindInput, KindSettings, Observation, CREDENTIALS_IN_FILE,
 };
 use crate::config::{Policy, Secret};
 use crate::tls::{self, Verify};
@@ -185,8 +185,12 @@ impl Check for PostgresCheck {
     fn attempt(&self) -> BoxFuture<'_, Observation> {
         Box::pin(async move {
             let started = Instant::now();
-            let client = match self.pool.get().await {
-                Ok(client) => DetachUnlessFinished(Some(client)),
+            let mut client = match self.pool.get().await {
+                // Dropped mid-query, the connection is detached from the
+                // pool and closed, so no later attempt inherits a stuck session.
+                Ok(client) => {
+                    AbandonUnlessFinished::new(client, |client| drop(Object::take(client)))
+                }
                 Err(PoolError::Timeout(_)) => return Observation::timed_out(self.timeout),
                 Err(PoolError::Backend(error)) => {
                     return self.failed(postgres_category(&error), &error)
@@ -197,35 +201,13 @@ impl Check for PostgresCheck {
             let connections = Some(self.pool.status().size as f64);
             match result {
                 Ok(_) => {
-                    client.finish();
+                    // Back to the pool.
+                    drop(client.finish());
                     Observation::pass(vec![elapsed_ms(started), connections])
                 }
                 Err(error) => self.failed(postgres_category(&error), &error),
             }
         })
-    }
-}
-
-/// A pooled connection that goes back to the pool only when its query
-/// finished. Dropped mid-query (the deadline passed, or the query failed),
-/// it is detached and closed, so no later attempt inherits a stuck session.
-struct DetachUnlessFinished(Option<Object>);
-
-impl DetachUnlessFinished {
-    fn connection(&self) -> &Object {
-        self.0.as_ref().expect("present until finished or dropped")
-    }
-
-    fn finish(mut self) {
-        drop(self.0.take());
-    }
-}
-
-impl Drop for DetachUnlessFinished {
-    fn drop(&mut self) {
-        if let Some(object) = self.0.take() {
-            drop(Object::take(object));
-        }
     }
 }
 

@@ -17,8 +17,9 @@ use redis::{AsyncConnectionConfig, Client, ErrorKind, RedisError, ServerErrorKin
 use serde::Deserialize;
 
 use crate::checks::{
-    elapsed_ms, error_chain, find_io_error, io_category, tls_category, BoxFuture, Check, Kind,
-    KindInput, KindSettings, Observation, CREDENTIALS_IN_FILE, RESPONSE_TIME,
+    elapsed_ms, error_chain, find_io_error, io_category, tls_category, AbandonUnlessFinished,
+    BoxFuture, Check, Kind, KindInput, KindSettings, Observation, CREDENTIALS_IN_FILE,
+    RESPONSE_TIME,
 };
 use crate::config::{Policy, Secret};
 
@@ -136,20 +137,20 @@ impl Check for RedisCheck {
     fn attempt(&self) -> BoxFuture<'_, Observation> {
         Box::pin(async move {
             let started = Instant::now();
-            // Dropped at the deadline with the connection still out, the guard
-            // forgets it: a reply that never came must not be waited on twice.
-            let mut guard = ForgetUnlessReturned { check: self, connection: None };
             let connection = match self.kept() {
-                Some(connection) => guard.connection.insert(connection),
+                Some(connection) => connection,
                 None => match self.connect().await {
-                    Ok(connection) => guard.connection.insert(connection),
+                    Ok(connection) => connection,
                     Err(error) => return self.failed(&error),
                 },
             };
-            match self.ping(connection).await {
+            // Dropped at the deadline with the connection still out, it is
+            // forgotten: a reply that never came must not be waited on twice.
+            let mut held = AbandonUnlessFinished::new(connection, |_| self.keep(None));
+            match self.ping(held.connection()).await {
                 Ok(role) => {
                     let elapsed = elapsed_ms(started);
-                    guard.give_back();
+                    self.keep(Some(held.finish()));
                     match role {
                         Some(role) if !is_master(&role) => {
                             Observation::fail_with("read-only replica", vec![elapsed])
@@ -160,27 +161,6 @@ impl Check for RedisCheck {
                 Err(error) => self.failed(&error),
             }
         })
-    }
-}
-
-/// Holds the connection an attempt uses; only a finished round trip puts
-/// it back for the next attempt.
-struct ForgetUnlessReturned<'a> {
-    check: &'a RedisCheck,
-    connection: Option<MultiplexedConnection>,
-}
-
-impl ForgetUnlessReturned<'_> {
-    fn give_back(&mut self) {
-        self.check.keep(self.connection.take());
-    }
-}
-
-impl Drop for ForgetUnlessReturned<'_> {
-    fn drop(&mut self) {
-        if self.connection.take().is_some() {
-            self.check.keep(None);
-        }
     }
 }
 

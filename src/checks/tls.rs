@@ -4,8 +4,8 @@
 //! `daysRemaining`.
 //!
 //! rustls refuses an expired certificate without handing it over, so the
-//! verifier here records the leaf it was shown and the verdict: an expired
-//! leaf still says how long ago it expired.
+//! check's verifier (`tls::Verifier`, recording) keeps the leaf it was shown
+//! and the verdict: an expired leaf still says how long ago it expired.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -15,11 +15,9 @@ use healthd_models::ComponentType;
 use serde::Deserialize;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::{ring, CryptoProvider};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::ServerName;
+use rustls::{CertificateError, ClientConfig};
 use tokio_rustls::TlsConnector;
 
 use crate::checks::{
@@ -27,6 +25,7 @@ use crate::checks::{
     Observation,
 };
 use crate::config::Policy;
+use crate::tls::{Seen, Verifier, Verify};
 
 pub const KIND: Kind = Kind::new(
     "tls",
@@ -119,9 +118,7 @@ impl KindSettings for TlsSettings {
     fn build(&self, name: &str, _policy: &Policy) -> anyhow::Result<Arc<dyn Check>> {
         let provider = Arc::new(ring::default_provider());
         let roots = crate::tls::roots(self.ca_file.as_deref())?;
-        let verifier =
-            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                .build()?;
+        let verifier = Verifier::new(Verify::Full, roots, &provider)?;
         Ok(Arc::new(TlsCheck {
             name: name.to_string(),
             address: self.address.clone(),
@@ -139,70 +136,16 @@ struct TlsCheck {
     address: String,
     server_name: ServerName<'static>,
     provider: Arc<CryptoProvider>,
-    verifier: Arc<WebPkiServerVerifier>,
+    verifier: Verifier,
     warn_below: u32,
     fail_below: u32,
-}
-
-/// What the verifier saw in one handshake.
-#[derive(Debug, Default)]
-struct Seen {
-    leaf: Option<CertificateDer<'static>>,
-    error: Option<rustls::Error>,
-}
-
-/// Verifies as webpki does, and records the leaf and the verdict.
-#[derive(Debug)]
-struct RecordingVerifier {
-    inner: Arc<WebPkiServerVerifier>,
-    seen: Arc<Mutex<Seen>>,
-}
-
-impl ServerCertVerifier for RecordingVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let verdict =
-            self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now);
-        let mut seen = self.seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        seen.leaf = Some(end_entity.clone().into_owned());
-        seen.error = verdict.as_ref().err().cloned();
-        verdict
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
 }
 
 impl TlsCheck {
     /// A client config whose verifier reports into `seen`: one per attempt,
     /// so that concurrent handshakes never share a record.
     fn connector(&self, seen: &Arc<Mutex<Seen>>) -> anyhow::Result<TlsConnector> {
-        let verifier = RecordingVerifier { inner: self.verifier.clone(), seen: seen.clone() };
+        let verifier = self.verifier.clone().recording(seen.clone());
         let config = ClientConfig::builder_with_provider(self.provider.clone())
             .with_safe_default_protocol_versions()?
             .dangerous()
@@ -350,9 +293,7 @@ mod tests {
             name: "cert".into(),
             address: "127.0.0.1:443".into(),
             server_name: ServerName::try_from("localhost").unwrap(),
-            verifier: WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                .build()
-                .unwrap(),
+            verifier: Verifier::new(Verify::Full, roots, &provider).unwrap(),
             provider,
             warn_below,
             fail_below,

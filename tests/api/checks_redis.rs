@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 
-use crate::helpers::{spawn_app_with_env, Answer, TestApp};
+use crate::helpers::{spawn_app_with_env, TestApp};
 use crate::support::checks::{
     assert_no_secret, config, every_body, is_unavailable, output, percentile, probe_latencies,
-    shows, status, DEADLINE,
+    shows, status, wait_shows, DEADLINE,
 };
 use crate::support::redis::TestRedis;
 use crate::support::upstream::{Behaviour, Upstream};
@@ -39,16 +39,12 @@ async fn spawn_with_url(check: &str, url: String) -> TestApp {
     spawn_app_with_env(check, BTreeMap::from([("CACHE_URL".to_string(), url)])).await
 }
 
-async fn wait_shows(app: &TestApp, wanted: &str, wanted_output: Option<&str>) -> Answer {
-    app.wait_for("/health", None, DEADLINE, |a| shows(a, CACHE, wanted, wanted_output)).await
-}
-
 #[tokio::test]
 async fn stopping_redis_fails_the_check_and_a_restart_brings_it_back_without_restarting_healthd() {
     // Arrange
     let redis = TestRedis::start().await;
     let app = spawn_with_url(&cache_check("1s", "500ms", ""), redis.url_with_password()).await;
-    let answer = wait_shows(&app, "pass", None).await;
+    let answer = wait_shows(&app, CACHE, "pass", None).await;
     let reading = answer.check(CACHE).unwrap();
     assert_eq!(reading["componentType"], "datastore");
     assert_eq!(reading["observedUnit"], "ms");
@@ -67,7 +63,7 @@ async fn stopping_redis_fails_the_check_and_a_restart_brings_it_back_without_res
         "{category}"
     );
     redis.restart().await;
-    let answer = wait_shows(&app, "pass", None).await;
+    let answer = wait_shows(&app, CACHE, "pass", None).await;
     assert_eq!(answer.status, StatusCode::OK);
 }
 
@@ -76,12 +72,12 @@ async fn a_frozen_redis_times_out_within_deadline_plus_interval_while_probes_sta
     // Arrange: a long deadline, so a probe that waited on Redis would take seconds.
     let redis = TestRedis::start().await;
     let app = spawn_with_url(&cache_check("4s", "3s", ""), redis.url_with_password()).await;
-    wait_shows(&app, "pass", None).await;
+    wait_shows(&app, CACHE, "pass", None).await;
 
     // Act
     redis.freeze();
     let frozen = Instant::now();
-    let answer = wait_shows(&app, "fail", Some("timed out after 3000 ms")).await;
+    let answer = wait_shows(&app, CACHE, "fail", Some("timed out after 3000 ms")).await;
     let to_fail = frozen.elapsed();
     eprintln!("MEASURED Redis freeze -> /health 503: {to_fail:?} (interval 4 s, timeout 3 s)");
     let probes = probe_latencies(&app, "/health", 50, 4).await;
@@ -101,7 +97,7 @@ async fn a_frozen_redis_times_out_within_deadline_plus_interval_while_probes_sta
     assert!(percentile(&latencies, 100.0) < Duration::from_secs(1));
 
     redis.thaw();
-    wait_shows(&app, "pass", None).await;
+    wait_shows(&app, CACHE, "pass", None).await;
 }
 
 #[tokio::test]
@@ -114,7 +110,7 @@ async fn a_listener_that_never_answers_is_cut_at_the_deadline() {
     let app = spawn_with_url(&cache_check("2s", "500ms", ""), url).await;
 
     // Assert
-    let answer = wait_shows(&app, "fail", Some("timed out after 500 ms")).await;
+    let answer = wait_shows(&app, CACHE, "fail", Some("timed out after 500 ms")).await;
     assert!(is_unavailable(&answer));
 }
 
@@ -159,14 +155,14 @@ async fn a_server_loading_its_data_set_is_reported_as_loading() {
     // Arrange
     let redis = TestRedis::start().await;
     let app = spawn_with_url(&cache_check("300ms", "250ms", ""), redis.url_with_password()).await;
-    wait_shows(&app, "pass", None).await;
+    wait_shows(&app, CACHE, "pass", None).await;
 
     // Act: the restart drops the kept connection; the next one meets the load.
     redis.restart_loading(Duration::from_secs(6)).await;
 
     // Assert
-    wait_shows(&app, "fail", Some("loading")).await;
-    wait_shows(&app, "pass", None).await;
+    wait_shows(&app, CACHE, "fail", Some("loading")).await;
+    wait_shows(&app, CACHE, "pass", None).await;
 }
 
 #[tokio::test]
@@ -239,22 +235,19 @@ async fn the_password_never_shows_in_answers_or_logs_in_any_fault() {
     };
 
     // Act and assert, fault by fault.
-    wait_shows(&app, "pass", None).await;
-    app.wait_for("/health", None, DEADLINE, |a| {
-        shows(a, "wrong:responseTime", "fail", Some("authentication failed"))
-    })
-    .await;
+    wait_shows(&app, CACHE, "pass", None).await;
+    wait_shows(&app, "wrong:responseTime", "fail", Some("authentication failed")).await;
     scan("healthy").await;
     redis.kill();
     app.wait_for("/health", None, DEADLINE, is_unavailable).await;
     scan("killed").await;
     redis.restart().await;
-    wait_shows(&app, "pass", None).await;
+    wait_shows(&app, CACHE, "pass", None).await;
     redis.freeze();
-    wait_shows(&app, "fail", Some("timed out after 400 ms")).await;
+    wait_shows(&app, CACHE, "fail", Some("timed out after 400 ms")).await;
     scan("frozen").await;
     redis.thaw();
-    wait_shows(&app, "pass", None).await;
+    wait_shows(&app, CACHE, "pass", None).await;
     scan("thawed").await;
 }
 

@@ -64,6 +64,16 @@ pub fn shows(answer: &Answer, key: &str, wanted: &str, wanted_output: Option<&st
     status(answer, key) == Some(wanted) && output(answer, key) == wanted_output
 }
 
+/// Waits until `/health` shows `key` with `wanted` status and output.
+pub async fn wait_shows(
+    app: &TestApp,
+    key: &str,
+    wanted: &str,
+    wanted_output: Option<&str>,
+) -> Answer {
+    app.wait_for("/health", None, DEADLINE, |a| shows(a, key, wanted, wanted_output)).await
+}
+
 /// Sends `concurrency` GETs of `path` at once, `rounds` times, and returns
 /// each one's latency (send to last body byte) and status. Timed with the
 /// bare client: no schema validation inside the measurement.

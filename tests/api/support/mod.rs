@@ -4,6 +4,7 @@
 //! helpers live here.
 
 pub mod checks;
+pub mod datastore;
 #[cfg(feature = "nats")]
 pub use healthd_testkit::nats;
 pub use healthd_testkit::{mariadb, postgres, redis};
