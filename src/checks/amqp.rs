@@ -133,10 +133,7 @@ impl AmqpCheck {
     }
 
     /// The kept connection, connecting first when there is none or it broke.
-    async fn connection<'a>(
-        &self,
-        link: &'a mut Link,
-    ) -> Result<&'a Connection, Observation> {
+    async fn connection<'a>(&self, link: &'a mut Link) -> Result<&'a Connection, Observation> {
         if let Link::Connected(connection) = link {
             if !connection.status().connected() {
                 tracing::info!(check = %self.name, "amqp connection lost: reconnecting");
@@ -146,8 +143,8 @@ impl AmqpCheck {
         if let Link::Idle = link {
             let url = self.url.expose().to_string();
             *link = Link::Connecting(tokio::spawn(async move {
-                let properties = ConnectionProperties::default()
-                    .with_connection_name("healthd".into());
+                let properties =
+                    ConnectionProperties::default().with_connection_name("healthd".into());
                 Connection::connect(&url, properties).await
             }));
         }
@@ -246,9 +243,13 @@ fn amqp_category(error: &lapin::Error) -> String {
         ErrorKind::ProtocolError(amqp) => match amqp.kind() {
             AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND) => "queue not found".into(),
             AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED) => "access refused".into(),
-            AMQPErrorKind::Soft(AMQPSoftError::RESOURCELOCKED) => "queue is exclusive to another connection".into(),
+            AMQPErrorKind::Soft(AMQPSoftError::RESOURCELOCKED) => {
+                "queue is exclusive to another connection".into()
+            }
             AMQPErrorKind::Hard(AMQPHardError::NOTALLOWED) => "virtual host not allowed".into(),
-            AMQPErrorKind::Hard(AMQPHardError::CONNECTIONFORCED) => "connection closed by the broker".into(),
+            AMQPErrorKind::Hard(AMQPHardError::CONNECTIONFORCED) => {
+                "connection closed by the broker".into()
+            }
             AMQPErrorKind::Hard(AMQPHardError::RESOURCEERROR) => "broker out of resources".into(),
             _ => format!("AMQP error {}", amqp.get_id()),
         },

@@ -34,10 +34,7 @@ fn parse(input: &mut KindInput<'_>) -> Option<Arc<dyn KindSettings>> {
     let warn_below = fields.warn_below.map_or(10.0, |p| p.0);
     let fail_below = fields.fail_below.map_or(5.0, |p| p.0);
     if fail_below > warn_below {
-        input.report_at(
-            "fail_below",
-            format!("{fail_below}% is above warn_below = {warn_below}%"),
-        );
+        input.report_at("fail_below", format!("{fail_below}% is above warn_below = {warn_below}%"));
         return None;
     }
     let path = PathBuf::from(fields.path.unwrap_or_else(|| ".".into()));

@@ -140,7 +140,9 @@ impl Check for GrpcCheck {
             let elapsed = elapsed_ms(started);
             match ServingStatus::try_from(answer.status) {
                 Ok(ServingStatus::Serving) => Observation::pass(vec![elapsed]),
-                Ok(ServingStatus::NotServing) => Observation::fail_with("not serving", vec![elapsed]),
+                Ok(ServingStatus::NotServing) => {
+                    Observation::fail_with("not serving", vec![elapsed])
+                }
                 Ok(ServingStatus::ServiceUnknown) => {
                     Observation::fail_with("unknown service", vec![elapsed])
                 }

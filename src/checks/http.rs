@@ -72,7 +72,9 @@ fn parse(input: &mut KindInput<'_>) -> Option<Arc<dyn KindSettings>> {
     let (url, from_file) = input.secret_url(fields.url, fields.url_env)?;
     match Url::parse(url.expose()) {
         // A user name in an HTTP URL is often a token itself.
-        Ok(parsed) if from_file && (!parsed.username().is_empty() || parsed.password().is_some()) => {
+        Ok(parsed)
+            if from_file && (!parsed.username().is_empty() || parsed.password().is_some()) =>
+        {
             input.report_at("url", CREDENTIALS_IN_FILE);
             return None;
         }
@@ -83,7 +85,9 @@ fn parse(input: &mut KindInput<'_>) -> Option<Arc<dyn KindSettings>> {
         }
     }
     let mut ok = true;
-    if let Some(code) = fields.expect_status.iter().flatten().find(|code| !(100..=599).contains(*code)) {
+    if let Some(code) =
+        fields.expect_status.iter().flatten().find(|code| !(100..=599).contains(*code))
+    {
         input.report_at("expect_status", format!("{code} is not an HTTP status code"));
         ok = false;
     }
@@ -148,11 +152,7 @@ struct HttpCheck {
 }
 
 impl HttpCheck {
-    fn new(
-        name: &str,
-        settings: &HttpSettings,
-        timeout: Duration,
-    ) -> anyhow::Result<Self> {
+    fn new(name: &str, settings: &HttpSettings, timeout: Duration) -> anyhow::Result<Self> {
         let url = Url::parse(settings.url.expose())
             .map_err(|_| anyhow::anyhow!("check {name}: invalid URL"))?;
         let mut headers = HeaderMap::new();
@@ -249,7 +249,10 @@ impl Check for HttpCheck {
             let status = response.status().as_u16();
             if !self.expected(status) {
                 // The dependency answered: how fast is still worth showing.
-                return Observation::fail_with(format!("HTTP {status}"), values(elapsed_ms(started)));
+                return Observation::fail_with(
+                    format!("HTTP {status}"),
+                    values(elapsed_ms(started)),
+                );
             }
             let is_health_json = response
                 .headers()

@@ -11,9 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use healthd_models::ComponentType;
 use mysql_async::prelude::Queryable;
-use mysql_async::{
-    Conn, DriverError, IoError, Opts, OptsBuilder, Pool, PoolConstraints,
-};
+use mysql_async::{Conn, DriverError, IoError, Opts, OptsBuilder, Pool, PoolConstraints};
 use serde::Deserialize;
 
 use crate::checks::{
@@ -110,9 +108,7 @@ fn parse(input: &mut KindInput<'_>) -> Option<Arc<dyn KindSettings>> {
 
 /// The URL's query parameters, for the few healthd looks at itself.
 fn url_parameters(dsn: &str) -> Vec<(String, String)> {
-    reqwest::Url::parse(dsn)
-        .map(|url| url.query_pairs().into_owned().collect())
-        .unwrap_or_default()
+    reqwest::Url::parse(dsn).map(|url| url.query_pairs().into_owned().collect()).unwrap_or_default()
 }
 
 /// The roots to trust, as mysql_async takes them: the PEM file's bytes, or
@@ -162,16 +158,15 @@ impl MysqlCheck {
                         .map(Into::into)
                         .collect(),
                 )
-                    .with_disable_built_in_roots(true),
+                .with_disable_built_in_roots(true),
             ),
             None => None,
         };
         // mysql_async would otherwise ask a loopback server for its Unix
         // socket and move there: the check watches the address it was given.
-        let prefer_socket =
-            url_parameters(settings.dsn.expose()).iter().any(|(key, value)| {
-                key == "prefer_socket" && value == "true"
-            });
+        let prefer_socket = url_parameters(settings.dsn.expose())
+            .iter()
+            .any(|(key, value)| key == "prefer_socket" && value == "true");
         let opts = OptsBuilder::from_opts(opts)
             .pool_opts(pool_opts)
             .ssl_opts(ssl_opts)
@@ -179,12 +174,7 @@ impl MysqlCheck {
         // Spawns nothing yet: the pool's recycler starts with the first
         // attempt, on the monitor's runtime.
         let pool = Pool::new(opts);
-        Ok(MysqlCheck {
-            name: name.to_string(),
-            pool,
-            query: settings.query.clone(),
-            timeout,
-        })
+        Ok(MysqlCheck { name: name.to_string(), pool, query: settings.query.clone(), timeout })
     }
 
     fn failed(&self, error: &mysql_async::Error) -> Observation {
@@ -399,15 +389,30 @@ mod tests {
                 r#"url = "mysql://db.internal/app?require_ssl=true&built_in_roots=false""#,
                 "checks[0].url: built_in_roots: healthd trusts the system's roots",
             ),
-            (r#"url = "mysql://db.internal/app"
-pool_size = 0"#, "checks[0].pool_size: must be at least 1"),
-            (r#"url = "mysql://db.internal/app"
-ca_file = "/etc/hostname""#, "checks[0].ca_file: needs require_ssl=true"),
-            (r#"url = "mysql://db.internal/app?require_ssl=true"
-ca_file = "/nonexistent/ca.pem""#, "checks[0].ca_file: cannot read /nonexistent/ca.pem"),
-            (r#"url = "mysql://db.internal/app"
-sslmode = "require""#, "checks[0].sslmode: unknown field `sslmode`"),
-            ("query = \"SELECT 1\"", "checks[0].url: url or url_env is required for kind \"mysql\""),
+            (
+                r#"url = "mysql://db.internal/app"
+pool_size = 0"#,
+                "checks[0].pool_size: must be at least 1",
+            ),
+            (
+                r#"url = "mysql://db.internal/app"
+ca_file = "/etc/hostname""#,
+                "checks[0].ca_file: needs require_ssl=true",
+            ),
+            (
+                r#"url = "mysql://db.internal/app?require_ssl=true"
+ca_file = "/nonexistent/ca.pem""#,
+                "checks[0].ca_file: cannot read /nonexistent/ca.pem",
+            ),
+            (
+                r#"url = "mysql://db.internal/app"
+sslmode = "require""#,
+                "checks[0].sslmode: unknown field `sslmode`",
+            ),
+            (
+                "query = \"SELECT 1\"",
+                "checks[0].url: url or url_env is required for kind \"mysql\"",
+            ),
         ] {
             let (parsed, problems) = parse_with(toml, &[]);
             assert!(!parsed, "{toml}");
@@ -431,7 +436,8 @@ sslmode = "require""#, "checks[0].sslmode: unknown field `sslmode`"),
         let (parsed, problems) = parse_with(&format!("{url}\nca_file = {not_pem:?}"), &[]);
         assert!(!parsed);
         assert!(reasons(&problems)[0].ends_with("holds no certificate"), "{problems:?}");
-        let (parsed, problems) = parse_with(&format!("{url}\nca_file = {:?}", certs.ca_path()), &[]);
+        let (parsed, problems) =
+            parse_with(&format!("{url}\nca_file = {:?}", certs.ca_path()), &[]);
         assert!(parsed, "{problems:?}");
     }
 
@@ -444,9 +450,8 @@ sslmode = "require""#, "checks[0].sslmode: unknown field `sslmode`"),
         assert_eq!(server_category(1064), "query failed (error 1064)");
         let closed = mysql_async::Error::Driver(DriverError::ConnectionClosed);
         assert_eq!(mysql_category(&closed), "connection closed");
-        let refused = mysql_async::Error::from(std::io::Error::from(
-            std::io::ErrorKind::ConnectionRefused,
-        ));
+        let refused =
+            mysql_async::Error::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
         assert_eq!(mysql_category(&refused), "connection refused");
         let server = mysql_async::Error::Server(mysql_async::ServerError {
             code: 1045,

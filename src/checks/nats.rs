@@ -89,7 +89,10 @@ fn parse(input: &mut KindInput<'_>) -> Option<Arc<dyn KindSettings>> {
                 auth = Auth::Token(Secret::new(token));
             }
             _ => {
-                input.report_at("token_env", format!("environment variable {var} is not set or empty"));
+                input.report_at(
+                    "token_env",
+                    format!("environment variable {var} is not set or empty"),
+                );
                 return None;
             }
         }
@@ -166,7 +169,9 @@ impl NatsCheck {
             Ok(stream) => Ok(stream.cached_info().state.messages),
             Err(error) => {
                 let category = match error.kind() {
-                    GetStreamErrorKind::JetStream(js) if js.error_code() == ErrorCode::STREAM_NOT_FOUND => {
+                    GetStreamErrorKind::JetStream(js)
+                        if js.error_code() == ErrorCode::STREAM_NOT_FOUND =>
+                    {
                         "stream not found".to_string()
                     }
                     GetStreamErrorKind::JetStream(js) => format!("JetStream error {}", js.code()),
@@ -228,7 +233,9 @@ impl Check for NatsCheck {
             match &self.stream {
                 None => Observation::pass(vec![elapsed_ms(started)]),
                 Some(stream) => match self.stream_messages(&client, stream).await {
-                    Ok(messages) => Observation::pass(vec![elapsed_ms(started), Some(messages as f64)]),
+                    Ok(messages) => {
+                        Observation::pass(vec![elapsed_ms(started), Some(messages as f64)])
+                    }
                     Err(observation) => observation,
                 },
             }

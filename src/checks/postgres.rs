@@ -10,8 +10,8 @@ use deadpool_postgres::{
 };
 use healthd_models::ComponentType;
 use serde::Deserialize;
-use tokio_postgres::error::SqlState;
 use tokio_postgres::config::SslMode;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
@@ -139,11 +139,10 @@ struct PostgresCheck {
 
 impl PostgresCheck {
     fn new(name: &str, settings: &PostgresSettings, timeout: Duration) -> anyhow::Result<Self> {
-        let mut config: tokio_postgres::Config = settings
-            .dsn
-            .expose()
-            .parse()
-            .map_err(|_| anyhow::anyhow!("check {name}: invalid PostgreSQL connection string"))?;
+        let mut config: tokio_postgres::Config =
+            settings.dsn.expose().parse().map_err(|_| {
+                anyhow::anyhow!("check {name}: invalid PostgreSQL connection string")
+            })?;
         // Covers only the TCP connect; the handshake and the query are bounded
         // by the monitor's deadline around the whole attempt.
         config.connect_timeout(timeout);
@@ -261,7 +260,10 @@ mod tests {
             split_sslmode("host=h sslmode = verify-ca dbname=x"),
             ("host=h sslmode = require dbname=x".into(), Some(VerifyMode::Ca))
         );
-        assert_eq!(split_sslmode("postgres://h/db?sslmode=require"), ("postgres://h/db?sslmode=require".into(), None));
+        assert_eq!(
+            split_sslmode("postgres://h/db?sslmode=require"),
+            ("postgres://h/db?sslmode=require".into(), None)
+        );
         assert_eq!(split_sslmode("postgres://h/sslmode"), ("postgres://h/sslmode".into(), None));
     }
 }

@@ -107,7 +107,10 @@ impl RedisCheck {
         self.client.get_multiplexed_async_connection_with_config(&config).await
     }
 
-    async fn ping(&self, connection: &mut MultiplexedConnection) -> Result<Option<Value>, RedisError> {
+    async fn ping(
+        &self,
+        connection: &mut MultiplexedConnection,
+    ) -> Result<Option<Value>, RedisError> {
         redis::cmd("PING").query_async::<()>(connection).await?;
         match self.expect_role {
             Some(_) => Ok(Some(redis::cmd("ROLE").query_async::<Value>(connection).await?)),

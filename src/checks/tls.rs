@@ -12,12 +12,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use healthd_models::ComponentType;
-use serde::Deserialize;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use rustls::crypto::{ring, CryptoProvider};
 use rustls::pki_types::ServerName;
 use rustls::{CertificateError, ClientConfig};
+use serde::Deserialize;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use crate::checks::{
@@ -27,11 +27,8 @@ use crate::checks::{
 use crate::config::Policy;
 use crate::tls::{Seen, Verifier, Verify};
 
-pub const KIND: Kind = Kind::new(
-    "tls",
-    &["address", "server_name", "ca_file", "warn_below", "fail_below"],
-    parse,
-);
+pub const KIND: Kind =
+    Kind::new("tls", &["address", "server_name", "ca_file", "warn_below", "fail_below"], parse);
 
 /// `daysRemaining`, the measurement of the leaf certificate's expiry.
 pub const DAYS_REMAINING: (&str, &str) = ("daysRemaining", "d");
@@ -99,10 +96,7 @@ fn parse(input: &mut KindInput<'_>) -> Option<Arc<dyn KindSettings>> {
     let warn_below = fields.warn_below.map_or(14, |days| days.0);
     let fail_below = fields.fail_below.map_or(3, |days| days.0);
     if fail_below > warn_below {
-        input.report_at(
-            "fail_below",
-            format!("{fail_below}d is above warn_below = {warn_below}d"),
-        );
+        input.report_at("fail_below", format!("{fail_below}d is above warn_below = {warn_below}d"));
         return None;
     }
     Some(Arc::new(TlsSettings {
@@ -234,7 +228,10 @@ impl Check for TlsCheck {
                 Ok(mut stream) => {
                     // A polite close_notify; the peer's answer is not needed.
                     let _ = stream.shutdown().await;
-                    match seen.leaf.as_ref().and_then(|leaf| days_remaining(leaf, SystemTime::now()))
+                    match seen
+                        .leaf
+                        .as_ref()
+                        .and_then(|leaf| days_remaining(leaf, SystemTime::now()))
                     {
                         Some(days) => self.judge(days),
                         None => Observation::fail("TLS: unreadable certificate"),
@@ -315,8 +312,14 @@ mod tests {
         let expired = check.judge(-2.4);
         assert_eq!(expired.status, HealthStatus::Fail);
         assert_eq!(expired.output.as_deref(), Some("certificate expired 2 days ago"));
-        assert_eq!(check.judge(-0.2).output.as_deref(), Some("certificate expired less than a day ago"));
-        assert_eq!(check.judge(0.4).output.as_deref(), Some("certificate expires in less than a day"));
+        assert_eq!(
+            check.judge(-0.2).output.as_deref(),
+            Some("certificate expired less than a day ago")
+        );
+        assert_eq!(
+            check.judge(0.4).output.as_deref(),
+            Some("certificate expires in less than a day")
+        );
     }
 
     #[test]
