@@ -522,12 +522,12 @@ async fn bench(root: &Path, plan: &Plan) -> anyhow::Result<String> {
     remove_bench_output(&out_dir)?;
 
     let mut table = String::new();
-    writeln!(table, "| connections | target | body bytes | requests/s | baseline requests/s | × baseline | p50 µs | p99 µs | baseline p99 µs | p99 × baseline | CPU µs/request |")?;
-    writeln!(table, "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")?;
+    writeln!(table, "| connections | target | body bytes | requests/s | baseline requests/s | × baseline | p50 µs | p99 µs | baseline p99 µs | p99 × baseline | CPU µs/request | baseline CPU µs/request | CPU × baseline |")?;
+    writeln!(table, "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")?;
     for (connections, pair, rounds) in &grid {
         writeln!(
             table,
-            "| {connections} | {} | {} | {:.0} | {:.0} | {:.2} | {:.0} | {:.0} | {:.0} | {:.2} | {:.1} |",
+            "| {connections} | {} | {} | {:.0} | {:.0} | {:.2} | {:.0} | {:.0} | {:.0} | {:.2} | {:.1} | {:.1} | {:.2} |",
             pair.target.label,
             pair.bytes,
             rounds.requests_per_second(),
@@ -538,14 +538,16 @@ async fn bench(root: &Path, plan: &Plan) -> anyhow::Result<String> {
             rounds.median_of(|(_, baseline)| baseline.p99_us),
             rounds.p99_ratio(),
             rounds.median_of(|(m, _)| m.cpu_us_per_request),
+            rounds.median_of(|(_, baseline)| baseline.cpu_us_per_request),
+            rounds.median_of(|(m, baseline)| m.cpu_us_per_request / baseline.cpu_us_per_request),
         )?;
     }
     writeln!(
         table,
         "\nTargets at {JUDGED_CONNECTIONS} connections, the access log on: requests/s at least {JUDGED_THROUGHPUT:.2}x the baseline's, p99 at most {JUDGED_P99:.2}x:\n"
     )?;
-    writeln!(table, "| target | × baseline requests/s | p99 × baseline | met |")?;
-    writeln!(table, "|---|---:|---:|:---:|")?;
+    writeln!(table, "| target | × baseline requests/s | p99 × baseline | met | server CPU per request × baseline (not judged) |")?;
+    writeln!(table, "|---|---:|---:|:---:|---:|")?;
     let judged = |(connections, pair, _): &&(u32, &Pair, Rounds)| {
         *connections == JUDGED_CONNECTIONS && pair.target.judged()
     };
@@ -554,9 +556,10 @@ async fn bench(root: &Path, plan: &Plan) -> anyhow::Result<String> {
         let met = throughput >= JUDGED_THROUGHPUT && p99 <= JUDGED_P99;
         writeln!(
             table,
-            "| {} | {throughput:.2} | {p99:.2} | {} |",
+            "| {} | {throughput:.2} | {p99:.2} | {} | {:.2} |",
             pair.target.label,
-            if met { "yes" } else { "no" }
+            if met { "yes" } else { "no" },
+            rounds.median_of(|(m, baseline)| m.cpu_us_per_request / baseline.cpu_us_per_request),
         )?;
     }
     writeln!(
