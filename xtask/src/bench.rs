@@ -352,6 +352,28 @@ impl Rounds {
     }
 }
 
+/// Starts one of the healthd servers, its log to `log`.
+fn start_server(
+    root: &Path,
+    launch: Launch,
+    dependencies: &Dependencies,
+    server: Server,
+    log: &Path,
+) -> anyhow::Result<(Instance, Process)> {
+    let port = free_port()?;
+    let log = fs::File::create(log)?.into();
+    let process = start_healthd_with(
+        root,
+        Profile::Release,
+        launch,
+        port,
+        dependencies,
+        log,
+        variant(server),
+    )?;
+    Ok((Instance::of(port, &process), process))
+}
+
 /// How each healthd server is configured.
 fn variant(server: Server) -> Variant<'static> {
     let details = match server {
@@ -460,21 +482,8 @@ async fn bench(root: &Path, plan: &Plan) -> anyhow::Result<String> {
     let postgres = &dependencies.postgres;
     let access_log = out_dir.join("access.log");
     let always_log = out_dir.join("access-always.log");
-    let start = |server: Server, log: &Path| -> anyhow::Result<(Instance, Process)> {
-        let port = free_port()?;
-        let log = fs::File::create(log)?.into();
-        let launch = Launch::Native;
-        let process = start_healthd_with(
-            root,
-            Profile::Release,
-            launch,
-            port,
-            &dependencies,
-            log,
-            variant(server),
-        )?;
-        Ok((Instance::of(port, &process), process))
-    };
+    let start =
+        |server: Server, log: &Path| start_server(root, Launch::Native, &dependencies, server, log);
     let mut servers = Servers {
         healthd: start(Server::Healthd, &access_log)?,
         details_always: start(Server::DetailsAlways, &always_log)?,
@@ -757,18 +766,9 @@ fn count_instructions(
     }
     let mut counts = Vec::new();
     for server in [Server::Healthd, Server::DetailsAlways, Server::AccessLogOff] {
-        let port = free_port()?;
-        let log = fs::File::create(out_dir.join("access-callgrind.log"))?;
-        let launch = Launch::Callgrind;
-        let process = start_healthd_with(
-            root,
-            Profile::Release,
-            launch,
-            port,
-            dependencies,
-            log.into(),
-            variant(server),
-        )?;
+        let log = out_dir.join("access-callgrind.log");
+        let (Instance { port, .. }, process) =
+            start_server(root, Launch::Callgrind, dependencies, server, &log)?;
         let counter = process.instrumented().context("not under callgrind")?;
         for pair in pairs.iter().filter(|pair| pair.target.server == server) {
             let token = pair.target.authorized.then_some(TOKEN);
