@@ -423,7 +423,7 @@ impl Pair {
     }
 }
 
-/// The healthd instances and one baseline per answer size.
+/// The healthd instances, and one baseline per path and answer size.
 struct Servers {
     healthd: (Instance, Process),
     details_always: (Instance, Process),
@@ -438,7 +438,7 @@ impl Servers {
             Server::Healthd => self.healthd.0,
             Server::DetailsAlways => self.details_always.0,
             Server::AccessLogOff => self.access_log_off.0,
-            Server::Baseline => unreachable!("a baseline is found by its body size"),
+            Server::Baseline => unreachable!("a baseline is found by its path and body size"),
         }
     }
 
