@@ -608,6 +608,18 @@ const DEFAULT_POLICY: Policy = Policy {
     history: 120,
 };
 
+/// A policy for unit tests: every 10 s, a 1 s deadline, no retries.
+#[cfg(test)]
+pub const TEST_POLICY: Policy = Policy {
+    interval: Duration::from_secs(10),
+    timeout: Duration::from_secs(1),
+    retries: 0,
+    backoff: Duration::from_millis(100),
+    failure_threshold: 1,
+    success_threshold: 1,
+    history: 120,
+};
+
 /// Check names become URL path segments and metric labels.
 fn valid_check_name(name: &str) -> bool {
     !name.is_empty()

@@ -509,7 +509,6 @@ impl Effective<'_> {
 mod tests {
     use super::*;
     use crate::checks::Observation;
-    use crate::config::Policy;
     use crate::monitor::{Counters, Reading};
     use healthd_models::ComponentType;
     use std::time::Duration;
@@ -527,15 +526,7 @@ mod tests {
             kind: "postgres",
             component_type: ComponentType::Datastore,
             critical,
-            policy: Policy {
-                interval: Duration::from_secs(10),
-                timeout: Duration::from_secs(1),
-                retries: 0,
-                backoff: Duration::from_millis(100),
-                failure_threshold: 1,
-                success_threshold: 1,
-                history: 120,
-            },
+            policy: crate::config::TEST_POLICY,
             measurements: POSTGRES,
             reading: status.map(|status| Reading {
                 status,

@@ -328,6 +328,34 @@ pub fn elapsed_ms(started: Instant) -> Option<f64> {
     Some((started.elapsed().as_secs_f64() * 1_000.0 * 1_000.0).round() / 1_000.0)
 }
 
+/// The keys of the SQL kinds (`postgres`, `mysql`).
+pub const SQL_KEYS: &[&str] = &["url", "url_env", "query", "pool_size", "ca_file"];
+
+/// The SQL kinds' `[[checks]]` keys: a database URL (or the variable that
+/// holds it), the statement a run executes, the pool, a private CA.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqlFields {
+    pub url: Option<String>,
+    pub url_env: Option<String>,
+    pub query: Option<String>,
+    pub pool_size: Option<usize>,
+    pub ca_file: Option<std::path::PathBuf>,
+}
+
+impl SqlFields {
+    /// The pool's size (2 unless set; 0 is reported) and the statement a
+    /// run executes (`SELECT 1` unless set).
+    pub fn pool_and_query(&self, input: &mut KindInput<'_>) -> Option<(usize, String)> {
+        let pool_size = self.pool_size.unwrap_or(2);
+        if pool_size == 0 {
+            input.report_at("pool_size", "must be at least 1");
+            return None;
+        }
+        Some((pool_size, self.query.clone().unwrap_or_else(|| "SELECT 1".into())))
+    }
+}
+
 /// The measurements of the kinds that observe only a response time.
 pub const RESPONSE_TIME: &[(&str, &str)] = &[("responseTime", "ms")];
 
@@ -437,15 +465,7 @@ mod tests {
 
     #[test]
     fn every_key_a_kind_declares_is_one_its_settings_accept() {
-        let policy = crate::config::Policy {
-            interval: Duration::from_secs(10),
-            timeout: Duration::from_secs(1),
-            retries: 0,
-            backoff: Duration::from_millis(100),
-            failure_threshold: 1,
-            success_threshold: 1,
-            history: 120,
-        };
+        let policy = crate::config::TEST_POLICY;
         let env = std::collections::BTreeMap::<String, String>::new();
         for kind in kinds().iter().filter(|kind| kind.parse.is_some()) {
             for key in kind.keys {

@@ -12,27 +12,16 @@ use anyhow::Context;
 use healthd_models::ComponentType;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, DriverError, IoError, Opts, OptsBuilder, Pool, PoolConstraints};
-use serde::Deserialize;
 
 use crate::checks::{
     elapsed_ms, error_chain, find_io_error, io_category, tls_category, AbandonUnlessFinished,
-    BoxFuture, Check, Kind, KindInput, KindSettings, Observation, CREDENTIALS_IN_FILE,
+    BoxFuture, Check, Kind, KindInput, KindSettings, Observation, SqlFields, CREDENTIALS_IN_FILE,
+    SQL_KEYS,
 };
 use crate::config::{Policy, Secret};
 use crate::tls;
 
-pub const KIND: Kind =
-    Kind::new("mysql", &["url", "url_env", "query", "pool_size", "ca_file"], parse);
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct MysqlFields {
-    url: Option<String>,
-    url_env: Option<String>,
-    query: Option<String>,
-    pool_size: Option<usize>,
-    ca_file: Option<PathBuf>,
-}
+pub const KIND: Kind = Kind::new("mysql", SQL_KEYS, parse);
 
 #[derive(Debug)]
 struct MysqlSettings {
@@ -51,8 +40,8 @@ const REFUSED_PARAMETERS: [(&str, &str); 3] = [
 ];
 
 fn parse(input: &mut KindInput<'_>) -> Option<Arc<dyn KindSettings>> {
-    let fields: MysqlFields = input.fields()?;
-    let (dsn, from_file) = input.secret_url(fields.url, fields.url_env)?;
+    let fields: SqlFields = input.fields()?;
+    let (dsn, from_file) = input.secret_url(fields.url.clone(), fields.url_env.clone())?;
     let parameters = url_parameters(dsn.expose());
     if let Some((name, instead)) = REFUSED_PARAMETERS
         .iter()
@@ -87,11 +76,7 @@ fn parse(input: &mut KindInput<'_>) -> Option<Arc<dyn KindSettings>> {
         input.report_at("url", CREDENTIALS_IN_FILE);
         return None;
     }
-    let pool_size = fields.pool_size.unwrap_or(2);
-    if pool_size == 0 {
-        input.report_at("pool_size", "must be at least 1");
-        return None;
-    }
+    let (pool_size, query) = fields.pool_and_query(input)?;
     if let Some(path) = &fields.ca_file {
         if opts.ssl_opts().is_none() {
             input.report_at("ca_file", "needs require_ssl=true in the URL");
@@ -102,7 +87,6 @@ fn parse(input: &mut KindInput<'_>) -> Option<Arc<dyn KindSettings>> {
             return None;
         }
     }
-    let query = fields.query.unwrap_or_else(|| "SELECT 1".into());
     Some(Arc::new(MysqlSettings { dsn, query, pool_size, ca_file: fields.ca_file }))
 }
 
@@ -309,24 +293,12 @@ mod tests {
     use super::*;
     use crate::config::Problem;
 
-    fn policy() -> Policy {
-        Policy {
-            interval: Duration::from_secs(10),
-            timeout: Duration::from_secs(1),
-            retries: 0,
-            backoff: Duration::from_millis(100),
-            failure_threshold: 1,
-            success_threshold: 1,
-            history: 120,
-        }
-    }
-
     /// Parses `toml` as one check's mysql keys, with `env`.
     fn parse_with(toml: &str, env: &[(&str, &str)]) -> (bool, Vec<Problem>) {
         let table: toml::Table = toml.parse().expect("test TOML");
         let env: BTreeMap<String, String> =
             env.iter().map(|(key, value)| (key.to_string(), value.to_string())).collect();
-        let policy = policy();
+        let policy = crate::config::TEST_POLICY;
         let mut problems = Vec::new();
         let mut input = KindInput::new("checks[0]", "mysql", &policy, table, &env, &mut problems);
         let parsed = parse(&mut input).is_some();

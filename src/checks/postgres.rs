@@ -9,7 +9,6 @@ use deadpool_postgres::{
     Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
 };
 use healthd_models::ComponentType;
-use serde::Deserialize;
 use tokio_postgres::config::SslMode;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
@@ -17,23 +16,13 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::checks::{
     elapsed_ms, error_chain, find_io_error, io_category, tls_category, AbandonUnlessFinished,
-    BoxFuture, Check, Kind, KindInput, KindSettings, Observation, CREDENTIALS_IN_FILE,
+    BoxFuture, Check, Kind, KindInput, KindSettings, Observation, SqlFields, CREDENTIALS_IN_FILE,
+    SQL_KEYS,
 };
 use crate::config::{Policy, Secret};
 use crate::tls::{self, Verify};
 
-pub const KIND: Kind =
-    Kind::new("postgres", &["url", "url_env", "query", "pool_size", "ca_file"], parse);
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PostgresFields {
-    url: Option<String>,
-    url_env: Option<String>,
-    query: Option<String>,
-    pool_size: Option<usize>,
-    ca_file: Option<PathBuf>,
-}
+pub const KIND: Kind = Kind::new("postgres", SQL_KEYS, parse);
 
 #[derive(Debug)]
 struct PostgresSettings {
@@ -47,8 +36,8 @@ struct PostgresSettings {
 }
 
 fn parse(input: &mut KindInput<'_>) -> Option<Arc<dyn KindSettings>> {
-    let fields: PostgresFields = input.fields()?;
-    let (dsn, from_file) = input.secret_url(fields.url, fields.url_env)?;
+    let fields: SqlFields = input.fields()?;
+    let (dsn, from_file) = input.secret_url(fields.url.clone(), fields.url_env.clone())?;
     let (dsn, asked) = split_sslmode(dsn.expose());
     let dsn = Secret::new(dsn);
     let parsed = match dsn.expose().parse::<tokio_postgres::Config>() {
@@ -76,12 +65,7 @@ fn parse(input: &mut KindInput<'_>) -> Option<Arc<dyn KindSettings>> {
         None if fields.ca_file.is_some() => Verify::Chain,
         None => Verify::Nothing,
     };
-    let pool_size = fields.pool_size.unwrap_or(2);
-    if pool_size == 0 {
-        input.report_at("pool_size", "must be at least 1");
-        return None;
-    }
-    let query = fields.query.unwrap_or_else(|| "SELECT 1".into());
+    let (pool_size, query) = fields.pool_and_query(input)?;
     Some(Arc::new(PostgresSettings { dsn, verify, ca_file: fields.ca_file, query, pool_size }))
 }
 

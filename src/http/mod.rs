@@ -18,7 +18,7 @@ use std::time::Instant;
 use actix_web::body::{BodySize, BoxBody, MessageBody};
 use actix_web::dev::{Service, ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::http::header::{self, HeaderValue};
-use actix_web::http::{ConnectionType, Method};
+use actix_web::http::{ConnectionType, Method, StatusCode};
 use actix_web::web::Bytes;
 use actix_web::web::{self, Data};
 use actix_web::{guard, HttpMessage, HttpRequest, HttpResponse, Resource, Scope};
@@ -28,7 +28,7 @@ use crate::http::access::{Access, ClientAddress, DetailsDenied, Principal};
 use crate::http::docs::{CommonProblems, HealthAnswers, TokenProblems};
 use crate::http::error::{ApiError, ApiErrorKind};
 use crate::monitor::SnapshotReader;
-use crate::report::Rendered;
+use crate::report::{Piece, Rendered};
 use crate::telemetry::{self, AccessRecord};
 
 pub use docs::ApiDoc;
@@ -366,15 +366,36 @@ fn sliced(body: Bytes) -> BoxBody {
     }
 }
 
-fn health_response(rendered: &Rendered) -> HttpResponse {
+/// An answer no cache may keep (`Cache-Control: no-store`): every probe,
+/// a check's page and history, the metrics, the badge, the status page.
+fn uncached(status: StatusCode, content_type: &'static str, body: BoxBody) -> HttpResponse {
     // Built directly: the builder's error slot and conversions are work a
     // probe, answered from bytes rendered once, does not need.
-    let mut response =
-        HttpResponse::with_body(rendered.http_status(), sliced(rendered.body.clone()));
+    let mut response = HttpResponse::with_body(status, body);
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/health+json"));
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
+}
+
+fn health_response(rendered: &Rendered) -> HttpResponse {
+    uncached(rendered.http_status(), "application/health+json", sliced(rendered.body.clone()))
+}
+
+/// What the operations about one check share: they need details, and a
+/// name no check has is 404.
+fn about_check(
+    request: &HttpRequest,
+    name: web::Path<String>,
+    answer: impl FnOnce(&Piece) -> HttpResponse,
+) -> Result<HttpResponse, ApiError> {
+    let state = state_of(request);
+    require_details(&state.access.load(), request)?;
+    let snapshot = state.reader.current();
+    match snapshot.check(name.as_str()) {
+        Some(piece) => Ok(answer(piece)),
+        None => Err(ApiError::new(ApiErrorKind::UnknownCheck(name.into_inner()), request.path())),
+    }
 }
 
 #[utoipa::path(
@@ -441,13 +462,7 @@ pub async fn get_check(
     request: HttpRequest,
     name: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let state = state_of(&request);
-    require_details(&state.access.load(), &request)?;
-    let snapshot = state.reader.current();
-    match snapshot.check(name.as_str()) {
-        Some(check) => Ok(health_response(&check.body)),
-        None => Err(ApiError::new(ApiErrorKind::UnknownCheck(name.into_inner()), request.path())),
-    }
+    about_check(&request, name, |check| health_response(&check.body))
 }
 
 #[utoipa::path(
@@ -467,13 +482,8 @@ pub async fn get_metrics(request: HttpRequest) -> Result<HttpResponse, ApiError>
         &state.reloads,
         state.is_draining(),
     );
-    Ok(HttpResponse::Ok()
-        .insert_header((
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-        ))
-        .insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")))
-        .body(sliced(Bytes::from(body))))
+    let content_type = "text/plain; version=0.0.4; charset=utf-8";
+    Ok(uncached(StatusCode::OK, content_type, sliced(Bytes::from(body))))
 }
 
 /// 404 in problem+json. Also the `App`'s default service: a request

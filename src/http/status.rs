@@ -3,14 +3,15 @@
 //! in the binary: no CDN, no framework, no build step) and the status badge
 //! (`/health/badge.svg`) for a README or a wiki.
 
-use actix_web::body::MessageBody;
+use actix_web::body::{BoxBody, MessageBody};
 use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use healthd_models::{CheckHistory, HealthStatus, HistoryEntry, Uptime};
 
 use crate::http::docs::{wants_text, CommonProblems, TokenProblems};
-use crate::http::error::{ApiError, ApiErrorKind};
-use crate::http::{require_details, state_of};
+use crate::http::error::ApiError;
+use crate::http::{about_check, state_of, uncached};
 use crate::monitor::CheckState;
 
 /// The page, its CSS and its script in one file, so that it works under
@@ -18,11 +19,7 @@ use crate::monitor::CheckState;
 const STATUS_PAGE: &str = include_str!("status.html");
 
 fn answer(content_type: &'static str, body: impl MessageBody + 'static) -> HttpResponse {
-    let mut response = HttpResponse::Ok().body(body);
-    let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
+    uncached(StatusCode::OK, content_type, BoxBody::new(body))
 }
 
 #[utoipa::path(
@@ -39,14 +36,10 @@ pub async fn get_check_history(
     request: HttpRequest,
     name: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let state = state_of(&request);
-    require_details(&state.access.load(), &request)?;
-    let snapshot = state.reader.current();
-    let Some(piece) = snapshot.check(&name) else {
-        return Err(ApiError::new(ApiErrorKind::UnknownCheck(name.into_inner()), request.path()));
-    };
-    let body = serde_json::to_vec(&history_of(&piece.state)).expect("a history always serialises");
-    Ok(answer("application/json", body))
+    about_check(&request, name, |piece| {
+        let history = serde_json::to_vec(&history_of(&piece.state));
+        answer("application/json", history.expect("a history always serialises"))
+    })
 }
 
 /// The contract's view of a check's history, copied out under its lock.
