@@ -14,15 +14,21 @@ use actix_web::web::Data;
 use actix_web::Scope;
 use healthd_models::{HealthReport, HealthStatus};
 
+use crate::api::access::Access;
+use crate::api::{self, HealthState};
+use crate::base::name::duplicate_name;
+use crate::base::policy::CheckPolicy;
+use crate::base::problem::{ConfigError, Problem};
+use crate::base::units::Prefix;
 use crate::checks::Check;
-use crate::config::{CheckPolicy, CheckSettings, ConfigError, Problem, Settings};
-use crate::http::access::Access;
-use crate::http::{self, HealthState};
-use crate::monitor::{Monitor, SnapshotReader};
-use crate::report::ServiceInfo;
+use crate::config::{CheckSettings, Settings};
+use crate::engine::monitor::{Monitor, SnapshotReader};
+use crate::engine::render::ServiceInfo;
 
 /// Where problems with checks from code are said to be, in a `ConfigError`.
 const FROM_CODE: &str = "checks from code";
+/// Where problems with the builder's own settings are said to be.
+const FROM_BUILDER: &str = "Builder";
 
 /// Sets up healthd: the settings, checks from code, where the routes go.
 /// [`Builder::start`] validates it all and starts the checks.
@@ -32,7 +38,8 @@ const FROM_CODE: &str = "checks from code";
 pub struct Builder {
     settings: Settings,
     code: Vec<(String, CheckPolicy, Arc<dyn Check>)>,
-    prefix: String,
+    /// As given to `prefix`, parsed by `start`.
+    prefix: Option<String>,
     access_log: bool,
 }
 
@@ -50,10 +57,13 @@ impl Builder {
     }
 
     /// Where [`Healthd::scope`] mounts the routes, such as `"/ops"`
-    /// (default `""`, the root). Swagger UI and the contract's links are
-    /// served for this prefix.
+    /// (default: the root). Swagger UI and the contract's links are served
+    /// for this prefix. It follows the config's `forwarded_prefix` rule: an
+    /// absolute path of letters, digits, `-._~` and `%` escapes (`/ops/`
+    /// is `/ops`, `/` the root); anything else is refused by
+    /// [`Builder::start`].
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.prefix = prefix.into().trim_end_matches('/').to_string();
+        self.prefix = Some(prefix.into());
         self
     }
 
@@ -89,9 +99,8 @@ impl Builder {
     /// and starts one task per check. Call it inside a tokio runtime (an
     /// actix-web app's `main` is one); the checks run on it.
     pub fn start(self) -> anyhow::Result<Healthd> {
-        let prefix = self.prefix.clone();
         let drain_delay = self.settings.server.drain_delay;
-        let (monitor, state) = self.start_parts()?;
+        let (monitor, state, prefix) = self.start_parts()?;
         Ok(Healthd {
             inner: Arc::new(Inner {
                 reader: monitor.reader(),
@@ -105,18 +114,22 @@ impl Builder {
 
     /// `start`, handing out the running monitor and the routes' state, for
     /// the binary's lifecycle (which drains and reloads them itself).
-    pub(crate) fn start_parts(self) -> anyhow::Result<(Monitor, Data<HealthState>)> {
+    pub(crate) fn start_parts(self) -> anyhow::Result<(Monitor, Data<HealthState>, Prefix)> {
         let Builder { settings, code, prefix, access_log } = self;
+        let prefix = match prefix.as_deref().map(Prefix::parse).transpose() {
+            Ok(prefix) => prefix.unwrap_or_default(),
+            Err(reason) => {
+                let problems = vec![Problem::new("prefix", reason)];
+                return Err(ConfigError { source_name: FROM_BUILDER.into(), problems }.into());
+            }
+        };
         let mut names: HashSet<&str> =
             settings.checks.iter().map(|check| check.name.as_str()).collect();
         let mut problems = Vec::new();
         let mut from_code = Vec::new();
         for (name, policy, check) in &code {
             if !names.insert(name) {
-                problems.push(Problem {
-                    key: name.clone(),
-                    reason: format!("duplicate check name {name:?}"),
-                });
+                problems.push(Problem::new(name.as_str(), duplicate_name(name)));
                 continue;
             }
             match CheckSettings::from_code(name, policy, &settings.defaults, check.clone()) {
@@ -136,7 +149,7 @@ impl Builder {
         let monitor = Monitor::start(service, &checks)?;
         let state =
             HealthState::new(monitor.reader(), Access::new(settings.access), &prefix, access_log);
-        Ok((monitor, state))
+        Ok((monitor, state, prefix))
     }
 }
 
@@ -151,7 +164,7 @@ pub struct Healthd {
 struct Inner {
     state: Data<HealthState>,
     reader: SnapshotReader,
-    prefix: String,
+    prefix: Prefix,
     drain_delay: Duration,
     /// Taken by `stop`.
     monitor: Mutex<Option<Monitor>>,
@@ -164,7 +177,7 @@ impl Healthd {
     /// `listen` and `workers` are the binary's; an embedding app binds its
     /// own server.
     pub fn builder(settings: Settings) -> Builder {
-        Builder { settings, code: Vec::new(), prefix: String::new(), access_log: true }
+        Builder { settings, code: Vec::new(), prefix: None, access_log: true }
     }
 
     /// Every healthd route under the builder's prefix (`/health`,
@@ -184,7 +197,7 @@ impl Healthd {
             InitError = (),
         >,
     > {
-        http::scope(self.inner.state.clone(), &self.inner.prefix)
+        api::scope(self.inner.state.clone(), &self.inner.prefix)
     }
 
     /// The service's status now, as `/health` reports it.
@@ -195,8 +208,7 @@ impl Healthd {
     /// Whether `/health/ready` answers 200 now: every critical check
     /// passes or warns, startup is over, and healthd is not draining.
     pub fn is_ready(&self) -> bool {
-        !self.inner.state.is_draining()
-            && self.inner.reader.current().readiness.status != HealthStatus::Fail
+        self.inner.state.is_ready()
     }
 
     /// The whole report, with every check, as `/health` shows it to a
@@ -226,12 +238,7 @@ impl Healthd {
     /// Starts draining and waits the drain delay; then stop the app's
     /// server (`ServerHandle::stop(true)`) and [`Healthd::stop`] the checks.
     pub async fn drain(&self) {
-        tracing::info!(
-            drain_delay_ms = self.inner.drain_delay.as_millis() as u64,
-            "draining: readiness now answers 503"
-        );
-        self.start_draining();
-        tokio::time::sleep(self.inner.drain_delay).await;
+        self.inner.state.drain(self.inner.drain_delay).await;
     }
 
     /// Stops every check, abandoning runs in flight, and waits for their
@@ -243,5 +250,45 @@ impl Healthd {
         if let Some(monitor) = monitor {
             monitor.stop().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn settings() -> Settings {
+        Settings::load(None, &BTreeMap::new()).unwrap()
+    }
+
+    /// The reason the config gives for `prefix` as `forwarded_prefix`.
+    fn config_reason(prefix: &str) -> String {
+        let text =
+            format!("[access]\ntrusted_proxies = [\"10.0.0.1\"]\nforwarded_prefix = {prefix:?}\n");
+        let error = Settings::parse(&text, "t.toml", &BTreeMap::new()).unwrap_err();
+        assert_eq!(error.problems.len(), 1, "{error}");
+        error.problems[0].reason.clone()
+    }
+
+    #[tokio::test]
+    async fn the_builder_refuses_a_prefix_as_the_config_does() {
+        for prefix in ["ops", "/a b", "/a\"b", "/../x"] {
+            let error = Healthd::builder(settings()).prefix(prefix).start().err().unwrap();
+            let error = error.downcast::<ConfigError>().unwrap();
+            assert_eq!(error.source_name, FROM_BUILDER);
+            assert_eq!(error.problems, vec![Problem::new("prefix", config_reason(prefix))]);
+        }
+    }
+
+    #[tokio::test]
+    async fn the_builder_normalises_a_prefix_as_the_config_does() {
+        let healthd = Healthd::builder(settings()).prefix("/ops/").start().unwrap();
+        assert_eq!(healthd.inner.prefix.as_str(), "/ops");
+        let root = Healthd::builder(settings()).prefix("/").start().unwrap();
+        assert!(root.inner.prefix.is_root());
+        healthd.stop().await;
+        root.stop().await;
     }
 }

@@ -73,28 +73,30 @@
 
 #![warn(missing_docs)]
 
+// Layers, each importing only from those above it in this list (a test in
+// `tests/api/layers.rs` holds it): see ARCHITECTURE.md.
+mod api;
+mod base;
 mod builder;
 mod checks;
-mod code;
-mod history;
-mod monitor;
-mod net;
-mod report;
-mod tls;
+mod config;
+mod engine;
+pub mod service;
 
-// The binary (a crate of its own) and the integration tests reach into
-// these; they are not the library's API, which is what is re-exported below.
-#[doc(hidden)]
-pub mod config;
-#[doc(hidden)]
-pub mod http;
-#[doc(hidden)]
-pub mod startup;
-#[doc(hidden)]
-pub mod telemetry;
-
+pub use base::policy::CheckPolicy;
+pub use base::problem::{ConfigError, Problem};
+pub use base::secret::{Environment, ProcessEnv};
 pub use builder::{Builder, Healthd};
+pub use checks::from_code::{blocking_check_fn, check_fn, Outcome};
 pub use checks::{BoxFuture, Check, Observation};
-pub use code::{blocking_check_fn, check_fn, Outcome};
-pub use config::{CheckPolicy, ConfigError, Environment, Problem, ProcessEnv, Settings};
+pub use config::{Settings, DEFAULT_CONFIG};
 pub use healthd_models::{ComponentType, HealthReport, HealthStatus};
+
+/// healthd's operations as utoipa derives them from the route handlers:
+/// the same document as `openapi.yaml`, which healthd serves (a test
+/// compares the two). An app that describes its own API with utoipa can
+/// merge it into its document (`OpenApi::merge`).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    use utoipa::OpenApi;
+    api::ApiDoc::openapi()
+}

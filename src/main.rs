@@ -6,10 +6,9 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
-use healthd::config::{ProcessEnv, Settings};
-use healthd::startup::Application;
-use healthd::telemetry::{self, LogFormat};
+use clap::{Args, Parser, Subcommand};
+use healthd::service::{self, LogFormat, Service};
+use healthd::{ProcessEnv, Settings};
 
 /// Health checks for an application's dependencies, answered over HTTP.
 ///
@@ -25,8 +24,8 @@ struct Cli {
     #[command(flatten)]
     config: ConfigFile,
     /// How the service logs: readable text, or one JSON object per line.
-    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormatArg::Text, env = "HEALTHD_LOG_FORMAT")]
-    log_format: LogFormatArg,
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text, env = "HEALTHD_LOG_FORMAT")]
+    log_format: LogFormat,
 }
 
 /// Read by healthd besides the options' own variables, shown in `--help`.
@@ -59,21 +58,6 @@ enum Command {
     HashToken,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormatArg {
-    Text,
-    Json,
-}
-
-impl From<LogFormatArg> for LogFormat {
-    fn from(format: LogFormatArg) -> Self {
-        match format {
-            LogFormatArg::Text => LogFormat::Text,
-            LogFormatArg::Json => LogFormat::Json,
-        }
-    }
-}
-
 fn main() -> ExitCode {
     keep_large_blocks_mapped();
     // clap prints usage errors with exit code 2, help and version with 0.
@@ -84,7 +68,7 @@ fn main() -> ExitCode {
             // `healthd --config F check-config` as well as `healthd check-config --config F`.
             check_config(config.config.or(cli.config.config).as_deref())
         }
-        None => serve(cli.config.config.as_deref(), cli.log_format.into()),
+        None => serve(cli.config.config.as_deref(), cli.log_format),
     }
 }
 
@@ -93,8 +77,8 @@ fn check_config(path: Option<&Path>) -> ExitCode {
         Ok(settings) => {
             println!(
                 "config OK: {} check(s), listening on {}",
-                settings.checks.len(),
-                settings.server.listen
+                settings.check_names().len(),
+                settings.listen()
             );
             ExitCode::SUCCESS
         }
@@ -113,12 +97,12 @@ fn serve(path: Option<&Path>, log_format: LogFormat) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    telemetry::init(log_format);
+    service::init_logging(log_format);
     let result = run(settings, path.map(Path::to_path_buf));
     if let Err(error) = &result {
         tracing::error!("{error:#}");
     }
-    telemetry::flush();
+    service::flush_logs();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -144,7 +128,7 @@ fn keep_large_blocks_mapped() {
 fn run(settings: Settings, config_file: Option<PathBuf>) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
-        let mut application = Application::build(settings).await?;
+        let mut application = Service::build(settings).await?;
         // SIGHUP reads the same file again.
         if let Some(file) = config_file {
             application = application.reload_from(file);
@@ -164,7 +148,6 @@ fn hash_token() -> ExitCode {
         eprintln!("healthd: the token on stdin is empty");
         return ExitCode::from(2);
     }
-    let digest = healthd::http::access::sha256(token.as_bytes());
-    println!("{}", digest.iter().map(|byte| format!("{byte:02x}")).collect::<String>());
+    println!("{}", service::token_digest(token));
     ExitCode::SUCCESS
 }

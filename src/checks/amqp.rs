@@ -21,11 +21,13 @@ use serde::Deserialize;
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 
+use crate::base::policy::Policy;
+use crate::base::secret::Secret;
+use crate::checks::util::errors::{error_chain, io_category, tls_category};
 use crate::checks::{
-    elapsed_ms, error_chain, io_category, tls_category, BoxFuture, Check, Kind, KindInput,
-    KindSettings, Observation, CREDENTIALS_IN_FILE, RESPONSE_TIME,
+    elapsed_ms, BoxFuture, Check, Kind, KindInput, KindSettings, Observation, CREDENTIALS_IN_FILE,
+    RESPONSE_TIME,
 };
-use crate::config::{Policy, Secret};
 
 pub const KIND: Kind =
     Kind::new("amqp", &["url", "url_env", "queue", "warn_above_messages"], parse);

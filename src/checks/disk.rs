@@ -9,8 +9,10 @@ use std::sync::Arc;
 use healthd_models::ComponentType;
 use serde::Deserialize;
 
-use crate::checks::{io_category, BoxFuture, Check, Kind, KindInput, KindSettings, Observation};
-use crate::config::{PercentText, Policy};
+use crate::base::policy::Policy;
+use crate::base::units::PercentText;
+use crate::checks::util::errors::io_category;
+use crate::checks::{BoxFuture, Check, Kind, KindInput, KindSettings, Observation};
 
 pub const KIND: Kind = Kind::new("disk", &["path", "warn_below", "fail_below"], parse);
 

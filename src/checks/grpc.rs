@@ -14,11 +14,11 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
+use crate::base::policy::Policy;
+use crate::checks::util::errors::{error_chain, find_io_error, io_category, tls_category};
 use crate::checks::{
-    elapsed_ms, error_chain, find_io_error, io_category, tls_category, BoxFuture, Check, Kind,
-    KindInput, KindSettings, Observation, RESPONSE_TIME,
+    elapsed_ms, BoxFuture, Check, Kind, KindInput, KindSettings, Observation, RESPONSE_TIME,
 };
-use crate::config::Policy;
 
 pub const KIND: Kind = Kind::new("grpc", &["address", "service", "ca_file"], parse);
 
@@ -60,7 +60,7 @@ fn parse(input: &mut KindInput<'_>) -> Option<Arc<dyn KindSettings>> {
             input.report_at("ca_file", "needs an https:// address");
             return None;
         }
-        if let Err(reason) = crate::tls::check_ca_file(path) {
+        if let Err(reason) = crate::checks::util::trust::check_ca_file(path) {
             input.report_at("ca_file", reason);
             return None;
         }

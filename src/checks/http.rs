@@ -11,12 +11,14 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 use reqwest::{redirect, Client, Method, Url};
 use serde::Deserialize;
 
+use crate::base::policy::Policy;
+use crate::base::secret::Secret;
 use crate::checks::tls::{days_remaining, DAYS_REMAINING};
+use crate::checks::util::errors::{error_chain, find_io_error, io_category, tls_category};
 use crate::checks::{
-    elapsed_ms, error_chain, find_io_error, io_category, tls_category, BoxFuture, Check, Kind,
-    KindInput, KindSettings, Observation, CREDENTIALS_IN_FILE, RESPONSE_TIME,
+    elapsed_ms, BoxFuture, Check, Kind, KindInput, KindSettings, Observation, CREDENTIALS_IN_FILE,
+    RESPONSE_TIME,
 };
-use crate::config::{Policy, Secret};
 
 pub const KIND: Kind = Kind::new(
     "http",
@@ -116,7 +118,7 @@ fn parse(input: &mut KindInput<'_>) -> Option<Arc<dyn KindSettings>> {
         }
     }
     if let Some(path) = &fields.ca_file {
-        if let Err(reason) = crate::tls::check_ca_file(path) {
+        if let Err(reason) = crate::checks::util::trust::check_ca_file(path) {
             input.report_at("ca_file", reason);
             ok = false;
         }

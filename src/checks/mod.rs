@@ -1,16 +1,15 @@
 //! The `Check` trait and one module per kind. A check makes one attempt and
-//! says what it saw; the monitor owns deadlines, retries and thresholds.
-
+//! says what it saw; the engine owns deadlines, retries and thresholds.
 //!
 //! A kind is one file: its settings (a serde struct that refuses unknown
 //! keys), their validation, the pool or client it builds once, and its
 //! attempt. This file lists them, as modules and in `registry!` (the
-//! compiler holds the two lists to each other); `config.rs` never names a
-//! kind.
+//! compiler holds the two lists to each other); the config never names a
+//! kind. Checks from code (`from_code`) are checks like the kinds', built
+//! by the app instead of from a table; `util/` holds what kinds share.
 
 use std::fmt;
 use std::future::Future;
-use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
@@ -18,7 +17,9 @@ use std::time::{Duration, Instant};
 use healthd_models::{ComponentType, HealthStatus};
 use serde::de::DeserializeOwned;
 
-use crate::config::{Environment, Policy, Problem, Secret};
+use crate::base::policy::Policy;
+use crate::base::problem::Problem;
+use crate::base::secret::{Environment, Secret};
 
 /// Declares the kinds: those always built, and those behind a cargo feature
 /// of the same purpose (heavy client crates), which an embedder may leave out.
@@ -37,6 +38,11 @@ macro_rules! registry {
         });
     };
 }
+
+pub mod from_code;
+#[cfg(test)]
+pub mod test_support;
+pub mod util;
 
 // Declared here rather than by `registry!`: rustfmt and other tools do
 // not follow modules a macro declares. A module left out of the registry
@@ -144,12 +150,12 @@ impl<'a> KindInput<'a> {
 
     /// Reports a problem with the key `name` of this check.
     pub fn report_at(&mut self, name: &str, reason: impl Into<String>) {
-        self.problems.push(Problem { key: format!("{}.{name}", self.key), reason: reason.into() });
+        self.problems.push(Problem::new(format!("{}.{name}", self.key), reason));
     }
 
     /// Reports a problem with this check as a whole.
     pub fn report(&mut self, reason: impl Into<String>) {
-        self.problems.push(Problem { key: self.key.to_string(), reason: reason.into() });
+        self.problems.push(Problem::new(self.key, reason));
     }
 
     /// Deserialises the kind's keys into its settings struct, which should
@@ -328,136 +334,8 @@ pub fn elapsed_ms(started: Instant) -> Option<f64> {
     Some((started.elapsed().as_secs_f64() * 1_000.0 * 1_000.0).round() / 1_000.0)
 }
 
-/// The keys of the SQL kinds (`postgres`, `mysql`).
-pub const SQL_KEYS: &[&str] = &["url", "url_env", "query", "pool_size", "ca_file"];
-
-/// The SQL kinds' `[[checks]]` keys: a database URL (or the variable that
-/// holds it), the statement a run executes, the pool, a private CA.
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SqlFields {
-    pub url: Option<String>,
-    pub url_env: Option<String>,
-    pub query: Option<String>,
-    pub pool_size: Option<usize>,
-    pub ca_file: Option<std::path::PathBuf>,
-}
-
-impl SqlFields {
-    /// The pool's size (2 unless set; 0 is reported) and the statement a
-    /// run executes (`SELECT 1` unless set).
-    pub fn pool_and_query(&self, input: &mut KindInput<'_>) -> Option<(usize, String)> {
-        let pool_size = self.pool_size.unwrap_or(2);
-        if pool_size == 0 {
-            input.report_at("pool_size", "must be at least 1");
-            return None;
-        }
-        Some((pool_size, self.query.clone().unwrap_or_else(|| "SELECT 1".into())))
-    }
-}
-
 /// The measurements of the kinds that observe only a response time.
 pub const RESPONSE_TIME: &[(&str, &str)] = &[("responseTime", "ms")];
-
-/// Holds the connection an attempt uses until its round trip finished.
-/// [`finish`](Self::finish) hands it back for the next attempt (to the
-/// pool, or to the check that keeps it). Dropped before that (the deadline
-/// passed, or the round trip failed), it goes to `abandon` instead, which
-/// closes or forgets it: no later attempt inherits a connection that may
-/// still owe a reply.
-pub struct AbandonUnlessFinished<T, F: FnOnce(T)> {
-    held: Option<(T, F)>,
-}
-
-impl<T, F: FnOnce(T)> AbandonUnlessFinished<T, F> {
-    /// Holds `connection`; `abandon` gets it if the guard is dropped first.
-    pub fn new(connection: T, abandon: F) -> Self {
-        AbandonUnlessFinished { held: Some((connection, abandon)) }
-    }
-
-    /// The connection, for the round trip.
-    pub fn connection(&mut self) -> &mut T {
-        &mut self.held.as_mut().expect("present until finished or dropped").0
-    }
-
-    /// The round trip finished: the connection, to be given back.
-    pub fn finish(mut self) -> T {
-        self.held.take().expect("present until finished or dropped").0
-    }
-}
-
-impl<T, F: FnOnce(T)> Drop for AbandonUnlessFinished<T, F> {
-    fn drop(&mut self) {
-        if let Some((connection, abandon)) = self.held.take() {
-            abandon(connection);
-        }
-    }
-}
-
-/// The category of a failed socket operation.
-pub fn io_category(error: &io::Error) -> String {
-    use io::ErrorKind::*;
-    match error.kind() {
-        ConnectionRefused => "connection refused".into(),
-        ConnectionReset | ConnectionAborted | BrokenPipe => "connection reset".into(),
-        UnexpectedEof => "connection closed".into(),
-        TimedOut => "connect timed out".into(),
-        AddrNotAvailable | HostUnreachable | NetworkUnreachable => "host unreachable".into(),
-        PermissionDenied => "permission denied".into(),
-        NotFound => "not found".into(),
-        _ if is_dns_failure(error) => "DNS: no such host".into(),
-        _ => "network error".into(),
-    }
-}
-
-fn is_dns_failure(error: &io::Error) -> bool {
-    let text = error.to_string();
-    text.contains("failed to lookup address") || text.contains("Name or service not known")
-}
-
-/// The first `io::Error` in an error's source chain.
-pub fn find_io_error<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a io::Error> {
-    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(error) = current {
-        if let Some(io) = error.downcast_ref::<io::Error>() {
-            return Some(io);
-        }
-        current = error.source();
-    }
-    None
-}
-
-/// An error's whole source chain on one line, for the log.
-pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut current = error.source();
-    while let Some(source) = current {
-        text.push_str(": ");
-        text.push_str(&source.to_string());
-        current = source.source();
-    }
-    text
-}
-
-/// rustls names certificate problems in its error text; map them to words.
-/// Current rustls 0.23 writes the common ones as sentences ("certificate expired:
-/// verification time ..."), the others as variant names; match both.
-pub fn tls_category(chain: &str) -> Option<&'static str> {
-    let categories = [
-        ("certificate expired", "TLS: certificate expired"),
-        ("Expired", "TLS: certificate expired"),
-        ("certificate not valid yet", "TLS: certificate not yet valid"),
-        ("NotValidYet", "TLS: certificate not yet valid"),
-        ("UnknownIssuer", "TLS: certificate not trusted"),
-        ("certificate not valid for name", "TLS: hostname mismatch"),
-        ("NotValidForName", "TLS: hostname mismatch"),
-        ("Revoked", "TLS: certificate revoked"),
-        ("invalid peer certificate", "TLS: invalid certificate"),
-        ("InvalidContentType", "TLS: the server does not speak TLS"),
-        ("CorruptMessage", "TLS: the server does not speak TLS"),
-    ];
-    categories.iter().find(|(needle, _)| chain.contains(needle)).map(|(_, category)| *category)
-}
 
 #[cfg(test)]
 mod tests {
@@ -465,7 +343,7 @@ mod tests {
 
     #[test]
     fn every_key_a_kind_declares_is_one_its_settings_accept() {
-        let policy = crate::config::TEST_POLICY;
+        let policy = test_support::TEST_POLICY;
         let env = std::collections::BTreeMap::<String, String>::new();
         for kind in kinds().iter().filter(|kind| kind.parse.is_some()) {
             for key in kind.keys {
@@ -486,47 +364,9 @@ mod tests {
     }
 
     #[test]
-    fn socket_errors_become_categories() {
-        let refused = io::Error::from(io::ErrorKind::ConnectionRefused);
-        assert_eq!(io_category(&refused), "connection refused");
-        // What getaddrinfo failures look like through tokio.
-        for text in [
-            "failed to lookup address information: Name or service not known",
-            "failed to lookup address information: Temporary failure in name resolution",
-        ] {
-            assert_eq!(io_category(&io::Error::other(text)), "DNS: no such host", "{text}");
-        }
-        assert_eq!(io_category(&io::Error::other("something else")), "network error");
-    }
-
-    #[test]
     fn the_timeout_output_names_the_deadline() {
         let observation = Observation::timed_out(Duration::from_millis(2000));
         assert_eq!(observation.output.as_deref(), Some("timed out after 2000 ms"));
         assert!(observation.timed_out);
-    }
-
-    #[test]
-    fn tls_errors_become_categories() {
-        assert_eq!(
-            tls_category("invalid peer certificate: Expired"),
-            Some("TLS: certificate expired")
-        );
-        // The text rustls 0.23 writes for the common certificate problems.
-        let expired = "error sending request: client error (Connect): invalid peer certificate: certificate expired: verification time 1700000000 (UNIX), but certificate is not valid after 1600000000 (100000000 seconds ago)";
-        assert_eq!(tls_category(expired), Some("TLS: certificate expired"));
-        let early = "invalid peer certificate: certificate not valid yet: verification time 1 (UNIX), but certificate is not valid before 2 (1 seconds in future)";
-        assert_eq!(tls_category(early), Some("TLS: certificate not yet valid"));
-        let name = "invalid peer certificate: certificate not valid for name \"a.example\"; certificate is only valid for b.example";
-        assert_eq!(tls_category(name), Some("TLS: hostname mismatch"));
-        assert_eq!(
-            tls_category("invalid peer certificate: UnknownIssuer"),
-            Some("TLS: certificate not trusted")
-        );
-        assert_eq!(
-            tls_category("received corrupt message of type InvalidContentType"),
-            Some("TLS: the server does not speak TLS")
-        );
-        assert_eq!(tls_category("connection refused"), None);
     }
 }

@@ -13,13 +13,15 @@ use healthd_models::ComponentType;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, DriverError, IoError, Opts, OptsBuilder, Pool, PoolConstraints};
 
+use crate::base::policy::Policy;
+use crate::base::secret::Secret;
+use crate::checks::util::errors::{error_chain, find_io_error, io_category, tls_category};
+use crate::checks::util::guard::AbandonUnlessFinished;
+use crate::checks::util::sql::{SqlFields, SQL_KEYS};
+use crate::checks::util::trust;
 use crate::checks::{
-    elapsed_ms, error_chain, find_io_error, io_category, tls_category, AbandonUnlessFinished,
-    BoxFuture, Check, Kind, KindInput, KindSettings, Observation, SqlFields, CREDENTIALS_IN_FILE,
-    SQL_KEYS,
+    elapsed_ms, BoxFuture, Check, Kind, KindInput, KindSettings, Observation, CREDENTIALS_IN_FILE,
 };
-use crate::config::{Policy, Secret};
-use crate::tls;
 
 pub const KIND: Kind = Kind::new("mysql", SQL_KEYS, parse);
 
@@ -82,7 +84,7 @@ fn parse(input: &mut KindInput<'_>) -> Option<Arc<dyn KindSettings>> {
             input.report_at("ca_file", "needs require_ssl=true in the URL");
             return None;
         }
-        if let Err(reason) = tls::check_ca_file(path) {
+        if let Err(reason) = trust::check_ca_file(path) {
             input.report_at("ca_file", reason);
             return None;
         }
@@ -102,7 +104,7 @@ fn root_certificates(ca_file: Option<&Path>) -> anyhow::Result<Vec<Vec<u8>>> {
         let pem = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
         return Ok(vec![pem]);
     }
-    // As `tls::roots`: unreadable entries are skipped, and with none at all
+    // As `trust::roots`: unreadable entries are skipped, and with none at all
     // every certificate is "not trusted", a category like any other.
     let found = rustls_native_certs::load_native_certs();
     Ok(found.certs.into_iter().map(|certificate| certificate.to_vec()).collect())
@@ -291,14 +293,14 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::config::Problem;
+    use crate::base::problem::Problem;
 
     /// Parses `toml` as one check's mysql keys, with `env`.
     fn parse_with(toml: &str, env: &[(&str, &str)]) -> (bool, Vec<Problem>) {
         let table: toml::Table = toml.parse().expect("test TOML");
         let env: BTreeMap<String, String> =
             env.iter().map(|(key, value)| (key.to_string(), value.to_string())).collect();
-        let policy = crate::config::TEST_POLICY;
+        let policy = crate::checks::test_support::TEST_POLICY;
         let mut problems = Vec::new();
         let mut input = KindInput::new("checks[0]", "mysql", &policy, table, &env, &mut problems);
         let parsed = parse(&mut input).is_some();

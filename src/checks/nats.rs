@@ -23,11 +23,13 @@ use reqwest::Url;
 use serde::Deserialize;
 use tokio::sync::Mutex;
 
+use crate::base::policy::Policy;
+use crate::base::secret::Secret;
+use crate::checks::util::errors::{error_chain, find_io_error, io_category, tls_category};
 use crate::checks::{
-    elapsed_ms, error_chain, find_io_error, io_category, tls_category, BoxFuture, Check, Kind,
-    KindInput, KindSettings, Observation, CREDENTIALS_IN_FILE, RESPONSE_TIME,
+    elapsed_ms, BoxFuture, Check, Kind, KindInput, KindSettings, Observation, CREDENTIALS_IN_FILE,
+    RESPONSE_TIME,
 };
-use crate::config::{Policy, Secret};
 
 pub const KIND: Kind = Kind::new("nats", &["url", "url_env", "token_env", "stream"], parse);
 

@@ -14,13 +14,15 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
+use crate::base::policy::Policy;
+use crate::base::secret::Secret;
+use crate::checks::util::errors::{error_chain, find_io_error, io_category, tls_category};
+use crate::checks::util::guard::AbandonUnlessFinished;
+use crate::checks::util::sql::{SqlFields, SQL_KEYS};
+use crate::checks::util::trust::{self, Verify};
 use crate::checks::{
-    elapsed_ms, error_chain, find_io_error, io_category, tls_category, AbandonUnlessFinished,
-    BoxFuture, Check, Kind, KindInput, KindSettings, Observation, SqlFields, CREDENTIALS_IN_FILE,
-    SQL_KEYS,
+    elapsed_ms, BoxFuture, Check, Kind, KindInput, KindSettings, Observation, CREDENTIALS_IN_FILE,
 };
-use crate::config::{Policy, Secret};
-use crate::tls::{self, Verify};
 
 pub const KIND: Kind = Kind::new("postgres", SQL_KEYS, parse);
 
@@ -53,7 +55,7 @@ fn parse(input: &mut KindInput<'_>) -> Option<Arc<dyn KindSettings>> {
         return None;
     }
     if let Some(path) = &fields.ca_file {
-        if let Err(reason) = tls::check_ca_file(path) {
+        if let Err(reason) = trust::check_ca_file(path) {
             input.report_at("ca_file", reason);
             return None;
         }
@@ -135,8 +137,8 @@ impl PostgresCheck {
         let manager = if config.get_ssl_mode() == SslMode::Disable {
             Manager::from_config(config, NoTls, recycling)
         } else {
-            let roots = tls::roots(settings.ca_file.as_deref())?;
-            let tls = MakeRustlsConnect::new(tls::client_config(settings.verify, roots)?);
+            let roots = trust::roots(settings.ca_file.as_deref())?;
+            let tls = MakeRustlsConnect::new(trust::client_config(settings.verify, roots)?);
             Manager::from_config(config, tls, recycling)
         };
         let pool = Pool::builder(manager)

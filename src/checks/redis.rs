@@ -16,12 +16,14 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, ErrorKind, RedisError, ServerErrorKind, Value};
 use serde::Deserialize;
 
+use crate::base::policy::Policy;
+use crate::base::secret::Secret;
+use crate::checks::util::errors::{error_chain, find_io_error, io_category, tls_category};
+use crate::checks::util::guard::AbandonUnlessFinished;
 use crate::checks::{
-    elapsed_ms, error_chain, find_io_error, io_category, tls_category, AbandonUnlessFinished,
-    BoxFuture, Check, Kind, KindInput, KindSettings, Observation, CREDENTIALS_IN_FILE,
+    elapsed_ms, BoxFuture, Check, Kind, KindInput, KindSettings, Observation, CREDENTIALS_IN_FILE,
     RESPONSE_TIME,
 };
-use crate::config::{Policy, Secret};
 
 pub const KIND: Kind = Kind::new("redis", &["url", "url_env", "expect_role"], parse);
 

@@ -7,11 +7,11 @@ use healthd_models::ComponentType;
 use serde::Deserialize;
 use tokio::net::TcpStream;
 
+use crate::base::policy::Policy;
+use crate::checks::util::errors::io_category;
 use crate::checks::{
-    elapsed_ms, io_category, BoxFuture, Check, Kind, KindInput, KindSettings, Observation,
-    RESPONSE_TIME,
+    elapsed_ms, BoxFuture, Check, Kind, KindInput, KindSettings, Observation, RESPONSE_TIME,
 };
-use crate::config::Policy;
 
 pub const KIND: Kind = Kind::new("tcp", &["address"], parse);
 

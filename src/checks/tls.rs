@@ -4,7 +4,7 @@
 //! `daysRemaining`.
 //!
 //! rustls refuses an expired certificate without handing it over, so the
-//! check's verifier (`tls::Verifier`, recording) keeps the leaf it was shown
+//! check's verifier (`trust::Verifier`, recording) keeps the leaf it was shown
 //! and the verdict: an expired leaf still says how long ago it expired.
 
 use std::path::PathBuf;
@@ -20,12 +20,10 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::checks::{
-    error_chain, io_category, tls_category, BoxFuture, Check, Kind, KindInput, KindSettings,
-    Observation,
-};
-use crate::config::Policy;
-use crate::tls::{Seen, Verifier, Verify};
+use crate::base::policy::Policy;
+use crate::checks::util::errors::{error_chain, io_category, tls_category};
+use crate::checks::util::trust::{Seen, Verifier, Verify};
+use crate::checks::{BoxFuture, Check, Kind, KindInput, KindSettings, Observation};
 
 pub const KIND: Kind =
     Kind::new("tls", &["address", "server_name", "ca_file", "warn_below", "fail_below"], parse);
@@ -88,7 +86,7 @@ fn parse(input: &mut KindInput<'_>) -> Option<Arc<dyn KindSettings>> {
         return None;
     };
     if let Some(path) = &fields.ca_file {
-        if let Err(reason) = crate::tls::check_ca_file(path) {
+        if let Err(reason) = crate::checks::util::trust::check_ca_file(path) {
             input.report_at("ca_file", reason);
             return None;
         }
@@ -111,7 +109,7 @@ fn parse(input: &mut KindInput<'_>) -> Option<Arc<dyn KindSettings>> {
 impl KindSettings for TlsSettings {
     fn build(&self, name: &str, _policy: &Policy) -> anyhow::Result<Arc<dyn Check>> {
         let provider = Arc::new(ring::default_provider());
-        let roots = crate::tls::roots(self.ca_file.as_deref())?;
+        let roots = crate::checks::util::trust::roots(self.ca_file.as_deref())?;
         let verifier = Verifier::new(Verify::Full, roots, &provider)?;
         Ok(Arc::new(TlsCheck {
             name: name.to_string(),
@@ -285,7 +283,7 @@ mod tests {
 
     fn check(warn_below: u32, fail_below: u32) -> TlsCheck {
         let provider = Arc::new(ring::default_provider());
-        let roots = crate::tls::roots(None).unwrap();
+        let roots = crate::checks::util::trust::roots(None).unwrap();
         TlsCheck {
             name: "cert".into(),
             address: "127.0.0.1:443".into(),

@@ -11,7 +11,7 @@ use reqwest::header::{HeaderValue, AUTHORIZATION};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
-use crate::helpers::{
+use crate::support::app::{
     captured_logs, client_from, send, spawn_app_at, spawn_app_with_env, spawn_binary, Answer,
     TestApp,
 };
@@ -24,7 +24,8 @@ const DEADLINE: Duration = Duration::from_secs(10);
 const LISTEN: (&str, &str) = ("HEALTHD_LISTEN", "127.0.0.1:0");
 
 fn hex_sha256(token: &str) -> String {
-    healthd::http::access::sha256(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    use sha2::Digest;
+    sha2::Sha256::digest(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A port nothing listens on: bound, then released.

@@ -7,7 +7,7 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::helpers::{raw_request, spawn_app, spawn_binary, RawAnswer, TestApp, CONTRACT};
+use crate::support::app::{raw_request, spawn_app, spawn_binary, RawAnswer, TestApp, CONTRACT};
 
 const CONFIG: &str = r#"
 [server]

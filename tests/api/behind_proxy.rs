@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::helpers::{client_from, spawn_app, TestApp};
+use crate::support::app::{client_from, spawn_app, TestApp};
 
 /// The proxy is 127.0.0.1 (the tests' own requests); 127.0.0.2 is a client.
 fn config(fixed_prefix: Option<&str>) -> String {
@@ -25,7 +25,7 @@ async fn get(
     from: Ipv4Addr,
     path: &str,
     prefix: Option<&str>,
-) -> crate::helpers::Answer {
+) -> crate::support::app::Answer {
     let mut request = client_from(IpAddr::V4(from)).get(app.url(path));
     if let Some(prefix) = prefix {
         request = request.header("x-forwarded-prefix", prefix);
@@ -33,7 +33,7 @@ async fn get(
     app.send(request).await
 }
 
-fn server_url(answer: &crate::helpers::Answer) -> Value {
+fn server_url(answer: &crate::support::app::Answer) -> Value {
     let document: Value = if answer.json.is_null() {
         serde_norway::from_str(&answer.text).expect("the YAML contract parses")
     } else {

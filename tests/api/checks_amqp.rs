@@ -17,7 +17,7 @@ use lapin::{BasicProperties, Connection, ConnectionProperties};
 use reqwest::StatusCode;
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::helpers::{spawn_app_with_env, Answer, TestApp};
+use crate::support::app::{spawn_app_with_env, Answer, TestApp};
 use crate::support::checks::{
     assert_no_secret, config, every_body, is_unavailable, shows, unique, DEADLINE,
 };
@@ -255,7 +255,7 @@ retries = 0
     );
 
     // Act
-    let app = crate::helpers::spawn_app(&config(&checks)).await;
+    let app = crate::support::app::spawn_app(&config(&checks)).await;
 
     // Assert
     let answer = app

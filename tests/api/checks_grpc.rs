@@ -11,7 +11,7 @@ use tonic::transport::Server;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
-use crate::helpers::{spawn_app, Answer, TestApp};
+use crate::support::app::{spawn_app, Answer, TestApp};
 use crate::support::checks::{config, is_unavailable, shows, DEADLINE};
 use crate::support::upstream::{refused_address, Silent};
 

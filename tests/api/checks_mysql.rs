@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 
-use crate::helpers::{spawn_app, spawn_app_with_env};
+use crate::support::app::{spawn_app, spawn_app_with_env};
 use crate::support::checks::{
     assert_no_secret, config, every_body, output, shows, unique, wait_shows, DEADLINE,
 };

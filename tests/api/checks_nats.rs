@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use async_nats::jetstream;
 use reqwest::StatusCode;
 
-use crate::helpers::{spawn_app_with_env, Answer, TestApp};
+use crate::support::app::{spawn_app_with_env, Answer, TestApp};
 use crate::support::checks::{
     assert_no_secret, config, every_body, is_unavailable, shows, unique, DEADLINE,
 };

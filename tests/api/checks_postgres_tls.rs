@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::helpers::spawn_app_with_env;
+use crate::support::app::spawn_app_with_env;
 use crate::support::checks::{config, shows, unique, DEADLINE};
 use crate::support::postgres::{PostgresTls, TestPostgres};
 
@@ -124,7 +124,7 @@ async fn require_against_a_server_without_tls_says_so() {
 #[test]
 fn a_ca_file_that_cannot_be_read_is_a_config_problem() {
     let text = "[[checks]]\nname = \"db\"\nkind = \"postgres\"\nurl = \"postgres://h/db?sslmode=verify-full\"\nca_file = \"/no/such/ca.pem\"\n";
-    let problems = healthd::config::Settings::parse(text, "t.toml", &BTreeMap::new())
+    let problems = healthd::Settings::parse(text, "t.toml", &BTreeMap::new())
         .expect_err("an unreadable ca_file is refused")
         .to_string();
     assert!(

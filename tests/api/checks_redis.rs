@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 
-use crate::helpers::{spawn_app_with_env, TestApp};
+use crate::support::app::{spawn_app_with_env, TestApp};
 use crate::support::checks::{
     assert_no_secret, config, every_body, is_unavailable, output, percentile, probe_latencies,
     shows, status, wait_shows, DEADLINE,
@@ -255,7 +255,7 @@ async fn the_password_never_shows_in_answers_or_logs_in_any_fault() {
 fn a_password_in_the_file_is_refused_and_the_reason_does_not_repeat_it() {
     let text =
         "[[checks]]\nname = \"c\"\nkind = \"redis\"\nurl = \"redis://:hunter2@127.0.0.1:6390\"\n";
-    let problems = healthd::config::Settings::parse(text, "r.toml", &BTreeMap::new())
+    let problems = healthd::Settings::parse(text, "r.toml", &BTreeMap::new())
         .expect_err("a password in the file is refused")
         .to_string();
     assert!(problems.starts_with("r.toml: checks[0].url: holds credentials"), "{problems}");

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use reqwest::StatusCode;
 
-use crate::helpers::spawn_app;
+use crate::support::app::spawn_app;
 use crate::support::checks::{config, failures, output, shows, status, DEADLINE};
 use crate::support::upstream::{refused_address, Behaviour, Unanswering, Upstream};
 

@@ -9,7 +9,7 @@ use std::path::Path;
 use healthd_testkit::certs::{CertFiles, TestCerts, TlsListener};
 use reqwest::StatusCode;
 
-use crate::helpers::{spawn_app, Answer};
+use crate::support::app::{spawn_app, Answer};
 use crate::support::checks::{config, is_unavailable, output, status, DEADLINE};
 use crate::support::upstream::{refused_address, Silent};
 

@@ -6,9 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use reqwest::Method;
 use serde_json::Value;
-use utoipa::OpenApi;
 
-use crate::helpers::{spawn_app_with_env, CONTRACT};
+use crate::support::app::{spawn_app_with_env, CONTRACT};
 
 /// (path, method) -> status codes.
 fn operations(document: &Value) -> BTreeMap<(String, String), BTreeSet<String>> {
@@ -45,7 +44,7 @@ fn schemas(document: &Value) -> BTreeMap<String, (BTreeSet<String>, BTreeSet<Str
 
 #[test]
 fn the_document_derived_from_the_code_matches_openapi_yaml() {
-    let derived = serde_json::to_value(healthd::http::ApiDoc::openapi()).unwrap();
+    let derived = serde_json::to_value(healthd::openapi()).unwrap();
     assert_eq!(
         operations(&derived),
         operations(&CONTRACT),

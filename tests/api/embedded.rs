@@ -10,7 +10,7 @@ use actix_web::{web, App, HttpResponse, HttpServer};
 use healthd::{check_fn, CheckPolicy, Healthd, Outcome, Settings};
 use reqwest::StatusCode;
 
-use crate::helpers::{captured_logs, init_tracing, send, Answer, RunningBinary};
+use crate::support::app::{captured_logs, init_tracing, send, Answer, RunningBinary};
 use crate::support::checks::{config, output, status, DEADLINE};
 
 /// The example's binary, which `cargo test` builds beside this test binary

@@ -1,10 +1,10 @@
 //! Every operation on the built-in default config: status codes, content
 //! types, HEAD, 405, 404, 400, Swagger UI and the contract documents.
 
-use healthd::config::DEFAULT_CONFIG;
+use healthd::DEFAULT_CONFIG;
 use reqwest::{Method, StatusCode};
 
-use crate::helpers::{spawn_app, CONTRACT};
+use crate::support::app::{spawn_app, CONTRACT};
 
 #[tokio::test]
 async fn health_shows_a_real_disk_reading_to_local_callers_on_the_default_config() {

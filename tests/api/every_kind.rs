@@ -10,7 +10,7 @@ use std::time::Instant;
 use healthd_testkit::certs::{TestCerts, TlsListener};
 use reqwest::StatusCode;
 
-use crate::helpers::{send, spawn_binary};
+use crate::support::app::{send, spawn_binary};
 use crate::support::checks::{status, unique, DEADLINE};
 use crate::support::nats::TestNats;
 

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use healthd_models::{CheckHistory, HealthStatus};
 use reqwest::StatusCode;
 
-use crate::helpers::{assert_matches_schema, spawn_app, spawn_app_with_env, Answer, TestApp};
+use crate::support::app::{assert_matches_schema, spawn_app, spawn_app_with_env, Answer, TestApp};
 use crate::support::checks::{config, DEADLINE};
 use crate::support::upstream::{Behaviour, Upstream};
 
@@ -285,10 +285,8 @@ async fn a_history_over_the_limit_is_refused_with_file_key_and_reason() {
     );
     let env = BTreeMap::new();
 
-    let too_many =
-        healthd::config::Settings::parse(&too_many, "h.toml", &env).unwrap_err().to_string();
-    let negative =
-        healthd::config::Settings::parse(&negative, "h.toml", &env).unwrap_err().to_string();
+    let too_many = healthd::Settings::parse(&too_many, "h.toml", &env).unwrap_err().to_string();
+    let negative = healthd::Settings::parse(&negative, "h.toml", &env).unwrap_err().to_string();
 
     assert!(
         too_many.contains("h.toml: checks[0]: history = 20000 is more than 10000"),

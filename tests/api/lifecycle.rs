@@ -12,7 +12,7 @@ use reqwest::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::helpers::{raw_request, read_answer, spawn_app, spawn_binary};
+use crate::support::app::{raw_request, read_answer, spawn_app, spawn_binary};
 
 const DEADLINE: Duration = Duration::from_secs(10);
 

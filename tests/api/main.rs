@@ -22,10 +22,8 @@ mod embedded;
 mod endpoints;
 #[cfg(all(feature = "amqp", feature = "nats", feature = "grpc"))]
 mod every_kind;
-mod helpers;
 mod history;
 mod lifecycle;
 mod metrics;
-mod postgres_support;
 mod reload;
 mod support;

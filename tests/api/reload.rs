@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 
-use crate::helpers::{answer, spawn_binary, RunningBinary};
+use crate::support::app::{answer, spawn_binary, RunningBinary};
 
 const DEADLINE: Duration = Duration::from_secs(20);
 const OPS_TOKEN: &str = "ops-token-0123456789";
@@ -80,7 +80,7 @@ async fn get(
     binary: &RunningBinary,
     path: &str,
     token: Option<&str>,
-) -> crate::helpers::Answer {
+) -> crate::support::app::Answer {
     let mut request = client.get(format!("{}{path}", binary.base()));
     if let Some(token) = token {
         request = request.bearer_auth(token);
@@ -93,8 +93,8 @@ async fn wait_for(
     binary: &RunningBinary,
     path: &str,
     token: Option<&str>,
-    done: impl Fn(&crate::helpers::Answer) -> bool,
-) -> crate::helpers::Answer {
+    done: impl Fn(&crate::support::app::Answer) -> bool,
+) -> crate::support::app::Answer {
     let client = reqwest::Client::new();
     let started = Instant::now();
     loop {

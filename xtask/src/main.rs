@@ -6,6 +6,7 @@ mod callgrind;
 mod codegen;
 mod contract;
 mod gateway;
+mod load;
 mod scale;
 mod services;
 

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use crate::bench::{chrono_free_date, wrk, Expect, Server, Target};
+use crate::load::{chrono_free_date, wrk, Expect, Server, Target};
 use crate::services::{fetch, free_port, wait_until, Process, Profile, WORKERS};
 
 /// What the scale bench runs.

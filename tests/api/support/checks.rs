@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use tokio::task::JoinSet;
 
-use crate::helpers::{captured_logs, Answer, TestApp};
+use crate::support::app::{captured_logs, Answer, TestApp};
 
 /// How long a test waits for a state it expects. Generous: the machine may
 /// be busy building; a healthy run needs a small fraction of it.

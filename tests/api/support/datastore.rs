@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 
-use crate::helpers::{spawn_app, Answer, TestApp};
+use crate::support::app::{spawn_app, Answer, TestApp};
 use crate::support::checks::{
     assert_no_secret, config, every_body, failures, is_unavailable, output, percentile,
     probe_latencies, shows, status, wait_shows, DEADLINE,

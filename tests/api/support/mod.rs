@@ -1,8 +1,11 @@
-//! Test support shared by the modules of the api test binary. The throwaway
-//! PostgreSQL, Redis and MariaDB live in the healthd-testkit crate, which the
-//! benchmark uses too; the small HTTP dependencies and the check-test
-//! helpers live here.
+//! Test support shared by the modules of the api test binary, all of it in
+//! this folder: the real server on port 0 (`app`), the small HTTP
+//! dependencies (`upstream`), the check-test helpers (`checks`) and the
+//! fault tests the SQL kinds share (`datastore`). The throwaway PostgreSQL,
+//! Redis, MariaDB and NATS live in the healthd-testkit crate, which the
+//! benchmark uses too.
 
+pub mod app;
 pub mod checks;
 pub mod datastore;
 #[cfg(feature = "nats")]

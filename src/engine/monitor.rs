@@ -10,94 +10,22 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use chrono::{DateTime, Utc};
 use futures_util::FutureExt;
-use healthd_models::{ComponentType, HealthStatus};
+use healthd_models::HealthStatus;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
+use crate::base::policy::Policy;
 use crate::checks::{Check, Observation};
-use crate::config::{CheckSettings, Policy};
-use crate::history::SharedHistory;
-use crate::report::{Layout, Piece, Renderer, ServiceInfo, Snapshot};
-
-/// Upper bounds (seconds) of the run-duration histogram buckets.
-pub const LATENCY_BUCKETS: [f64; 12] =
-    [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
-
-/// Everything known about one check: its settings, its latest reading and
-/// its counters.
-#[derive(Debug, Clone)]
-pub struct CheckState {
-    pub name: String,
-    pub kind: &'static str,
-    pub component_type: ComponentType,
-    pub critical: bool,
-    pub policy: Policy,
-    pub measurements: &'static [(&'static str, &'static str)],
-    pub reading: Option<Reading>,
-    pub consecutive_failures: u32,
-    pub consecutive_successes: u32,
-    pub counters: Counters,
-    /// The last runs; shared, not copied, with every snapshot.
-    pub history: SharedHistory,
-}
-
-/// The latest run of a check.
-#[derive(Debug, Clone)]
-pub struct Reading {
-    /// The status after thresholds.
-    pub status: HealthStatus,
-    /// What the latest run itself saw.
-    pub observation: Observation,
-    pub observed_at: DateTime<Utc>,
-    pub observed_instant: Instant,
-    pub duration: Duration,
-}
-
-/// Totals since start, for `/metrics`.
-#[derive(Debug, Clone, Default)]
-pub struct Counters {
-    pub runs: u64,
-    pub failed_runs: u64,
-    pub attempts: u64,
-    pub timeouts: u64,
-    /// Cumulative counts per `LATENCY_BUCKETS` bound.
-    pub duration_buckets: [u64; LATENCY_BUCKETS.len()],
-    pub duration_sum: f64,
-}
-
-impl Counters {
-    fn record(&mut self, run: &RunResult) {
-        self.runs += 1;
-        self.attempts += u64::from(run.attempts);
-        self.timeouts += u64::from(run.timeouts);
-        if run.observation.status == HealthStatus::Fail {
-            self.failed_runs += 1;
-        }
-        let seconds = run.duration.as_secs_f64();
-        self.duration_sum += seconds;
-        for (bucket, bound) in self.duration_buckets.iter_mut().zip(LATENCY_BUCKETS) {
-            if seconds <= bound {
-                *bucket += 1;
-            }
-        }
-    }
-}
-
-#[derive(Debug)]
-struct RunResult {
-    observation: Observation,
-    attempts: u32,
-    timeouts: u32,
-    duration: Duration,
-}
+use crate::config::CheckSettings;
+use crate::engine::render::{Layout, Piece, Renderer, ServiceInfo, Snapshot};
+use crate::engine::state::{CheckState, RunResult};
 
 /// Runs the checks and owns the published snapshot. Clones are handles
 /// on the same checks (a reload runs beside the server).
 #[derive(Clone)]
 pub struct Monitor {
-    shared: Arc<Shared>,
+    core: Arc<Core>,
 }
 
 /// What a reload did to the checks.
@@ -115,11 +43,11 @@ pub struct CheckChanges {
 /// A reload's checks, built and compared with the running ones, not yet
 /// started: see `Monitor::prepare`.
 pub struct Prepared {
-    entries: Vec<Entry>,
+    entries: Vec<RosterChange>,
     changes: CheckChanges,
 }
 
-enum Entry {
+enum RosterChange {
     Keep(Arc<Slot>),
     Start(Box<CheckSettings>, Arc<dyn Check>),
 }
@@ -131,7 +59,7 @@ const FIRST_READING_MARGIN: Duration = Duration::from_secs(1);
 /// A cheap handle that reads the latest snapshot.
 #[derive(Clone)]
 pub struct SnapshotReader {
-    shared: Arc<Shared>,
+    core: Arc<Core>,
 }
 
 /// After assembling a snapshot that took `t`, the publisher waits at least
@@ -144,7 +72,8 @@ const PUBLISH_MIN_GAP: Duration = Duration::from_millis(5);
 /// The most a finished run waits to be published.
 const PUBLISH_MAX_GAP: Duration = Duration::from_millis(500);
 
-struct Shared {
+/// What the monitor's handles, its tasks and the snapshot reader share.
+struct Core {
     renderer: ArcSwap<Renderer>,
     roster: ArcSwap<Roster>,
     snapshot: ArcSwap<Snapshot>,
@@ -217,16 +146,16 @@ impl Monitor {
             slots.push(slot.clone());
             pending.push((check, settings.policy, slot));
         }
-        let shared = Shared::new(renderer, Roster::new(slots), Instant::now());
-        *lock(&shared.publisher) = Some(tokio::spawn(publish_forever(shared.clone())));
+        let core = Core::new(renderer, Roster::new(slots), Instant::now());
+        *lock(&core.publisher) = Some(tokio::spawn(publish_forever(core.clone())));
         for (check, policy, slot) in pending {
-            shared.spawn(check, policy, slot);
+            core.spawn(check, policy, slot);
         }
-        Monitor { shared }
+        Monitor { core }
     }
 
     pub fn reader(&self) -> SnapshotReader {
-        SnapshotReader { shared: self.shared.clone() }
+        SnapshotReader { core: self.core.clone() }
     }
 
     /// Compares `settings` with the running checks by name, and builds the
@@ -234,7 +163,7 @@ impl Monitor {
     /// the reload: the error names it by its index in `settings`). Nothing
     /// changes until `apply`.
     pub fn prepare(&self, settings: &[CheckSettings]) -> Result<Prepared, (usize, anyhow::Error)> {
-        let roster = self.shared.roster.load();
+        let roster = self.core.roster.load();
         let running: HashMap<&str, &Arc<Slot>> =
             roster.slots.iter().map(|slot| (slot.settings.name.as_str(), slot)).collect();
         let mut changes = CheckChanges::default();
@@ -245,7 +174,7 @@ impl Monitor {
             match running.get(wanted.name.as_str()) {
                 Some(slot) if slot.settings.is_same_as(wanted) => {
                     changes.unchanged += 1;
-                    entries.push(Entry::Keep(Arc::clone(slot)));
+                    entries.push(RosterChange::Keep(Arc::clone(slot)));
                 }
                 running_one => {
                     let check = wanted.build().map_err(|error| (index, error))?;
@@ -254,7 +183,7 @@ impl Monitor {
                     } else {
                         changes.added += 1;
                     }
-                    entries.push(Entry::Start(Box::new(wanted.clone()), check));
+                    entries.push(RosterChange::Start(Box::new(wanted.clone()), check));
                 }
             }
         }
@@ -268,21 +197,21 @@ impl Monitor {
     /// reading yet`; then every body switches to the new set in one
     /// snapshot, and the checks that left are stopped.
     pub async fn apply(&self, prepared: Prepared) -> CheckChanges {
-        let _one_at_a_time = self.shared.reloading.lock().await;
-        if self.shared.stopped.load(Ordering::SeqCst) {
+        let _one_at_a_time = self.core.reloading.lock().await;
+        if self.core.stopped.load(Ordering::SeqCst) {
             return CheckChanges::default();
         }
-        let renderer = self.shared.renderer.load_full();
+        let renderer = self.core.renderer.load_full();
         let mut slots = Vec::with_capacity(prepared.entries.len());
         // Stopped again if this future is dropped before they are in place.
         let mut starting = Starting(Vec::new());
         let mut first_reading_by = Instant::now();
         for entry in prepared.entries {
             match entry {
-                Entry::Keep(slot) => slots.push(slot),
-                Entry::Start(settings, check) => {
+                RosterChange::Keep(slot) => slots.push(slot),
+                RosterChange::Start(settings, check) => {
                     let slot = Slot::new(&settings, check.as_ref(), &renderer);
-                    self.shared.spawn(check, settings.policy, slot.clone());
+                    self.core.spawn(check, settings.policy, slot.clone());
                     first_reading_by = first_reading_by
                         .max(Instant::now() + settings.policy.worst_case() + FIRST_READING_MARGIN);
                     starting.0.push(slot.clone());
@@ -296,9 +225,9 @@ impl Monitor {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let kept: HashSet<*const Slot> = slots.iter().map(Arc::as_ptr).collect();
-        let previous = self.shared.roster.swap(Arc::new(Roster::new(slots)));
+        let previous = self.core.roster.swap(Arc::new(Roster::new(slots)));
         starting.0.clear();
-        self.shared.publish_now();
+        self.core.publish_now();
         for slot in previous.slots.iter().filter(|slot| !kept.contains(&Arc::as_ptr(slot))) {
             slot.stop();
         }
@@ -307,7 +236,7 @@ impl Monitor {
 
     /// The service's identity in every body from now on; the readings stay.
     pub fn set_service(&self, service_id: &str, description: Option<&str>) {
-        let current = self.shared.renderer.load_full();
+        let current = self.core.renderer.load_full();
         let service = current.service();
         if service.service_id == service_id && service.description.as_deref() == description {
             return;
@@ -319,18 +248,18 @@ impl Monitor {
         };
         // Pieces rendered for the old identity are rendered again as the
         // next snapshot is assembled.
-        self.shared.renderer.store(Arc::new(Renderer::new(service, current.epoch() + 1)));
-        self.shared.publish_now();
+        self.core.renderer.store(Arc::new(Renderer::new(service, current.epoch() + 1)));
+        self.core.publish_now();
     }
 
     /// Stops every check task, abandoning runs in flight, and the
     /// publisher, and waits for them.
     pub async fn stop(self) {
-        let _no_reload = self.shared.reloading.lock().await;
-        self.shared.stopped.store(true, Ordering::SeqCst);
+        let _no_reload = self.core.reloading.lock().await;
+        self.core.stopped.store(true, Ordering::SeqCst);
         let mut tasks: Vec<JoinHandle<()>> =
-            self.shared.roster.load().slots.iter().filter_map(|slot| slot.stop()).collect();
-        if let Some(publisher) = lock(&self.shared.publisher).take() {
+            self.core.roster.load().slots.iter().filter_map(|slot| slot.stop()).collect();
+        if let Some(publisher) = lock(&self.core.publisher).take() {
             publisher.abort();
             tasks.push(publisher);
         }
@@ -371,30 +300,30 @@ impl SnapshotReader {
     /// stopped, or the runtime is starved), it is assembled again so that
     /// stale reads as `fail`.
     pub fn current(&self) -> arc_swap::Guard<Arc<Snapshot>> {
-        let snapshot = self.shared.snapshot.load();
+        let snapshot = self.core.snapshot.load();
         let now = Instant::now();
         if !snapshot.is_stale(now) {
             return snapshot;
         }
-        arc_swap::Guard::from_inner(self.shared.render_again(&snapshot, now))
+        arc_swap::Guard::from_inner(self.core.render_again(&snapshot, now))
     }
 }
 
 /// Assembles a snapshot after runs have ended, at most once per burst of
 /// them: see `PUBLISH_IDLE_FACTOR`.
-async fn publish_forever(shared: Arc<Shared>) {
+async fn publish_forever(core: Arc<Core>) {
     let mut earliest = tokio::time::Instant::now();
     loop {
-        shared.changed.notified().await;
+        core.changed.notified().await;
         tokio::time::sleep_until(earliest).await;
         let began = Instant::now();
-        shared.publish_now();
+        core.publish_now();
         let gap = (began.elapsed() * PUBLISH_IDLE_FACTOR).clamp(PUBLISH_MIN_GAP, PUBLISH_MAX_GAP);
         earliest = tokio::time::Instant::now() + gap;
     }
 }
 
-async fn run_forever(check: Arc<dyn Check>, policy: Policy, slot: Arc<Slot>, shared: Arc<Shared>) {
+async fn run_forever(check: Arc<dyn Check>, policy: Policy, slot: Arc<Slot>, core: Arc<Core>) {
     let name = slot.settings.name.clone();
     let mut ticks = tokio::time::interval(policy.interval);
     // A slow run delays the next one rather than causing a burst of runs.
@@ -407,9 +336,9 @@ async fn run_forever(check: Arc<dyn Check>, policy: Policy, slot: Arc<Slot>, sha
         // The piece holds the check's only copy of its state.
         let mut state = slot.piece.load().state.clone();
         state.record(run);
-        let piece = shared.renderer.load().piece(state, Instant::now());
+        let piece = core.renderer.load().piece(state, Instant::now());
         slot.piece.store(Arc::new(piece));
-        shared.changed.notify_one();
+        core.changed.notify_one();
     }
 }
 
@@ -464,11 +393,11 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
     }
 }
 
-impl Shared {
-    fn new(renderer: Renderer, roster: Roster, now: Instant) -> Arc<Shared> {
+impl Core {
+    fn new(renderer: Renderer, roster: Roster, now: Instant) -> Arc<Core> {
         let pieces = roster.slots.iter().map(|slot| slot.piece.load_full()).collect();
         let snapshot = renderer.assemble(roster.layout.clone(), pieces, now, false);
-        Arc::new(Shared {
+        Arc::new(Core {
             renderer: ArcSwap::from_pointee(renderer),
             roster: ArcSwap::from_pointee(roster),
             snapshot: ArcSwap::from_pointee(snapshot),
@@ -533,170 +462,11 @@ impl Shared {
     }
 }
 
-impl CheckState {
-    fn new(settings: &CheckSettings, check: &dyn Check) -> CheckState {
-        CheckState {
-            name: settings.name.clone(),
-            kind: settings.kind,
-            component_type: check.component_type(),
-            critical: settings.critical,
-            policy: settings.policy,
-            measurements: check.measurements(),
-            reading: None,
-            consecutive_failures: 0,
-            consecutive_successes: 0,
-            counters: Counters::default(),
-            history: SharedHistory::new(settings.policy.history),
-        }
-    }
-
-    /// Takes a run in: counters, thresholds, the new reading.
-    fn record(&mut self, run: RunResult) {
-        self.counters.record(&run);
-        if run.observation.status == HealthStatus::Fail {
-            self.consecutive_failures += 1;
-            self.consecutive_successes = 0;
-        } else {
-            self.consecutive_successes += 1;
-            self.consecutive_failures = 0;
-        }
-        let previous = self.reading.as_ref().map(|reading| reading.status);
-        let status = next_status(
-            previous,
-            run.observation.status,
-            self.consecutive_failures,
-            self.consecutive_successes,
-            &self.policy,
-        );
-        if previous != Some(status) {
-            let from = previous.map_or("none".to_string(), |previous| previous.to_string());
-            let output = run.observation.output.as_deref().unwrap_or("");
-            tracing::info!(check = %self.name, %from, to = %status, output, "check status changed");
-        }
-        let observed_at = Utc::now();
-        self.history.with(|history| {
-            let value = run.observation.values.first().copied().flatten();
-            let output = run.observation.output.as_deref();
-            history.push(observed_at, status, value, output, run.duration);
-        });
-        self.reading = Some(Reading {
-            status,
-            observation: run.observation,
-            observed_at,
-            observed_instant: Instant::now(),
-            duration: run.duration,
-        });
-    }
-}
-
-/// The status to report after a run, given the thresholds: a check turns
-/// `fail` after `failure_threshold` failed runs in a row and back after
-/// `success_threshold` good ones. The first run is taken as it is.
-fn next_status(
-    previous: Option<HealthStatus>,
-    observed: HealthStatus,
-    failures_in_a_row: u32,
-    successes_in_a_row: u32,
-    policy: &Policy,
-) -> HealthStatus {
-    match previous {
-        None => observed,
-        Some(HealthStatus::Fail)
-            if observed != HealthStatus::Fail && successes_in_a_row < policy.success_threshold =>
-        {
-            HealthStatus::Fail
-        }
-        Some(held)
-            if held != HealthStatus::Fail
-                && observed == HealthStatus::Fail
-                && failures_in_a_row < policy.failure_threshold =>
-        {
-            held
-        }
-        _ => observed,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checks;
-    use HealthStatus::{Fail, Pass, Warn};
-
-    const POLICY: Policy = Policy {
-        interval: Duration::from_secs(10),
-        timeout: Duration::from_secs(1),
-        retries: 0,
-        backoff: Duration::from_millis(100),
-        failure_threshold: 3,
-        success_threshold: 2,
-        history: 120,
-    };
-
-    #[test]
-    fn the_first_run_is_taken_as_it_is() {
-        assert_eq!(next_status(None, Fail, 1, 0, &POLICY), Fail);
-        assert_eq!(next_status(None, Warn, 0, 1, &POLICY), Warn);
-    }
-
-    #[test]
-    fn failures_flip_only_at_the_threshold() {
-        assert_eq!(next_status(Some(Pass), Fail, 1, 0, &POLICY), Pass);
-        assert_eq!(next_status(Some(Pass), Fail, 2, 0, &POLICY), Pass);
-        assert_eq!(next_status(Some(Pass), Fail, 3, 0, &POLICY), Fail);
-        assert_eq!(next_status(Some(Warn), Fail, 2, 0, &POLICY), Warn);
-    }
-
-    #[test]
-    fn recovery_flips_only_at_the_threshold() {
-        assert_eq!(next_status(Some(Fail), Pass, 0, 1, &POLICY), Fail);
-        assert_eq!(next_status(Some(Fail), Pass, 0, 2, &POLICY), Pass);
-        assert_eq!(next_status(Some(Fail), Warn, 0, 2, &POLICY), Warn);
-    }
-
-    #[test]
-    fn pass_and_warn_follow_each_other_at_once() {
-        assert_eq!(next_status(Some(Pass), Warn, 0, 1, &POLICY), Warn);
-        assert_eq!(next_status(Some(Warn), Pass, 0, 1, &POLICY), Pass);
-    }
-
-    /// A check that plays a script: each attempt takes the next outcome,
-    /// `None` being an attempt that never ends.
-    struct Scripted(Mutex<std::collections::VecDeque<Option<Observation>>>);
-
-    impl Scripted {
-        fn new(outcomes: Vec<Option<Observation>>) -> Self {
-            Scripted(Mutex::new(outcomes.into()))
-        }
-    }
-
-    impl Check for Scripted {
-        fn component_type(&self) -> ComponentType {
-            ComponentType::Component
-        }
-        fn measurements(&self) -> &'static [(&'static str, &'static str)] {
-            checks::RESPONSE_TIME
-        }
-        fn attempt(&self) -> checks::BoxFuture<'_, Observation> {
-            let next = self.0.lock().unwrap().pop_front().flatten();
-            Box::pin(async move {
-                match next {
-                    Some(observation) => observation,
-                    None => std::future::pending().await,
-                }
-            })
-        }
-    }
-
-    const QUICK: Policy = Policy {
-        interval: Duration::from_secs(1),
-        timeout: Duration::from_millis(50),
-        retries: 1,
-        backoff: Duration::from_millis(5),
-        failure_threshold: 1,
-        success_threshold: 1,
-        history: 120,
-    };
+    use crate::checks::test_support::{Hanging, Panicking, Scripted, QUICK};
+    use HealthStatus::{Fail, Pass};
 
     #[tokio::test]
     async fn a_failed_attempt_is_retried_within_the_run() {
@@ -728,25 +498,6 @@ mod tests {
         assert!(run.duration < QUICK.worst_case() + Duration::from_millis(500), "{run:?}");
     }
 
-    /// A check whose attempts panic: in `attempt` itself (odd calls) or in
-    /// the future it returns (even calls).
-    struct Panicking(std::sync::atomic::AtomicU32);
-
-    impl Check for Panicking {
-        fn component_type(&self) -> ComponentType {
-            ComponentType::Component
-        }
-        fn measurements(&self) -> &'static [(&'static str, &'static str)] {
-            checks::RESPONSE_TIME
-        }
-        fn attempt(&self) -> checks::BoxFuture<'_, Observation> {
-            if self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst).is_multiple_of(2) {
-                panic!("secret detail in attempt");
-            }
-            Box::pin(async { panic!("secret detail in the future") })
-        }
-    }
-
     #[tokio::test]
     async fn a_panicking_attempt_is_a_failure_that_keeps_the_task() {
         let check = Panicking(Default::default());
@@ -757,33 +508,6 @@ mod tests {
         assert_eq!(run.attempts, 2);
         let again = run_once("c", &check, &QUICK).await;
         assert_eq!(again.observation.output.as_deref(), Some(PANICKED));
-    }
-
-    /// A check whose attempt never ends and says when its future is dropped.
-    struct Hanging(Arc<std::sync::atomic::AtomicBool>);
-
-    struct SetOnDrop(Arc<std::sync::atomic::AtomicBool>);
-
-    impl Drop for SetOnDrop {
-        fn drop(&mut self) {
-            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
-        }
-    }
-
-    impl Check for Hanging {
-        fn component_type(&self) -> ComponentType {
-            ComponentType::Component
-        }
-        fn measurements(&self) -> &'static [(&'static str, &'static str)] {
-            checks::RESPONSE_TIME
-        }
-        fn attempt(&self) -> checks::BoxFuture<'_, Observation> {
-            let guard = SetOnDrop(self.0.clone());
-            Box::pin(async move {
-                let _guard = guard;
-                std::future::pending().await
-            })
-        }
     }
 
     #[tokio::test]
@@ -798,31 +522,17 @@ mod tests {
     #[test]
     fn a_probe_never_puts_older_readings_back_over_a_newer_snapshot() {
         let renderer = Renderer::new(ServiceInfo::new("svc".into(), None), 0);
-        let shared = Shared::new(renderer, Roster::new(Vec::new()), Instant::now());
-        let seen = shared.snapshot.load_full();
+        let core = Core::new(renderer, Roster::new(Vec::new()), Instant::now());
+        let seen = core.snapshot.load_full();
         // A run publishes after the probe loaded `seen` and before it renders.
-        let newer = Arc::new(shared.assemble(Instant::now()));
-        shared.snapshot.store(newer.clone());
-        let answered = shared.render_again(&seen, Instant::now());
+        let newer = Arc::new(core.assemble(Instant::now()));
+        core.snapshot.store(newer.clone());
+        let answered = core.render_again(&seen, Instant::now());
         assert!(Arc::ptr_eq(&answered, &newer));
-        assert!(Arc::ptr_eq(&shared.snapshot.load_full(), &newer));
+        assert!(Arc::ptr_eq(&core.snapshot.load_full(), &newer));
         // With nothing newer, the new rendering is published.
-        let rendered = shared.render_again(&newer, Instant::now());
+        let rendered = core.render_again(&newer, Instant::now());
         assert!(!Arc::ptr_eq(&rendered, &newer));
-        assert!(Arc::ptr_eq(&shared.snapshot.load_full(), &rendered));
-    }
-
-    #[test]
-    fn histogram_buckets_are_cumulative() {
-        let mut counters = Counters::default();
-        let run = RunResult {
-            observation: Observation::pass(vec![]),
-            attempts: 1,
-            timeouts: 0,
-            duration: Duration::from_millis(30),
-        };
-        counters.record(&run);
-        assert_eq!(counters.duration_buckets[..4], [0, 0, 0, 0]);
-        assert!(counters.duration_buckets[4..].iter().all(|count| *count == 1));
+        assert!(Arc::ptr_eq(&core.snapshot.load_full(), &rendered));
     }
 }

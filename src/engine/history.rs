@@ -15,13 +15,11 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use healthd_models::HealthStatus;
 
-/// The most runs a check may keep (`history`): 10,000 entries is about
-/// half a megabyte per check.
-pub const MAX_HISTORY: u32 = 10_000;
+use crate::base::policy::MAX_HISTORY;
 
 /// One run, as the history keeps it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Entry {
+pub struct PastRun {
     /// When the run ended.
     pub time: DateTime<Utc>,
     /// The main measurement's value; NaN when the run did not take it
@@ -38,14 +36,10 @@ pub struct Entry {
     pub status: HealthStatus,
 }
 
-impl Entry {
+impl PastRun {
     /// The main measurement's value, when the run took it (and it is a number).
     pub fn value(&self) -> Option<f64> {
         (!self.value.is_nan()).then_some(self.value)
-    }
-
-    pub fn duration(&self) -> Duration {
-        Duration::from_micros(u64::from(self.duration_micros))
     }
 }
 
@@ -53,7 +47,7 @@ impl Entry {
 #[derive(Debug)]
 pub struct History {
     capacity: usize,
-    entries: VecDeque<Entry>,
+    entries: VecDeque<PastRun>,
     /// Entries in the ring whose status is `fail`.
     failed_in_window: u32,
     runs_since_start: u64,
@@ -138,7 +132,7 @@ impl History {
         self.failed_in_window += u32::from(failed);
         let duration_micros = u32::try_from(duration.as_micros()).unwrap_or(u32::MAX);
         let value = value.unwrap_or(f64::NAN);
-        self.entries.push_back(Entry { time, value, output, duration_micros, status });
+        self.entries.push_back(PastRun { time, value, output, duration_micros, status });
     }
 
     /// The most runs kept.
@@ -148,7 +142,7 @@ impl History {
     }
 
     /// The kept runs, oldest first.
-    pub fn entries(&self) -> impl ExactSizeIterator<Item = &Entry> {
+    pub fn entries(&self) -> impl ExactSizeIterator<Item = &PastRun> {
         self.entries.iter()
     }
 
@@ -204,7 +198,7 @@ mod tests {
         let times: Vec<_> = history.entries().map(|entry| entry.time).collect();
         assert_eq!(times, [at(2), at(3), at(4)]);
         assert_eq!(history.entries().next().unwrap().value(), Some(2.0));
-        assert_eq!(history.entries().next().unwrap().duration(), Duration::from_millis(3));
+        assert_eq!(history.entries().next().unwrap().duration_micros, 3_000);
         assert_eq!(history.capacity(), 3);
         history.push(at(5), Fail, None, Some("HTTP 500"), Duration::ZERO);
         assert_eq!(history.entries().last().unwrap().value(), None);
@@ -285,6 +279,6 @@ mod tests {
     /// The figure the README states for the memory of one kept run.
     #[test]
     fn an_entry_is_48_bytes() {
-        assert_eq!(std::mem::size_of::<Entry>(), 48);
+        assert_eq!(std::mem::size_of::<PastRun>(), 48);
     }
 }

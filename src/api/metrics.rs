@@ -7,8 +7,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use healthd_models::HealthStatus;
 
-use crate::monitor::{Counters, LATENCY_BUCKETS};
-use crate::report::Snapshot;
+use crate::base::status::rank;
+use crate::engine::render::Snapshot;
+use crate::engine::state::{Counters, LATENCY_BUCKETS};
 
 /// Route names: the route table names each operation by one, and requests
 /// are counted under it; `OTHER` counts what matched no route.
@@ -43,9 +44,9 @@ const ENDPOINTS: [&str; 13] = [
     endpoint::SWAGGER_UI,
     endpoint::OTHER,
 ];
-const STATUSES: [u16; 10] = [200, 301, 400, 401, 403, 404, 405, 431, 500, 503];
+const HTTP_STATUSES: [u16; 10] = [200, 301, 400, 401, 403, 404, 405, 431, 500, 503];
 
-const COLUMNS: usize = STATUSES.len() + 1;
+const COLUMNS: usize = HTTP_STATUSES.len() + 1;
 const CELLS: usize = ENDPOINTS.len() * COLUMNS;
 /// Counter shards: each thread adds to its own, so that two workers
 /// counting the same probe do not pull one cache line back and forth.
@@ -79,7 +80,8 @@ impl RequestCounters {
     pub fn count(&self, endpoint: Option<&str>, status: u16) {
         let endpoint = endpoint.and_then(|name| ENDPOINTS.iter().position(|known| *known == name));
         let endpoint = endpoint.unwrap_or(ENDPOINTS.len() - 1);
-        let status = STATUSES.iter().position(|known| *known == status).unwrap_or(STATUSES.len());
+        let status =
+            HTTP_STATUSES.iter().position(|known| *known == status).unwrap_or(HTTP_STATUSES.len());
         let shard = SHARD.with(|shard| *shard);
         self.shards[shard].0[endpoint * COLUMNS + status].fetch_add(1, Ordering::Relaxed);
     }
@@ -89,7 +91,7 @@ impl RequestCounters {
             let count: u64 =
                 self.shards.iter().map(|shard| shard.0[cell].load(Ordering::Relaxed)).sum();
             let (endpoint, status) = (cell / COLUMNS, cell % COLUMNS);
-            let status = STATUSES.get(status).map_or("other".to_string(), u16::to_string);
+            let status = HTTP_STATUSES.get(status).map_or("other".to_string(), u16::to_string);
             (count > 0).then(|| (ENDPOINTS[endpoint], status, count))
         })
     }
@@ -128,14 +130,6 @@ impl ReloadCounters {
     /// A reload was refused: nothing changed.
     pub fn count_invalid(&self) {
         self.invalid.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-fn status_value(status: HealthStatus) -> u8 {
-    match status {
-        HealthStatus::Pass => 0,
-        HealthStatus::Warn => 1,
-        HealthStatus::Fail => 2,
     }
 }
 
@@ -182,10 +176,10 @@ pub fn render(
     );
 
     header(&mut out, "healthd_status", "gauge", "The service's status: 0 pass, 1 warn, 2 fail.");
-    let _ = writeln!(out, "healthd_status {}", status_value(snapshot.health.status));
+    let _ = writeln!(out, "healthd_status {}", rank(snapshot.health.status));
     // What /health/ready answers, for alerts and dashboards that cannot probe.
     header(&mut out, "healthd_ready", "gauge", "1 while /health/ready answers 200.");
-    let ready = !draining && snapshot.readiness.status != HealthStatus::Fail;
+    let ready = snapshot.is_ready(draining);
     let _ = writeln!(out, "healthd_ready {}", u8::from(ready));
 
     let labels = |name: &str, kind: &str| format!("check=\"{name}\",kind=\"{kind}\"");
@@ -200,7 +194,7 @@ pub fn render(
             out,
             "healthd_check_status{{{}}} {}",
             labels(&check.state.name, check.state.kind),
-            status_value(check.status)
+            rank(check.status)
         );
     }
     // A series of its own rather than a label on every check metric: alert

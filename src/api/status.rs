@@ -9,10 +9,10 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use healthd_models::{CheckHistory, HealthStatus, HistoryEntry, Uptime};
 
-use crate::http::docs::{wants_text, CommonProblems, TokenProblems};
-use crate::http::error::ApiError;
-use crate::http::{about_check, state_of, uncached};
-use crate::monitor::CheckState;
+use crate::api::docs::{wants_text, CommonProblems, TokenProblems};
+use crate::api::error::ApiError;
+use crate::api::{about_check, state_of, uncached};
+use crate::engine::state::CheckState;
 
 /// The page, its CSS and its script in one file, so that it works under
 /// any prefix and from a phone with no other request than its data.

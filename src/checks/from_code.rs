@@ -3,6 +3,7 @@
 //! The monitor gives them the deadline, retries, thresholds and panic
 //! catch every check gets.
 
+use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -10,7 +11,8 @@ use std::time::Instant;
 
 use healthd_models::ComponentType;
 
-use crate::checks::{elapsed_ms, BoxFuture, Check, Observation, RESPONSE_TIME};
+use crate::base::policy::Policy;
+use crate::checks::{elapsed_ms, BoxFuture, Check, KindSettings, Observation, RESPONSE_TIME};
 
 /// What a check from code saw: pass, or warn or fail with an output.
 ///
@@ -175,6 +177,24 @@ where
                 Err(_) => Observation::fail("check cancelled"),
             }
         })
+    }
+}
+
+/// The kind label of checks from code, in logs and metrics.
+pub const CODE_KIND: &str = "code";
+
+/// The settings of a check from code: the check itself, built already.
+pub struct Prebuilt(pub Arc<dyn Check>);
+
+impl fmt::Debug for Prebuilt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Prebuilt")
+    }
+}
+
+impl KindSettings for Prebuilt {
+    fn build(&self, _name: &str, _policy: &Policy) -> anyhow::Result<Arc<dyn Check>> {
+        Ok(self.0.clone())
     }
 }
 

@@ -11,40 +11,9 @@ use std::sync::Arc;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::web::{self, Data};
 use actix_web::{HttpRequest, HttpResponse};
-use utoipa::OpenApi;
 
-use crate::http::error::{ApiError, ApiErrorKind};
-use crate::http::HealthState;
-
-/// The OpenAPI document derived from the handlers and generated models.
-#[derive(OpenApi)]
-#[openapi(
-    paths(
-        crate::http::get_health,
-        crate::http::get_liveness,
-        crate::http::get_readiness,
-        crate::http::get_startup,
-        crate::http::get_check,
-        crate::http::status::get_check_history,
-        crate::http::status::get_badge,
-        crate::http::status::get_status_page,
-        crate::http::get_metrics,
-        get_openapi_yaml,
-        get_openapi_json,
-        get_swagger_ui,
-    ),
-    components(schemas(
-        healthd_models::HealthReport,
-        healthd_models::CheckResult,
-        healthd_models::CheckHistory,
-        healthd_models::Uptime,
-        healthd_models::HistoryEntry,
-        healthd_models::HealthStatus,
-        healthd_models::ComponentType,
-        healthd_models::Problem,
-    ))
-)]
-pub struct ApiDoc;
+use crate::api::error::{ApiError, ApiErrorKind};
+use crate::api::HealthState;
 
 /// 400, 403 and 431: what any operation answers to a malformed query or
 /// body, an address outside `allow`, or too many header bytes.
@@ -87,7 +56,7 @@ pub fn swagger_config(prefix: &str) -> utoipa_swagger_ui::Config<'static> {
 /// Where this request's client reaches the routes: the prefix a trusted
 /// proxy mounts healthd under, then the app's own mount point.
 fn external_base(state: &HealthState, request: &HttpRequest) -> String {
-    let peer = crate::http::peer(request);
+    let peer = crate::api::peer(request);
     let prefix = state.access.load().external_prefix(peer, request.headers());
     format!("{prefix}{}", state.mount)
 }
@@ -119,7 +88,7 @@ fn served_at(document: &'static str, base: &str) -> std::borrow::Cow<'static, st
 }
 
 fn document(request: &HttpRequest, content_type: &'static str, body: &'static str) -> HttpResponse {
-    let state = crate::http::state_of(request);
+    let state = crate::api::state_of(request);
     let body = served_at(body, &external_base(state, request));
     HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, HeaderValue::from_static(content_type)))
@@ -150,7 +119,7 @@ pub async fn get_openapi_yaml(request: HttpRequest) -> HttpResponse {
 /// Whether `Accept` lists `text/plain` and not `media` (the body's own
 /// type): the same bytes as text, for viewers and client generators that
 /// read no YAML or SVG. Anything else gets `media`.
-pub(crate) fn wants_text(request: &HttpRequest, media: &str) -> bool {
+pub fn wants_text(request: &HttpRequest, media: &str) -> bool {
     let mut text = false;
     for value in request.headers().get_all(header::ACCEPT) {
         let Ok(value) = value.to_str() else { continue };
@@ -177,9 +146,8 @@ pub async fn get_openapi_json(request: HttpRequest) -> HttpResponse {
 }
 
 pub async fn redirect_to_swagger_ui(request: HttpRequest) -> HttpResponse {
-    let state = crate::http::state_of(&request);
-    let prefix =
-        state.access.load().external_prefix(crate::http::peer(&request), request.headers());
+    let state = crate::api::state_of(&request);
+    let prefix = state.access.load().external_prefix(crate::api::peer(&request), request.headers());
     let target = format!("{prefix}{}/", request.path());
     HttpResponse::MovedPermanently().insert_header((header::LOCATION, target)).finish()
 }

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::postgres::{describe_error, TestPostgres};
+use healthd_testkit::postgres::{describe_error, TestPostgres};
 
 /// Runs `SELECT 1` on `client` within `within`.
 async fn select_one(client: &tokio_postgres::Client, within: Duration) -> Result<(), String> {

@@ -1,10 +1,18 @@
 //! The HTTP face: the route table, the handlers (named after their
 //! operationIds), and the layer every request passes through (address
-//! checks, malformed input, the access log, request metrics).
+//! checks, malformed input, the access log, request metrics). Handlers
+//! only read the engine's latest snapshot: a probe never runs a check.
+//!
+//! `access` decides who may see what, `docs` serves the contract and
+//! Swagger UI (and holds the responses every operation shares), `status`
+//! the history, badge and status page, `metrics` the Prometheus text,
+//! `error` the problem+json answers, and `log` the access log and the
+//! writer every log line goes through.
 
 pub mod access;
 mod docs;
 pub mod error;
+pub mod log;
 mod metrics;
 mod status;
 
@@ -13,7 +21,7 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix_web::body::{BodySize, BoxBody, MessageBody};
 use actix_web::dev::{Service, ServiceFactory, ServiceRequest, ServiceResponse};
@@ -23,17 +31,48 @@ use actix_web::web::Bytes;
 use actix_web::web::{self, Data};
 use actix_web::{guard, HttpMessage, HttpRequest, HttpResponse, Resource, Scope};
 use arc_swap::ArcSwap;
+use utoipa::OpenApi;
 
-use crate::http::access::{Access, ClientAddress, DetailsDenied, Principal};
-use crate::http::docs::{CommonProblems, HealthAnswers, TokenProblems};
-use crate::http::error::{ApiError, ApiErrorKind};
-use crate::monitor::SnapshotReader;
-use crate::report::{Piece, Rendered};
-use crate::telemetry::{self, AccessRecord};
+use crate::api::access::{Access, ClientAddress, DetailsDenied, Principal};
+use crate::api::docs::{CommonProblems, HealthAnswers, TokenProblems};
+use crate::api::error::{ApiError, ApiErrorKind};
+use crate::api::log::AccessRecord;
+use crate::base::units::Prefix;
+use crate::engine::monitor::SnapshotReader;
+use crate::engine::render::{Piece, Rendered};
 
-pub use docs::ApiDoc;
 use metrics::endpoint;
 pub use metrics::{ReloadCounters, RequestCounters};
+
+/// The OpenAPI document derived from the handlers and generated models.
+#[derive(OpenApi)]
+#[openapi(
+    paths(
+        get_health,
+        get_liveness,
+        get_readiness,
+        get_startup,
+        get_check,
+        status::get_check_history,
+        status::get_badge,
+        status::get_status_page,
+        get_metrics,
+        docs::get_openapi_yaml,
+        docs::get_openapi_json,
+        docs::get_swagger_ui,
+    ),
+    components(schemas(
+        healthd_models::HealthReport,
+        healthd_models::CheckResult,
+        healthd_models::CheckHistory,
+        healthd_models::Uptime,
+        healthd_models::HistoryEntry,
+        healthd_models::HealthStatus,
+        healthd_models::ComponentType,
+        healthd_models::Problem,
+    ))
+)]
+pub struct ApiDoc;
 
 /// What the handlers share: the snapshot, the access rules, the lifecycle.
 pub struct HealthState {
@@ -56,7 +95,7 @@ impl HealthState {
     pub fn new(
         reader: SnapshotReader,
         access: Access,
-        prefix: &str,
+        prefix: &Prefix,
         access_log: bool,
     ) -> Data<HealthState> {
         Data::new(HealthState {
@@ -65,7 +104,7 @@ impl HealthState {
             draining: AtomicBool::new(false),
             requests: RequestCounters::default(),
             reloads: ReloadCounters::default(),
-            swagger: Arc::new(docs::swagger_config(prefix)),
+            swagger: Arc::new(docs::swagger_config(prefix.as_str())),
             mount: prefix.to_string(),
             access_log,
         })
@@ -78,6 +117,23 @@ impl HealthState {
 
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
+    }
+
+    /// The one drain, for the binary and an embedding app alike: readiness
+    /// answers 503 at once, then this waits `delay` so that load balancers
+    /// see it before the server stops.
+    pub async fn drain(&self, delay: Duration) {
+        tracing::info!(
+            drain_delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+            "draining: readiness now answers 503"
+        );
+        self.start_draining();
+        tokio::time::sleep(delay).await;
+    }
+
+    /// Whether `/health/ready` answers 200 now.
+    pub fn is_ready(&self) -> bool {
+        self.reader.current().is_ready(self.is_draining())
     }
 
     /// New access rules (a reload): the next request is decided on them.
@@ -96,7 +152,7 @@ impl HealthState {
 /// path it does not know, so register your own routes before it.
 pub fn scope(
     state: Data<HealthState>,
-    prefix: &str,
+    prefix: &Prefix,
 ) -> Scope<
     impl ServiceFactory<
         ServiceRequest,
@@ -109,7 +165,7 @@ pub fn scope(
     // Each worker builds its own scope: an `Rc` keeps the per-request
     // clone off the atomic reference count both workers would share.
     let layer_state = Rc::new(state.clone());
-    web::scope(prefix)
+    web::scope(prefix.as_str())
         .app_data(state)
         .service(operation("/health", endpoint::HEALTH).to(get_health))
         .service(operation("/health/live", endpoint::LIVENESS).to(get_liveness))
@@ -262,7 +318,7 @@ fn log_request(
     let request = response.request();
     let extensions = request.extensions();
     let caller = extensions.get::<Caller>().map_or("anonymous", |caller| caller.0.as_str());
-    telemetry::log_access(&AccessRecord {
+    log::log_access(&AccessRecord {
         client: address.client,
         peer: address.peer,
         method: request.method().as_str(),
@@ -435,7 +491,7 @@ pub async fn get_liveness(request: HttpRequest) -> HttpResponse {
 pub async fn get_readiness(request: HttpRequest) -> HttpResponse {
     let state = state_of(&request);
     let snapshot = state.reader.current();
-    health_response(if state.is_draining() { &snapshot.draining } else { &snapshot.readiness })
+    health_response(snapshot.readiness_answer(state.is_draining()))
 }
 
 #[utoipa::path(

@@ -6,14 +6,11 @@
 use std::net::IpAddr;
 
 use actix_web::http::header::{HeaderMap, AUTHORIZATION};
-use sha2::{Digest, Sha256};
 
+use crate::base::net::Cidr;
+use crate::base::secret::sha256;
+use crate::base::units::Prefix;
 use crate::config::{AccessSettings, Details, ForwardedHeader};
-use crate::net::Cidr;
-
-pub fn sha256(bytes: &[u8]) -> [u8; 32] {
-    Sha256::digest(bytes).into()
-}
 
 /// Where a request comes from.
 #[derive(Debug, Clone, Copy)]
@@ -86,14 +83,14 @@ impl Access {
             return String::new();
         }
         if let Some(prefix) = &self.settings.forwarded_prefix {
-            return prefix.clone();
+            return prefix.to_string();
         }
         let mut prefix = String::new();
         for value in headers.get_all("x-forwarded-prefix") {
             let Ok(value) = value.to_str() else { return String::new() };
             for part in value.split(',') {
-                match normalise_prefix(part.trim()) {
-                    Ok(part) => prefix.push_str(&part),
+                match Prefix::parse(part.trim()) {
+                    Ok(part) => prefix.push_str(part.as_str()),
                     Err(_) => return String::new(),
                 }
             }
@@ -182,51 +179,6 @@ fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
     let difference = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
     // black_box keeps the optimiser from turning the fold into an early exit.
     std::hint::black_box(difference) == 0
-}
-
-/// A path prefix as healthd uses it: `/ops/` and `/ops` are `/ops`, `/` is
-/// "". Only a plain absolute path is one (letters, digits, `-._~`, `%`
-/// escapes, no empty, `.` or `..` segment): it ends up in URLs of the served
-/// contract and of Swagger UI's script, so nothing there may need escaping.
-pub fn normalise_prefix(text: &str) -> Result<String, String> {
-    let Some(path) = text.strip_prefix('/') else {
-        return Err(format!(
-            "invalid path prefix {text:?}: expected an absolute path such as \"/ops\""
-        ));
-    };
-    let path = path.strip_suffix('/').unwrap_or(path);
-    if path.is_empty() {
-        return Ok(String::new());
-    }
-    if path.split('/').all(plain_segment) {
-        Ok(format!("/{path}"))
-    } else {
-        Err(format!("invalid path prefix {text:?}: expected path segments of letters, digits, '-', '.', '_', '~' and %-escapes, such as \"/ops\""))
-    }
-}
-
-fn plain_segment(segment: &str) -> bool {
-    if segment.is_empty() || segment == "." || segment == ".." {
-        return false;
-    }
-    let bytes = segment.as_bytes();
-    let mut index = 0;
-    while index < bytes.len() {
-        match bytes[index] {
-            b'%' => {
-                let hex = bytes.get(index + 1..index + 3);
-                if !hex.is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit)) {
-                    return false;
-                }
-                index += 3;
-            }
-            byte if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') => {
-                index += 1
-            }
-            _ => return false,
-        }
-    }
-    true
 }
 
 /// The hops of the forwarded header, oldest first: an address, or `None`
@@ -432,22 +384,10 @@ mod tests {
     #[test]
     fn a_fixed_prefix_wins_over_the_header_and_still_needs_a_trusted_peer() {
         let mut settings = access(&["10.0.0.0/8"]).settings;
-        settings.forwarded_prefix = Some("/fixed".into());
+        settings.forwarded_prefix = Prefix::parse("/fixed").ok();
         let access = Access::new(settings);
         let sent = headers(&[("x-forwarded-prefix", "/other")]);
         assert_eq!(access.external_prefix(ip("10.0.0.1"), &sent), "/fixed");
         assert_eq!(access.external_prefix(ip("192.0.2.1"), &sent), "");
-    }
-
-    #[test]
-    fn prefixes_are_normalised() {
-        assert_eq!(normalise_prefix("/").unwrap(), "");
-        assert_eq!(normalise_prefix("/ops/").unwrap(), "/ops");
-        assert_eq!(normalise_prefix("/a/b-c_d.e~f%2F").unwrap(), "/a/b-c_d.e~f%2F");
-        assert!(normalise_prefix("").is_err());
-        assert!(normalise_prefix("/a//b").is_err());
-        assert!(normalise_prefix("/a/./b").is_err());
-        assert!(normalise_prefix("/a%2").is_err());
-        assert!(normalise_prefix("/<script>").is_err());
     }
 }

@@ -15,8 +15,8 @@ pub enum ApiErrorKind {
     BodyNotAllowed,
     #[error(
         "the request's header fields are too large: at most {} fields of {} bytes in all",
-        crate::http::MAX_HEADER_FIELDS,
-        crate::http::MAX_HEADER_BYTES
+        crate::api::MAX_HEADER_FIELDS,
+        crate::api::MAX_HEADER_BYTES
     )]
     HeadersTooLarge,
     #[error("a valid bearer token is required")]

@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
-use healthd::config::Settings;
-use healthd::startup::{Application, DrainHandle};
+use healthd::service::{DrainHandle, Service};
+use healthd::Settings;
 use reqwest::header::HeaderMap;
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -123,8 +123,8 @@ pub async fn spawn_app_at(listen: &str, config: &str, env: BTreeMap<String, Stri
     env.insert("HEALTHD_LISTEN".into(), listen.into());
     let settings =
         Settings::parse(config, "test.toml", &env).unwrap_or_else(|error| panic!("{error}"));
-    let ip = settings.server.listen.ip();
-    let application = Application::build(settings).await.expect("the application starts");
+    let ip = settings.listen().ip();
+    let application = Service::build(settings).await.expect("the application starts");
     let port = application.port();
     let drain = application.drain_handle();
     let running = tokio::spawn(application.run_until_stopped());

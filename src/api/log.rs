@@ -11,22 +11,15 @@ use chrono::{DateTime, Datelike, Timelike, Utc};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::EnvFilter;
 
-/// How log lines are written.
+/// How log lines are written: readable text, or one JSON object per line.
+/// The command line parses it (`--log-format`, `HEALTHD_LOG_FORMAT`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum LogFormat {
+    /// Readable text.
     Text,
+    /// One JSON object per line.
     Json,
-}
-
-impl std::str::FromStr for LogFormat {
-    type Err = String;
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        match text {
-            "text" => Ok(LogFormat::Text),
-            "json" => Ok(LogFormat::Json),
-            other => Err(format!("invalid log format {other:?}: expected text or json")),
-        }
-    }
 }
 
 /// Installs the subscriber; `RUST_LOG` filters (default `info`). Call once.
@@ -313,9 +306,9 @@ const WAKE_AT: usize = 256 * 1024;
 /// counted rather than letting memory grow or requests wait.
 const MAX_PENDING: usize = 8 * 1024 * 1024;
 
-static SINK: OnceLock<Arc<Shared>> = OnceLock::new();
+static SINK: OnceLock<Arc<SinkState>> = OnceLock::new();
 
-struct Shared {
+struct SinkState {
     pending: Mutex<Pending>,
     ready: Condvar,
     format: LogFormat,
@@ -327,7 +320,7 @@ struct Pending {
     dropped_lines: u64,
 }
 
-impl Shared {
+impl SinkState {
     /// Hands a finished line to the writer thread and clears it.
     fn push(&self, line: &mut Vec<u8>) {
         let mut pending = self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -359,10 +352,10 @@ impl Shared {
                 LogFormat::Json => {
                     writeln!(
                         stdout,
-                        r#"{{"level":"WARN","message":"{message}","target":"healthd::telemetry"}}"#
+                        r#"{{"level":"WARN","message":"{message}","target":"healthd::api::log"}}"#
                     )
                 }
-                LogFormat::Text => writeln!(stdout, "  WARN healthd::telemetry: {message}"),
+                LogFormat::Text => writeln!(stdout, "  WARN healthd::api::log: {message}"),
             };
         }
         let _ = stdout.write_all(batch);
@@ -380,14 +373,14 @@ impl Shared {
 /// allocation once the buffers have grown.
 #[derive(Clone)]
 struct BackgroundSink {
-    shared: Arc<Shared>,
+    shared: Arc<SinkState>,
 }
 
 impl BackgroundSink {
     fn start(format: LogFormat) -> BackgroundSink {
         let shared = SINK
             .get_or_init(|| {
-                let shared = Arc::new(Shared {
+                let shared = Arc::new(SinkState {
                     pending: Mutex::new(Pending::default()),
                     ready: Condvar::new(),
                     format,
@@ -404,7 +397,7 @@ impl BackgroundSink {
     }
 }
 
-fn write_forever(shared: &Shared) {
+fn write_forever(shared: &SinkState) {
     let mut batch = Vec::with_capacity(64 * 1024);
     loop {
         let mut pending = shared.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -425,7 +418,7 @@ thread_local! {
 }
 
 struct LineWriter<'a> {
-    shared: &'a Shared,
+    shared: &'a SinkState,
 }
 
 impl<'a> MakeWriter<'a> for BackgroundSink {

@@ -18,7 +18,8 @@ use actix_web::web::Bytes;
 use chrono::{DateTime, Utc};
 use healthd_models::{CheckResult, HealthReport, HealthStatus};
 
-use crate::monitor::CheckState;
+use crate::base::status::{self, rank};
+use crate::engine::state::CheckState;
 
 /// Who this service is, as reports say it.
 #[derive(Debug, Clone)]
@@ -86,14 +87,9 @@ impl Rendered {
     }
 }
 
-const STATUSES: [HealthStatus; 3] = [HealthStatus::Pass, HealthStatus::Warn, HealthStatus::Fail];
-
+/// The index of a status's variant in the per-status arrays below.
 fn status_index(status: HealthStatus) -> usize {
-    match status {
-        HealthStatus::Pass => 0,
-        HealthStatus::Warn => 1,
-        HealthStatus::Fail => 2,
-    }
+    usize::from(rank(status))
 }
 
 /// The detailed `/health` of one status around its `checks` map: the
@@ -144,15 +140,15 @@ pub struct Renderer {
 
 impl Renderer {
     pub fn new(service: ServiceInfo, epoch: u64) -> Renderer {
-        let full = STATUSES.map(|status| {
+        let full = status::ALL.map(|status| {
             let mut report = service.report(status);
             report.version = Some(service.version.clone());
             Envelope::new(report)
         });
         Renderer {
             full,
-            check: STATUSES.map(|status| Envelope::new(service.report(status))),
-            anonymous: STATUSES.map(|status| Rendered::new(&service.report(status))),
+            check: status::ALL.map(|status| Envelope::new(service.report(status))),
+            anonymous: status::ALL.map(|status| Rendered::new(&service.report(status))),
             pass: service.with_output(HealthStatus::Pass, None),
             starting: service.with_output(HealthStatus::Fail, Some("starting")),
             critical_failing: service
@@ -420,17 +416,24 @@ impl Snapshot {
         self.layout.names.get(name).map(|&index| self.pieces[index].as_ref())
     }
 
-    pub fn layout(&self) -> &Arc<Layout> {
-        &self.layout
-    }
-
-    pub fn pieces(&self) -> &[Arc<Piece>] {
-        &self.pieces
-    }
-
     /// Whether some reading has aged past staleness since this was assembled.
     pub fn is_stale(&self, now: Instant) -> bool {
         self.stale_at.is_some_and(|stale_at| now > stale_at)
+    }
+
+    /// What `/health/ready` answers: 503 while draining, else readiness.
+    pub fn readiness_answer(&self, draining: bool) -> &Rendered {
+        if draining {
+            &self.draining
+        } else {
+            &self.readiness
+        }
+    }
+
+    /// The one "ready" rule: `/health/ready` answers 200 (every critical
+    /// check passes or warns, startup is over, and healthd is not draining).
+    pub fn is_ready(&self, draining: bool) -> bool {
+        self.readiness_answer(draining).status != HealthStatus::Fail
     }
 }
 
@@ -509,7 +512,7 @@ impl Effective<'_> {
 mod tests {
     use super::*;
     use crate::checks::Observation;
-    use crate::monitor::{Counters, Reading};
+    use crate::engine::state::{Counters, Reading};
     use healthd_models::ComponentType;
     use std::time::Duration;
 
@@ -526,7 +529,7 @@ mod tests {
             kind: "postgres",
             component_type: ComponentType::Datastore,
             critical,
-            policy: crate::config::TEST_POLICY,
+            policy: crate::checks::test_support::TEST_POLICY,
             measurements: POSTGRES,
             reading: status.map(|status| Reading {
                 status,
@@ -538,7 +541,7 @@ mod tests {
             consecutive_failures: 0,
             consecutive_successes: 0,
             counters: Counters::default(),
-            history: crate::history::SharedHistory::new(120),
+            history: crate::engine::history::SharedHistory::new(120),
         }
     }
 
@@ -807,7 +810,7 @@ mod tests {
             _ => Observation::fail_with(output, values),
         };
         // The status after thresholds may differ from the run's own.
-        let status = STATUSES[rng.usize(..3)];
+        let status = status::ALL[rng.usize(..3)];
         state.consecutive_failures = rng.u32(..5);
         state.consecutive_successes = rng.u32(..5);
         state.counters.runs += 1;

@@ -1,6 +1,12 @@
-//! `Application`: binds the listener, starts the monitor and the server,
-//! and runs the lifecycle starting -> ready -> draining -> stopped; SIGHUP
-//! reloads the config file meanwhile.
+//! The service as the `healthd` binary runs it: [`Service`] binds the
+//! listener, starts the checks (through the same builder an embedding app
+//! uses) and the server, and runs the lifecycle starting -> ready ->
+//! draining -> stopped; SIGHUP reloads the config file meanwhile. Also the
+//! process-wide logging the binary installs ([`init_logging`]).
+//!
+//! An app that embeds healthd needs none of this: it mounts
+//! [`Healthd::scope`](crate::Healthd::scope) in its own server and drains
+//! with [`Healthd::drain`](crate::Healthd::drain), the same drain as here.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -13,11 +19,15 @@ use actix_web::web::{self, Data};
 use actix_web::{App, HttpServer};
 use anyhow::Context;
 
+pub use crate::api::log::LogFormat;
+
+use crate::api::access::Access;
+use crate::api::{self, HealthState};
+use crate::base::secret::{sha256_hex, ProcessEnv};
+use crate::base::units::Prefix;
 use crate::builder::Healthd;
-use crate::config::{ProcessEnv, ServerSettings, Settings};
-use crate::http::access::Access;
-use crate::http::{self, HealthState};
-use crate::monitor::Monitor;
+use crate::config::{ServerSettings, Settings};
+use crate::engine::monitor::Monitor;
 
 /// How long (seconds) requests in flight may take to finish once the
 /// listener has closed. healthd answers in microseconds; this bounds slow
@@ -25,7 +35,7 @@ use crate::monitor::Monitor;
 pub const SHUTDOWN_TIMEOUT_SECS: u64 = 10;
 
 /// The running service: its port, its server and its checks.
-pub struct Application {
+pub struct Service {
     port: u16,
     server: Server,
     monitor: Monitor,
@@ -36,7 +46,7 @@ pub struct Application {
     config_file: Option<PathBuf>,
 }
 
-/// Starts draining a running `Application` from elsewhere (a signal, a test).
+/// Starts draining a running [`Service`] from elsewhere (a signal, a test).
 #[derive(Clone)]
 pub struct DrainHandle {
     state: Data<HealthState>,
@@ -48,18 +58,18 @@ fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
-impl Application {
+impl Service {
     /// Binds `server.listen` (port 0 picks a free port) and starts the checks.
-    pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+    pub async fn build(settings: Settings) -> anyhow::Result<Service> {
         let listener = TcpListener::bind(settings.server.listen)
             .with_context(|| format!("cannot listen on {}", settings.server.listen))?;
         let port = listener.local_addr()?.port();
-        let (monitor, state) = Healthd::builder(settings.clone()).start_parts()?;
+        let (monitor, state, _) = Healthd::builder(settings.clone()).start_parts()?;
         let server_state = state.clone();
         let mut server = HttpServer::new(move || {
             App::new()
-                .service(http::scope(server_state.clone(), ""))
-                .default_service(web::to(http::not_found))
+                .service(api::scope(server_state.clone(), &Prefix::root()))
+                .default_service(web::to(api::not_found))
         })
         // The lifecycle owns signals: readiness must turn 503 before the listener closes.
         .disable_signals()
@@ -70,7 +80,7 @@ impl Application {
             server = server.workers(workers);
         }
         let server = server.listen(listener)?.run();
-        Ok(Application {
+        Ok(Service {
             port,
             server,
             monitor,
@@ -88,10 +98,12 @@ impl Application {
         self
     }
 
+    /// The port it listens on (the one picked, for port 0).
     pub fn port(&self) -> u16 {
         self.port
     }
 
+    /// A handle that drains the service, as SIGTERM does.
     pub fn drain_handle(&self) -> DrainHandle {
         DrainHandle {
             state: self.state.clone(),
@@ -148,10 +160,8 @@ impl DrainHandle {
     /// Readiness answers 503 at once; after the drain delay the listener
     /// closes and requests in flight finish.
     pub async fn drain(&self) {
-        let drain_delay_ms = self.drain_delay.load(Ordering::Relaxed);
-        tracing::info!(drain_delay_ms, "draining: readiness now answers 503");
-        self.state.start_draining();
-        tokio::time::sleep(Duration::from_millis(drain_delay_ms)).await;
+        let drain_delay = Duration::from_millis(self.drain_delay.load(Ordering::Relaxed));
+        self.state.drain(drain_delay).await;
         tracing::info!("drain delay over: closing the listener");
         self.server.stop(true).await;
     }
@@ -278,4 +288,22 @@ fn keep_what_needs_a_restart(running: &ServerSettings, wanted: &mut ServerSettin
         );
         wanted.workers = running.workers;
     }
+}
+
+/// Installs the process's log subscriber: `RUST_LOG` filters (default
+/// `info`), lines go out through a background writer so that no request
+/// waits on stdout. Call once, before [`Service::build`].
+pub fn init_logging(format: LogFormat) {
+    crate::api::log::init(format);
+}
+
+/// Writes out the log lines still queued; call before the process exits.
+pub fn flush_logs() {
+    crate::api::log::flush();
+}
+
+/// The hex SHA-256 of a bearer token, as `[[access.tokens]] sha256` wants
+/// it (`healthd hash-token`).
+pub fn token_digest(token: &str) -> String {
+    sha256_hex(token.as_bytes())
 }

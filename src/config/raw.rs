@@ -1,0 +1,86 @@
+//! What the file holds, before validation: serde structs that refuse
+//! unknown keys, so that a typo is an error naming it.
+
+use serde::Deserialize;
+
+use crate::base::policy::RawPolicy;
+use crate::base::problem::Problem;
+use crate::base::units::DurationText;
+use crate::config::{Details, ForwardedHeader};
+
+/// The file's TOML as serde reads it; a syntax error or an unknown key is
+/// the one problem.
+pub fn parse(text: &str) -> Result<RawSettings, Problem> {
+    let table: toml::Table = toml::from_str(text).map_err(|error| Problem {
+        key: "(syntax)".into(),
+        reason: error
+            .to_string()
+            .lines()
+            .filter(|line| !line.trim().is_empty())
+            .collect::<Vec<_>>()
+            .join(" "),
+    })?;
+    serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|error| {
+        let key = error.path().to_string();
+        Problem {
+            key: if key == "." { "(top level)".into() } else { key },
+            reason: error.into_inner().to_string(),
+        }
+    })
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawSettings {
+    #[serde(default)]
+    pub server: RawServer,
+    #[serde(default)]
+    pub access: RawAccess,
+    #[serde(default)]
+    pub defaults: RawPolicy,
+    #[serde(default)]
+    pub checks: Vec<toml::Table>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub listen: Option<String>,
+    pub service_id: Option<String>,
+    pub description: Option<String>,
+    pub drain_delay: Option<DurationText>,
+    pub workers: Option<usize>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccess {
+    pub details: Option<Details>,
+    pub allow: Option<Vec<String>>,
+    pub details_allow: Option<Vec<String>>,
+    pub trusted_proxies: Option<Vec<String>>,
+    pub forwarded_header: Option<ForwardedHeader>,
+    pub forwarded_prefix: Option<String>,
+    #[serde(default)]
+    pub tokens: Vec<RawToken>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawToken {
+    pub name: String,
+    pub sha256: Option<String>,
+    pub env: Option<String>,
+}
+
+/// The keys every check has; the rest of its table belongs to its kind.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCheck {
+    pub name: String,
+    pub kind: String,
+    pub critical: Option<bool>,
+}
+
+/// The keys every check has besides its policy's (`POLICY_KEYS`).
+pub const COMMON_CHECK_KEYS: &[&str] = &["name", "kind", "critical"];
