@@ -18,7 +18,7 @@ use crate::api::access::Access;
 use crate::api::{self, HealthState};
 use crate::base::name::duplicate_name;
 use crate::base::policy::CheckPolicy;
-use crate::base::problem::{ConfigError, Problem};
+use crate::base::problem::{ConfigError, ConfigProblem};
 use crate::base::units::Prefix;
 use crate::checks::Check;
 use crate::config::{CheckSettings, Settings};
@@ -119,7 +119,7 @@ impl Builder {
         let prefix = match prefix.as_deref().map(Prefix::parse).transpose() {
             Ok(prefix) => prefix.unwrap_or_default(),
             Err(reason) => {
-                let problems = vec![Problem::new("prefix", reason)];
+                let problems = vec![ConfigProblem::new("prefix", reason)];
                 return Err(ConfigError { source_name: FROM_BUILDER.into(), problems }.into());
             }
         };
@@ -129,7 +129,7 @@ impl Builder {
         let mut from_code = Vec::new();
         for (name, policy, check) in &code {
             if !names.insert(name) {
-                problems.push(Problem::new(name.as_str(), duplicate_name(name)));
+                problems.push(ConfigProblem::new(name.as_str(), duplicate_name(name)));
                 continue;
             }
             match CheckSettings::from_code(name, policy, &settings.defaults, check.clone()) {
@@ -278,7 +278,7 @@ mod tests {
             let error = Healthd::builder(settings()).prefix(prefix).start().err().unwrap();
             let error = error.downcast::<ConfigError>().unwrap();
             assert_eq!(error.source_name, FROM_BUILDER);
-            assert_eq!(error.problems, vec![Problem::new("prefix", config_reason(prefix))]);
+            assert_eq!(error.problems, vec![ConfigProblem::new("prefix", config_reason(prefix))]);
         }
     }
 

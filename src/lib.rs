@@ -84,7 +84,7 @@ mod engine;
 pub mod service;
 
 pub use base::policy::CheckPolicy;
-pub use base::problem::{ConfigError, Problem};
+pub use base::problem::{ConfigError, ConfigProblem};
 pub use base::secret::{Environment, ProcessEnv};
 pub use builder::{Builder, Healthd};
 pub use checks::from_code::{blocking_check_fn, check_fn, Outcome};

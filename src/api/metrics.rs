@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use healthd_models::HealthStatus;
 
-use crate::base::status::rank;
+use crate::base::severity::rank;
 use crate::engine::render::Snapshot;
 use crate::engine::state::{Counters, LATENCY_BUCKETS};
 

@@ -16,7 +16,7 @@ use crate::engine::state::CheckState;
 
 /// The page, its CSS and its script in one file, so that it works under
 /// any prefix and from a phone with no other request than its data.
-const STATUS_PAGE: &str = include_str!("status.html");
+const STATUS_PAGE_HTML: &str = include_str!("status.html");
 
 fn answer(content_type: &'static str, body: impl MessageBody + 'static) -> HttpResponse {
     uncached(StatusCode::OK, content_type, BoxBody::new(body))
@@ -136,7 +136,7 @@ pub async fn get_badge(request: HttpRequest) -> HttpResponse {
     )
 )]
 pub async fn get_status_page() -> HttpResponse {
-    answer("text/html; charset=utf-8", STATUS_PAGE)
+    answer("text/html; charset=utf-8", STATUS_PAGE_HTML)
 }
 
 #[cfg(test)]

@@ -1,12 +1,12 @@
 //! The vocabulary every other layer speaks, importing nothing else of the
 //! crate: a check's policy, config problems, secrets and the environment,
 //! units as written in the config (durations, percentages, path prefixes),
-//! CIDR ranges, the check-name rule and the order of statuses.
+//! CIDR ranges, the check-name rule and the order of statuses (`severity`).
 
 pub mod name;
 pub mod net;
 pub mod policy;
 pub mod problem;
 pub mod secret;
-pub mod status;
+pub mod severity;
 pub mod units;

@@ -10,22 +10,22 @@ pub struct ConfigError {
     /// The file, `(built-in default)`, or `checks from code`.
     pub source_name: String,
     /// Every problem found, not only the first.
-    pub problems: Vec<Problem>,
+    pub problems: Vec<ConfigProblem>,
 }
 
 /// One problem with a config.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Problem {
+pub struct ConfigProblem {
     /// Where: `checks[2].timeout`, or a check from code's name.
     pub key: String,
     /// What is wrong, and what would be right.
     pub reason: String,
 }
 
-impl Problem {
+impl ConfigProblem {
     /// A problem with `key`.
-    pub fn new(key: impl Into<String>, reason: impl Into<String>) -> Problem {
-        Problem { key: key.into(), reason: reason.into() }
+    pub fn new(key: impl Into<String>, reason: impl Into<String>) -> ConfigProblem {
+        ConfigProblem { key: key.into(), reason: reason.into() }
     }
 }
 

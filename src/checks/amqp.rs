@@ -23,7 +23,7 @@ use tokio::task::JoinHandle;
 
 use crate::base::policy::Policy;
 use crate::base::secret::Secret;
-use crate::checks::util::errors::{error_chain, io_category, tls_category};
+use crate::checks::util::categories::{error_chain, io_category, tls_category};
 use crate::checks::{
     elapsed_ms, BoxFuture, Check, Kind, KindInput, KindSettings, Observation, CREDENTIALS_IN_FILE,
     RESPONSE_TIME,

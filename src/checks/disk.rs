@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use crate::base::policy::Policy;
 use crate::base::units::PercentText;
-use crate::checks::util::errors::io_category;
+use crate::checks::util::categories::io_category;
 use crate::checks::{BoxFuture, Check, Kind, KindInput, KindSettings, Observation};
 
 pub const KIND: Kind = Kind::new("disk", &["path", "warn_below", "fail_below"], parse);

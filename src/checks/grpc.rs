@@ -15,7 +15,7 @@ use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
 use crate::base::policy::Policy;
-use crate::checks::util::errors::{error_chain, find_io_error, io_category, tls_category};
+use crate::checks::util::categories::{error_chain, find_io_error, io_category, tls_category};
 use crate::checks::{
     elapsed_ms, BoxFuture, Check, Kind, KindInput, KindSettings, Observation, RESPONSE_TIME,
 };

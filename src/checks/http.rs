@@ -14,7 +14,7 @@ use serde::Deserialize;
 use crate::base::policy::Policy;
 use crate::base::secret::Secret;
 use crate::checks::tls::{days_remaining, DAYS_REMAINING};
-use crate::checks::util::errors::{error_chain, find_io_error, io_category, tls_category};
+use crate::checks::util::categories::{error_chain, find_io_error, io_category, tls_category};
 use crate::checks::{
     elapsed_ms, BoxFuture, Check, Kind, KindInput, KindSettings, Observation, CREDENTIALS_IN_FILE,
     RESPONSE_TIME,

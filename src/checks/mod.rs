@@ -18,7 +18,7 @@ use healthd_models::{ComponentType, HealthStatus};
 use serde::de::DeserializeOwned;
 
 use crate::base::policy::Policy;
-use crate::base::problem::Problem;
+use crate::base::problem::ConfigProblem;
 use crate::base::secret::{Environment, Secret};
 
 /// Declares the kinds: those always built, and those behind a cargo feature
@@ -133,7 +133,7 @@ pub struct KindInput<'a> {
     pub policy: &'a Policy,
     pub env: &'a dyn Environment,
     table: Option<toml::Table>,
-    problems: &'a mut Vec<Problem>,
+    problems: &'a mut Vec<ConfigProblem>,
 }
 
 impl<'a> KindInput<'a> {
@@ -143,19 +143,19 @@ impl<'a> KindInput<'a> {
         policy: &'a Policy,
         table: toml::Table,
         env: &'a dyn Environment,
-        problems: &'a mut Vec<Problem>,
+        problems: &'a mut Vec<ConfigProblem>,
     ) -> Self {
         KindInput { key, kind, policy, env, table: Some(table), problems }
     }
 
     /// Reports a problem with the key `name` of this check.
     pub fn report_at(&mut self, name: &str, reason: impl Into<String>) {
-        self.problems.push(Problem::new(format!("{}.{name}", self.key), reason));
+        self.problems.push(ConfigProblem::new(format!("{}.{name}", self.key), reason));
     }
 
     /// Reports a problem with this check as a whole.
     pub fn report(&mut self, reason: impl Into<String>) {
-        self.problems.push(Problem::new(self.key, reason));
+        self.problems.push(ConfigProblem::new(self.key, reason));
     }
 
     /// Deserialises the kind's keys into its settings struct, which should

@@ -15,7 +15,7 @@ use mysql_async::{Conn, DriverError, IoError, Opts, OptsBuilder, Pool, PoolConst
 
 use crate::base::policy::Policy;
 use crate::base::secret::Secret;
-use crate::checks::util::errors::{error_chain, find_io_error, io_category, tls_category};
+use crate::checks::util::categories::{error_chain, find_io_error, io_category, tls_category};
 use crate::checks::util::guard::AbandonUnlessFinished;
 use crate::checks::util::sql::{SqlFields, SQL_KEYS};
 use crate::checks::util::trust;
@@ -293,10 +293,10 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::base::problem::Problem;
+    use crate::base::problem::ConfigProblem;
 
     /// Parses `toml` as one check's mysql keys, with `env`.
-    fn parse_with(toml: &str, env: &[(&str, &str)]) -> (bool, Vec<Problem>) {
+    fn parse_with(toml: &str, env: &[(&str, &str)]) -> (bool, Vec<ConfigProblem>) {
         let table: toml::Table = toml.parse().expect("test TOML");
         let env: BTreeMap<String, String> =
             env.iter().map(|(key, value)| (key.to_string(), value.to_string())).collect();
@@ -307,7 +307,7 @@ mod tests {
         (parsed, problems)
     }
 
-    fn reasons(problems: &[Problem]) -> Vec<String> {
+    fn reasons(problems: &[ConfigProblem]) -> Vec<String> {
         problems.iter().map(|problem| format!("{}: {}", problem.key, problem.reason)).collect()
     }
 

@@ -16,7 +16,7 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::base::policy::Policy;
 use crate::base::secret::Secret;
-use crate::checks::util::errors::{error_chain, find_io_error, io_category, tls_category};
+use crate::checks::util::categories::{error_chain, find_io_error, io_category, tls_category};
 use crate::checks::util::guard::AbandonUnlessFinished;
 use crate::checks::util::sql::{SqlFields, SQL_KEYS};
 use crate::checks::util::trust::{self, Verify};

@@ -18,7 +18,7 @@ use serde::Deserialize;
 
 use crate::base::policy::Policy;
 use crate::base::secret::Secret;
-use crate::checks::util::errors::{error_chain, find_io_error, io_category, tls_category};
+use crate::checks::util::categories::{error_chain, find_io_error, io_category, tls_category};
 use crate::checks::util::guard::AbandonUnlessFinished;
 use crate::checks::{
     elapsed_ms, BoxFuture, Check, Kind, KindInput, KindSettings, Observation, CREDENTIALS_IN_FILE,

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use tokio::net::TcpStream;
 
 use crate::base::policy::Policy;
-use crate::checks::util::errors::io_category;
+use crate::checks::util::categories::io_category;
 use crate::checks::{
     elapsed_ms, BoxFuture, Check, Kind, KindInput, KindSettings, Observation, RESPONSE_TIME,
 };

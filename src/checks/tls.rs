@@ -21,7 +21,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use crate::base::policy::Policy;
-use crate::checks::util::errors::{error_chain, io_category, tls_category};
+use crate::checks::util::categories::{error_chain, io_category, tls_category};
 use crate::checks::util::trust::{Seen, Verifier, Verify};
 use crate::checks::{BoxFuture, Check, Kind, KindInput, KindSettings, Observation};
 

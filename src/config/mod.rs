@@ -18,7 +18,7 @@ use serde::Deserialize;
 use crate::base::name::check_name_problem;
 use crate::base::net::Cidr;
 use crate::base::policy::{CheckPolicy, Policy};
-use crate::base::problem::{ConfigError, Problem};
+use crate::base::problem::{ConfigError, ConfigProblem};
 use crate::base::secret::Environment;
 use crate::base::units::Prefix;
 use crate::checks::from_code::{Prebuilt, CODE_KIND};
@@ -146,9 +146,9 @@ impl CheckSettings {
         policy: &CheckPolicy,
         defaults: &Policy,
         check: Arc<dyn Check>,
-    ) -> Result<CheckSettings, Vec<Problem>> {
+    ) -> Result<CheckSettings, Vec<ConfigProblem>> {
         let mut problems = Vec::new();
-        let mut report = |reason: String| problems.push(Problem::new(name, reason));
+        let mut report = |reason: String| problems.push(ConfigProblem::new(name, reason));
         if let Some(reason) = check_name_problem(name) {
             report(reason);
         }
@@ -209,7 +209,7 @@ impl Settings {
                 let source_name = path.display().to_string();
                 let text = std::fs::read_to_string(path).map_err(|error| ConfigError {
                     source_name: source_name.clone(),
-                    problems: vec![Problem::new("(file)", format!("cannot read: {error}"))],
+                    problems: vec![ConfigProblem::new("(file)", format!("cannot read: {error}"))],
                 })?;
                 Settings::parse(&text, &source_name, env)
             }
@@ -247,7 +247,7 @@ mod tests {
         Settings::parse(text, "test.toml", &BTreeMap::new())
     }
 
-    fn only_problem(text: &str) -> Problem {
+    fn only_problem(text: &str) -> ConfigProblem {
         let mut problems = parse(text).expect_err("config should be rejected").problems;
         assert_eq!(problems.len(), 1, "{problems:?}");
         problems.remove(0)

@@ -4,14 +4,14 @@
 use serde::Deserialize;
 
 use crate::base::policy::RawPolicy;
-use crate::base::problem::Problem;
+use crate::base::problem::ConfigProblem;
 use crate::base::units::DurationText;
 use crate::config::{Details, ForwardedHeader};
 
 /// The file's TOML as serde reads it; a syntax error or an unknown key is
 /// the one problem.
-pub fn parse(text: &str) -> Result<RawSettings, Problem> {
-    let table: toml::Table = toml::from_str(text).map_err(|error| Problem {
+pub fn parse(text: &str) -> Result<RawSettings, ConfigProblem> {
+    let table: toml::Table = toml::from_str(text).map_err(|error| ConfigProblem {
         key: "(syntax)".into(),
         reason: error
             .to_string()
@@ -22,7 +22,7 @@ pub fn parse(text: &str) -> Result<RawSettings, Problem> {
     })?;
     serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|error| {
         let key = error.path().to_string();
-        Problem {
+        ConfigProblem {
             key: if key == "." { "(top level)".into() } else { key },
             reason: error.into_inner().to_string(),
         }

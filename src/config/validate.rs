@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::base::name::{check_name_problem, duplicate_name};
 use crate::base::net::Cidr;
 use crate::base::policy::{Policy, RawPolicy, DEFAULT_POLICY, POLICY_KEYS};
-use crate::base::problem::{or_list, Problem};
+use crate::base::problem::{or_list, ConfigProblem};
 use crate::base::secret::{sha256, Environment};
 use crate::base::units::Prefix;
 use crate::checks::{self, KindInput};
@@ -19,8 +19,12 @@ use crate::config::{
 };
 
 /// Every setting from what the file says, reporting each problem.
-pub fn settings(raw: RawSettings, env: &dyn Environment, problems: &mut Vec<Problem>) -> Settings {
-    let mut report = |key: String, reason: String| problems.push(Problem::new(key, reason));
+pub fn settings(
+    raw: RawSettings,
+    env: &dyn Environment,
+    problems: &mut Vec<ConfigProblem>,
+) -> Settings {
+    let mut report = |key: String, reason: String| problems.push(ConfigProblem::new(key, reason));
 
     let listen_text = env.var("HEALTHD_LISTEN").map(|value| ("HEALTHD_LISTEN", value));
     let (listen_key, listen_text) = listen_text
@@ -129,11 +133,11 @@ fn check_settings(
     defaults: &Policy,
     env: &dyn Environment,
     names: &mut HashSet<String>,
-    problems: &mut Vec<Problem>,
+    problems: &mut Vec<ConfigProblem>,
 ) -> Option<CheckSettings> {
     let mut report = |name: &str, reason: String| {
         let key = if name.is_empty() { key.to_string() } else { format!("{key}.{name}") };
-        problems.push(Problem::new(key, reason))
+        problems.push(ConfigProblem::new(key, reason))
     };
     let mut take = |keys: &[&str]| {
         let taken: toml::Table =

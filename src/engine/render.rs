@@ -18,7 +18,7 @@ use actix_web::web::Bytes;
 use chrono::{DateTime, Utc};
 use healthd_models::{CheckResult, HealthReport, HealthStatus};
 
-use crate::base::status::{self, rank};
+use crate::base::severity::{self, rank};
 use crate::engine::state::CheckState;
 
 /// Who this service is, as reports say it.
@@ -140,15 +140,15 @@ pub struct Renderer {
 
 impl Renderer {
     pub fn new(service: ServiceInfo, epoch: u64) -> Renderer {
-        let full = status::ALL.map(|status| {
+        let full = severity::ALL.map(|status| {
             let mut report = service.report(status);
             report.version = Some(service.version.clone());
             Envelope::new(report)
         });
         Renderer {
             full,
-            check: status::ALL.map(|status| Envelope::new(service.report(status))),
-            anonymous: status::ALL.map(|status| Rendered::new(&service.report(status))),
+            check: severity::ALL.map(|status| Envelope::new(service.report(status))),
+            anonymous: severity::ALL.map(|status| Rendered::new(&service.report(status))),
             pass: service.with_output(HealthStatus::Pass, None),
             starting: service.with_output(HealthStatus::Fail, Some("starting")),
             critical_failing: service
@@ -810,7 +810,7 @@ mod tests {
             _ => Observation::fail_with(output, values),
         };
         // The status after thresholds may differ from the run's own.
-        let status = status::ALL[rng.usize(..3)];
+        let status = severity::ALL[rng.usize(..3)];
         state.consecutive_failures = rng.u32(..5);
         state.consecutive_successes = rng.u32(..5);
         state.counters.runs += 1;

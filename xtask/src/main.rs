@@ -1,11 +1,13 @@
 //! Project tasks that need more than cargo: `cargo xtask codegen [--check]`,
-//! `cargo xtask bench [--smoke | --scale]`, `cargo xtask contract`, `cargo xtask gateway`.
+//! `cargo xtask layers`, `cargo xtask bench [--smoke | --scale]`,
+//! `cargo xtask contract`, `cargo xtask gateway`.
 
 mod bench;
 mod callgrind;
 mod codegen;
 mod contract;
 mod gateway;
+mod layers;
 mod load;
 mod scale;
 mod services;
@@ -20,9 +22,10 @@ fn main() -> anyhow::Result<()> {
         Some("bench") => bench::run(&flags),
         Some("contract") => contract::run(),
         Some("gateway") => gateway::run(),
+        Some("layers") => layers::run(),
         _ => {
             eprintln!(
-                "usage: cargo xtask <codegen [--check] | bench [--smoke | --scale] | contract | gateway>"
+                "usage: cargo xtask <codegen [--check] | layers | bench [--smoke | --scale] | contract | gateway>"
             );
             std::process::exit(2);
         }

@@ -1,4 +1,4 @@
-//! The order of statuses: pass, warn, fail. Reports pick their envelope by
+//! The severity of statuses: pass, warn, fail, in that order. Reports pick their envelope by
 //! it and `/metrics` writes it as the status's number.
 
 use healthd_models::HealthStatus;
