@@ -9,6 +9,7 @@
 //! short round at 64 connections, to prove the bench works (CI); its
 //! numbers are not judged. `--scale` runs only the part that grows the
 //! number of checks (`scale.rs`); `--smoke` runs a short one of it too.
+//! `--instructions` runs only the callgrind count (to compare two builds).
 
 use std::fmt::Write as _;
 use std::fs;
@@ -144,6 +145,10 @@ pub fn run(args: &[&str]) -> anyhow::Result<()> {
     ensure_installed("valgrind", "valgrind")?;
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    if args.contains(&"--instructions") {
+        println!("{}", runtime.block_on(instructions_only(&root, &plan))?);
+        return Ok(());
+    }
     let section = runtime.block_on(bench(&root, &plan))?;
     if smoke {
         // The scale part too, briefly, so that CI proves it works.
@@ -455,36 +460,7 @@ async fn bench(root: &Path, plan: &Plan) -> anyhow::Result<String> {
             rounds.p99_ratio(),
         )?;
     }
-    writeln!(
-        table,
-        "\nInstructions per request, counted by callgrind over {} requests on one keep-alive connection after 500 to warm up (user space, every thread of the server, the log writer's included), each next to a baseline whose body has the same size:\n",
-        plan.counted_requests
-    )?;
-    writeln!(table, "| target | instructions/request | baseline instructions/request | × baseline | more than the baseline | {} | the rest |", PARTS.map(|(_, label)| label).join(" | "))?;
-    writeln!(table, "|---|---:|---:|---:|---:|{}---:|", "---:|".repeat(PARTS.len()))?;
-    for counted in &instructions {
-        let extra = counted.healthd - counted.baseline;
-        let named: f64 = counted.parts.iter().flatten().sum();
-        let parts: Vec<String> = counted
-            .parts
-            .iter()
-            .map(|part| part.map_or("inlined".into(), |count| format!("{count:.0}")))
-            .collect();
-        writeln!(
-            table,
-            "| {} | {:.0} | {:.0} | {:.2} | {extra:.0} | {} | {:.0} |",
-            counted.label,
-            counted.healthd,
-            counted.baseline,
-            counted.healthd / counted.baseline,
-            parts.join(" | "),
-            extra - named,
-        )?;
-    }
-    writeln!(
-        table,
-        "\nThe parts are healthd's own functions, each counted with what it calls: `api::log::log_access` (formats the JSON line and hands it to the writer thread), `api::authenticate` (SHA-256 of the bearer token, compared with every configured digest in constant time, and the caller's name kept for the log), `api::screen` (allowlist, header limits, query string, no body) and `Access::client_address`. The rest is everything else healthd does that the baseline does not, found by difference: routing among healthd's 14 routes in a scope, the layer's own glue (start time, draining, request counters), loading the snapshot and the access rules, and the `Cache-Control` header. Valgrind hides the CPU's SHA extensions, so under callgrind the token's SHA-256 runs in software: natively it is a fraction of the figure shown.\n"
-    )?;
+    table.push_str(&instructions_table(plan, &instructions)?);
     let statements = (statements_after - statements_before) as f64;
     writeln!(table, "\n| measure | value |\n|---|---:|")?;
     writeln!(table, "| probes sent to healthd during the load | {probes:.0} |")?;
@@ -655,6 +631,65 @@ fn count_instructions(
     // In the order of the targets, whichever server answered them.
     counts.sort_by_key(|counted| TARGETS.iter().position(|t| t.label == counted.label));
     Ok(counts)
+}
+
+/// Instructions per request of each target next to its baseline's, and
+/// where healthd's extra goes.
+fn instructions_table(plan: &Plan, instructions: &[Counted]) -> anyhow::Result<String> {
+    let mut table = String::new();
+    writeln!(
+        table,
+        "\nInstructions per request, counted by callgrind over {} requests on one keep-alive connection after 500 to warm up (user space, every thread of the server, the log writer's included), each next to a baseline whose body has the same size:\n",
+        plan.counted_requests
+    )?;
+    writeln!(table, "| target | instructions/request | baseline instructions/request | × baseline | more than the baseline | {} | the rest |", PARTS.map(|(_, label)| label).join(" | "))?;
+    writeln!(table, "|---|---:|---:|---:|---:|{}---:|", "---:|".repeat(PARTS.len()))?;
+    for counted in instructions {
+        let extra = counted.healthd - counted.baseline;
+        let named: f64 = counted.parts.iter().flatten().sum();
+        let parts: Vec<String> = counted
+            .parts
+            .iter()
+            .map(|part| part.map_or("inlined".into(), |count| format!("{count:.0}")))
+            .collect();
+        writeln!(
+            table,
+            "| {} | {:.0} | {:.0} | {:.2} | {extra:.0} | {} | {:.0} |",
+            counted.label,
+            counted.healthd,
+            counted.baseline,
+            counted.healthd / counted.baseline,
+            parts.join(" | "),
+            extra - named,
+        )?;
+    }
+    writeln!(
+        table,
+        "\nThe parts are healthd's own functions, each counted with what it calls: `api::log::log_access` (formats the JSON line and hands it to the writer thread), `api::authenticate` (SHA-256 of the bearer token, compared with every configured digest in constant time, and the caller's name kept for the log), `api::screen` (allowlist, header limits, query string, no body) and `Access::client_address`. The rest is everything else healthd does that the baseline does not, found by difference: routing among healthd's 14 routes in a scope, the layer's own glue (start time, draining, request counters), loading the snapshot and the access rules, and the `Cache-Control` header. Valgrind hides the CPU's SHA extensions, so under callgrind the token's SHA-256 runs in software: natively it is a fraction of the figure shown.\n"
+    )?;
+    Ok(table)
+}
+
+/// `--instructions`: only the callgrind part, for comparing two builds
+/// instruction for instruction (it does not move with the machine's load).
+async fn instructions_only(root: &Path, plan: &Plan) -> anyhow::Result<String> {
+    let out_dir = root.join("target/bench");
+    fs::create_dir_all(&out_dir)?;
+    let dependencies = Dependencies::start(root, Profile::Release).await?;
+    let start =
+        |server: Server, log: &Path| start_server(root, Launch::Native, &dependencies, server, log);
+    let mut servers = Servers {
+        healthd: start(Server::Healthd, &out_dir.join("access.log"))?,
+        details_always: start(Server::DetailsAlways, &out_dir.join("access-always.log"))?,
+        access_log_off: start(Server::AccessLogOff, &out_dir.join("log-off.log"))?,
+        baselines: Vec::new(),
+    };
+    // The answers' sizes, which the baselines match.
+    let pairs = servers.pairs(root)?;
+    drop(servers);
+    let instructions = count_instructions(root, plan, &dependencies, &pairs)?;
+    remove_bench_output(&out_dir)?;
+    instructions_table(plan, &instructions)
 }
 
 fn benchmarks_document(plan: &Plan, table: &str) -> anyhow::Result<String> {

@@ -1,5 +1,5 @@
 //! Project tasks that need more than cargo: `cargo xtask codegen [--check]`,
-//! `cargo xtask layers`, `cargo xtask bench [--smoke | --scale]`,
+//! `cargo xtask layers`, `cargo xtask bench [--smoke | --scale | --instructions]`,
 //! `cargo xtask contract`, `cargo xtask gateway`.
 
 mod bench;
@@ -25,7 +25,7 @@ fn main() -> anyhow::Result<()> {
         Some("layers") => layers::run(),
         _ => {
             eprintln!(
-                "usage: cargo xtask <codegen [--check] | layers | bench [--smoke | --scale] | contract | gateway>"
+                "usage: cargo xtask <codegen [--check] | layers | bench [--smoke | --scale | --instructions] | contract | gateway>"
             );
             std::process::exit(2);
         }
