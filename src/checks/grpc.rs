@@ -16,6 +16,7 @@ use tonic_health::pb::HealthCheckRequest;
 
 use crate::base::policy::Policy;
 use crate::checks::util::categories::{error_chain, find_io_error, io_category, tls_category};
+use crate::checks::util::trust;
 use crate::checks::{
     elapsed_ms, BoxFuture, Check, Kind, KindInput, KindSettings, Observation, RESPONSE_TIME,
 };
@@ -60,7 +61,7 @@ fn parse(input: &mut KindInput<'_>) -> Option<Arc<dyn KindSettings>> {
             input.report_at("ca_file", "needs an https:// address");
             return None;
         }
-        if let Err(reason) = crate::checks::util::trust::check_ca_file(path) {
+        if let Err(reason) = trust::check_ca_file(path) {
             input.report_at("ca_file", reason);
             return None;
         }
@@ -81,9 +82,8 @@ impl KindSettings for GrpcSettings {
         if self.address.starts_with("https://") {
             let tls = match &self.ca_file {
                 Some(path) => {
-                    let pem = std::fs::read(path).map_err(|_| {
-                        anyhow::anyhow!("check {name}: cannot read {}", path.display())
-                    })?;
+                    let pem = trust::read_pem(path)
+                        .map_err(|error| anyhow::anyhow!("check {name}: {error:#}"))?;
                     ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem))
                 }
                 None => ClientTlsConfig::new().with_native_roots(),

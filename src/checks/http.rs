@@ -15,6 +15,7 @@ use crate::base::policy::Policy;
 use crate::base::secret::Secret;
 use crate::checks::tls::{days_remaining, DAYS_REMAINING};
 use crate::checks::util::categories::{error_chain, find_io_error, io_category, tls_category};
+use crate::checks::util::trust;
 use crate::checks::{
     elapsed_ms, BoxFuture, Check, Kind, KindInput, KindSettings, Observation, CREDENTIALS_IN_FILE,
     RESPONSE_TIME,
@@ -118,7 +119,7 @@ fn parse(input: &mut KindInput<'_>) -> Option<Arc<dyn KindSettings>> {
         }
     }
     if let Some(path) = &fields.ca_file {
-        if let Err(reason) = crate::checks::util::trust::check_ca_file(path) {
+        if let Err(reason) = trust::check_ca_file(path) {
             input.report_at("ca_file", reason);
             ok = false;
         }
@@ -171,8 +172,8 @@ impl HttpCheck {
         };
         let mut builder = Client::builder();
         if let Some(path) = &settings.ca_file {
-            let pem = std::fs::read(path)
-                .map_err(|_| anyhow::anyhow!("check {name}: cannot read {}", path.display()))?;
+            let pem = trust::read_pem(path)
+                .map_err(|error| anyhow::anyhow!("check {name}: {error:#}"))?;
             builder = builder.tls_built_in_root_certs(false);
             for certificate in reqwest::Certificate::from_pem_bundle(&pem)? {
                 builder = builder.add_root_certificate(certificate);
@@ -256,11 +257,12 @@ impl Check for HttpCheck {
                     values(elapsed_ms(started)),
                 );
             }
-            let is_health_json = response
-                .headers()
-                .get(CONTENT_TYPE)
-                .and_then(|value| value.to_str().ok())
-                .is_some_and(|value| value.starts_with("application/health+json"));
+            let is_health_json = match health_json(response.headers()) {
+                Ok(is_health_json) => is_health_json,
+                Err(category) => {
+                    return Observation::fail_with(category, values(elapsed_ms(started)))
+                }
+            };
             if !is_health_json || self.method == Method::HEAD {
                 return Observation::pass(values(elapsed_ms(started)));
             }
@@ -289,6 +291,83 @@ impl Check for HttpCheck {
             }
         })
     }
+}
+
+/// Whether the answer is a health report (`application/health+json`), its
+/// media type read as RFC 9110 says: type and subtype in any case, with
+/// parameters. A Content-Type that cannot be read is a failure: it must
+/// not pass a dependency that may be reporting `fail`.
+fn health_json(headers: &HeaderMap) -> Result<bool, &'static str> {
+    const INVALID: &str = "invalid content type";
+    let mut values = headers.get_all(CONTENT_TYPE).iter();
+    let Some(value) = values.next() else { return Ok(false) };
+    if values.next().is_some() {
+        return Err(INVALID);
+    }
+    let essence = media_type_essence(value.as_bytes()).ok_or(INVALID)?;
+    Ok(essence.eq_ignore_ascii_case(b"application/health+json"))
+}
+
+/// `type/subtype` of a media type (RFC 9110, section 8.3.1), when the whole
+/// value is one: `type "/" subtype *( OWS ";" OWS [ name "=" ( token /
+/// quoted-string ) ] )`, with optional white space around it.
+fn media_type_essence(value: &[u8]) -> Option<&[u8]> {
+    let is_ows = |byte: &u8| *byte == b' ' || *byte == b'\t';
+    let token_end =
+        |from: usize| from + value[from..].iter().take_while(|byte| is_tchar(**byte)).count();
+    let mut at = value.iter().take_while(|byte| is_ows(byte)).count();
+    let start = at;
+    let type_end = token_end(at);
+    if type_end == at || value.get(type_end) != Some(&b'/') {
+        return None;
+    }
+    let subtype_end = token_end(type_end + 1);
+    if subtype_end == type_end + 1 {
+        return None;
+    }
+    let essence = &value[start..subtype_end];
+    at = subtype_end;
+    loop {
+        at += value[at..].iter().take_while(|byte| is_ows(byte)).count();
+        match value.get(at) {
+            None => return Some(essence),
+            Some(b';') => at += 1,
+            Some(_) => return None,
+        }
+        at += value[at..].iter().take_while(|byte| is_ows(byte)).count();
+        // An empty parameter (`;;`) is allowed.
+        if matches!(value.get(at), None | Some(b';')) {
+            continue;
+        }
+        let name_end = token_end(at);
+        if name_end == at || value.get(name_end) != Some(&b'=') {
+            return None;
+        }
+        at = name_end + 1;
+        if value.get(at) == Some(&b'"') {
+            at += 1;
+            loop {
+                match value.get(at)? {
+                    b'"' => break,
+                    b'\\' => at += 2,
+                    byte if *byte == b'\t' || *byte >= 0x20 && *byte != 0x7f => at += 1,
+                    _ => return None,
+                }
+            }
+            at += 1;
+        } else {
+            let value_end = token_end(at);
+            if value_end == at {
+                return None;
+            }
+            at = value_end;
+        }
+    }
+}
+
+/// RFC 9110's `tchar`: what a token is made of.
+fn is_tchar(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte)
 }
 
 fn reported_status(body: &[u8]) -> Option<HealthStatus> {
@@ -338,6 +417,39 @@ fn reqwest_category(error: &reqwest::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn content_type(values: &[&[u8]]) -> Result<bool, &'static str> {
+        let mut headers = HeaderMap::new();
+        for value in values {
+            headers.append(CONTENT_TYPE, HeaderValue::from_bytes(value).unwrap());
+        }
+        health_json(&headers)
+    }
+
+    #[test]
+    fn health_json_is_recognised_in_any_case_with_parameters() {
+        assert_eq!(content_type(&[b"application/health+json"]), Ok(true));
+        assert_eq!(content_type(&[b"Application/Health+JSON; charset=utf-8"]), Ok(true));
+        assert_eq!(content_type(&[b"application/health+json ; charset=\"utf-8\""]), Ok(true));
+        assert_eq!(content_type(&[b"application/json"]), Ok(false));
+        assert_eq!(content_type(&[b"text/html; charset=utf-8"]), Ok(false));
+        assert_eq!(content_type(&[]), Ok(false));
+    }
+
+    #[test]
+    fn a_content_type_that_cannot_be_read_fails() {
+        for bad in [
+            &b"application/health+json\xff"[..],
+            b"application/health+json;;;=",
+            b"health+json",
+            b"application/",
+            b"",
+        ] {
+            assert_eq!(content_type(&[bad]), Err("invalid content type"), "{bad:?}");
+        }
+        let two = content_type(&[b"application/json", b"application/health+json"]);
+        assert_eq!(two, Err("invalid content type"));
+    }
 
     #[test]
     fn a_dependency_report_status_is_read() {

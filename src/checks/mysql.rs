@@ -8,7 +8,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use healthd_models::ComponentType;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, DriverError, IoError, Opts, OptsBuilder, Pool, PoolConstraints};
@@ -101,7 +100,7 @@ fn url_parameters(dsn: &str) -> Vec<(String, String)> {
 /// each of the system's certificates as DER; read when the check is built.
 fn root_certificates(ca_file: Option<&Path>) -> anyhow::Result<Vec<Vec<u8>>> {
     if let Some(path) = ca_file {
-        let pem = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let pem = trust::read_pem(path)?;
         return Ok(vec![pem]);
     }
     // As `trust::roots`: unreadable entries are skipped, and with none at all

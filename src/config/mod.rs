@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::base::files::{read_text_capped, MAX_CONFIG_BYTES};
 use crate::base::name::check_name_problem;
 use crate::base::net::Cidr;
 use crate::base::policy::{CheckPolicy, Policy};
@@ -207,10 +208,11 @@ impl Settings {
         match path {
             Some(path) => {
                 let source_name = path.display().to_string();
-                let text = std::fs::read_to_string(path).map_err(|error| ConfigError {
-                    source_name: source_name.clone(),
-                    problems: vec![ConfigProblem::new("(file)", format!("cannot read: {error}"))],
-                })?;
+                let text =
+                    read_text_capped(path, MAX_CONFIG_BYTES).map_err(|reason| ConfigError {
+                        source_name: source_name.clone(),
+                        problems: vec![ConfigProblem::new("(file)", reason)],
+                    })?;
                 Settings::parse(&text, &source_name, env)
             }
             None => Settings::parse(DEFAULT_CONFIG, "(built-in default)", env),

@@ -395,6 +395,31 @@ async fn a_dependency_health_report_carries_its_warn_and_fail_into_the_check() {
 }
 
 #[tokio::test]
+async fn a_health_report_under_any_casing_or_parameters_is_read_and_an_unreadable_type_fails() {
+    // Arrange: a dependency reporting `fail` under a media type written
+    // as RFC 9110 allows.
+    let upstream = Upstream::start(Behaviour::HealthReportAs(
+        b"Application/Health+JSON ; charset=\"utf-8\"",
+        "fail",
+    ))
+    .await;
+    let app = spawn_app(&api_check(&upstream.url(), "retries = 0")).await;
+
+    // Act + Assert: its fail is carried.
+    let answer = app.wait_for("/health", None, DEADLINE, is_unavailable).await;
+    assert_eq!(output(&answer, API), Some("dependency reports fail"));
+
+    // A Content-Type that is not a media type fails, never passes.
+    for unreadable in [&b"application/health+json\xff"[..], b"application/", b"health+json"] {
+        upstream.set(Behaviour::HealthReport("pass"));
+        app.wait_for("/health", None, DEADLINE, |a| shows(a, API, "pass", None)).await;
+        upstream.set(Behaviour::HealthReportAs(unreadable, "pass"));
+        let answer = app.wait_for("/health", None, DEADLINE, is_unavailable).await;
+        assert_eq!(output(&answer, API), Some("invalid content type"), "{unreadable:?}");
+    }
+}
+
+#[tokio::test]
 async fn head_and_expect_status_are_honoured_and_redirects_are_not_followed() {
     // Arrange
     let upstream = Upstream::start(Behaviour::Status(204)).await;

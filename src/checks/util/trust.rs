@@ -17,6 +17,8 @@ use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
 };
 
+use crate::base::files::{read_capped, MAX_PEM_BYTES};
+
 /// How much of the server's certificate is verified.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verify {
@@ -33,9 +35,8 @@ pub fn roots(ca_file: Option<&Path>) -> anyhow::Result<RootCertStore> {
     let mut roots = RootCertStore::empty();
     match ca_file {
         Some(path) => {
-            let certificates = CertificateDer::pem_file_iter(path)
-                .with_context(|| format!("cannot read {}", path.display()))?;
-            for certificate in certificates {
+            let pem = read_pem(path)?;
+            for certificate in CertificateDer::pem_slice_iter(&pem) {
                 let certificate =
                     certificate.with_context(|| format!("invalid PEM in {}", path.display()))?;
                 roots.add(certificate).with_context(|| {
@@ -51,6 +52,12 @@ pub fn roots(ca_file: Option<&Path>) -> anyhow::Result<RootCertStore> {
         }
     }
     Ok(roots)
+}
+
+/// A PEM file's bytes, read safely (a regular file of at most
+/// `MAX_PEM_BYTES`): the one way kinds read a `ca_file`.
+pub fn read_pem(path: &Path) -> anyhow::Result<Vec<u8>> {
+    read_capped(path, MAX_PEM_BYTES).map_err(anyhow::Error::msg)
 }
 
 /// Checks that `ca_file` holds at least one usable certificate, for config

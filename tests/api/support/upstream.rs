@@ -41,6 +41,8 @@ pub enum Behaviour {
     Alternate(u16, u16),
     /// 200 with `application/health+json` and this `status` in the body.
     HealthReport(&'static str),
+    /// A health report with `status` under this Content-Type, as raw bytes.
+    HealthReportAs(&'static [u8], &'static str),
     /// Writes a plain HTTP answer as soon as it accepts, before reading: what
     /// a TLS client sees when it is pointed at a plain HTTP port.
     PlainAtOnce,
@@ -168,10 +170,10 @@ async fn answer(mut stream: TcpStream, shared: Arc<Shared>) {
     *shared.last.lock().unwrap() = Some(request);
 
     let (status, content_type, body) = match behaviour {
-        Behaviour::Status(status) => (status, "text/plain", echo),
+        Behaviour::Status(status) => (status, &b"text/plain"[..], echo),
         Behaviour::Slow(delay, status) => {
             tokio::time::sleep(delay).await;
-            (status, "text/plain", echo)
+            (status, &b"text/plain"[..], echo)
         }
         Behaviour::Never => {
             // Hold the socket open, reading whatever comes, until the peer
@@ -182,24 +184,27 @@ async fn answer(mut stream: TcpStream, shared: Arc<Shared>) {
         }
         Behaviour::Close | Behaviour::PlainAtOnce => return,
         Behaviour::Alternate(first, second) => {
-            (if nth.is_multiple_of(2) { first } else { second }, "text/plain", echo)
+            (if nth.is_multiple_of(2) { first } else { second }, &b"text/plain"[..], echo)
         }
-        Behaviour::HealthReport(status) => (
-            200,
-            "application/health+json",
-            format!(r#"{{"status":"{status}","serviceId":"upstream"}}"#),
-        ),
+        Behaviour::HealthReport(status) => (200, &b"application/health+json"[..], report(status)),
+        Behaviour::HealthReportAs(content_type, status) => (200, content_type, report(status)),
     };
-    let mut response = format!(
-        "HTTP/1.1 {status} {}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-        reason(status),
-        body.len()
+    let mut response =
+        format!("HTTP/1.1 {status} {}\r\ncontent-type: ", reason(status)).into_bytes();
+    response.extend_from_slice(content_type);
+    response.extend_from_slice(
+        format!("\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", body.len()).as_bytes(),
     );
     if !head_only {
-        response.push_str(&body);
+        response.extend_from_slice(body.as_bytes());
     }
-    let _ = stream.write_all(response.as_bytes()).await;
+    let _ = stream.write_all(&response).await;
     let _ = stream.shutdown().await;
+}
+
+/// A health report body saying `status`.
+fn report(status: &str) -> String {
+    format!(r#"{{"status":"{status}","serviceId":"upstream"}}"#)
 }
 
 /// Reads up to the blank line that ends the head; `None` if the peer
