@@ -127,14 +127,18 @@ fn keep_large_blocks_mapped() {
 
 fn run(settings: Settings, config_file: Option<PathBuf>) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(async {
+    let result = runtime.block_on(async {
         let mut application = Service::build(settings).await?;
         // SIGHUP reads the same file again.
         if let Some(file) = config_file {
             application = application.reload_from(file);
         }
         application.run_until_stopped().await
-    })
+    });
+    // A reload abandoned on a file that never answers may still hold a
+    // blocking thread: the process exits without waiting for it.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
 }
 
 fn hash_token() -> ExitCode {

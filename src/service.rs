@@ -202,6 +202,11 @@ fn hangup_signal() -> Option<tokio::signal::unix::Signal> {
         .ok()
 }
 
+/// How long a reload may take to read and validate the file and build its
+/// new checks; past it the reload is abandoned and refused. Applying the
+/// checks after that is bounded by their own deadlines.
+pub const RELOAD_BOUND: Duration = Duration::from_secs(10);
+
 /// Reads the config file again and applies it: all of it, or (when it is
 /// invalid) nothing.
 struct Reloader {
@@ -220,18 +225,35 @@ impl Reloader {
             return;
         };
         tracing::info!(file = %file.display(), "SIGHUP received: reading the config again");
-        let mut settings = match Settings::load(Some(file), &ProcessEnv) {
-            Ok(settings) => settings,
-            Err(error) => {
-                return self.refuse(error.to_string().lines().map(str::to_string).collect())
+        // Reading, validating and building happen on a blocking thread, so
+        // that no file can stall the runtime, and within a bound, so that
+        // no file can stall reloads (or the exit) for good.
+        let (path, monitor) = (file.clone(), self.monitor.clone());
+        let loading = tokio::task::spawn_blocking(move || {
+            let settings = Settings::load(Some(&path), &ProcessEnv).map_err(|error| {
+                error.to_string().lines().map(str::to_string).collect::<Vec<_>>()
+            })?;
+            // Checks are built before anything changes: one that cannot be
+            // built refuses the reload like a problem in the file.
+            match monitor.prepare(&settings.checks) {
+                Ok(prepared) => Ok((settings, prepared)),
+                Err((index, error)) => {
+                    Err(vec![format!("{}: checks[{index}]: {error:#}", path.display())])
+                }
             }
-        };
-        // Checks are built before anything changes: one that cannot be
-        // built refuses the reload like a problem in the file.
-        let prepared = match self.monitor.prepare(&settings.checks) {
-            Ok(prepared) => prepared,
-            Err((index, error)) => {
-                return self.refuse(vec![format!("{}: checks[{index}]: {error:#}", file.display())])
+        });
+        let (mut settings, prepared) = match tokio::time::timeout(RELOAD_BOUND, loading).await {
+            Ok(Ok(Ok(loaded))) => loaded,
+            Ok(Ok(Err(problems))) => return self.refuse(problems),
+            Ok(Err(_panicked)) => {
+                return self.refuse(vec![format!("{}: reading it failed", file.display())])
+            }
+            Err(_) => {
+                return self.refuse(vec![format!(
+                    "{}: reading and checking it took longer than {} s: reload abandoned",
+                    file.display(),
+                    RELOAD_BOUND.as_secs()
+                )])
             }
         };
         keep_what_needs_a_restart(&self.running.server, &mut settings.server);

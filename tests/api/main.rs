@@ -17,6 +17,7 @@ mod checks_redis;
 mod checks_tcp;
 mod checks_tls;
 mod config_cli;
+mod config_fuzz;
 mod contract;
 mod embedded;
 mod endpoints;

@@ -389,3 +389,60 @@ async fn listen_and_workers_changes_are_logged_and_ignored() {
     assert_eq!(check.json["description"], "reloaded", "{}", check.text);
     probes.finish(&binary).await;
 }
+
+#[tokio::test]
+async fn a_reload_naming_a_fifo_or_a_device_is_refused_at_once_and_neither_blocks_reloads_nor_the_exit(
+) {
+    // Arrange: a FIFO nobody writes to, which a plain read would wait on
+    // for ever, and /dev/zero, which a plain read would never finish.
+    let (target, _listener) = listener().await;
+    let checks = tcp_check("db", target, "");
+    let mut binary = start(&config("", "", false, &checks)).await;
+    wait_for(&binary, "/health/startup", None, |answer| answer.status == StatusCode::OK).await;
+    let fifo = binary.config_path().with_extension("fifo");
+    let c_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo reads a NUL-terminated path we own.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+    let tls_check = |ca_file: &std::path::Path| {
+        format!(
+            "[[checks]]\nname = \"cert\"\nkind = \"tls\"\naddress = \"{target}\"\nca_file = \"{}\"\n",
+            ca_file.display()
+        )
+    };
+
+    // Act + Assert: each is refused, naming what the file is, as soon as
+    // the reload reads it.
+    for (ca_file, said) in
+        [(fifo.as_path(), "is a FIFO"), (std::path::Path::new("/dev/zero"), "is a device")]
+    {
+        binary.write_config(&config("", "", false, &[checks.clone(), tls_check(ca_file)].concat()));
+        let started = Instant::now();
+        reload(&mut binary, "config reload refused").await;
+        assert!(started.elapsed() < Duration::from_secs(5), "{said}: {:?}", started.elapsed());
+        let stdout = binary.stdout();
+        assert!(
+            stdout.contains(&format!("checks[1].ca_file: {} {said}", ca_file.display())),
+            "{stdout}"
+        );
+    }
+
+    // A valid reload after them is applied.
+    let (other, _other_listener) = listener().await;
+    binary.write_config(&config(
+        "",
+        "",
+        false,
+        &[checks.clone(), tcp_check("added", other, "")].concat(),
+    ));
+    reload(&mut binary, "config reloaded").await;
+    wait_for(&binary, "/health", Some(OPS_TOKEN), |answer| {
+        answer.check("added:responseTime").is_some()
+    })
+    .await;
+
+    // SIGTERM still drains and exits on time.
+    binary.signal(libc::SIGTERM);
+    let status = binary.wait_for_exit(Duration::from_secs(10)).await;
+    assert!(status.success(), "{status:?}");
+    let _ = std::fs::remove_file(&fifo);
+}
