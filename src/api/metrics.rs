@@ -216,6 +216,20 @@ pub fn render(
     }
     header(
         &mut out,
+        "healthd_check_flapping",
+        "gauge",
+        "Whether the check is flapping (1): 6 or more status changes in its last 20 runs, until it settles.",
+    );
+    for state in snapshot.checks().map(|check| &check.state) {
+        let _ = writeln!(
+            out,
+            "healthd_check_flapping{{{}}} {}",
+            labels(&state.name, state.kind),
+            u8::from(state.log.flapping)
+        );
+    }
+    header(
+        &mut out,
         "healthd_check_up",
         "gauge",
         "Whether the check's status is pass or warn (1) or fail (0).",

@@ -117,21 +117,20 @@ enum Link {
 impl AmqpCheck {
     fn failed(&self, error: &lapin::Error) -> Observation {
         // lapin's errors never hold the URL or its credentials.
-        tracing::warn!(check = %self.name, error = %error_chain(error), "amqp check failed");
-        Observation::fail(amqp_category(error))
+        Observation::fail(amqp_category(error)).with_detail(error_chain(error))
     }
 
     fn connect_failed(&self, error: &lapin::Error) -> Observation {
-        tracing::warn!(check = %self.name, error = %error_chain(error), "amqp connect failed");
         // Refused while connecting is the login; later it is a permission.
-        match error.kind() {
+        let observation = match error.kind() {
             ErrorKind::ProtocolError(amqp)
                 if matches!(amqp.kind(), AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED)) =>
             {
                 Observation::fail("authentication failed")
             }
             _ => Observation::fail(amqp_category(error)),
-        }
+        };
+        observation.with_detail(error_chain(error))
     }
 
     /// The kept connection, connecting first when there is none or it broke.

@@ -102,8 +102,7 @@ impl Check for DiskCheck {
             match statvfs.await {
                 Ok(Ok(free)) => self.judge(free),
                 Ok(Err(error)) => {
-                    tracing::warn!(path = %self.path.display(), %error, "statvfs failed");
-                    Observation::fail(io_category(&error))
+                    Observation::fail(io_category(&error)).with_detail(format!("statvfs: {error}"))
                 }
                 Err(_) => Observation::fail("disk check panicked"),
             }

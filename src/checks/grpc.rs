@@ -91,7 +91,6 @@ impl KindSettings for GrpcSettings {
             endpoint = endpoint.tls_config(tls)?;
         }
         Ok(Arc::new(GrpcCheck {
-            name: name.to_string(),
             endpoint,
             channel: OnceLock::new(),
             service: self.service.clone(),
@@ -101,7 +100,6 @@ impl KindSettings for GrpcSettings {
 }
 
 struct GrpcCheck {
-    name: String,
     endpoint: Endpoint,
     /// Made by the first attempt: a channel needs the runtime to exist.
     channel: OnceLock<Channel>,
@@ -111,11 +109,12 @@ struct GrpcCheck {
 
 impl GrpcCheck {
     fn failed(&self, status: &tonic::Status) -> Observation {
-        tracing::warn!(check = %self.name, error = %error_chain(status), "grpc check failed");
-        if status.code() == Code::DeadlineExceeded {
-            return Observation::timed_out(self.timeout);
-        }
-        Observation::fail(status_category(status))
+        let observation = if status.code() == Code::DeadlineExceeded {
+            Observation::timed_out(self.timeout)
+        } else {
+            Observation::fail(status_category(status))
+        };
+        observation.with_detail(error_chain(status))
     }
 }
 

@@ -146,7 +146,6 @@ impl KindSettings for HttpSettings {
 const MAX_HEALTH_BODY: usize = 64 * 1024;
 
 struct HttpCheck {
-    name: String,
     client: Client,
     url: Url,
     method: Method,
@@ -192,7 +191,6 @@ impl HttpCheck {
             HttpMethod::Head => Method::HEAD,
         };
         Ok(HttpCheck {
-            name: name.to_string(),
             client,
             url,
             method,
@@ -212,11 +210,12 @@ impl HttpCheck {
     fn failed(&self, error: reqwest::Error) -> Observation {
         // The URL may carry user-info: it never reaches the log.
         let error = error.without_url();
-        tracing::warn!(check = %self.name, error = %error_chain(&error), "http check failed");
-        if error.is_timeout() {
-            return Observation::timed_out(self.timeout);
-        }
-        Observation::fail(reqwest_category(&error))
+        let observation = if error.is_timeout() {
+            Observation::timed_out(self.timeout)
+        } else {
+            Observation::fail(reqwest_category(&error))
+        };
+        observation.with_detail(error_chain(&error))
     }
 }
 

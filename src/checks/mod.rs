@@ -286,12 +286,22 @@ pub struct Observation {
     pub values: Vec<Option<f64>>,
     /// Whether the attempt was cut at its deadline (counted in `/metrics`).
     pub timed_out: bool,
+    /// The raw error behind a failure (an error chain), for the log only:
+    /// never shown to a caller, and logged when the check's state or
+    /// output changes rather than on every attempt.
+    pub detail: Option<String>,
 }
 
 impl Observation {
     /// A passing attempt with its values.
     pub fn pass(values: Vec<Option<f64>>) -> Self {
-        Observation { status: HealthStatus::Pass, output: None, values, timed_out: false }
+        Observation {
+            status: HealthStatus::Pass,
+            output: None,
+            values,
+            timed_out: false,
+            detail: None,
+        }
     }
 
     /// A warning: working, but someone should look.
@@ -301,6 +311,7 @@ impl Observation {
             output: Some(output.into()),
             values,
             timed_out: false,
+            detail: None,
         }
     }
 
@@ -316,7 +327,14 @@ impl Observation {
             output: Some(output.into()),
             values,
             timed_out: false,
+            detail: None,
         }
+    }
+
+    /// The same, with the raw error behind it, for the log only (it must
+    /// hold no secret: kinds pass error chains that name no credentials).
+    pub fn with_detail(self, detail: impl Into<String>) -> Self {
+        Observation { detail: Some(detail.into()), ..self }
     }
 
     /// An attempt cut at its deadline: `timed out after N ms`.

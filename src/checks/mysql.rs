@@ -116,7 +116,6 @@ impl KindSettings for MysqlSettings {
 }
 
 struct MysqlCheck {
-    name: String,
     pool: Pool,
     query: String,
     timeout: Duration,
@@ -159,13 +158,12 @@ impl MysqlCheck {
         // Spawns nothing yet: the pool's recycler starts with the first
         // attempt, on the monitor's runtime.
         let pool = Pool::new(opts);
-        Ok(MysqlCheck { name: name.to_string(), pool, query: settings.query.clone(), timeout })
+        Ok(MysqlCheck { pool, query: settings.query.clone(), timeout })
     }
 
     fn failed(&self, error: &mysql_async::Error) -> Observation {
         // mysql_async errors never include the URL or the password.
-        tracing::warn!(check = %self.name, error = %error_chain(error), "mysql check failed");
-        Observation::fail(mysql_category(error))
+        Observation::fail(mysql_category(error)).with_detail(error_chain(error))
     }
 
     fn connections(&self) -> Option<f64> {

@@ -161,8 +161,7 @@ impl NatsCheck {
 
     fn failed(&self, category: String, error: &(dyn std::error::Error + 'static)) -> Observation {
         // async-nats errors name the server at most, never the credentials.
-        tracing::warn!(check = %self.name, error = %error_chain(error), "nats check failed");
-        Observation::fail(category)
+        Observation::fail(category).with_detail(error_chain(error))
     }
 
     async fn stream_messages(&self, client: &Client, stream: &str) -> Result<u64, Observation> {

@@ -117,7 +117,6 @@ fn split_sslmode(dsn: &str) -> (String, Option<VerifyMode>) {
 }
 
 struct PostgresCheck {
-    name: String,
     pool: Pool,
     query: String,
     timeout: Duration,
@@ -148,13 +147,12 @@ impl PostgresCheck {
             .create_timeout(Some(timeout))
             .recycle_timeout(Some(timeout))
             .build()?;
-        Ok(PostgresCheck { name: name.to_string(), pool, query: settings.query.clone(), timeout })
+        Ok(PostgresCheck { pool, query: settings.query.clone(), timeout })
     }
 
     fn failed(&self, category: String, error: &(dyn std::error::Error + 'static)) -> Observation {
         // tokio-postgres errors never include the connection string.
-        tracing::warn!(check = %self.name, error = %error_chain(error), "postgres check failed");
-        Observation::fail(category)
+        Observation::fail(category).with_detail(error_chain(error))
     }
 }
 

@@ -72,7 +72,6 @@ impl KindSettings for RedisSettings {
         let client = Client::open(self.url.expose())
             .map_err(|_| anyhow::anyhow!("check {name}: invalid Redis URL"))?;
         Ok(Arc::new(RedisCheck {
-            name: name.to_string(),
             client,
             expect_role: self.expect_role,
             timeout: policy.timeout,
@@ -82,7 +81,6 @@ impl KindSettings for RedisSettings {
 }
 
 struct RedisCheck {
-    name: String,
     client: Client,
     expect_role: Option<Role>,
     timeout: Duration,
@@ -122,11 +120,12 @@ impl RedisCheck {
 
     fn failed(&self, error: &RedisError) -> Observation {
         // Redis errors never carry the URL or the password.
-        tracing::warn!(check = %self.name, error = %error_chain(error), "redis check failed");
-        if error.is_timeout() {
-            return Observation::timed_out(self.timeout);
-        }
-        Observation::fail(redis_category(error))
+        let observation = if error.is_timeout() {
+            Observation::timed_out(self.timeout)
+        } else {
+            Observation::fail(redis_category(error))
+        };
+        observation.with_detail(error_chain(error))
     }
 }
 

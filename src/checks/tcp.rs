@@ -37,19 +37,18 @@ fn parse(input: &mut KindInput<'_>) -> Option<Arc<dyn KindSettings>> {
 }
 
 impl KindSettings for TcpSettings {
-    fn build(&self, name: &str, _policy: &Policy) -> anyhow::Result<Arc<dyn Check>> {
-        Ok(Arc::new(TcpCheck::new(name, &self.address)))
+    fn build(&self, _name: &str, _policy: &Policy) -> anyhow::Result<Arc<dyn Check>> {
+        Ok(Arc::new(TcpCheck::new(&self.address)))
     }
 }
 
 struct TcpCheck {
-    name: String,
     address: String,
 }
 
 impl TcpCheck {
-    fn new(name: &str, address: &str) -> Self {
-        TcpCheck { name: name.to_string(), address: address.to_string() }
+    fn new(address: &str) -> Self {
+        TcpCheck { address: address.to_string() }
     }
 }
 
@@ -67,10 +66,7 @@ impl Check for TcpCheck {
             let started = Instant::now();
             match TcpStream::connect(&self.address).await {
                 Ok(_) => Observation::pass(vec![elapsed_ms(started)]),
-                Err(error) => {
-                    tracing::warn!(check = %self.name, %error, "tcp connect failed");
-                    Observation::fail(io_category(&error))
-                }
+                Err(error) => Observation::fail(io_category(&error)).with_detail(error.to_string()),
             }
         })
     }

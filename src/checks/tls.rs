@@ -107,12 +107,11 @@ fn parse(input: &mut KindInput<'_>) -> Option<Arc<dyn KindSettings>> {
 }
 
 impl KindSettings for TlsSettings {
-    fn build(&self, name: &str, _policy: &Policy) -> anyhow::Result<Arc<dyn Check>> {
+    fn build(&self, _name: &str, _policy: &Policy) -> anyhow::Result<Arc<dyn Check>> {
         let provider = Arc::new(ring::default_provider());
         let roots = crate::checks::util::trust::roots(self.ca_file.as_deref())?;
         let verifier = Verifier::new(Verify::Full, roots, &provider)?;
         Ok(Arc::new(TlsCheck {
-            name: name.to_string(),
             address: self.address.clone(),
             server_name: self.server_name.clone(),
             provider,
@@ -124,7 +123,6 @@ impl KindSettings for TlsSettings {
 }
 
 struct TlsCheck {
-    name: String,
     address: String,
     server_name: ServerName<'static>,
     provider: Arc<CryptoProvider>,
@@ -164,7 +162,7 @@ impl TlsCheck {
 
     /// A handshake that failed: what the verifier saw says more than the error.
     fn failed(&self, error: &std::io::Error, seen: &Seen) -> Observation {
-        tracing::warn!(check = %self.name, error = %error_chain(error), "tls handshake failed");
+        let detail = error_chain(error);
         let days = seen.leaf.as_ref().and_then(|leaf| days_remaining(leaf, SystemTime::now()));
         let values = vec![days];
         match &seen.error {
@@ -182,6 +180,7 @@ impl TlsCheck {
             ),
             None => Observation::fail(io_category(error)),
         }
+        .with_detail(detail)
     }
 }
 
@@ -209,15 +208,15 @@ impl Check for TlsCheck {
             let connector = match self.connector(&seen) {
                 Ok(connector) => connector,
                 Err(error) => {
-                    tracing::warn!(check = %self.name, %error, "tls client config failed");
-                    return Observation::fail("TLS: client configuration failed");
+                    let detail = format!("{error:#}");
+                    return Observation::fail("TLS: client configuration failed")
+                        .with_detail(detail);
                 }
             };
             let stream = match TcpStream::connect(&self.address).await {
                 Ok(stream) => stream,
                 Err(error) => {
-                    tracing::warn!(check = %self.name, %error, "tls check: connect failed");
-                    return Observation::fail(io_category(&error));
+                    return Observation::fail(io_category(&error)).with_detail(error.to_string());
                 }
             };
             let handshake = connector.connect(self.server_name.clone(), stream).await;
@@ -285,7 +284,6 @@ mod tests {
         let provider = Arc::new(ring::default_provider());
         let roots = crate::checks::util::trust::roots(None).unwrap();
         TlsCheck {
-            name: "cert".into(),
             address: "127.0.0.1:443".into(),
             server_name: ServerName::try_from("localhost").unwrap(),
             verifier: Verifier::new(Verify::Full, roots, &provider).unwrap(),

@@ -503,6 +503,7 @@ impl Effective<'_> {
             affected_endpoints: Vec::new(),
             critical: Some(state.critical),
             consecutive_failures: Some(state.consecutive_failures),
+            flapping: state.log.flapping.then_some(true),
         };
         Some((format!("{}:{}", state.name, measurement), result))
     }
@@ -541,6 +542,7 @@ mod tests {
             consecutive_failures: 0,
             consecutive_successes: 0,
             counters: Counters::default(),
+            log: Default::default(),
             history: crate::engine::history::SharedHistory::new(120),
         }
     }

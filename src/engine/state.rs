@@ -30,6 +30,8 @@ pub struct CheckState {
     pub consecutive_failures: u32,
     pub consecutive_successes: u32,
     pub counters: Counters,
+    /// What the log has been told of this check.
+    pub log: LogMemory,
     /// The last runs; shared, not copied, with every snapshot.
     pub history: SharedHistory,
 }
@@ -98,6 +100,7 @@ impl CheckState {
             consecutive_failures: 0,
             consecutive_successes: 0,
             counters: Counters::default(),
+            log: LogMemory::default(),
             history: SharedHistory::new(settings.policy.history),
         }
     }
@@ -120,11 +123,9 @@ impl CheckState {
             self.consecutive_successes,
             &self.policy,
         );
-        if previous != Some(status) {
-            let from = previous.map_or("none".to_string(), |previous| previous.to_string());
-            let output = run.observation.output.as_deref().unwrap_or("");
-            tracing::info!(check = %self.name, %from, to = %status, output, "check status changed");
-        }
+        let output = run.observation.output.as_deref();
+        let line = self.log.judge(previous, status, output, Instant::now());
+        log_run(&self.name, line, previous, status, &run.observation);
         let observed_at = Utc::now();
         self.history.with(|history| {
             let value = run.observation.values.first().copied().flatten();
@@ -138,6 +139,135 @@ impl CheckState {
             observed_instant: Instant::now(),
             duration: run.duration,
         });
+    }
+}
+
+/// A check that changed status more than this many times in its last
+/// `FLAP_WINDOW` runs is flapping: its changes are no longer logged one by
+/// one (as Nagios' flap detection, counted in runs rather than minutes so
+/// that it means the same at every interval).
+pub const FLAP_START: u32 = 6;
+/// It has settled when its last `FLAP_WINDOW` runs hold at most this many changes.
+pub const FLAP_STOP: u32 = 2;
+/// The runs flapping is judged over.
+pub const FLAP_WINDOW: u32 = 20;
+/// A check that keeps failing the same way is summed up in one line at
+/// most this often; the runs between are logged at DEBUG.
+pub const REPEAT_SUMMARY_EVERY: Duration = Duration::from_secs(600);
+
+/// What the log has been told of one check, so that it hears of changes
+/// (status, output, flapping) and a summary of repeats, not every run.
+#[derive(Debug, Clone, Default)]
+pub struct LogMemory {
+    /// Which of the last `FLAP_WINDOW` runs changed the status (bit 0: the latest).
+    changes: u32,
+    /// Whether the check is flapping now (shown in `/health` and `/metrics`).
+    pub flapping: bool,
+    /// The output the log last heard for the current status.
+    logged_output: Option<String>,
+    /// Runs alike since the log last heard of the check.
+    repeats: u64,
+    /// When the log last heard of it.
+    logged_at: Option<Instant>,
+}
+
+/// What one run is worth telling the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLine {
+    /// The status changed (or the first reading is not a pass).
+    Changed,
+    /// Still failing or warning, but for another reason.
+    OutputChanged,
+    /// The same as before: only at DEBUG.
+    Repeat,
+    /// The same as before for `REPEAT_SUMMARY_EVERY`: one line with the count.
+    StillTheSame { runs: u64 },
+    /// It started flapping: one line, then its changes go to DEBUG.
+    StartedFlapping { changes: u32 },
+    /// It settled.
+    StoppedFlapping,
+}
+
+impl LogMemory {
+    /// Takes a run in (its status after thresholds and output) and says
+    /// what the log should hear of it.
+    pub fn judge(
+        &mut self,
+        previous: Option<HealthStatus>,
+        status: HealthStatus,
+        output: Option<&str>,
+        now: Instant,
+    ) -> LogLine {
+        let changed = previous.is_some_and(|previous| previous != status);
+        let window = (1u32 << FLAP_WINDOW) - 1;
+        self.changes = ((self.changes << 1) | u32::from(changed)) & window;
+        let recent = self.changes.count_ones();
+        let line = if !self.flapping && recent >= FLAP_START {
+            self.flapping = true;
+            LogLine::StartedFlapping { changes: recent }
+        } else if self.flapping && recent <= FLAP_STOP {
+            self.flapping = false;
+            LogLine::StoppedFlapping
+        } else if self.flapping {
+            LogLine::Repeat
+        } else if changed || (previous.is_none() && status != HealthStatus::Pass) {
+            LogLine::Changed
+        } else if status != HealthStatus::Pass && output != self.logged_output.as_deref() {
+            LogLine::OutputChanged
+        } else if status != HealthStatus::Pass
+            && self.logged_at.is_some_and(|at| now.duration_since(at) >= REPEAT_SUMMARY_EVERY)
+        {
+            LogLine::StillTheSame { runs: self.repeats + 1 }
+        } else {
+            self.repeats += 1;
+            return LogLine::Repeat;
+        };
+        self.logged_output = output.map(str::to_string);
+        self.logged_at = Some(now);
+        self.repeats = 0;
+        line
+    }
+}
+
+/// Writes what `line` says of a run: WARN when a check turns `warn` or
+/// `fail` or starts flapping, INFO when it recovers or settles, DEBUG for
+/// repeats. The raw error (`detail`) goes with the line, never to a caller.
+fn log_run(
+    check: &str,
+    line: LogLine,
+    previous: Option<HealthStatus>,
+    status: HealthStatus,
+    observation: &Observation,
+) {
+    let output = observation.output.as_deref().unwrap_or("");
+    let detail = observation.detail.as_deref().unwrap_or("");
+    let from = previous.map_or("none".to_string(), |previous| previous.to_string());
+    match line {
+        LogLine::Changed if status == HealthStatus::Pass => {
+            tracing::info!(check, %from, to = %status, "check recovered")
+        }
+        LogLine::Changed => {
+            tracing::warn!(check, %from, to = %status, output, detail, "check status changed")
+        }
+        LogLine::OutputChanged => {
+            tracing::warn!(check, status = %status, output, detail, "check output changed")
+        }
+        LogLine::StillTheSame { runs } => {
+            tracing::info!(check, status = %status, output, runs, "check still the same since the last line")
+        }
+        LogLine::StartedFlapping { changes } => tracing::warn!(
+            check,
+            status = %status,
+            changes,
+            runs = FLAP_WINDOW,
+            "check is flapping: its changes are logged at DEBUG until it settles"
+        ),
+        LogLine::StoppedFlapping => {
+            tracing::info!(check, status = %status, output, "check stopped flapping")
+        }
+        LogLine::Repeat => {
+            tracing::debug!(check, %from, status = %status, output, detail, "check run")
+        }
     }
 }
 
@@ -214,5 +344,67 @@ mod tests {
         counters.record(&run);
         assert_eq!(counters.duration_buckets[..4], [0, 0, 0, 0]);
         assert!(counters.duration_buckets[4..].iter().all(|count| *count == 1));
+    }
+
+    #[test]
+    fn the_log_hears_of_a_change_once_and_of_repeats_in_a_summary() {
+        let mut log = LogMemory::default();
+        let start = Instant::now();
+        let at = |seconds: u64| start + Duration::from_secs(seconds);
+        assert_eq!(log.judge(None, Pass, None, at(0)), LogLine::Repeat);
+        assert_eq!(
+            log.judge(Some(Pass), Fail, Some("connection refused"), at(1)),
+            LogLine::Changed
+        );
+        for second in 2..100 {
+            assert_eq!(
+                log.judge(Some(Fail), Fail, Some("connection refused"), at(second)),
+                LogLine::Repeat
+            );
+        }
+        assert_eq!(
+            log.judge(Some(Fail), Fail, Some("timed out after 2000 ms"), at(100)),
+            LogLine::OutputChanged
+        );
+        assert_eq!(
+            log.judge(Some(Fail), Fail, Some("timed out after 2000 ms"), at(101)),
+            LogLine::Repeat
+        );
+        let summary = log.judge(Some(Fail), Fail, Some("timed out after 2000 ms"), at(700));
+        assert_eq!(summary, LogLine::StillTheSame { runs: 2 });
+        assert_eq!(log.judge(Some(Fail), Pass, None, at(701)), LogLine::Changed);
+        assert_eq!(log.judge(Some(Pass), Pass, None, at(2000)), LogLine::Repeat);
+    }
+
+    #[test]
+    fn a_failing_first_reading_is_a_change_and_a_passing_one_is_not() {
+        let now = Instant::now();
+        assert_eq!(LogMemory::default().judge(None, Fail, Some("HTTP 500"), now), LogLine::Changed);
+        assert_eq!(LogMemory::default().judge(None, Warn, Some("low"), now), LogLine::Changed);
+        assert_eq!(LogMemory::default().judge(None, Pass, None, now), LogLine::Repeat);
+    }
+
+    #[test]
+    fn flapping_is_one_line_when_it_starts_and_one_when_it_settles() {
+        let mut log = LogMemory::default();
+        let now = Instant::now();
+        let mut previous = Pass;
+        log.judge(None, Pass, None, now);
+        let mut lines = Vec::new();
+        // Up and down every run for 30 runs, then steady for 30.
+        for run in 0..60 {
+            let status = if run < 30 && run % 2 == 0 { Fail } else { Pass };
+            let output = (status == Fail).then_some("connection refused");
+            lines.push(log.judge(Some(previous), status, output, now));
+            previous = status;
+        }
+        let changes = lines.iter().filter(|line| **line == LogLine::Changed).count();
+        assert_eq!(changes, FLAP_START as usize - 1, "{lines:?}");
+        assert_eq!(
+            lines.iter().filter(|line| matches!(line, LogLine::StartedFlapping { .. })).count(),
+            1
+        );
+        assert_eq!(lines.iter().filter(|line| **line == LogLine::StoppedFlapping).count(), 1);
+        assert!(!log.flapping);
     }
 }

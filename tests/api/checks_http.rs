@@ -521,3 +521,43 @@ fn base64(bytes: &[u8]) -> String {
     }
     text
 }
+
+#[tokio::test]
+async fn a_flapping_dependency_is_logged_once_as_flapping_and_shown_until_it_settles() {
+    // Arrange: a dependency that answers 200 and 500 in turn, checked
+    // every 100 ms with no thresholds: every run changes the status.
+    let upstream = Upstream::start(Behaviour::Alternate(200, 500)).await;
+    let name = unique("flappy");
+    let key = format!("{name}:responseTime");
+    let app = spawn_app(&config(&format!(
+        "[[checks]]\nname = \"{name}\"\nkind = \"http\"\nurl = \"{}\"\ninterval = \"100ms\"\ntimeout = \"80ms\"\nretries = 0\n",
+        upstream.url()
+    )))
+    .await;
+    let flapping = |answer: &crate::support::app::Answer| {
+        answer.check(&key).is_some_and(|check| check["flapping"] == true)
+    };
+
+    // Act + Assert: it is shown as flapping, in /health and /metrics.
+    app.wait_for("/health", None, DEADLINE, flapping).await;
+    let series = format!("healthd_check_flapping{{check=\"{name}\",kind=\"http\"}} 1");
+    app.wait_for("/metrics", None, DEADLINE, |answer| answer.text.contains(&series)).await;
+
+    // Once steady, it settles and the field is gone.
+    upstream.set(Behaviour::Status(200));
+    app.wait_for("/health", None, DEADLINE, |answer| {
+        answer.check(&key).is_some_and(|check| check.get("flapping").is_none())
+            && shows(answer, &key, "pass", None)
+    })
+    .await;
+
+    // The log heard of its changes until it flapped, once that it did,
+    // once that it settled: not of every change.
+    let logs = crate::support::app::captured_logs();
+    let lines: Vec<&str> = logs.lines().filter(|line| line.contains(&name)).collect();
+    let count = |text: &str| lines.iter().filter(|line| line.contains(text)).count();
+    assert_eq!(count("check is flapping"), 1, "{lines:#?}");
+    assert_eq!(count("check stopped flapping"), 1, "{lines:#?}");
+    let changes = count("check status changed") + count("check recovered");
+    assert!(changes < 6, "{changes} changes logged one by one:\n{lines:#?}");
+}
