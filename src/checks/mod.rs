@@ -44,6 +44,7 @@ macro_rules! registry {
 #[cfg(feature = "amqp")]
 mod amqp;
 mod disk;
+mod file;
 #[cfg(feature = "grpc")]
 mod grpc;
 mod http;
@@ -58,7 +59,7 @@ mod tcp;
 mod tls;
 
 registry! {
-    built_in: [disk, http, postgres, tcp, tls],
+    built_in: [disk, file, http, postgres, tcp, tls],
     with_feature: [mysql = "mysql", redis = "redis", amqp = "amqp", nats = "nats", grpc = "grpc"],
 }
 
@@ -160,7 +161,13 @@ impl<'a> KindInput<'a> {
             Ok(fields) => Some(fields),
             Err(error) => {
                 let path = error.path().to_string();
-                let reason = error.into_inner().to_string();
+                let mut reason = error.into_inner().to_string();
+                // toml adds a line naming the key (`in `warn_below``), which
+                // the problem's key already says.
+                if let Some(end) = reason.find("\nin `") {
+                    reason.truncate(end);
+                }
+                let reason = reason.trim_end().to_string();
                 if path == "." {
                     self.report(reason);
                 } else {

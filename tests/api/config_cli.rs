@@ -291,3 +291,36 @@ fn the_new_kinds_name_the_key_that_is_wrong() {
         assert_rejected(&format!("new-kind-{index}.toml"), &one_check(kind, keys), key, reason);
     }
 }
+
+/// The host kinds' mistakes, each named by file, key and reason.
+#[test]
+fn the_host_kinds_name_the_key_that_is_wrong() {
+    let cases = [
+        ("file", "max_age = \"1h\"", "checks[0].path", "is required for kind \"file\""),
+        ("file", "path = \"backup.tar\"", "checks[0].path", "is relative"),
+        ("file", "path = \"/x\"\nmax_age = \"a day\"", "checks[0].max_age", "invalid duration"),
+        (
+            "file",
+            "path = \"/x\"\nwarn_age = \"2h\"\nmax_age = \"1h\"",
+            "checks[0].warn_age",
+            "2h is not below max_age = 1h",
+        ),
+        ("file", "path = \"/x\"\nmin_size = \"10 parsecs\"", "checks[0].min_size", "invalid size"),
+        (
+            "file",
+            "path = \"/x\"\nmin_size = \"2KB\"\nmax_size = 100",
+            "checks[0].min_size",
+            "2000 bytes is above max_size = 100 bytes",
+        ),
+        ("file", "path = \"/x\"\nmaxage = \"1h\"", "checks[0].maxage", "unknown field `maxage`"),
+    ];
+    for (index, (kind, keys, key, reason)) in cases.iter().enumerate() {
+        let text = format!("[[checks]]\nname = \"c\"\nkind = \"{kind}\"\n{keys}\n");
+        let name = format!("host-kind-{index}.toml");
+        assert_rejected(&name, &text, key, reason);
+        // One line per problem, nothing else.
+        let (_, stderr, path) = check_config(&name, &text);
+        let prefix = format!("{}: ", path.display());
+        assert!(stderr.lines().all(|line| line.starts_with(&prefix)), "{stderr}");
+    }
+}

@@ -1,6 +1,7 @@
 //! The issue's "done when": one config with a check of each of the broker,
 //! gRPC and certificate kinds (amqp, nats, grpc, tls, and http over TLS for
-//! its daysRemaining) against real servers passes `healthd check-config`,
+//! its daysRemaining) and of the host kinds (file) against real servers and
+//! files passes `healthd check-config`,
 //! and the binary run from it reports every check `pass` at `/health` to a
 //! caller with a token; the credentials of each never reach its output.
 
@@ -33,6 +34,9 @@ async fn a_config_with_every_new_kind_loads_and_reports_every_check_pass_with_a_
     let tls = TlsListener::start(&certs.valid()).await;
     let ca = certs.ca_path().display().to_string();
     let nats_token = nats.token().unwrap().to_string();
+    // The host kinds' peers: a file written just now.
+    let backup = std::env::temp_dir().join(unique("healthd-every-kind-backup-"));
+    std::fs::write(&backup, b"nightly").unwrap();
     let config = format!(
         r#"
 [server]
@@ -79,7 +83,15 @@ name = "https"
 kind = "http"
 url = "https://127.0.0.1:{tls_port}/"
 ca_file = "{ca}"
+
+[[checks]]
+name = "backup"
+kind = "file"
+path = "{backup}"
+max_age = "26h"
+min_size = 1
 "#,
+        backup = backup.display(),
         nats_url = nats.url(),
         tls_address = tls.address(),
         tls_port = tls.port(),
@@ -118,6 +130,8 @@ ca_file = "{ca}"
         "certificate:daysRemaining",
         "https:responseTime",
         "https:daysRemaining",
+        "backup:age",
+        "backup:size",
     ];
     let answer = loop {
         let answer =
@@ -144,4 +158,5 @@ ca_file = "{ca}"
         assert!(!everything.contains(secret), "{secret:?} is in a body or the log:\n{everything}");
     }
     grpc_task.abort();
+    let _ = std::fs::remove_file(&backup);
 }
