@@ -44,6 +44,7 @@ macro_rules! registry {
 #[cfg(feature = "amqp")]
 mod amqp;
 mod disk;
+mod exec;
 mod file;
 #[cfg(feature = "grpc")]
 mod grpc;
@@ -59,7 +60,7 @@ mod tcp;
 mod tls;
 
 registry! {
-    built_in: [disk, file, http, postgres, tcp, tls],
+    built_in: [disk, exec, file, http, postgres, tcp, tls],
     with_feature: [mysql = "mysql", redis = "redis", amqp = "amqp", nats = "nats", grpc = "grpc"],
 }
 

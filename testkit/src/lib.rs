@@ -5,6 +5,7 @@
 //! as another user, free ports, freezing, temp dirs, cleanup) is `process`.
 
 pub mod certs;
+pub mod debian;
 pub mod mariadb;
 pub mod nats;
 pub mod postgres;

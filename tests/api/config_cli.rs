@@ -313,6 +313,40 @@ fn the_host_kinds_name_the_key_that_is_wrong() {
             "2000 bytes is above max_size = 100 bytes",
         ),
         ("file", "path = \"/x\"\nmaxage = \"1h\"", "checks[0].maxage", "unknown field `maxage`"),
+        ("exec", "env = []", "checks[0].command", "is required for kind \"exec\""),
+        ("exec", "command = []", "checks[0].command", "is empty"),
+        ("exec", "command = [\"check_load\"]", "checks[0].command", "is not an absolute path"),
+        (
+            "exec",
+            "command = [\"/no/such/plugin\"]",
+            "checks[0].command",
+            "/no/such/plugin: no such file",
+        ),
+        ("exec", "command = [\"/etc/passwd\"]", "checks[0].command", "not an executable file"),
+        (
+            "exec",
+            "command = [\"/bin/true\"]\nenv = [\"HEALTHD_NO_SUCH_VAR\"]",
+            "checks[0].env",
+            "environment variable HEALTHD_NO_SUCH_VAR is not set",
+        ),
+        (
+            "exec",
+            "command = [\"/bin/true\"]\nperfdata = [\"a=b\"]",
+            "checks[0].perfdata[0]",
+            "\"a=b\" is not a perfdata label",
+        ),
+        (
+            "exec",
+            "command = [\"/bin/true\"]\nperfdata = [\"t\", { label = \"t\", units = \"s\" }]",
+            "checks[0].perfdata[1]",
+            "unknown key `units`, expected `label` or `unit`",
+        ),
+        (
+            "exec",
+            "command = [\"/bin/true\"]\nperfdata = [\"t\", \"t\"]",
+            "checks[0].perfdata[1]",
+            "\"t\" is listed twice",
+        ),
     ];
     for (index, (kind, keys, key, reason)) in cases.iter().enumerate() {
         let text = format!("[[checks]]\nname = \"c\"\nkind = \"{kind}\"\n{keys}\n");

@@ -1,6 +1,6 @@
 //! The issue's "done when": one config with a check of each of the broker,
 //! gRPC and certificate kinds (amqp, nats, grpc, tls, and http over TLS for
-//! its daysRemaining) and of the host kinds (file) against real servers and
+//! its daysRemaining) and of the host kinds (file, exec) against real servers and
 //! files passes `healthd check-config`,
 //! and the binary run from it reports every check `pass` at `/health` to a
 //! caller with a token; the credentials of each never reach its output.
@@ -37,6 +37,10 @@ async fn a_config_with_every_new_kind_loads_and_reports_every_check_pass_with_a_
     // The host kinds' peers: a file written just now.
     let backup = std::env::temp_dir().join(unique("healthd-every-kind-backup-"));
     std::fs::write(&backup, b"nightly").unwrap();
+    let check_tcp = healthd_testkit::debian::require_package(
+        "/usr/lib/nagios/plugins/check_tcp",
+        "monitoring-plugins-basic",
+    );
     let config = format!(
         r#"
 [server]
@@ -90,7 +94,14 @@ kind = "file"
 path = "{backup}"
 max_age = "26h"
 min_size = 1
+
+[[checks]]
+name = "plugin"
+kind = "exec"
+command = ["{check_tcp}", "-H", "127.0.0.1", "-p", "{tls_port}"]
+perfdata = [{{ label = "time", unit = "ms" }}]
 "#,
+        check_tcp = check_tcp.display(),
         backup = backup.display(),
         nats_url = nats.url(),
         tls_address = tls.address(),
@@ -132,6 +143,8 @@ min_size = 1
         "https:daysRemaining",
         "backup:age",
         "backup:size",
+        "plugin:time",
+        "plugin:responseTime",
     ];
     let answer = loop {
         let answer =

@@ -5,6 +5,7 @@ mod bad_input;
 mod behind_proxy;
 #[cfg(feature = "amqp")]
 mod checks_amqp;
+mod checks_exec;
 mod checks_file;
 #[cfg(feature = "grpc")]
 mod checks_grpc;
