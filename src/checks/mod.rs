@@ -44,6 +44,8 @@ macro_rules! registry {
 #[cfg(feature = "amqp")]
 mod amqp;
 mod disk;
+#[cfg(feature = "dns")]
+mod dns;
 mod exec;
 mod file;
 #[cfg(feature = "grpc")]
@@ -61,7 +63,7 @@ mod tls;
 
 registry! {
     built_in: [disk, exec, file, http, postgres, tcp, tls],
-    with_feature: [mysql = "mysql", redis = "redis", amqp = "amqp", nats = "nats", grpc = "grpc"],
+    with_feature: [mysql = "mysql", redis = "redis", amqp = "amqp", nats = "nats", grpc = "grpc", dns = "dns"],
 }
 
 /// Every kind healthd knows, including those built without their feature.

@@ -6,6 +6,7 @@
 
 pub mod certs;
 pub mod debian;
+pub mod dnsmasq;
 pub mod mariadb;
 pub mod nats;
 pub mod postgres;

@@ -347,6 +347,52 @@ fn the_host_kinds_name_the_key_that_is_wrong() {
             "checks[0].perfdata[1]",
             "\"t\" is listed twice",
         ),
+        #[cfg(feature = "dns")]
+        ("dns", "servers = [\"127.0.0.1\"]", "checks[0].query", "is required for kind \"dns\""),
+        #[cfg(feature = "dns")]
+        ("dns", "query = \"a..b\"", "checks[0].query", "\"a..b\" is not a domain name"),
+        #[cfg(feature = "dns")]
+        (
+            "dns",
+            "query = \"a.test\"\nrecord_type = \"AAAAA\"",
+            "checks[0].record_type",
+            "unknown record type \"AAAAA\"",
+        ),
+        #[cfg(feature = "dns")]
+        (
+            "dns",
+            "query = \"a.test\"\nservers = [\"dns.internal\"]",
+            "checks[0].servers",
+            "\"dns.internal\" is not IP or IP:PORT",
+        ),
+        #[cfg(feature = "dns")]
+        (
+            "dns",
+            "query = \"a.test\"\nprotocol = \"quic\"",
+            "checks[0].protocol",
+            "expected \"udp\" or \"tcp\"",
+        ),
+        #[cfg(feature = "dns")]
+        (
+            "dns",
+            "query = \"a.test\"\nexpect_regex = \"(\"",
+            "checks[0].expect_regex",
+            "invalid regular expression",
+        ),
+        #[cfg(feature = "dns")]
+        (
+            "dns",
+            "query = \"a.test\"\nexpect_rcode = \"GONE\"",
+            "checks[0].expect_rcode",
+            "unknown response code \"GONE\"",
+        ),
+        #[cfg(feature = "dns")]
+        (
+            "dns",
+            "query = \"a.test\"\nexpect_rcode = \"NXDOMAIN\"\nexpect_contains = [\"10.0.0.1\"]",
+            "checks[0].expect_rcode",
+            "NXDOMAIN has no answers to hold",
+        ),
     ];
     for (index, (kind, keys, key, reason)) in cases.iter().enumerate() {
         let text = format!("[[checks]]\nname = \"c\"\nkind = \"{kind}\"\n{keys}\n");

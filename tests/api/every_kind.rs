@@ -1,6 +1,6 @@
 //! The issue's "done when": one config with a check of each of the broker,
 //! gRPC and certificate kinds (amqp, nats, grpc, tls, and http over TLS for
-//! its daysRemaining) and of the host kinds (file, exec) against real servers and
+//! its daysRemaining) and of the host kinds (file, exec, dns) against real servers and
 //! files passes `healthd check-config`,
 //! and the binary run from it reports every check `pass` at `/health` to a
 //! caller with a token; the credentials of each never reach its output.
@@ -37,6 +37,7 @@ async fn a_config_with_every_new_kind_loads_and_reports_every_check_pass_with_a_
     // The host kinds' peers: a file written just now.
     let backup = std::env::temp_dir().join(unique("healthd-every-kind-backup-"));
     std::fs::write(&backup, b"nightly").unwrap();
+    let dns = healthd_testkit::dnsmasq::TestDnsmasq::start("10.0.0.1 orders.test\n", "").await;
     let check_tcp = healthd_testkit::debian::require_package(
         "/usr/lib/nagios/plugins/check_tcp",
         "monitoring-plugins-basic",
@@ -100,7 +101,15 @@ name = "plugin"
 kind = "exec"
 command = ["{check_tcp}", "-H", "127.0.0.1", "-p", "{tls_port}"]
 perfdata = [{{ label = "time", unit = "ms" }}]
+
+[[checks]]
+name = "orders-dns"
+kind = "dns"
+query = "orders.test"
+servers = ["{dns_server}"]
+expect_exact = ["10.0.0.1"]
 "#,
+        dns_server = dns.address(),
         check_tcp = check_tcp.display(),
         backup = backup.display(),
         nats_url = nats.url(),
@@ -145,6 +154,8 @@ perfdata = [{{ label = "time", unit = "ms" }}]
         "backup:size",
         "plugin:time",
         "plugin:responseTime",
+        "orders-dns:responseTime",
+        "orders-dns:answers",
     ];
     let answer = loop {
         let answer =

@@ -5,6 +5,8 @@ mod bad_input;
 mod behind_proxy;
 #[cfg(feature = "amqp")]
 mod checks_amqp;
+#[cfg(feature = "dns")]
+mod checks_dns;
 mod checks_exec;
 mod checks_file;
 #[cfg(feature = "grpc")]
@@ -22,7 +24,7 @@ mod config_cli;
 mod contract;
 mod embedded;
 mod endpoints;
-#[cfg(all(feature = "amqp", feature = "nats", feature = "grpc"))]
+#[cfg(all(feature = "amqp", feature = "nats", feature = "grpc", feature = "dns"))]
 mod every_kind;
 mod helpers;
 mod history;
