@@ -51,6 +51,8 @@ mod file;
 #[cfg(feature = "grpc")]
 mod grpc;
 mod http;
+#[cfg(feature = "mqtt")]
+mod mqtt;
 #[cfg(feature = "mysql")]
 mod mysql;
 #[cfg(feature = "nats")]
@@ -63,7 +65,7 @@ mod tls;
 
 registry! {
     built_in: [disk, exec, file, http, postgres, tcp, tls],
-    with_feature: [mysql = "mysql", redis = "redis", amqp = "amqp", nats = "nats", grpc = "grpc", dns = "dns"],
+    with_feature: [mysql = "mysql", redis = "redis", amqp = "amqp", nats = "nats", grpc = "grpc", dns = "dns", mqtt = "mqtt"],
 }
 
 /// Every kind healthd knows, including those built without their feature.

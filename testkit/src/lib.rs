@@ -8,6 +8,7 @@ pub mod certs;
 pub mod debian;
 pub mod dnsmasq;
 pub mod mariadb;
+pub mod mosquitto;
 pub mod nats;
 pub mod postgres;
 mod process;

@@ -393,6 +393,42 @@ fn the_host_kinds_name_the_key_that_is_wrong() {
             "checks[0].expect_rcode",
             "NXDOMAIN has no answers to hold",
         ),
+        #[cfg(feature = "mqtt")]
+        ("mqtt", "topic = \"a\"", "checks[0].url", "is required for kind \"mqtt\""),
+        #[cfg(feature = "mqtt")]
+        (
+            "mqtt",
+            "url = \"tcp://127.0.0.1:1883\"",
+            "checks[0].url",
+            "not an mqtt:// or mqtts:// URL",
+        ),
+        #[cfg(feature = "mqtt")]
+        ("mqtt", "url = \"mqtt://user:secret@127.0.0.1\"", "checks[0].url", "holds credentials"),
+        #[cfg(feature = "mqtt")]
+        ("mqtt", "url = \"mqtt://127.0.0.1:99999\"", "checks[0].url", "expected mqtt://HOST:PORT"),
+        #[cfg(feature = "mqtt")]
+        (
+            "mqtt",
+            "url = \"mqtt://127.0.0.1\"\npassword_env = \"P\"",
+            "checks[0].password_env",
+            "needs username_env",
+        ),
+        #[cfg(feature = "mqtt")]
+        (
+            "mqtt",
+            "url = \"mqtt://127.0.0.1\"\nusername_env = \"HEALTHD_NO_SUCH_VAR\"",
+            "checks[0].username_env",
+            "environment variable HEALTHD_NO_SUCH_VAR is not set",
+        ),
+        #[cfg(feature = "mqtt")]
+        (
+            "mqtt",
+            "url = \"mqtt://127.0.0.1\"\nca_file = \"/etc/hostname\"",
+            "checks[0].ca_file",
+            "needs an mqtts:// url",
+        ),
+        #[cfg(feature = "mqtt")]
+        ("mqtt", "url = \"mqtt://127.0.0.1\"\ntopic = \"a/#\"", "checks[0].topic", "no wildcards"),
     ];
     for (index, (kind, keys, key, reason)) in cases.iter().enumerate() {
         let text = format!("[[checks]]\nname = \"c\"\nkind = \"{kind}\"\n{keys}\n");

@@ -1,6 +1,6 @@
 //! The issue's "done when": one config with a check of each of the broker,
 //! gRPC and certificate kinds (amqp, nats, grpc, tls, and http over TLS for
-//! its daysRemaining) and of the host kinds (file, exec, dns) against real servers and
+//! its daysRemaining) and of the host kinds (file, exec, dns, mqtt) against real servers and
 //! files passes `healthd check-config`,
 //! and the binary run from it reports every check `pass` at `/health` to a
 //! caller with a token; the credentials of each never reach its output.
@@ -38,6 +38,7 @@ async fn a_config_with_every_new_kind_loads_and_reports_every_check_pass_with_a_
     let backup = std::env::temp_dir().join(unique("healthd-every-kind-backup-"));
     std::fs::write(&backup, b"nightly").unwrap();
     let dns = healthd_testkit::dnsmasq::TestDnsmasq::start("10.0.0.1 orders.test\n", "").await;
+    let broker = healthd_testkit::mosquitto::TestMosquitto::start().await;
     let check_tcp = healthd_testkit::debian::require_package(
         "/usr/lib/nagios/plugins/check_tcp",
         "monitoring-plugins-basic",
@@ -108,7 +109,16 @@ kind = "dns"
 query = "orders.test"
 servers = ["{dns_server}"]
 expect_exact = ["10.0.0.1"]
+
+[[checks]]
+name = "broker"
+kind = "mqtt"
+url = "{mqtt_url}"
+username_env = "MQTT_USER"
+password_env = "MQTT_PASSWORD"
+topic = "healthd/every-kind"
 "#,
+        mqtt_url = broker.url(),
         dns_server = dns.address(),
         check_tcp = check_tcp.display(),
         backup = backup.display(),
@@ -122,6 +132,8 @@ expect_exact = ["10.0.0.1"]
         ("HEALTHD_OPS_TOKEN", OPS_TOKEN),
         ("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"),
         ("NATS_TOKEN", nats_token.as_str()),
+        ("MQTT_USER", healthd_testkit::mosquitto::USER),
+        ("MQTT_PASSWORD", broker.password()),
     ];
 
     // Act 1: check-config.
@@ -156,6 +168,7 @@ expect_exact = ["10.0.0.1"]
         "plugin:responseTime",
         "orders-dns:responseTime",
         "orders-dns:answers",
+        "broker:responseTime",
     ];
     let answer = loop {
         let answer =
@@ -178,7 +191,9 @@ expect_exact = ["10.0.0.1"]
     let anonymous = send(client.get(format!("{}/health", binary.base()))).await;
     assert!(anonymous.json.get("checks").is_none(), "details need the token");
     let everything = format!("{}\n{}\n{}", answer.text, binary.stdout(), binary.stderr());
-    for secret in [nats_token.as_str(), OPS_TOKEN, &format!("guest:{rabbitmq_password}")] {
+    for secret in
+        [nats_token.as_str(), OPS_TOKEN, broker.password(), &format!("guest:{rabbitmq_password}")]
+    {
         assert!(!everything.contains(secret), "{secret:?} is in a body or the log:\n{everything}");
     }
     grpc_task.abort();

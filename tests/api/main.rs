@@ -12,6 +12,8 @@ mod checks_file;
 #[cfg(feature = "grpc")]
 mod checks_grpc;
 mod checks_http;
+#[cfg(feature = "mqtt")]
+mod checks_mqtt;
 mod checks_mysql;
 #[cfg(feature = "nats")]
 mod checks_nats;
@@ -24,7 +26,13 @@ mod config_cli;
 mod contract;
 mod embedded;
 mod endpoints;
-#[cfg(all(feature = "amqp", feature = "nats", feature = "grpc", feature = "dns"))]
+#[cfg(all(
+    feature = "amqp",
+    feature = "nats",
+    feature = "grpc",
+    feature = "dns",
+    feature = "mqtt"
+))]
 mod every_kind;
 mod helpers;
 mod history;
