@@ -51,6 +51,8 @@ mod file;
 #[cfg(feature = "grpc")]
 mod grpc;
 mod http;
+#[cfg(feature = "icmp")]
+mod icmp;
 #[cfg(feature = "mqtt")]
 mod mqtt;
 #[cfg(feature = "mysql")]
@@ -65,7 +67,7 @@ mod tls;
 
 registry! {
     built_in: [disk, exec, file, http, postgres, tcp, tls],
-    with_feature: [mysql = "mysql", redis = "redis", amqp = "amqp", nats = "nats", grpc = "grpc", dns = "dns", mqtt = "mqtt"],
+    with_feature: [mysql = "mysql", redis = "redis", amqp = "amqp", nats = "nats", grpc = "grpc", dns = "dns", mqtt = "mqtt", icmp = "icmp"],
 }
 
 /// Every kind healthd knows, including those built without their feature.

@@ -429,6 +429,33 @@ fn the_host_kinds_name_the_key_that_is_wrong() {
         ),
         #[cfg(feature = "mqtt")]
         ("mqtt", "url = \"mqtt://127.0.0.1\"\ntopic = \"a/#\"", "checks[0].topic", "no wildcards"),
+        #[cfg(feature = "icmp")]
+        ("icmp", "count = 3", "checks[0].address", "is required for kind \"icmp\""),
+        #[cfg(feature = "icmp")]
+        ("icmp", "address = \"gateway.internal\"", "checks[0].address", "is not an IP address"),
+        #[cfg(feature = "icmp")]
+        ("icmp", "address = \"127.0.0.1\"\ncount = 0", "checks[0].count", "0: from 1 to 100"),
+        #[cfg(feature = "icmp")]
+        (
+            "icmp",
+            "address = \"127.0.0.1\"\ncount = 20\nping_interval = \"100ms\"",
+            "checks[0].count",
+            "20 requests 100 ms apart take 1900 ms to send, more than half of timeout (2000 ms)",
+        ),
+        #[cfg(feature = "icmp")]
+        (
+            "icmp",
+            "address = \"127.0.0.1\"\nwarn_loss = \"50%\"\nfail_loss = \"10%\"",
+            "checks[0].warn_loss",
+            "50% is above fail_loss = 10%",
+        ),
+        #[cfg(feature = "icmp")]
+        (
+            "icmp",
+            "address = \"127.0.0.1\"\nwarn_rtt = \"fast\"",
+            "checks[0].warn_rtt",
+            "invalid duration \"fast\"",
+        ),
     ];
     for (index, (kind, keys, key, reason)) in cases.iter().enumerate() {
         let text = format!("[[checks]]\nname = \"c\"\nkind = \"{kind}\"\n{keys}\n");

@@ -1,6 +1,6 @@
 //! The issue's "done when": one config with a check of each of the broker,
 //! gRPC and certificate kinds (amqp, nats, grpc, tls, and http over TLS for
-//! its daysRemaining) and of the host kinds (file, exec, dns, mqtt) against real servers and
+//! its daysRemaining) and of the host kinds (file, exec, dns, mqtt, icmp) against real servers and
 //! files passes `healthd check-config`,
 //! and the binary run from it reports every check `pass` at `/health` to a
 //! caller with a token; the credentials of each never reach its output.
@@ -117,6 +117,12 @@ url = "{mqtt_url}"
 username_env = "MQTT_USER"
 password_env = "MQTT_PASSWORD"
 topic = "healthd/every-kind"
+
+[[checks]]
+name = "loopback"
+kind = "icmp"
+address = "127.0.0.1"
+ping_interval = "50ms"
 "#,
         mqtt_url = broker.url(),
         dns_server = dns.address(),
@@ -169,6 +175,8 @@ topic = "healthd/every-kind"
         "orders-dns:responseTime",
         "orders-dns:answers",
         "broker:responseTime",
+        "loopback:roundTripTime",
+        "loopback:packetLoss",
     ];
     let answer = loop {
         let answer =

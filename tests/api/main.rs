@@ -12,6 +12,8 @@ mod checks_file;
 #[cfg(feature = "grpc")]
 mod checks_grpc;
 mod checks_http;
+#[cfg(feature = "icmp")]
+mod checks_icmp;
 #[cfg(feature = "mqtt")]
 mod checks_mqtt;
 mod checks_mysql;
@@ -31,7 +33,8 @@ mod endpoints;
     feature = "nats",
     feature = "grpc",
     feature = "dns",
-    feature = "mqtt"
+    feature = "mqtt",
+    feature = "icmp"
 ))]
 mod every_kind;
 mod helpers;
