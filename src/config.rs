@@ -456,9 +456,19 @@ fn parse_raw(text: &str) -> Result<RawSettings, Problem> {
         let key = error.path().to_string();
         Problem {
             key: if key == "." { "(top level)".into() } else { key },
-            reason: error.into_inner().to_string(),
+            reason: serde_reason(error.into_inner()),
         }
     })
+}
+
+/// A serde error as a problem's reason: toml appends a line naming the key
+/// (`in `timeout``), which the problem's key already says.
+pub fn serde_reason(error: impl fmt::Display) -> String {
+    let mut reason = error.to_string();
+    if let Some(end) = reason.find("\nin `") {
+        reason.truncate(end);
+    }
+    reason.trim_end().to_string()
 }
 
 // What the file holds, before validation. Every struct denies unknown keys so
@@ -794,7 +804,7 @@ fn check_settings(
         Ok(check) => check,
         Err(error) => {
             let path = error.path().to_string();
-            report(if path == "." { "" } else { &path }, error.into_inner().to_string());
+            report(if path == "." { "" } else { &path }, serde_reason(error.into_inner()));
             return None;
         }
     };

@@ -1,4 +1,4 @@
-//! `kind = "dns"`: a query for one name and record type, against the
+//! `kind = "dns"`: a query for one domain name and record type, against the
 //! servers given (or the system's, from `/etc/resolv.conf`), with hickory's
 //! stub resolver; the answers may be held to what is expected.
 //!
@@ -32,7 +32,7 @@ use crate::config::Policy;
 pub const KIND: Kind = Kind::new(
     "dns",
     &[
-        "query",
+        "domain",
         "record_type",
         "servers",
         "protocol",
@@ -47,7 +47,7 @@ pub const KIND: Kind = Kind::new(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct DnsFields {
-    query: Option<String>,
+    domain: Option<String>,
     record_type: Option<String>,
     servers: Option<Vec<String>>,
     protocol: Option<String>,
@@ -99,10 +99,10 @@ fn rcode_name(code: u16) -> String {
 
 fn parse(input: &mut KindInput<'_>) -> Option<Arc<dyn KindSettings>> {
     let fields: DnsFields = input.fields()?;
-    let query = input.required("query", fields.query)?;
+    let query = input.required("domain", fields.domain)?;
     let absolute = if query.ends_with('.') { query.clone() } else { format!("{query}.") };
     if hickory_resolver::proto::rr::Name::from_str(&absolute).is_err() || query.is_empty() {
-        input.report_at("query", format!("{query:?} is not a domain name"));
+        input.report_at("domain", format!("{query:?} is not a domain name"));
         return None;
     }
     let type_text = fields.record_type.unwrap_or_else(|| "A".into());

@@ -168,13 +168,7 @@ impl<'a> KindInput<'a> {
             Ok(fields) => Some(fields),
             Err(error) => {
                 let path = error.path().to_string();
-                let mut reason = error.into_inner().to_string();
-                // toml adds a line naming the key (`in `warn_below``), which
-                // the problem's key already says.
-                if let Some(end) = reason.find("\nin `") {
-                    reason.truncate(end);
-                }
-                let reason = reason.trim_end().to_string();
+                let reason = crate::config::serde_reason(error.into_inner());
                 if path == "." {
                     self.report(reason);
                 } else {

@@ -41,7 +41,7 @@ async fn a_name_that_resolves_to_the_expected_answers_passes_with_its_time_and_c
     let dns = TestDnsmasq::start(HOSTS, "").await;
     let app = spawn_app(&orders_check(
         &dns.address(),
-        "query = \"orders.test\"\nexpect_exact = [\"10.0.0.2\", \"10.0.0.1\"]",
+        "domain = \"orders.test\"\nexpect_exact = [\"10.0.0.2\", \"10.0.0.1\"]",
     ))
     .await;
 
@@ -66,7 +66,7 @@ async fn answers_that_change_fail_the_expectation_and_pass_again_once_restored()
     let dns = TestDnsmasq::start(HOSTS, "").await;
     let app = spawn_app(&orders_check(
         &dns.address(),
-        "query = \"orders.test\"\nexpect_contains = [\"10.0.0.2\"]",
+        "domain = \"orders.test\"\nexpect_contains = [\"10.0.0.2\"]",
     ))
     .await;
     wait_shows(&app, RT, "pass", None).await;
@@ -87,7 +87,7 @@ async fn answers_that_change_fail_the_expectation_and_pass_again_once_restored()
 async fn a_txt_record_is_held_to_a_regex_and_a_wrong_answer_says_so() {
     // Arrange
     let dns = TestDnsmasq::start("", "txt-record=orders.test,\"v=spf1 -all\"\n").await;
-    let txt = "query = \"orders.test\"\nrecord_type = \"TXT\"\nexpect_regex =";
+    let txt = "domain = \"orders.test\"\nrecord_type = \"TXT\"\nexpect_regex =";
     let checks = dns_check("orders", &dns.address(), &format!("{txt} \"^v=spf1 \""))
         + &dns_check("wrong", &dns.address(), &format!("{txt} \"^v=DKIM1\""));
     let app = spawn_app(&config(&checks)).await;
@@ -108,11 +108,11 @@ async fn a_txt_record_is_held_to_a_regex_and_a_wrong_answer_says_so() {
 async fn nxdomain_fails_unless_it_is_the_expected_rcode() {
     // Arrange
     let dns = TestDnsmasq::start(HOSTS, "").await;
-    let checks = dns_check("orders", &dns.address(), "query = \"gone.test\"")
+    let checks = dns_check("orders", &dns.address(), "domain = \"gone.test\"")
         + &dns_check(
             "retired",
             &dns.address(),
-            "query = \"gone.test\"\nexpect_rcode = \"NXDOMAIN\"",
+            "domain = \"gone.test\"\nexpect_rcode = \"NXDOMAIN\"",
         );
     let app = spawn_app(&config(&checks)).await;
 
@@ -133,7 +133,7 @@ async fn nxdomain_fails_unless_it_is_the_expected_rcode() {
 async fn a_name_outside_the_servers_zone_is_refused() {
     // Arrange: no upstream, so dnsmasq refuses what it is not local for.
     let dns = TestDnsmasq::start(HOSTS, "").await;
-    let app = spawn_app(&orders_check(&dns.address(), "query = \"example.com\"")).await;
+    let app = spawn_app(&orders_check(&dns.address(), "domain = \"example.com\"")).await;
 
     // Act
     let answer = wait_shows(&app, RT, "fail", Some("REFUSED")).await;
@@ -147,7 +147,7 @@ async fn a_killed_server_fails_and_a_restarted_one_passes_again() {
     // Arrange: over TCP, where a dead server is a connection refused (hickory says only that none could be made).
     let dns = TestDnsmasq::start(HOSTS, "").await;
     let app =
-        spawn_app(&orders_check(&dns.address(), "query = \"orders.test\"\nprotocol = \"tcp\""))
+        spawn_app(&orders_check(&dns.address(), "domain = \"orders.test\"\nprotocol = \"tcp\""))
             .await;
     wait_shows(&app, RT, "pass", None).await;
 
@@ -167,7 +167,7 @@ async fn a_killed_server_fails_and_a_restarted_one_passes_again() {
 async fn a_frozen_server_times_out_at_the_deadline_and_recovers_when_thawed() {
     // Arrange: over UDP, where a silent server is only a missing answer.
     let dns = TestDnsmasq::start(HOSTS, "").await;
-    let app = spawn_app(&orders_check(&dns.address(), "query = \"orders.test\"")).await;
+    let app = spawn_app(&orders_check(&dns.address(), "domain = \"orders.test\"")).await;
     wait_shows(&app, RT, "pass", None).await;
 
     // Act

@@ -313,6 +313,13 @@ fn the_host_kinds_name_the_key_that_is_wrong() {
             "2000 bytes is above max_size = 100 bytes",
         ),
         ("file", "path = \"/x\"\nmaxage = \"1h\"", "checks[0].maxage", "unknown field `maxage`"),
+        // A common key, through the same one-line reasons.
+        (
+            "file",
+            "path = \"/x\"\ntimeout = \"later\"",
+            "checks[0].timeout",
+            "invalid duration \"later\"",
+        ),
         ("exec", "env = []", "checks[0].command", "is required for kind \"exec\""),
         ("exec", "command = []", "checks[0].command", "is empty"),
         ("exec", "command = [\"check_load\"]", "checks[0].command", "is not an absolute path"),
@@ -348,48 +355,48 @@ fn the_host_kinds_name_the_key_that_is_wrong() {
             "\"t\" is listed twice",
         ),
         #[cfg(feature = "dns")]
-        ("dns", "servers = [\"127.0.0.1\"]", "checks[0].query", "is required for kind \"dns\""),
+        ("dns", "servers = [\"127.0.0.1\"]", "checks[0].domain", "is required for kind \"dns\""),
         #[cfg(feature = "dns")]
-        ("dns", "query = \"a..b\"", "checks[0].query", "\"a..b\" is not a domain name"),
+        ("dns", "domain = \"a..b\"", "checks[0].domain", "\"a..b\" is not a domain name"),
         #[cfg(feature = "dns")]
         (
             "dns",
-            "query = \"a.test\"\nrecord_type = \"AAAAA\"",
+            "domain = \"a.test\"\nrecord_type = \"AAAAA\"",
             "checks[0].record_type",
             "unknown record type \"AAAAA\"",
         ),
         #[cfg(feature = "dns")]
         (
             "dns",
-            "query = \"a.test\"\nservers = [\"dns.internal\"]",
+            "domain = \"a.test\"\nservers = [\"dns.internal\"]",
             "checks[0].servers",
             "\"dns.internal\" is not IP or IP:PORT",
         ),
         #[cfg(feature = "dns")]
         (
             "dns",
-            "query = \"a.test\"\nprotocol = \"quic\"",
+            "domain = \"a.test\"\nprotocol = \"quic\"",
             "checks[0].protocol",
             "expected \"udp\" or \"tcp\"",
         ),
         #[cfg(feature = "dns")]
         (
             "dns",
-            "query = \"a.test\"\nexpect_regex = \"(\"",
+            "domain = \"a.test\"\nexpect_regex = \"(\"",
             "checks[0].expect_regex",
             "invalid regular expression",
         ),
         #[cfg(feature = "dns")]
         (
             "dns",
-            "query = \"a.test\"\nexpect_rcode = \"GONE\"",
+            "domain = \"a.test\"\nexpect_rcode = \"GONE\"",
             "checks[0].expect_rcode",
             "unknown response code \"GONE\"",
         ),
         #[cfg(feature = "dns")]
         (
             "dns",
-            "query = \"a.test\"\nexpect_rcode = \"NXDOMAIN\"\nexpect_contains = [\"10.0.0.1\"]",
+            "domain = \"a.test\"\nexpect_rcode = \"NXDOMAIN\"\nexpect_contains = [\"10.0.0.1\"]",
             "checks[0].expect_rcode",
             "NXDOMAIN has no answers to hold",
         ),

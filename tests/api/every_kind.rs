@@ -106,7 +106,7 @@ perfdata = [{{ label = "time", unit = "ms" }}]
 [[checks]]
 name = "orders-dns"
 kind = "dns"
-query = "orders.test"
+domain = "orders.test"
 servers = ["{dns_server}"]
 expect_exact = ["10.0.0.1"]
 
