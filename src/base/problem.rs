@@ -51,3 +51,13 @@ pub fn or_list(items: &[&str]) -> String {
         [rest @ .., last] => format!("{} or {last}", rest.join(", ")),
     }
 }
+
+/// A serde error as a problem's reason: toml appends a line naming the key
+/// (`in `timeout``), which the problem's key already says.
+pub fn serde_reason(error: impl fmt::Display) -> String {
+    let mut reason = error.to_string();
+    if let Some(end) = reason.find("\nin `") {
+        reason.truncate(end);
+    }
+    reason.trim_end().to_string()
+}

@@ -18,7 +18,7 @@ use healthd_models::{ComponentType, HealthStatus};
 use serde::de::DeserializeOwned;
 
 use crate::base::policy::Policy;
-use crate::base::problem::ConfigProblem;
+use crate::base::problem::{serde_reason, ConfigProblem};
 use crate::base::secret::{Environment, Secret};
 
 /// Declares the kinds: those always built, and those behind a cargo feature
@@ -50,9 +50,17 @@ pub mod util;
 #[cfg(feature = "amqp")]
 mod amqp;
 mod disk;
+#[cfg(feature = "dns")]
+mod dns;
+mod exec;
+mod file;
 #[cfg(feature = "grpc")]
 mod grpc;
 mod http;
+#[cfg(feature = "icmp")]
+mod icmp;
+#[cfg(feature = "mqtt")]
+mod mqtt;
 #[cfg(feature = "mysql")]
 mod mysql;
 #[cfg(feature = "nats")]
@@ -64,8 +72,8 @@ mod tcp;
 mod tls;
 
 registry! {
-    built_in: [disk, http, postgres, tcp, tls],
-    with_feature: [mysql = "mysql", redis = "redis", amqp = "amqp", nats = "nats", grpc = "grpc"],
+    built_in: [disk, exec, file, http, postgres, tcp, tls],
+    with_feature: [mysql = "mysql", redis = "redis", amqp = "amqp", nats = "nats", grpc = "grpc", dns = "dns", mqtt = "mqtt", icmp = "icmp"],
 }
 
 /// Every kind healthd knows, including those built without their feature.
@@ -166,7 +174,7 @@ impl<'a> KindInput<'a> {
             Ok(fields) => Some(fields),
             Err(error) => {
                 let path = error.path().to_string();
-                let reason = error.into_inner().to_string();
+                let reason = serde_reason(error.into_inner());
                 if path == "." {
                     self.report(reason);
                 } else {

@@ -4,7 +4,7 @@
 use serde::Deserialize;
 
 use crate::base::policy::RawPolicy;
-use crate::base::problem::ConfigProblem;
+use crate::base::problem::{serde_reason, ConfigProblem};
 use crate::base::units::DurationText;
 use crate::config::{Details, ForwardedHeader};
 
@@ -24,7 +24,7 @@ pub fn parse(text: &str) -> Result<RawSettings, ConfigProblem> {
         let key = error.path().to_string();
         ConfigProblem {
             key: if key == "." { "(top level)".into() } else { key },
-            reason: error.into_inner().to_string(),
+            reason: serde_reason(error.into_inner()),
         }
     })
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::base::name::{check_name_problem, duplicate_name};
 use crate::base::net::Cidr;
 use crate::base::policy::{Policy, RawPolicy, DEFAULT_POLICY, POLICY_KEYS};
-use crate::base::problem::{or_list, ConfigProblem};
+use crate::base::problem::{or_list, serde_reason, ConfigProblem};
 use crate::base::secret::{sha256, Environment};
 use crate::base::units::Prefix;
 use crate::checks::{self, KindInput};
@@ -228,7 +228,7 @@ fn read<T: serde::de::DeserializeOwned>(
     serde_path_to_error::deserialize(value)
         .map_err(|error| {
             let path = error.path().to_string();
-            report(if path == "." { "" } else { &path }, error.into_inner().to_string());
+            report(if path == "." { "" } else { &path }, serde_reason(error.into_inner()));
         })
         .ok()
 }

@@ -5,7 +5,10 @@
 //! as another user, free ports, freezing, temp dirs, cleanup) is `process`.
 
 pub mod certs;
+pub mod debian;
+pub mod dnsmasq;
 pub mod mariadb;
+pub mod mosquitto;
 pub mod nats;
 pub mod postgres;
 mod process;

@@ -291,3 +291,186 @@ fn the_new_kinds_name_the_key_that_is_wrong() {
         assert_rejected(&format!("new-kind-{index}.toml"), &one_check(kind, keys), key, reason);
     }
 }
+
+/// The host kinds' mistakes, each named by file, key and reason.
+#[test]
+fn the_host_kinds_name_the_key_that_is_wrong() {
+    let cases = [
+        ("file", "max_age = \"1h\"", "checks[0].path", "is required for kind \"file\""),
+        ("file", "path = \"backup.tar\"", "checks[0].path", "is relative"),
+        ("file", "path = \"/x\"\nmax_age = \"a day\"", "checks[0].max_age", "invalid duration"),
+        (
+            "file",
+            "path = \"/x\"\nwarn_age = \"2h\"\nmax_age = \"1h\"",
+            "checks[0].warn_age",
+            "2h is not below max_age = 1h",
+        ),
+        ("file", "path = \"/x\"\nmin_size = \"10 parsecs\"", "checks[0].min_size", "invalid size"),
+        (
+            "file",
+            "path = \"/x\"\nmin_size = \"2KB\"\nmax_size = 100",
+            "checks[0].min_size",
+            "2000 bytes is above max_size = 100 bytes",
+        ),
+        ("file", "path = \"/x\"\nmaxage = \"1h\"", "checks[0].maxage", "unknown field `maxage`"),
+        // A common key, through the same one-line reasons.
+        (
+            "file",
+            "path = \"/x\"\ntimeout = \"later\"",
+            "checks[0].timeout",
+            "invalid duration \"later\"",
+        ),
+        ("exec", "env = []", "checks[0].command", "is required for kind \"exec\""),
+        ("exec", "command = []", "checks[0].command", "is empty"),
+        ("exec", "command = [\"check_load\"]", "checks[0].command", "is not an absolute path"),
+        (
+            "exec",
+            "command = [\"/no/such/plugin\"]",
+            "checks[0].command",
+            "/no/such/plugin: no such file",
+        ),
+        ("exec", "command = [\"/etc/passwd\"]", "checks[0].command", "not an executable file"),
+        (
+            "exec",
+            "command = [\"/bin/true\"]\nenv = [\"HEALTHD_NO_SUCH_VAR\"]",
+            "checks[0].env",
+            "environment variable HEALTHD_NO_SUCH_VAR is not set",
+        ),
+        (
+            "exec",
+            "command = [\"/bin/true\"]\nperfdata = [\"a=b\"]",
+            "checks[0].perfdata[0]",
+            "\"a=b\" is not a perfdata label",
+        ),
+        (
+            "exec",
+            "command = [\"/bin/true\"]\nperfdata = [\"t\", { label = \"t\", units = \"s\" }]",
+            "checks[0].perfdata[1]",
+            "unknown key `units`, expected `label` or `unit`",
+        ),
+        (
+            "exec",
+            "command = [\"/bin/true\"]\nperfdata = [\"t\", \"t\"]",
+            "checks[0].perfdata[1]",
+            "\"t\" is listed twice",
+        ),
+        #[cfg(feature = "dns")]
+        ("dns", "servers = [\"127.0.0.1\"]", "checks[0].domain", "is required for kind \"dns\""),
+        #[cfg(feature = "dns")]
+        ("dns", "domain = \"a..b\"", "checks[0].domain", "\"a..b\" is not a domain name"),
+        #[cfg(feature = "dns")]
+        (
+            "dns",
+            "domain = \"a.test\"\nrecord_type = \"AAAAA\"",
+            "checks[0].record_type",
+            "unknown record type \"AAAAA\"",
+        ),
+        #[cfg(feature = "dns")]
+        (
+            "dns",
+            "domain = \"a.test\"\nservers = [\"dns.internal\"]",
+            "checks[0].servers",
+            "\"dns.internal\" is not IP or IP:PORT",
+        ),
+        #[cfg(feature = "dns")]
+        (
+            "dns",
+            "domain = \"a.test\"\nprotocol = \"quic\"",
+            "checks[0].protocol",
+            "expected \"udp\" or \"tcp\"",
+        ),
+        #[cfg(feature = "dns")]
+        (
+            "dns",
+            "domain = \"a.test\"\nexpect_regex = \"(\"",
+            "checks[0].expect_regex",
+            "invalid regular expression",
+        ),
+        #[cfg(feature = "dns")]
+        (
+            "dns",
+            "domain = \"a.test\"\nexpect_rcode = \"GONE\"",
+            "checks[0].expect_rcode",
+            "unknown response code \"GONE\"",
+        ),
+        #[cfg(feature = "dns")]
+        (
+            "dns",
+            "domain = \"a.test\"\nexpect_rcode = \"NXDOMAIN\"\nexpect_contains = [\"10.0.0.1\"]",
+            "checks[0].expect_rcode",
+            "NXDOMAIN has no answers to hold",
+        ),
+        #[cfg(feature = "mqtt")]
+        ("mqtt", "topic = \"a\"", "checks[0].url", "is required for kind \"mqtt\""),
+        #[cfg(feature = "mqtt")]
+        (
+            "mqtt",
+            "url = \"tcp://127.0.0.1:1883\"",
+            "checks[0].url",
+            "not an mqtt:// or mqtts:// URL",
+        ),
+        #[cfg(feature = "mqtt")]
+        ("mqtt", "url = \"mqtt://user:secret@127.0.0.1\"", "checks[0].url", "holds credentials"),
+        #[cfg(feature = "mqtt")]
+        ("mqtt", "url = \"mqtt://127.0.0.1:99999\"", "checks[0].url", "expected mqtt://HOST:PORT"),
+        #[cfg(feature = "mqtt")]
+        (
+            "mqtt",
+            "url = \"mqtt://127.0.0.1\"\npassword_env = \"P\"",
+            "checks[0].password_env",
+            "needs username_env",
+        ),
+        #[cfg(feature = "mqtt")]
+        (
+            "mqtt",
+            "url = \"mqtt://127.0.0.1\"\nusername_env = \"HEALTHD_NO_SUCH_VAR\"",
+            "checks[0].username_env",
+            "environment variable HEALTHD_NO_SUCH_VAR is not set",
+        ),
+        #[cfg(feature = "mqtt")]
+        (
+            "mqtt",
+            "url = \"mqtt://127.0.0.1\"\nca_file = \"/etc/hostname\"",
+            "checks[0].ca_file",
+            "needs an mqtts:// url",
+        ),
+        #[cfg(feature = "mqtt")]
+        ("mqtt", "url = \"mqtt://127.0.0.1\"\ntopic = \"a/#\"", "checks[0].topic", "no wildcards"),
+        #[cfg(feature = "icmp")]
+        ("icmp", "count = 3", "checks[0].address", "is required for kind \"icmp\""),
+        #[cfg(feature = "icmp")]
+        ("icmp", "address = \"gateway.internal\"", "checks[0].address", "is not an IP address"),
+        #[cfg(feature = "icmp")]
+        ("icmp", "address = \"127.0.0.1\"\ncount = 0", "checks[0].count", "0: from 1 to 100"),
+        #[cfg(feature = "icmp")]
+        (
+            "icmp",
+            "address = \"127.0.0.1\"\ncount = 20\nping_interval = \"100ms\"",
+            "checks[0].count",
+            "20 requests 100 ms apart take 1900 ms to send, more than half of timeout (2000 ms)",
+        ),
+        #[cfg(feature = "icmp")]
+        (
+            "icmp",
+            "address = \"127.0.0.1\"\nwarn_loss = \"50%\"\nfail_loss = \"10%\"",
+            "checks[0].warn_loss",
+            "50% is above fail_loss = 10%",
+        ),
+        #[cfg(feature = "icmp")]
+        (
+            "icmp",
+            "address = \"127.0.0.1\"\nwarn_rtt = \"fast\"",
+            "checks[0].warn_rtt",
+            "invalid duration \"fast\"",
+        ),
+    ];
+    for (index, (kind, keys, key, reason)) in cases.iter().enumerate() {
+        let text = format!("[[checks]]\nname = \"c\"\nkind = \"{kind}\"\n{keys}\n");
+        let name = format!("host-kind-{index}.toml");
+        assert_rejected(&name, &text, key, reason);
+        // One line per problem, nothing else.
+        let (_, stderr, path) = check_config(&name, &text);
+        let prefix = format!("{}: ", path.display());
+        assert!(stderr.lines().all(|line| line.starts_with(&prefix)), "{stderr}");
+    }
+}

@@ -1,6 +1,7 @@
 //! The issue's "done when": one config with a check of each of the broker,
 //! gRPC and certificate kinds (amqp, nats, grpc, tls, and http over TLS for
-//! its daysRemaining) against real servers passes `healthd check-config`,
+//! its daysRemaining) and of the host kinds (file, exec, dns, mqtt, icmp) against real servers and
+//! files passes `healthd check-config`,
 //! and the binary run from it reports every check `pass` at `/health` to a
 //! caller with a token; the credentials of each never reach its output.
 
@@ -33,6 +34,15 @@ async fn a_config_with_every_new_kind_loads_and_reports_every_check_pass_with_a_
     let tls = TlsListener::start(&certs.valid()).await;
     let ca = certs.ca_path().display().to_string();
     let nats_token = nats.token().unwrap().to_string();
+    // The host kinds' peers: a file written just now.
+    let backup = std::env::temp_dir().join(unique("healthd-every-kind-backup-"));
+    std::fs::write(&backup, b"nightly").unwrap();
+    let dns = healthd_testkit::dnsmasq::TestDnsmasq::start("10.0.0.1 orders.test\n", "").await;
+    let broker = healthd_testkit::mosquitto::TestMosquitto::start().await;
+    let check_tcp = healthd_testkit::debian::require_package(
+        "/usr/lib/nagios/plugins/check_tcp",
+        "monitoring-plugins-basic",
+    );
     let config = format!(
         r#"
 [server]
@@ -79,7 +89,45 @@ name = "https"
 kind = "http"
 url = "https://127.0.0.1:{tls_port}/"
 ca_file = "{ca}"
+
+[[checks]]
+name = "backup"
+kind = "file"
+path = "{backup}"
+max_age = "26h"
+min_size = 1
+
+[[checks]]
+name = "plugin"
+kind = "exec"
+command = ["{check_tcp}", "-H", "127.0.0.1", "-p", "{tls_port}"]
+perfdata = [{{ label = "time", unit = "ms" }}]
+
+[[checks]]
+name = "orders-dns"
+kind = "dns"
+domain = "orders.test"
+servers = ["{dns_server}"]
+expect_exact = ["10.0.0.1"]
+
+[[checks]]
+name = "broker"
+kind = "mqtt"
+url = "{mqtt_url}"
+username_env = "MQTT_USER"
+password_env = "MQTT_PASSWORD"
+topic = "healthd/every-kind"
+
+[[checks]]
+name = "loopback"
+kind = "icmp"
+address = "127.0.0.1"
+ping_interval = "50ms"
 "#,
+        mqtt_url = broker.url(),
+        dns_server = dns.address(),
+        check_tcp = check_tcp.display(),
+        backup = backup.display(),
         nats_url = nats.url(),
         tls_address = tls.address(),
         tls_port = tls.port(),
@@ -90,6 +138,8 @@ ca_file = "{ca}"
         ("HEALTHD_OPS_TOKEN", OPS_TOKEN),
         ("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"),
         ("NATS_TOKEN", nats_token.as_str()),
+        ("MQTT_USER", healthd_testkit::mosquitto::USER),
+        ("MQTT_PASSWORD", broker.password()),
     ];
 
     // Act 1: check-config.
@@ -118,6 +168,15 @@ ca_file = "{ca}"
         "certificate:daysRemaining",
         "https:responseTime",
         "https:daysRemaining",
+        "backup:age",
+        "backup:size",
+        "plugin:time",
+        "plugin:responseTime",
+        "orders-dns:responseTime",
+        "orders-dns:answers",
+        "broker:responseTime",
+        "loopback:roundTripTime",
+        "loopback:packetLoss",
     ];
     let answer = loop {
         let answer =
@@ -140,8 +199,11 @@ ca_file = "{ca}"
     let anonymous = send(client.get(format!("{}/health", binary.base()))).await;
     assert!(anonymous.json.get("checks").is_none(), "details need the token");
     let everything = format!("{}\n{}\n{}", answer.text, binary.stdout(), binary.stderr());
-    for secret in [nats_token.as_str(), OPS_TOKEN, &format!("guest:{rabbitmq_password}")] {
+    for secret in
+        [nats_token.as_str(), OPS_TOKEN, broker.password(), &format!("guest:{rabbitmq_password}")]
+    {
         assert!(!everything.contains(secret), "{secret:?} is in a body or the log:\n{everything}");
     }
     grpc_task.abort();
+    let _ = std::fs::remove_file(&backup);
 }

@@ -5,9 +5,17 @@ mod bad_input;
 mod behind_proxy;
 #[cfg(feature = "amqp")]
 mod checks_amqp;
+#[cfg(feature = "dns")]
+mod checks_dns;
+mod checks_exec;
+mod checks_file;
 #[cfg(feature = "grpc")]
 mod checks_grpc;
 mod checks_http;
+#[cfg(feature = "icmp")]
+mod checks_icmp;
+#[cfg(feature = "mqtt")]
+mod checks_mqtt;
 mod checks_mysql;
 #[cfg(feature = "nats")]
 mod checks_nats;
@@ -21,7 +29,14 @@ mod config_fuzz;
 mod contract;
 mod embedded;
 mod endpoints;
-#[cfg(all(feature = "amqp", feature = "nats", feature = "grpc"))]
+#[cfg(all(
+    feature = "amqp",
+    feature = "nats",
+    feature = "grpc",
+    feature = "dns",
+    feature = "mqtt",
+    feature = "icmp"
+))]
 mod every_kind;
 mod history;
 mod lifecycle;

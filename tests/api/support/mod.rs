@@ -11,4 +11,6 @@ pub mod datastore;
 #[cfg(feature = "nats")]
 pub use healthd_testkit::nats;
 pub use healthd_testkit::{mariadb, postgres, redis};
+#[cfg(feature = "icmp")]
+pub mod netns;
 pub mod upstream;
