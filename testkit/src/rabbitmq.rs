@@ -11,8 +11,8 @@
 //! Erlang cookie of its own. AMQP listens on a free port on 127.0.0.1, Erlang
 //! distribution on another one (a new one each start: only epmd needs to
 //! know it). It waits until a real AMQP 0-9-1 handshake with its credentials
-//! works (about 3 to 10 s: an Erlang VM boots, and a fresh node creates its
-//! database). A test can kill it (connections refused), freeze it (SIGSTOP:
+//! works (about 2 to 5 s on two busy cores: an Erlang VM boots, and a fresh
+//! node creates its database; a restart about 2 to 3 s). A test can kill it (connections refused), freeze it (SIGSTOP:
 //! connections accepted, no `Connection.Start`), thaw it, and restart it on
 //! the same port and data dir (what the node had not yet written out when it
 //! was killed, such as a queue declared a moment before, may be lost, as
