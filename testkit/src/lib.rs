@@ -1,6 +1,6 @@
 //! Real dependencies for healthd's integration tests and `cargo xtask
-//! bench`: throwaway PostgreSQL (plain or over TLS), Redis, MariaDB and NATS
-//! servers a test can kill, freeze and restart, certificates minted by the
+//! bench`: throwaway PostgreSQL (plain or over TLS), Redis, MariaDB, NATS and
+//! RabbitMQ servers a test can kill, freeze and restart, certificates minted by the
 //! test and a TLS listener that serves them. What the servers share (running
 //! as another user, free ports, freezing, temp dirs, cleanup) is `process`.
 
@@ -12,4 +12,5 @@ pub mod mosquitto;
 pub mod nats;
 pub mod postgres;
 mod process;
+pub mod rabbitmq;
 pub mod redis;

@@ -21,9 +21,10 @@
 //!   worker or blocking-pool thread, which can end first). The signal is
 //!   cleared when a process changes its own uid, so servers must not drop
 //!   privileges themselves (no `--user` as root): we spawn them as the user.
-//! - Freezing stops the server process and then every process whose parent
-//!   it is (from /proc): PostgreSQL's backends call `setsid()`, so a
-//!   process-group signal would miss them. While frozen, a small guard shell
+//! - Freezing stops the server process and then every process it descends
+//!   to (children, grandchildren, from /proc): PostgreSQL's backends call
+//!   `setsid()`, so a process-group signal would miss them; an Erlang VM's
+//!   port programs are grandchildren. Killing takes the same tree. While frozen, a small guard shell
 //!   SIGKILLs the stopped processes if the test process dies, since a stopped
 //!   process cannot act on its parent-death signal.
 //! - A data dir that takes seconds to install (`initdb`, `mariadb-install-db`)
@@ -231,7 +232,7 @@ impl<F: Flavor> Server<F> {
         }
     }
 
-    /// SIGSTOPs the server, then every process whose parent it is, and waits
+    /// SIGSTOPs the server, then every process it descends to, and waits
     /// until all are stopped. The kernel still accepts TCP connections, but
     /// nothing answers. Panics if the server is not running; a no-op if it is
     /// already frozen.
@@ -254,15 +255,8 @@ impl<F: Flavor> Server<F> {
         if let Err(e) = server.wait_stopped(deadline) {
             panic!("freeze(): {e}");
         }
-        let children = children_of(pid);
-        for child in &children {
-            child.signal(libc::SIGSTOP);
-        }
-        state.frozen.extend(children.iter().copied());
-        for child in &children {
-            if let Err(e) = child.wait_stopped(deadline) {
-                panic!("freeze(): {e}");
-            }
+        if let Err(e) = stop_descendants(pid, &mut state.frozen, deadline) {
+            panic!("freeze(): {e}");
         }
         state.freeze_guard = spawn_freeze_guard(&state.frozen);
     }
@@ -367,8 +361,8 @@ impl<F: Flavor> Drop for Server<F> {
     }
 }
 
-/// Kills the server and its children, reaps it, and waits until the children
-/// are gone too (an orphaned PostgreSQL backend would keep the shared memory
+/// Kills the server and its descendants, reaps it, and waits until they are
+/// gone too (an orphaned PostgreSQL backend would keep the shared memory
 /// and block a restart). A no-op if not running.
 fn stop_locked(state: &mut State) -> Result<(), String> {
     dismiss_freeze_guard(state);
@@ -382,14 +376,10 @@ fn stop_locked(state: &mut State) -> Result<(), String> {
     let running = child.try_wait().map_err(|e| format!("checking on PID {pid}: {e}"))?;
     if running.is_none() {
         if let Some(me) = Proc::of(pid) {
-            // Stopped, it forks nothing between the listing and the kill.
+            // Stopped, the tree forks nothing between the listing and the kill.
             me.signal(libc::SIGSTOP);
             me.wait_stopped(deadline)?;
-            for p in children_of(pid) {
-                if !doomed.contains(&p) {
-                    doomed.push(p);
-                }
-            }
+            stop_descendants(pid, &mut doomed, deadline)?;
         }
         // SAFETY: `pid` is our unreaped child, so it cannot have been reused.
         unsafe { libc::kill(pid, libc::SIGKILL) };
@@ -707,8 +697,34 @@ impl Proc {
     }
 }
 
-/// Live processes whose parent is `ppid`.
-fn children_of(ppid: i32) -> Vec<Proc> {
+/// SIGSTOPs every live descendant of the stopped process `root` (children,
+/// their children, ...) that `stopped` does not hold yet, adds them to it
+/// (parents before children) and waits until they are stopped. Level by
+/// level: a process is listed only once its parent is stopped, so nothing
+/// forks a child the listing misses. An Erlang VM's port programs are its
+/// grandchildren, under `erl_child_setup`.
+fn stop_descendants(root: i32, stopped: &mut Vec<Proc>, deadline: Instant) -> Result<(), String> {
+    let mut parents = vec![root];
+    while !parents.is_empty() {
+        let level: Vec<Proc> =
+            children_of(&parents).into_iter().filter(|p| p.pid != root).collect();
+        let fresh: Vec<Proc> = level.iter().filter(|p| !stopped.contains(p)).copied().collect();
+        for p in &fresh {
+            p.signal(libc::SIGSTOP);
+        }
+        // Recorded before the wait, so that a failed wait still thaws them.
+        stopped.extend(fresh.iter().copied());
+        for p in &fresh {
+            p.wait_stopped(deadline)?;
+        }
+        // Already stopped ones too: their children may not be.
+        parents = level.iter().map(|p| p.pid).collect();
+    }
+    Ok(())
+}
+
+/// Live processes whose parent is one of `parents`.
+fn children_of(parents: &[i32]) -> Vec<Proc> {
     let Ok(entries) = fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -716,7 +732,7 @@ fn children_of(ppid: i32) -> Vec<Proc> {
         .filter_map(|entry| {
             let pid: i32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
             let stat = read_stat(pid)?;
-            (stat.ppid == ppid && stat.state != 'Z')
+            (parents.contains(&stat.ppid) && stat.state != 'Z')
                 .then_some(Proc { pid, start_time: stat.start_time })
         })
         .collect()
@@ -799,7 +815,7 @@ impl Template {
     }
 }
 
-fn remove_at_exit(path: &Path) {
+pub(crate) fn remove_at_exit(path: &Path) {
     static DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
     static REGISTERED: std::sync::Once = std::sync::Once::new();
     extern "C" fn remove_all() {

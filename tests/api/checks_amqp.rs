@@ -1,10 +1,16 @@
-//! `kind = "amqp"` against the machine's RabbitMQ on 127.0.0.1:5672
-//! (guest/guest, never stopped or reconfigured): a connection, a queue the
-//! test declares (with a unique name, deleted at the end even when the test
-//! fails, and set to expire on its own should the process die), a queue that
+//! `kind = "amqp"` against a throwaway RabbitMQ node (healthd-testkit's
+//! `TestRabbitmq`, its own user and random password on a free port): a
+//! connection, a queue the test declares (with a unique name, deleted at the
+//! end even when the test fails, and set to expire on its own), a queue that
 //! does not exist, a wrong password; and against a closed port, a listener
 //! that never answers, and a proxy the test cuts to prove the kept
 //! connection is made again. Every state is waited for with a deadline.
+//!
+//! One node serves every test of this binary (`TestRabbitmq::shared()`,
+//! `every_kind` too): a node takes seconds to start (an Erlang VM and a fresh
+//! database) and a hundred MB or more, on cores the suite already fills,
+//! and none of these tests stops or freezes the broker (the proxy is what is
+//! cut), while unique queue names keep them apart.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -21,11 +27,15 @@ use crate::support::app::{spawn_app_with_env, Answer, TestApp};
 use crate::support::checks::{
     assert_no_secret, config, every_body, is_unavailable, shows, unique, DEADLINE,
 };
+use crate::support::rabbitmq::TestRabbitmq;
 use crate::support::upstream::{refused_address, Silent};
 
 const BROKER: &str = "broker:responseTime";
-/// The machine's RabbitMQ, as every session and CI has it.
-const RABBITMQ: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// The broker every test of this binary shares (see the module docs).
+async fn rabbitmq() -> &'static TestRabbitmq {
+    TestRabbitmq::shared().await
+}
 
 /// One amqp check named `broker` reading its URL from `BROKER_URL`.
 fn broker_check(extra: &str) -> String {
@@ -51,20 +61,22 @@ async fn wait_shows(app: &TestApp, wanted: &str, wanted_output: Option<&str>) ->
     app.wait_for("/health", None, DEADLINE, |a| shows(a, BROKER, wanted, wanted_output)).await
 }
 
-/// A queue of the machine's RabbitMQ with a unique name, deleted on drop.
-/// It also expires by itself a minute after its last use, so not even a
-/// killed test process leaves it behind.
+/// A queue of the shared broker with a unique name, deleted on drop. It
+/// also expires by itself a minute after its last use.
 struct TestQueue {
     name: String,
+    /// The broker's URL with its credentials, for the delete.
+    url: String,
 }
 
 impl TestQueue {
     /// Declares the queue and publishes `messages` messages to it.
     async fn declare(messages: usize) -> TestQueue {
         let name = unique("healthd-test-");
-        let connection = Connection::connect(RABBITMQ, ConnectionProperties::default())
+        let url = rabbitmq().await.url_with_credentials();
+        let connection = Connection::connect(&url, ConnectionProperties::default())
             .await
-            .expect("the machine's RabbitMQ on 127.0.0.1:5672 answers");
+            .expect("the test RabbitMQ answers");
         let channel = connection.create_channel().await.expect("a channel");
         let mut arguments = FieldTable::default();
         arguments.insert("x-expires".into(), AMQPValue::LongUInt(60_000));
@@ -72,7 +84,7 @@ impl TestQueue {
             .queue_declare(name.as_str().into(), QueueDeclareOptions::default(), arguments)
             .await
             .expect("declaring the test queue");
-        let queue = TestQueue { name };
+        let queue = TestQueue { name, url };
         for _ in 0..messages {
             channel
                 .basic_publish(
@@ -96,12 +108,11 @@ impl Drop for TestQueue {
     fn drop(&mut self) {
         // Drop cannot await: delete from a runtime of its own, on a thread of
         // its own, so that this works inside the test's runtime too.
-        let name = self.name.clone();
+        let (name, url) = (self.name.clone(), self.url.clone());
         let deleted = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             runtime.block_on(async {
-                let connection =
-                    Connection::connect(RABBITMQ, ConnectionProperties::default()).await?;
+                let connection = Connection::connect(&url, ConnectionProperties::default()).await?;
                 let channel = connection.create_channel().await?;
                 channel.queue_delete(name.as_str().into(), QueueDeleteOptions::default()).await?;
                 connection.close(200, "OK".into()).await?;
@@ -121,6 +132,7 @@ impl Drop for TestQueue {
 #[tokio::test]
 async fn a_reachable_broker_passes_and_a_queue_reports_its_messages_and_consumers() {
     // Arrange
+    let rabbitmq = rabbitmq().await;
     let queue = TestQueue::declare(3).await;
     let checks = format!(
         r#"
@@ -145,7 +157,7 @@ retries = 0
     );
 
     // Act
-    let app = spawn_with_url(&config(&checks), RABBITMQ).await;
+    let app = spawn_with_url(&config(&checks), &rabbitmq.url_with_credentials()).await;
 
     // Assert
     let answer = app
@@ -164,7 +176,11 @@ retries = 0
     let consumers = answer.check("orders:consumers").expect("a consumers reading");
     assert_eq!(consumers["observedValue"], 0.0);
     assert_eq!(consumers["observedUnit"], "consumers");
-    assert_no_secret(&every_body(&app, &["broker", "orders"]).await, &["guest:guest"], "pass");
+    assert_no_secret(
+        &every_body(&app, &["broker", "orders"]).await,
+        &[rabbitmq.password()],
+        "pass",
+    );
 }
 
 #[tokio::test]
@@ -172,9 +188,10 @@ async fn more_messages_than_warn_above_messages_warn() {
     // Arrange
     let queue = TestQueue::declare(3).await;
     let check = broker_check(&format!("queue = \"{}\"\nwarn_above_messages = 2", queue.name));
+    let url = rabbitmq().await.url_with_credentials();
 
     // Act
-    let app = spawn_with_url(&check, RABBITMQ).await;
+    let app = spawn_with_url(&check, &url).await;
 
     // Assert: warn is still 200.
     let answer = wait_shows(&app, "warn", Some("messages above 2")).await;
@@ -189,9 +206,10 @@ async fn a_missing_queue_fails_with_queue_not_found_and_the_connection_survives_
     // the same broker.
     let missing = unique("healthd-missing-");
     let check = broker_check(&format!("queue = \"{missing}\""));
+    let url = rabbitmq().await.url_with_credentials();
 
     // Act
-    let app = spawn_with_url(&check, RABBITMQ).await;
+    let app = spawn_with_url(&check, &url).await;
 
     // Assert: several runs in a row say so (the channel the broker closed is
     // not the connection).
@@ -203,7 +221,7 @@ async fn a_missing_queue_fails_with_queue_not_found_and_the_connection_survives_
     })
     .await;
     // A passive declare never creates the queue.
-    let connection = Connection::connect(RABBITMQ, ConnectionProperties::default()).await.unwrap();
+    let connection = Connection::connect(&url, ConnectionProperties::default()).await.unwrap();
     let channel = connection.create_channel().await.unwrap();
     let passive = QueueDeclareOptions { passive: true, ..Default::default() };
     assert!(channel
@@ -216,8 +234,9 @@ async fn a_missing_queue_fails_with_queue_not_found_and_the_connection_survives_
 #[tokio::test]
 async fn a_wrong_password_fails_with_a_category_and_never_shows_the_password() {
     // Arrange
+    let rabbitmq = rabbitmq().await;
     let password = unique("wrong-password-");
-    let url = format!("amqp://guest:{password}@127.0.0.1:5672/%2f");
+    let url = format!("amqp://{}:{password}@127.0.0.1:{}/%2f", rabbitmq.user(), rabbitmq.port());
 
     // Act
     let app = spawn_with_url(&broker_check(""), &url).await;
@@ -273,7 +292,7 @@ retries = 0
     assert_eq!(silent.accepted(), 1, "each run started a connection of its own");
 }
 
-/// A TCP proxy to RabbitMQ that the test can cut: while cut, it closes the
+/// A TCP proxy to the broker that the test can cut: while cut, it closes the
 /// connections it carries and closes new ones at once.
 struct CutProxy {
     address: SocketAddr,
@@ -282,7 +301,7 @@ struct CutProxy {
 }
 
 impl CutProxy {
-    async fn start(target: &'static str) -> CutProxy {
+    async fn start(target: SocketAddr) -> CutProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let cut = Arc::new(AtomicBool::new(false));
@@ -326,8 +345,9 @@ impl Drop for CutProxy {
 #[tokio::test]
 async fn a_lost_connection_fails_the_check_and_is_made_again_when_the_broker_is_back() {
     // Arrange
-    let proxy = CutProxy::start("127.0.0.1:5672").await;
-    let url = format!("amqp://guest:guest@{}/%2f", proxy.address);
+    let rabbitmq = rabbitmq().await;
+    let proxy = CutProxy::start(SocketAddr::from(([127, 0, 0, 1], rabbitmq.port()))).await;
+    let url = rabbitmq.url_with_credentials_at(proxy.address);
     let app = spawn_with_url(&broker_check(""), &url).await;
     wait_shows(&app, "pass", None).await;
 
@@ -344,5 +364,5 @@ async fn a_lost_connection_fails_the_check_and_is_made_again_when_the_broker_is_
     // Assert: a new connection, without restarting healthd.
     let answer = wait_shows(&app, "pass", None).await;
     assert_eq!(answer.status, StatusCode::OK);
-    assert_no_secret(&every_body(&app, &["broker"]).await, &["guest:guest"], "reconnect");
+    assert_no_secret(&every_body(&app, &["broker"]).await, &[rabbitmq.password()], "reconnect");
 }

@@ -211,7 +211,7 @@ fn one_check(kind: &str, keys: &str) -> String {
 #[test]
 fn broker_urls_with_a_password_in_the_file_are_refused() {
     for (kind, url) in [
-        ("amqp", "amqp://guest:secret@127.0.0.1:5672/%2f"),
+        ("amqp", "amqp://guest:secret@mq.example:5672/%2f"),
         ("nats", "nats://user:secret@127.0.0.1:4222"),
         // A lone user name is how NATS carries a token.
         ("nats", "nats://a-token@127.0.0.1:4222"),
@@ -233,7 +233,7 @@ fn the_new_kinds_name_the_key_that_is_wrong() {
     let cases = [
         (
             "amqp",
-            "url = \"http://127.0.0.1:5672\"",
+            "url = \"http://mq.example:5672\"",
             "checks[0].url",
             "not an amqp:// or amqps:// URL",
         ),

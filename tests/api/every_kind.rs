@@ -1,7 +1,8 @@
 //! The "done when": one config with a check of each of the broker,
 //! gRPC and certificate kinds (amqp, nats, grpc, tls, and http over TLS for
-//! its daysRemaining) and of the host kinds (file, exec, dns, mqtt, icmp) against real servers and
-//! files passes `healthd check-config`,
+//! its daysRemaining) and of the host kinds (file, exec, dns, mqtt, icmp)
+//! against real servers (the test binary's shared throwaway RabbitMQ, a
+//! throwaway NATS, dnsmasq and mosquitto) and files passes `healthd check-config`,
 //! and the binary run from it reports every check `pass` at `/health` to a
 //! caller with a token; the credentials of each never reach its output.
 
@@ -14,12 +15,14 @@ use reqwest::StatusCode;
 use crate::support::app::{send, spawn_binary};
 use crate::support::checks::{status, unique, DEADLINE};
 use crate::support::nats::TestNats;
+use crate::support::rabbitmq::TestRabbitmq;
 
 const OPS_TOKEN: &str = "every-kind-token-4b1e";
 
 #[tokio::test]
 async fn a_config_with_every_new_kind_loads_and_reports_every_check_pass_with_a_token() {
     // Arrange: the servers.
+    let rabbitmq = TestRabbitmq::shared().await;
     let nats = TestNats::start_with_token().await;
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter.set_service_status("orders.v1.Orders", tonic_health::ServingStatus::Serving).await;
@@ -132,11 +135,12 @@ ping_interval = "50ms"
         tls_address = tls.address(),
         tls_port = tls.port(),
     );
-    let rabbitmq_password = "guest";
+    let rabbitmq_password = rabbitmq.password();
+    let rabbitmq_url = rabbitmq.url_with_credentials();
     let env = [
         ("HEALTHD_LISTEN", "127.0.0.1:0"),
         ("HEALTHD_OPS_TOKEN", OPS_TOKEN),
-        ("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"),
+        ("RABBITMQ_URL", rabbitmq_url.as_str()),
         ("NATS_TOKEN", nats_token.as_str()),
         ("MQTT_USER", healthd_testkit::mosquitto::USER),
         ("MQTT_PASSWORD", broker.password()),
@@ -199,8 +203,9 @@ ping_interval = "50ms"
     let anonymous = send(client.get(format!("{}/health", binary.base()))).await;
     assert!(anonymous.json.get("checks").is_none(), "details need the token");
     let everything = format!("{}\n{}\n{}", answer.text, binary.stdout(), binary.stderr());
+    let rabbitmq_user_info = format!("{}:{rabbitmq_password}", rabbitmq.user());
     for secret in
-        [nats_token.as_str(), OPS_TOKEN, broker.password(), &format!("guest:{rabbitmq_password}")]
+        [nats_token.as_str(), OPS_TOKEN, broker.password(), &rabbitmq_user_info, rabbitmq_password]
     {
         assert!(!everything.contains(secret), "{secret:?} is in a body or the log:\n{everything}");
     }
