@@ -163,3 +163,16 @@ fn check_config_refuses_icmp_where_no_socket_opens_and_says_why() {
         assert!(stderr.contains("CAP_NET_RAW"), "{stderr}");
     }
 }
+
+#[tokio::test]
+async fn ipv6_loopback_answers_too() {
+    // Arrange
+    let app = spawn_app(&peer_check("::1", QUICK)).await;
+
+    // Act
+    let answer = app.wait_for("/health", None, DEADLINE, |a| status(a, RTT).is_some()).await;
+
+    // Assert
+    assert!(shows(&answer, RTT, "pass", None), "{:#}", answer.json);
+    assert_eq!(value(&answer, LOSS), Some(0.0));
+}
