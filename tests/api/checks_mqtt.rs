@@ -171,3 +171,41 @@ async fn tls_passes_with_the_brokers_ca_and_is_not_trusted_without_it() {
         answer.json
     );
 }
+
+#[tokio::test]
+async fn a_topic_the_acl_denies_says_the_message_did_not_come_back() {
+    // Arrange: the user may use healthd/allowed/# only.
+    let broker =
+        TestMosquitto::start_with_acl(&format!("user {USER}\ntopic readwrite healthd/allowed/#\n"))
+            .await;
+    let checks = mqtt_check(
+        "broker",
+        &broker.url(),
+        &format!("{WITH_CREDENTIALS}\ntopic = \"healthd/allowed\""),
+    ) + &mqtt_check(
+        "denied",
+        &broker.url(),
+        &format!("{WITH_CREDENTIALS}\ntopic = \"healthd/denied\""),
+    );
+    let app = spawn_app_with_env(&config(&checks), credentials(&broker)).await;
+
+    // Act
+    let answer = app
+        .wait_for("/health", None, DEADLINE, |a| {
+            status(a, RT).is_some() && status(a, "denied:responseTime").is_some()
+        })
+        .await;
+
+    // Assert: 90% of the 300 ms deadline, then the step that did not happen.
+    assert!(shows(&answer, RT, "pass", None), "{:#}\n{}", answer.json, broker.log_tail());
+    assert!(
+        shows(
+            &answer,
+            "denied:responseTime",
+            "fail",
+            Some("message not delivered back within 270 ms")
+        ),
+        "{:#}",
+        answer.json
+    );
+}
