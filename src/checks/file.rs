@@ -120,10 +120,7 @@ fn parse(input: &mut KindInput<'_>) -> Option<Arc<dyn KindSettings>> {
 
 impl KindSettings for FileSettings {
     fn build(&self, _name: &str, _policy: &Policy) -> anyhow::Result<Arc<dyn Check>> {
-        Ok(Arc::new(FileCheck {
-            settings: self.clone(),
-            in_flight: Arc::default(),
-        }))
+        Ok(Arc::new(FileCheck { settings: self.clone(), in_flight: Arc::default() }))
     }
 }
 

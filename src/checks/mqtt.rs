@@ -1,7 +1,9 @@
 //! `kind = "mqtt"`: an MQTT 3.1.1 session with a broker, with rumqttc: the
 //! connect (credentials from the environment, TLS with rustls), and with
 //! `topic` a round trip: subscribe to a topic of the run's own under it,
-//! publish a message there (QoS 1) and wait for it to come back.
+//! publish a message there (QoS 1) and wait for it to come back. Once
+//! connected, a round trip that stalls is cut at 90% of the deadline and
+//! reported by the step the broker did not take.
 //!
 //! What is built once: the broker's address, the credentials and the TLS
 //! client config (roots read once). Each run is a session of its own, with
@@ -166,7 +168,7 @@ fn variable(input: &mut KindInput<'_>, key: &str, name: &str) -> Option<String> 
 }
 
 impl KindSettings for MqttSettings {
-    fn build(&self, name: &str, _policy: &Policy) -> anyhow::Result<Arc<dyn Check>> {
+    fn build(&self, name: &str, policy: &Policy) -> anyhow::Result<Arc<dyn Check>> {
         let tls = if self.tls {
             let roots = crate::checks::util::trust::roots(self.ca_file.as_deref())?;
             Some(Arc::new(crate::checks::util::trust::client_config(Verify::Full, roots)?))
@@ -183,6 +185,7 @@ impl KindSettings for MqttSettings {
             }),
             topic: self.topic.clone(),
             runs: AtomicU64::new(0),
+            budget: policy.timeout.mul_f64(0.9),
         }))
     }
 }
@@ -196,12 +199,26 @@ struct MqttCheck {
     topic: Option<String>,
     /// Counts runs, for client ids no two runs share.
     runs: AtomicU64,
+    /// How long a run may take before it reports the step it is stuck at.
+    budget: Duration,
+}
+
+/// Where a run is.
+#[derive(Clone, Copy)]
+enum Stage {
+    Connecting,
+    /// Connected; the SUBSCRIBE is out.
+    Subscribing,
+    /// Subscribed; the message is out.
+    Delivering,
 }
 
 /// How a run ended early.
 enum Failure {
     Connection(ConnectionError),
     SubscribeRefused,
+    /// Connected, and then the broker did not take the next step in time.
+    Stalled(Stage),
 }
 
 impl MqttCheck {
@@ -234,10 +251,22 @@ impl MqttCheck {
         client: &AsyncClient,
         events: &mut rumqttc::EventLoop,
         client_id: &str,
+        started: Instant,
     ) -> Result<(), Failure> {
         let mut probe = None;
+        let mut stage = Stage::Connecting;
+        // Once connected, the round trip ends before the monitor's deadline,
+        // so that the output can say which step the broker did not take.
+        let deadline = tokio::time::Instant::from_std(started + self.budget);
         loop {
-            let event = events.poll().await.map_err(Failure::Connection)?;
+            let event = match stage {
+                Stage::Connecting => events.poll().await,
+                _ => match tokio::time::timeout_at(deadline, events.poll()).await {
+                    Ok(event) => event,
+                    Err(_) => return Err(Failure::Stalled(stage)),
+                },
+            }
+            .map_err(Failure::Connection)?;
             match event {
                 Event::Incoming(Packet::ConnAck(_)) => {
                     let Some(topic) = &self.topic else { return Ok(()) };
@@ -245,6 +274,7 @@ impl MqttCheck {
                     // Queued for the event loop; it has room.
                     let _ = client.try_subscribe(topic.as_str(), QoS::AtLeastOnce);
                     probe = Some(topic);
+                    stage = Stage::Subscribing;
                 }
                 Event::Incoming(Packet::SubAck(ack)) => {
                     if ack.return_codes.contains(&SubscribeReasonCode::Failure) {
@@ -257,6 +287,7 @@ impl MqttCheck {
                             false,
                             client_id.as_bytes().to_vec(),
                         );
+                        stage = Stage::Delivering;
                     }
                 }
                 Event::Incoming(Packet::Publish(message))
@@ -273,6 +304,15 @@ impl MqttCheck {
     fn failed(&self, failure: Failure) -> Observation {
         let error = match failure {
             Failure::SubscribeRefused => return Observation::fail("subscription refused"),
+            Failure::Stalled(stage) => {
+                let within = self.budget.as_millis();
+                return Observation::fail(match stage {
+                    Stage::Delivering => {
+                        format!("message not delivered back within {within} ms")
+                    }
+                    _ => format!("subscription not acknowledged within {within} ms"),
+                });
+            }
             Failure::Connection(error) => error,
         };
         let detail = error_chain(&error);
@@ -319,7 +359,7 @@ impl Check for MqttCheck {
             let client_id = self.client_id();
             let (client, mut events) = AsyncClient::new(self.options(&client_id), 8);
             let started = Instant::now();
-            let result = self.session(&client, &mut events, &client_id).await;
+            let result = self.session(&client, &mut events, &client_id, started).await;
             let response_time = elapsed_ms(started);
             if let Err(failure) = result {
                 return self.failed(failure);

@@ -1,8 +1,10 @@
 //! Real dependencies for healthd's integration tests and `cargo xtask
-//! bench`: throwaway PostgreSQL (plain or over TLS), Redis, MariaDB, NATS and
-//! RabbitMQ servers a test can kill, freeze and restart, certificates minted by the
-//! test and a TLS listener that serves them. What the servers share (running
-//! as another user, free ports, freezing, temp dirs, cleanup) is `process`.
+//! bench`: throwaway PostgreSQL (plain or over TLS), Redis, MariaDB, NATS,
+//! RabbitMQ, dnsmasq and Mosquitto servers a test can kill, freeze and
+//! restart, certificates minted by the test and a TLS listener that serves
+//! them, and the Debian packages the tests need, installed when missing
+//! (`debian`). What the servers share (running as another user, free ports,
+//! freezing, temp dirs, cleanup) is `process`.
 
 pub mod certs;
 pub mod debian;

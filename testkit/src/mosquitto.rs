@@ -3,7 +3,7 @@
 //! `TestMosquitto::start()` runs mosquitto on a free port of 127.0.0.1 that
 //! requires user `healthd` and a random password (a `password_file` made
 //! with `mosquitto_passwd`), keeps nothing on disk, and logs to its temp
-//! dir. `start_tls(files)` adds a second listener, on a port of its own,
+//! dir. `start_with_acl(lines)` adds an ACL; `start_tls(files)` adds a second listener, on a port of its own,
 //! that speaks TLS with the given certificate (see `certs`). A test can
 //! kill it (connections refused), freeze it (SIGSTOP: connections accepted,
 //! no CONNACK), thaw it and restart it on the same ports. Dropping the
@@ -38,6 +38,8 @@ pub struct TestMosquitto {
 
 struct Mosquitto {
     password: String,
+    /// An `acl_file`'s lines, if the broker has one.
+    acl: Option<String>,
     /// The TLS listener: its port and the certificate it serves.
     tls: Option<(u16, CertFiles)>,
 }
@@ -55,6 +57,12 @@ impl Flavor for Mosquitto {
             dir.join("passwd").display(),
             if root { "user root\n" } else { "" },
         );
+        if let Some(acl) = &self.acl {
+            let path = dir.join("acl");
+            std::fs::write(&path, acl)
+                .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+            text = format!("acl_file {}\n{text}", path.display());
+        }
         if let Some((tls_port, files)) = &self.tls {
             text.push_str(&format!(
                 "listener {tls_port} 127.0.0.1\ncertfile {}\nkeyfile {}\n",
@@ -77,15 +85,22 @@ impl Flavor for Mosquitto {
 impl TestMosquitto {
     /// Starts a broker that requires `USER` and a random password.
     pub async fn start() -> TestMosquitto {
-        TestMosquitto::launch(None).await
+        TestMosquitto::launch(None, None).await
     }
 
     /// As `start()`, with a second listener speaking TLS with `files`.
     pub async fn start_tls(files: &CertFiles) -> TestMosquitto {
-        TestMosquitto::launch(Some((free_port(), files.clone()))).await
+        TestMosquitto::launch(Some((free_port(), files.clone())), None).await
     }
 
-    async fn launch(tls: Option<(u16, CertFiles)>) -> TestMosquitto {
+    /// As `start()`, with an `acl_file` of these lines (`user healthd`,
+    /// `topic readwrite healthd/#`). Mosquitto 2.0 acknowledges a denied
+    /// subscription as granted and then delivers nothing on it.
+    pub async fn start_with_acl(acl: &str) -> TestMosquitto {
+        TestMosquitto::launch(None, Some(acl.to_string())).await
+    }
+
+    async fn launch(tls: Option<(u16, CertFiles)>, acl: Option<String>) -> TestMosquitto {
         let dir = TempDir::new("mosquitto", None);
         let password = make_secret("mqtt");
         let passwd = dir.path().join("passwd");
@@ -93,7 +108,7 @@ impl TestMosquitto {
         let mut make = child_command(passwd_binary(), None, dir.path(), &log);
         make.arg("-b").arg("-c").arg(&passwd).args([USER, &password]);
         run_to_completion(make, &log).await;
-        TestMosquitto { server: Server::start(Mosquitto { password, tls }, dir, log).await }
+        TestMosquitto { server: Server::start(Mosquitto { password, acl, tls }, dir, log).await }
     }
 
     /// The plain listener's port on 127.0.0.1 (stays across `restart()`).

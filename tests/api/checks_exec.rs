@@ -141,9 +141,10 @@ async fn check_dummy_exit_statuses_become_pass_warn_fail_and_unknown() {
     // Act
     let answer = app
         .wait_for("/health", None, DEADLINE, |a| {
-            ["ok", "slow", "down", "odd"]
-                .iter()
-                .all(|name| status(a, &format!("{name}:responseTime")).is_some())
+            shows(a, "ok:responseTime", "pass", None)
+                && shows(a, "slow:responseTime", "warn", Some("WARNING: degraded"))
+                && shows(a, "down:responseTime", "fail", Some("CRITICAL: gone"))
+                && shows(a, "odd:responseTime", "fail", Some("unknown: UNKNOWN: confused"))
         })
         .await;
 
@@ -191,7 +192,7 @@ async fn check_tcp_reports_its_time_against_a_listener_and_fails_on_a_closed_por
     // Act
     let answer = app
         .wait_for("/health", None, DEADLINE, |a| {
-            status(a, "up:time").is_some() && status(a, "closed:time").is_some()
+            shows(a, "up:time", "pass", None) && status(a, "closed:time") == Some("fail")
         })
         .await;
 
@@ -218,8 +219,7 @@ async fn check_load_reports_the_load_averages_and_leaves_out_a_label_it_did_not_
     let app = spawn_app(&config(&checks)).await;
 
     // Act
-    let answer =
-        app.wait_for("/health", None, DEADLINE, |a| status(a, "load:load1").is_some()).await;
+    let answer = wait_shows(&app, "load:load1", "pass", None).await;
 
     // Assert
     assert_eq!(answer.status, StatusCode::OK, "{:#}", answer.json);
@@ -283,7 +283,7 @@ async fn a_plugin_that_floods_stdout_is_read_to_a_cap_and_one_that_never_stops_i
     // Act
     let answer = app
         .wait_for("/health", None, DEADLINE, |a| {
-            status(a, "finite:lines").is_some()
+            shows(a, "finite:lines", "warn", Some("FLOOD WARNING - busy"))
                 && shows(a, "endless:responseTime", "fail", Some("timed out after 400 ms"))
         })
         .await;
@@ -319,8 +319,7 @@ async fn a_plugin_that_forks_a_child_and_exits_is_done_when_it_exits_and_the_chi
     let app = spawn_app(&config(&checks)).await;
 
     // Act
-    let answer =
-        app.wait_for("/health", None, DEADLINE, |a| status(a, "forker:children").is_some()).await;
+    let answer = wait_shows(&app, "forker:children", "pass", None).await;
     let child = pid_in(&child_file).await;
 
     // Assert: a pass (not the 3 s deadline), well before the child's 60 s.
@@ -347,7 +346,9 @@ async fn the_plugin_sees_only_the_variables_the_config_names() {
 
     // Act
     let answer = app
-        .wait_for("/health", None, DEADLINE, |a| status(a, "names:responseTime").is_some())
+        .wait_for("/health", None, DEADLINE, |a| {
+            output(a, "names:responseTime") == Some("VARS PLUGIN_TOKEN")
+        })
         .await;
 
     // Assert

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use reqwest::StatusCode;
 
 use crate::support::app::spawn_app;
-use crate::support::checks::{config, shows, status, unique, wait_shows, DEADLINE};
+use crate::support::checks::{config, shows, unique, wait_shows, DEADLINE};
 
 const AGE: &str = "backup:age";
 const SIZE: &str = "backup:size";
@@ -70,7 +70,7 @@ async fn a_fresh_file_passes_with_its_age_and_size() {
     let app = spawn_app(&backup_check(&path, "max_age = \"26h\"\nmin_size = \"1KiB\"")).await;
 
     // Act
-    let answer = app.wait_for("/health", None, DEADLINE, |a| status(a, AGE).is_some()).await;
+    let answer = wait_shows(&app, AGE, "pass", None).await;
 
     // Assert
     assert_eq!(answer.status, StatusCode::OK);

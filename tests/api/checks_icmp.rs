@@ -8,7 +8,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 
 use crate::support::app::spawn_app;
-use crate::support::checks::{config, shows, status, wait_shows, DEADLINE};
+use crate::support::checks::{config, shows, wait_shows, DEADLINE};
 use crate::support::netns::Namespace;
 
 const RTT: &str = "peer:roundTripTime";
@@ -42,7 +42,7 @@ async fn loopback_answers_with_no_loss_and_a_round_trip_time() {
     let app = spawn_app(&peer_check("127.0.0.1", QUICK)).await;
 
     // Act
-    let answer = app.wait_for("/health", None, DEADLINE, |a| status(a, RTT).is_some()).await;
+    let answer = wait_shows(&app, RTT, "pass", None).await;
 
     // Assert
     assert_eq!(answer.status, StatusCode::OK, "{:#}", answer.json);
@@ -162,4 +162,17 @@ fn check_config_refuses_icmp_where_no_socket_opens_and_says_why() {
         );
         assert!(stderr.contains("CAP_NET_RAW"), "{stderr}");
     }
+}
+
+#[tokio::test]
+async fn ipv6_loopback_answers_too() {
+    // Arrange
+    let app = spawn_app(&peer_check("::1", QUICK)).await;
+
+    // Act
+    let answer = wait_shows(&app, RTT, "pass", None).await;
+
+    // Assert
+    assert!(shows(&answer, RTT, "pass", None), "{:#}", answer.json);
+    assert_eq!(value(&answer, LOSS), Some(0.0));
 }

@@ -57,7 +57,7 @@ async fn the_machines_mosquitto_passes_a_round_trip_on_a_unique_topic() {
         spawn_app(&broker_check("mqtt://127.0.0.1:1883", &format!("topic = \"{topic}\""))).await;
 
     // Act
-    let answer = app.wait_for("/health", None, DEADLINE, |a| status(a, RT).is_some()).await;
+    let answer = wait_shows(&app, RT, "pass", None).await;
 
     // Assert
     assert_eq!(answer.status, StatusCode::OK, "{:#}", answer.json);
@@ -159,7 +159,7 @@ async fn tls_passes_with_the_brokers_ca_and_is_not_trusted_without_it() {
     // Act
     let answer = app
         .wait_for("/health", None, DEADLINE, |a| {
-            status(a, RT).is_some() && status(a, "untrusted:responseTime").is_some()
+            shows(a, RT, "pass", None) && status(a, "untrusted:responseTime") == Some("fail")
         })
         .await;
 
@@ -167,6 +167,44 @@ async fn tls_passes_with_the_brokers_ca_and_is_not_trusted_without_it() {
     assert!(shows(&answer, RT, "pass", None), "{:#}\n{}", answer.json, broker.log_tail());
     assert!(
         shows(&answer, "untrusted:responseTime", "fail", Some("TLS: certificate not trusted")),
+        "{:#}",
+        answer.json
+    );
+}
+
+#[tokio::test]
+async fn a_topic_the_acl_denies_says_the_message_did_not_come_back() {
+    // Arrange: the user may use healthd/allowed/# only.
+    let broker =
+        TestMosquitto::start_with_acl(&format!("user {USER}\ntopic readwrite healthd/allowed/#\n"))
+            .await;
+    let checks = mqtt_check(
+        "broker",
+        &broker.url(),
+        &format!("{WITH_CREDENTIALS}\ntopic = \"healthd/allowed\""),
+    ) + &mqtt_check(
+        "denied",
+        &broker.url(),
+        &format!("{WITH_CREDENTIALS}\ntopic = \"healthd/denied\""),
+    );
+    let app = spawn_app_with_env(&config(&checks), credentials(&broker)).await;
+
+    // Act
+    let answer = app
+        .wait_for("/health", None, DEADLINE, |a| {
+            shows(a, RT, "pass", None) && status(a, "denied:responseTime") == Some("fail")
+        })
+        .await;
+
+    // Assert: 90% of the 300 ms deadline, then the step that did not happen.
+    assert!(shows(&answer, RT, "pass", None), "{:#}\n{}", answer.json, broker.log_tail());
+    assert!(
+        shows(
+            &answer,
+            "denied:responseTime",
+            "fail",
+            Some("message not delivered back within 270 ms")
+        ),
         "{:#}",
         answer.json
     );
