@@ -115,6 +115,7 @@ impl HealthState {
         self.draining.store(true, Ordering::SeqCst);
     }
 
+    #[inline]
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
     }

@@ -422,6 +422,7 @@ impl Snapshot {
     }
 
     /// What `/health/ready` answers: 503 while draining, else readiness.
+    #[inline]
     pub fn readiness_answer(&self, draining: bool) -> &Rendered {
         if draining {
             &self.draining
@@ -432,6 +433,7 @@ impl Snapshot {
 
     /// The one "ready" rule: `/health/ready` answers 200 (every critical
     /// check passes or warns, startup is over, and healthd is not draining).
+    #[inline]
     pub fn is_ready(&self, draining: bool) -> bool {
         self.readiness_answer(draining).status != HealthStatus::Fail
     }
