@@ -3,7 +3,10 @@
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use actix_web::web::Bytes;
 
 use healthd_models::HealthStatus;
 
@@ -138,15 +141,54 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
-pub fn render(
-    snapshot: &Snapshot,
+/// The whole text: what the service says now (`head`), each check's series
+/// (`checks`, the same for every caller of one snapshot: see
+/// `ChecksCache`) and the request counters (`tail`).
+pub struct Rendered {
+    pub head: Bytes,
+    pub checks: Bytes,
+    pub tail: Bytes,
+}
+
+/// The checks' part of the last snapshot rendered. 10,000 checks make 16 MB
+/// of text: rendered once per snapshot, however many scrape it at once
+/// (64 callers each rendering their own held over 1 GB), and cheaper per
+/// scrape too.
+#[derive(Default)]
+pub struct ChecksCache(tokio::sync::Mutex<Option<(Arc<Snapshot>, Bytes)>>);
+
+impl ChecksCache {
+    /// The checks' series of `snapshot`, rendered now unless they were for
+    /// it already. Callers that come meanwhile wait for the one rendering.
+    pub async fn checks(&self, snapshot: &Arc<Snapshot>) -> Bytes {
+        let mut cached = self.0.lock().await;
+        if let Some((rendered_for, checks)) = cached.as_ref() {
+            // The cache holds its snapshot, so no newer one can take its address.
+            if Arc::ptr_eq(rendered_for, snapshot) {
+                return checks.clone();
+            }
+        }
+        let checks = Bytes::from(render_checks(snapshot));
+        *cached = Some((snapshot.clone(), checks.clone()));
+        checks
+    }
+}
+
+pub async fn render(
+    snapshot: &Arc<Snapshot>,
+    cache: &ChecksCache,
     requests: &RequestCounters,
     reloads: &ReloadCounters,
     draining: bool,
-) -> String {
-    // About what a check takes, so that 10,000 checks' text is not copied
-    // over and over as it grows.
-    let mut out = String::with_capacity(4096 + 2048 * snapshot.checks().len());
+) -> Rendered {
+    let head = Bytes::from(render_head(snapshot, reloads, draining));
+    let checks = cache.checks(snapshot).await;
+    let tail = Bytes::from(render_requests(requests));
+    Rendered { head, checks, tail }
+}
+
+fn render_head(snapshot: &Snapshot, reloads: &ReloadCounters, draining: bool) -> String {
+    let mut out = String::with_capacity(2048);
     header(&mut out, "healthd_build_info", "gauge", "healthd's version, always 1.");
     let _ = writeln!(out, "healthd_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
     header(&mut out, "healthd_draining", "gauge", "1 while the service drains before stopping.");
@@ -181,6 +223,14 @@ pub fn render(
     header(&mut out, "healthd_ready", "gauge", "1 while /health/ready answers 200.");
     let ready = snapshot.is_ready(draining);
     let _ = writeln!(out, "healthd_ready {}", u8::from(ready));
+    out
+}
+
+/// Each check's series: they depend on the snapshot alone.
+fn render_checks(snapshot: &Snapshot) -> String {
+    // About what a check takes, so that 10,000 checks' text is not copied
+    // over and over as it grows.
+    let mut out = String::with_capacity(2048 * snapshot.checks().len());
 
     let labels = |name: &str, kind: &str| format!("check=\"{name}\",kind=\"{kind}\"");
     header(
@@ -302,6 +352,11 @@ pub fn render(
             );
         }
     }
+    out
+}
+
+fn render_requests(requests: &RequestCounters) -> String {
+    let mut out = String::with_capacity(4096);
     header(
         &mut out,
         "healthd_http_requests_total",

@@ -81,6 +81,8 @@ pub struct HealthState {
     access: ArcSwap<Access>,
     draining: AtomicBool,
     requests: RequestCounters,
+    /// `/metrics`' check series of the latest snapshot scraped.
+    metrics_checks: metrics::ChecksCache,
     reloads: ReloadCounters,
     /// Swagger UI's settings for requests that come with no external prefix.
     swagger: Arc<utoipa_swagger_ui::Config<'static>>,
@@ -104,6 +106,7 @@ impl HealthState {
             draining: AtomicBool::new(false),
             requests: RequestCounters::default(),
             reloads: ReloadCounters::default(),
+            metrics_checks: metrics::ChecksCache::default(),
             swagger: Arc::new(docs::swagger_config(prefix.as_str())),
             mount: prefix.to_string(),
             access_log,
@@ -391,26 +394,31 @@ fn require_details(access: &Access, request: &HttpRequest) -> Result<(), ApiErro
 /// 64 callers at once would hold 128 MB of copies.
 const BODY_SLICE: usize = 32 * 1024;
 
-/// A large rendered body, yielded `BODY_SLICE` bytes at a time, so that
-/// actix-web's write-buffer limit applies to it.
-struct Slices(Bytes);
+/// A large rendered body (one or more parts, in order), yielded
+/// `BODY_SLICE` bytes at a time, so that actix-web's write-buffer limit
+/// applies to it.
+struct Slices(std::collections::VecDeque<Bytes>);
 
 impl MessageBody for Slices {
     type Error = std::convert::Infallible;
 
     fn size(&self) -> BodySize {
-        BodySize::Sized(self.0.len() as u64)
+        BodySize::Sized(self.0.iter().map(|part| part.len() as u64).sum())
     }
 
     fn poll_next(
         mut self: Pin<&mut Self>,
         _: &mut Context<'_>,
     ) -> Poll<Option<Result<Bytes, Self::Error>>> {
-        if self.0.is_empty() {
-            return Poll::Ready(None);
+        while let Some(part) = self.0.front_mut() {
+            if part.is_empty() {
+                self.0.pop_front();
+                continue;
+            }
+            let slice = part.len().min(BODY_SLICE);
+            return Poll::Ready(Some(Ok(part.split_to(slice))));
         }
-        let slice = self.0.len().min(BODY_SLICE);
-        Poll::Ready(Some(Ok(self.0.split_to(slice))))
+        Poll::Ready(None)
     }
 }
 
@@ -419,7 +427,7 @@ fn sliced(body: Bytes) -> BoxBody {
     if body.len() <= BODY_SLICE {
         BoxBody::new(body)
     } else {
-        BoxBody::new(Slices(body))
+        BoxBody::new(Slices([body].into()))
     }
 }
 
@@ -533,14 +541,18 @@ pub async fn get_check(
 pub async fn get_metrics(request: HttpRequest) -> Result<HttpResponse, ApiError> {
     let state = state_of(&request);
     require_details(&state.access.load(), &request)?;
-    let body = metrics::render(
-        &state.reader.current(),
+    let snapshot = arc_swap::Guard::into_inner(state.reader.current());
+    let rendered = metrics::render(
+        &snapshot,
+        &state.metrics_checks,
         &state.requests,
         &state.reloads,
         state.is_draining(),
-    );
+    )
+    .await;
+    let body = BoxBody::new(Slices([rendered.head, rendered.checks, rendered.tail].into()));
     let content_type = "text/plain; version=0.0.4; charset=utf-8";
-    Ok(uncached(StatusCode::OK, content_type, sliced(Bytes::from(body))))
+    Ok(uncached(StatusCode::OK, content_type, body))
 }
 
 /// 404 in problem+json. Also the `App`'s default service: a request
