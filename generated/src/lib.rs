@@ -55,7 +55,7 @@ pub struct CheckResult {
     #[doc = "Whether this check counts for readiness and can make the service fail (false makes a failure a warn)."]
     #[serde(skip_serializing_if = "::std::option::Option::is_none")]
     pub critical: ::std::option::Option<bool>,
-    #[doc = "Present and true while the check is flapping, as Nagios means it - it changed status at least 6 times in its last 20 runs and has not settled (at most 2 changes in its last 20 runs) since. Its changes are then logged once, not one by one."]
+    #[doc = "Present and true while the check is flapping, as Nagios means it - it changed status at least 4 times in its last 20 runs and has not settled (at most 1 change in its last 20 runs) since. Its changes are then logged once, not one by one."]
     #[serde(skip_serializing_if = "::std::option::Option::is_none")]
     pub flapping: ::std::option::Option<bool>,
     #[doc = "The unit of `observedValue` (`ms`, `%`, `connections`)."]

@@ -268,7 +268,7 @@ fn render_checks(snapshot: &Snapshot) -> String {
         &mut out,
         "healthd_check_flapping",
         "gauge",
-        "Whether the check is flapping (1): 6 or more status changes in its last 20 runs, until it settles.",
+        "Whether the check is flapping (1): 4 or more status changes in its last 20 runs, until at most 1.",
     );
     for state in snapshot.checks().map(|check| &check.state) {
         let _ = writeln!(

@@ -142,13 +142,15 @@ impl CheckState {
     }
 }
 
-/// A check that changed status more than this many times in its last
-/// `FLAP_WINDOW` runs is flapping: its changes are no longer logged one by
-/// one (as Nagios' flap detection, counted in runs rather than minutes so
-/// that it means the same at every interval).
-pub const FLAP_START: u32 = 6;
-/// It has settled when its last `FLAP_WINDOW` runs hold at most this many changes.
-pub const FLAP_STOP: u32 = 2;
+/// A check that changed status at least this many times in its last
+/// `FLAP_WINDOW` runs (20%, Nagios' default high flap threshold) is
+/// flapping: its changes are no longer logged one by one. Counted in runs
+/// rather than minutes, so that it means the same at every interval; a
+/// dependency up 5 s and down 5 s under a 1 s check changes 4 times in 20.
+pub const FLAP_START: u32 = 4;
+/// It has settled when its last `FLAP_WINDOW` runs hold at most this many
+/// changes (5%, Nagios' default low threshold).
+pub const FLAP_STOP: u32 = 1;
 /// The runs flapping is judged over.
 pub const FLAP_WINDOW: u32 = 20;
 /// A check that keeps failing the same way is summed up in one line at
