@@ -9,7 +9,8 @@
 //! short round at 64 connections, to prove the bench works (CI); its
 //! numbers are not judged. `--scale` runs only the part that grows the
 //! number of checks (`scale.rs`); `--smoke` runs a short one of it too.
-//! `--instructions` runs only the callgrind count (to compare two builds).
+//! `--instructions` runs only the callgrind count (to compare two builds);
+//! `--soak` the log-volume soak (`soak.rs`).
 
 use std::fmt::Write as _;
 use std::fs;
@@ -113,6 +114,15 @@ pub fn run(args: &[&str]) -> anyhow::Result<()> {
     Profile::Release.build(&root)?;
     ensure_installed("wrk", "wrk")?;
     let benchmarks = root.join("BENCHMARKS.md");
+    if args.contains(&"--soak") {
+        let section = crate::soak::run(&root, smoke)?;
+        println!("{section}");
+        if !smoke {
+            write_section(&benchmarks, SOAK_SECTION, &section)?;
+            eprintln!("wrote {}", benchmarks.display());
+        }
+        return Ok(());
+    }
     if args.contains(&"--scale") {
         // With --smoke: the short scale part alone, its numbers not kept.
         let section = scale::run(&root, smoke)?;
@@ -169,6 +179,7 @@ const DOCUMENT_TITLE: &str = "# Benchmarks\n\n";
 /// only by its own part.
 const PROBE_SECTION: &str = "probe paths (cargo xtask bench)";
 const SCALE_SECTION: &str = "scale (cargo xtask bench --scale)";
+const SOAK_SECTION: &str = "log volume (cargo xtask bench --soak)";
 
 /// Replaces the text between `<!-- begin NAME -->` and `<!-- end NAME -->`
 /// in `path` (appending the section when it is missing), leaving the rest.

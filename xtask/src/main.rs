@@ -1,5 +1,5 @@
 //! Project tasks that need more than cargo: `cargo xtask codegen [--check]`,
-//! `cargo xtask layers`, `cargo xtask bench [--smoke | --scale | --instructions]`,
+//! `cargo xtask layers`, `cargo xtask bench [--smoke | --scale | --instructions | --soak]`,
 //! `cargo xtask contract`, `cargo xtask gateway`.
 
 mod bench;
@@ -11,6 +11,7 @@ mod layers;
 mod load;
 mod scale;
 mod services;
+mod soak;
 
 use std::path::{Path, PathBuf};
 
@@ -25,7 +26,7 @@ fn main() -> anyhow::Result<()> {
         Some("layers") => layers::run(),
         _ => {
             eprintln!(
-                "usage: cargo xtask <codegen [--check] | layers | bench [--smoke | --scale | --instructions] | contract | gateway>"
+                "usage: cargo xtask <codegen [--check] | layers | bench [--smoke | --scale | --instructions | --soak] | contract | gateway>"
             );
             std::process::exit(2);
         }
