@@ -300,14 +300,11 @@ impl Reloader {
         };
         keep_what_needs_a_restart(&self.running.server, &mut settings.server);
         let checks = settings.check_descriptors();
-        if checks > self.budget.checks
-            && self.budget.cap as u64 + budget::process_margin(self.budget.workers) + checks
-                > self.budget.limit
-        {
+        if checks > self.budget.room_for_checks() {
             tracing::warn!(
-                "the new checks may hold {checks} descriptors, more than the {} the client \
-                 connections' cap ({}) leaves under the limit of {} open files: restart to derive the cap again",
-                self.budget.limit.saturating_sub(self.budget.cap as u64 + budget::process_margin(self.budget.workers)),
+                "the new checks may hold {checks} descriptors, more than the {} the cap on client \
+                 connections ({}) leaves under the limit of {} open files: restart to derive the cap again",
+                self.budget.room_for_checks(),
                 self.budget.cap,
                 self.budget.limit
             );

@@ -91,6 +91,13 @@ impl Budget {
             overcommitted,
         })
     }
+
+    /// The descriptors checks may hold under this cap: what the limit
+    /// leaves after the clients and the process. A reload's new checks are
+    /// held to it (the cap is set once, at start).
+    pub fn room_for_checks(&self) -> u64 {
+        self.limit.saturating_sub(self.cap as u64 + process_margin(self.workers))
+    }
 }
 
 /// The soft and hard RLIMIT_NOFILE; `None` where they cannot be read.
@@ -138,6 +145,7 @@ mod tests {
         assert_eq!((budget.per_worker, budget.cap), (108, 216));
         assert!(budget.cap as u64 + budget.reserve <= budget.limit);
         assert!(!budget.overcommitted);
+        assert_eq!(budget.room_for_checks(), 4);
         // An odd share is rounded down: 256 - 39 = 217 -> 108 each.
         assert_eq!(Budget::plan(256, 3, 2, None).unwrap().cap, 216);
     }
