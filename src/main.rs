@@ -73,6 +73,8 @@ fn main() -> ExitCode {
 }
 
 fn check_config(path: Option<&Path>) -> ExitCode {
+    // As the service would: `server.max_connections` is checked against the raised limit.
+    service::raise_open_files_limit();
     match Settings::load(path, &ProcessEnv) {
         Ok(settings) => {
             println!(
@@ -90,6 +92,9 @@ fn check_config(path: Option<&Path>) -> ExitCode {
 }
 
 fn serve(path: Option<&Path>, log_format: LogFormat) -> ExitCode {
+    // Before the config is read: a `server.max_connections` is checked
+    // against the raised limit.
+    service::raise_open_files_limit();
     let settings = match Settings::load(path, &ProcessEnv) {
         Ok(settings) => settings,
         Err(error) => {

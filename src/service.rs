@@ -9,9 +9,10 @@
 //! with [`Healthd::drain`](crate::Healthd::drain), the same drain as here.
 
 use std::net::TcpListener;
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use actix_web::dev::{Server, ServerHandle};
@@ -23,6 +24,7 @@ pub use crate::api::log::LogFormat;
 
 use crate::api::access::Access;
 use crate::api::{self, HealthState};
+use crate::base::budget::{self, Budget};
 use crate::base::secret::{sha256_hex, ProcessEnv};
 use crate::base::units::Prefix;
 use crate::builder::Healthd;
@@ -34,6 +36,22 @@ use crate::engine::monitor::Monitor;
 /// clients, so that the process exits well inside Kubernetes' grace period.
 pub const SHUTDOWN_TIMEOUT_SECS: u64 = 10;
 
+/// Connections the kernel holds for healthd beyond the cap: clients past
+/// it wait here until a slot frees (actix-web's own default; std binds
+/// with 128).
+pub const LISTEN_BACKLOG: i32 = 1024;
+
+/// What raising the limit of open files did: the soft limit before and after.
+static RAISED: OnceLock<Option<(u64, u64)>> = OnceLock::new();
+
+/// Raises the soft limit of open files (RLIMIT_NOFILE) to the hard one,
+/// once per process. The binary calls it before it reads the config, so
+/// that `server.max_connections` is checked against the raised limit;
+/// [`Service::build`] calls it too, and logs what it did.
+pub fn raise_open_files_limit() {
+    RAISED.get_or_init(budget::raise_open_files_limit);
+}
+
 /// The running service: its port, its server and its checks.
 pub struct Service {
     port: u16,
@@ -44,6 +62,7 @@ pub struct Service {
     drain_delay: Arc<AtomicU64>,
     running: Settings,
     config_file: Option<PathBuf>,
+    budget: Budget,
 }
 
 /// Starts draining a running [`Service`] from elsewhere (a signal, a test).
@@ -64,9 +83,18 @@ impl Service {
         let listener = TcpListener::bind(settings.server.listen)
             .with_context(|| format!("cannot listen on {}", settings.server.listen))?;
         let port = listener.local_addr()?.port();
+        // Listening again changes only the backlog.
+        // SAFETY: listen(2) on the socket the listener owns and keeps open.
+        if unsafe { libc::listen(listener.as_raw_fd(), LISTEN_BACKLOG) } != 0 {
+            tracing::warn!(error = %std::io::Error::last_os_error(), "cannot enlarge the listen backlog");
+        }
+        let budget = descriptor_budget(&settings)?;
         let (monitor, state, _) = Healthd::builder(settings.clone()).start_parts()?;
+        state.connections().set_max(budget.cap);
         let server_state = state.clone();
-        let mut server = HttpServer::new(move || {
+        let counted = state.clone();
+        let idle = settings.server.idle_timeout;
+        let server = HttpServer::new(move || {
             App::new()
                 .service(api::scope(server_state.clone(), &Prefix::root()))
                 .default_service(web::to(api::not_found))
@@ -75,10 +103,20 @@ impl Service {
         .disable_signals()
         // After the listener closes, requests in flight get this long to
         // finish; idle keep-alive connections close at once.
-        .shutdown_timeout(SHUTDOWN_TIMEOUT_SECS);
-        if let Some(workers) = settings.server.workers {
-            server = server.workers(workers);
-        }
+        .shutdown_timeout(SHUTDOWN_TIMEOUT_SECS)
+        // The cap is per worker: past it a worker takes no more, and with
+        // every worker full actix stops accepting (clients wait in the
+        // backlog, the checks keep their descriptors).
+        .workers(budget.workers)
+        .max_connections(budget.per_worker)
+        // An idle client gives its slot back: one that sends no request
+        // (its first, or its next on a keep-alive connection) within the
+        // idle timeout is closed.
+        .client_request_timeout(idle)
+        .keep_alive(idle)
+        .on_connect(move |_, extensions| {
+            extensions.insert(counted.connections().opened());
+        });
         let server = server.listen(listener)?.run();
         Ok(Service {
             port,
@@ -88,6 +126,7 @@ impl Service {
             drain_delay: Arc::new(AtomicU64::new(millis(settings.server.drain_delay))),
             running: settings,
             config_file: None,
+            budget,
         })
     }
 
@@ -125,6 +164,7 @@ impl Service {
             monitor: self.monitor.clone(),
             state: self.state.clone(),
             drain_delay: self.drain_delay.clone(),
+            budget: self.budget,
         };
         let reloads = tokio::spawn(async move {
             let Some(mut hangups) = hangups else { return };
@@ -216,6 +256,8 @@ struct Reloader {
     monitor: Monitor,
     state: Data<HealthState>,
     drain_delay: Arc<AtomicU64>,
+    /// The cap set at start, which a reload does not change.
+    budget: Budget,
 }
 
 impl Reloader {
@@ -257,6 +299,16 @@ impl Reloader {
             }
         };
         keep_what_needs_a_restart(&self.running.server, &mut settings.server);
+        let checks = settings.check_descriptors();
+        if checks > self.budget.room_for_checks() {
+            tracing::warn!(
+                "the new checks may hold {checks} descriptors, more than the {} the cap on client \
+                 connections ({}) leaves under the limit of {} open files: restart to derive the cap again",
+                self.budget.room_for_checks(),
+                self.budget.cap,
+                self.budget.limit
+            );
+        }
         // Access and identity switch at once; checks once the new ones
         // have their first reading.
         self.state.set_access(Access::new(settings.access.clone()));
@@ -310,6 +362,63 @@ fn keep_what_needs_a_restart(running: &ServerSettings, wanted: &mut ServerSettin
         );
         wanted.workers = running.workers;
     }
+    if wanted.max_connections != running.max_connections {
+        tracing::warn!(
+            "server.max_connections changed: that needs a restart; the running cap stays"
+        );
+        wanted.max_connections = running.max_connections;
+    }
+    if wanted.idle_timeout != running.idle_timeout {
+        tracing::warn!(
+            "server.idle_timeout changed: that needs a restart; the running value stays"
+        );
+        wanted.idle_timeout = running.idle_timeout;
+    }
+}
+
+/// Raises the limit of open files, logs it, and shares it out between
+/// the checks, the process and the clients.
+fn descriptor_budget(settings: &Settings) -> anyhow::Result<Budget> {
+    raise_open_files_limit();
+    let (soft, hard) = budget::open_files_limit().unwrap_or((u64::MAX, u64::MAX));
+    match RAISED.get().copied().flatten() {
+        Some((before, now)) if before < now => tracing::info!(
+            soft = now,
+            hard,
+            "limit of open files (RLIMIT_NOFILE): soft raised from {before} to {now}, the hard limit"
+        ),
+        _ => tracing::info!(soft, hard, "limit of open files (RLIMIT_NOFILE)"),
+    }
+    let server = &settings.server;
+    let budget = Budget::plan(
+        soft,
+        settings.check_descriptors(),
+        server.worker_count(),
+        server.max_connections,
+    )
+    .map_err(|reason| anyhow::anyhow!("server.max_connections: {reason}"))?;
+    tracing::info!(
+        max_connections = budget.cap,
+        per_worker = budget.per_worker,
+        workers = budget.workers,
+        reserve = budget.reserve,
+        checks = budget.checks,
+        idle_timeout_ms = millis(server.idle_timeout),
+        "client connections: at most {} ({} per worker); {} of {} open files kept for the checks and the process",
+        budget.cap,
+        budget.per_worker,
+        budget.reserve,
+        budget.limit
+    );
+    if budget.overcommitted {
+        tracing::warn!(
+            "the checks may hold {} descriptors and the process {}: more than the limit of {} open files; clients get one connection per worker",
+            budget.checks,
+            budget.reserve - budget.checks,
+            budget.limit
+        );
+    }
+    Ok(budget)
 }
 
 /// Installs the process's log subscriber: `RUST_LOG` filters (default

@@ -1,9 +1,10 @@
 //! `/metrics`: Prometheus text exposition, rendered on request from the
-//! snapshot, the request counters and the reload counters.
+//! snapshot, the request counters, the reload counters and the client
+//! connections.
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use actix_web::web::Bytes;
@@ -136,6 +137,43 @@ impl ReloadCounters {
     }
 }
 
+/// The client connections open now, and the cap on them. The service
+/// counts each connection it accepts (`opened`) and sets the cap; an app
+/// that mounts healthd in its own server counts none, and `/metrics` then
+/// leaves both out.
+#[derive(Default)]
+pub struct ClientConnections {
+    open: Arc<AtomicUsize>,
+    max: OnceLock<usize>,
+}
+
+/// Held for as long as one client connection is open.
+pub struct OpenConnection(Arc<AtomicUsize>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl ClientConnections {
+    /// A connection was accepted; it counts until the guard drops.
+    pub fn opened(&self) -> OpenConnection {
+        self.open.fetch_add(1, Ordering::Relaxed);
+        OpenConnection(self.open.clone())
+    }
+
+    /// The cap the service set (once).
+    pub fn set_max(&self, max: usize) {
+        let _ = self.max.set(max);
+    }
+
+    /// Client connections open now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+}
+
 /// Writes a metric's HELP and TYPE lines.
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -179,15 +217,21 @@ pub async fn render(
     cache: &ChecksCache,
     requests: &RequestCounters,
     reloads: &ReloadCounters,
+    connections: &ClientConnections,
     draining: bool,
 ) -> Rendered {
-    let head = Bytes::from(render_head(snapshot, reloads, draining));
+    let head = Bytes::from(render_head(snapshot, reloads, connections, draining));
     let checks = cache.checks(snapshot).await;
     let tail = Bytes::from(render_requests(requests));
     Rendered { head, checks, tail }
 }
 
-fn render_head(snapshot: &Snapshot, reloads: &ReloadCounters, draining: bool) -> String {
+fn render_head(
+    snapshot: &Snapshot,
+    reloads: &ReloadCounters,
+    connections: &ClientConnections,
+    draining: bool,
+) -> String {
     let mut out = String::with_capacity(2048);
     header(&mut out, "healthd_build_info", "gauge", "healthd's version, always 1.");
     let _ = writeln!(out, "healthd_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
@@ -216,6 +260,23 @@ fn render_head(snapshot: &Snapshot, reloads: &ReloadCounters, draining: bool) ->
         last_ok_ms / 1000,
         last_ok_ms % 1000
     );
+
+    if let Some(max) = connections.max.get() {
+        header(
+            &mut out,
+            "healthd_client_connections",
+            "gauge",
+            "Client connections open now (idle keep-alive ones included).",
+        );
+        let _ = writeln!(out, "healthd_client_connections {}", connections.open());
+        header(
+            &mut out,
+            "healthd_client_connections_max",
+            "gauge",
+            "Client connections at most: past it, new clients wait in the listen backlog.",
+        );
+        let _ = writeln!(out, "healthd_client_connections_max {max}");
+    }
 
     header(&mut out, "healthd_status", "gauge", "The service's status: 0 pass, 1 warn, 2 fail.");
     let _ = writeln!(out, "healthd_status {}", rank(snapshot.health.status));

@@ -42,7 +42,7 @@ use crate::engine::monitor::SnapshotReader;
 use crate::engine::render::{Piece, Rendered};
 
 use metrics::endpoint;
-pub use metrics::{ReloadCounters, RequestCounters};
+pub use metrics::{ClientConnections, ReloadCounters, RequestCounters};
 
 /// The OpenAPI document derived from the handlers and generated models.
 #[derive(OpenApi)]
@@ -84,6 +84,7 @@ pub struct HealthState {
     /// `/metrics`' check series of the latest snapshot scraped.
     metrics_checks: metrics::ChecksCache,
     reloads: ReloadCounters,
+    connections: ClientConnections,
     /// Swagger UI's settings for requests that come with no external prefix.
     swagger: Arc<utoipa_swagger_ui::Config<'static>>,
     /// Where the routes are mounted in the app ("" for the root).
@@ -107,6 +108,7 @@ impl HealthState {
             requests: RequestCounters::default(),
             reloads: ReloadCounters::default(),
             metrics_checks: metrics::ChecksCache::default(),
+            connections: ClientConnections::default(),
             swagger: Arc::new(docs::swagger_config(prefix.as_str())),
             mount: prefix.to_string(),
             access_log,
@@ -143,6 +145,11 @@ impl HealthState {
     /// New access rules (a reload): the next request is decided on them.
     pub fn set_access(&self, access: Access) {
         self.access.store(Arc::new(access));
+    }
+
+    /// Counts client connections, for `/metrics`.
+    pub fn connections(&self) -> &ClientConnections {
+        &self.connections
     }
 
     /// Counts config reloads, for `/metrics`.
@@ -547,6 +554,7 @@ pub async fn get_metrics(request: HttpRequest) -> Result<HttpResponse, ApiError>
         &state.metrics_checks,
         &state.requests,
         &state.reloads,
+        &state.connections,
         state.is_draining(),
     )
     .await;

@@ -32,6 +32,12 @@ impl fmt::Debug for Secret {
 pub trait Environment {
     /// The variable's value, if it is set.
     fn var(&self, name: &str) -> Option<String>;
+
+    /// The soft limit of open files (RLIMIT_NOFILE) a cap on client
+    /// connections is checked against; `None` checks none.
+    fn open_files_limit(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// The process environment.
@@ -41,6 +47,10 @@ pub struct ProcessEnv;
 impl Environment for ProcessEnv {
     fn var(&self, name: &str) -> Option<String> {
         std::env::var(name).ok()
+    }
+
+    fn open_files_limit(&self) -> Option<u64> {
+        crate::base::budget::soft_open_files_limit()
     }
 }
 

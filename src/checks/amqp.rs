@@ -84,6 +84,12 @@ fn parse(input: &mut KindInput<'_>) -> Option<Arc<dyn KindSettings>> {
 }
 
 impl KindSettings for AmqpSettings {
+    fn descriptors(&self) -> usize {
+        // The kept connection and one being re-established, and lapin's own
+        // reactor for it (its poller and waker).
+        4
+    }
+
     fn build(&self, name: &str, _policy: &Policy) -> anyhow::Result<Arc<dyn Check>> {
         Ok(Arc::new(AmqpCheck {
             name: name.to_string(),

@@ -44,6 +44,11 @@ fn parse(input: &mut KindInput<'_>) -> Option<Arc<dyn KindSettings>> {
 }
 
 impl KindSettings for DiskSettings {
+    fn descriptors(&self) -> usize {
+        // statvfs(2) takes the path: no descriptor is held.
+        0
+    }
+
     fn build(&self, _name: &str, _policy: &Policy) -> anyhow::Result<Arc<dyn Check>> {
         Ok(Arc::new(DiskCheck::new(&self.path, self.warn_below, self.fail_below)))
     }

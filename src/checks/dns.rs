@@ -211,6 +211,11 @@ fn normalise(text: &str) -> String {
 }
 
 impl KindSettings for DnsSettings {
+    fn descriptors(&self) -> usize {
+        // A UDP socket per query, and a TCP one when an answer is truncated.
+        2
+    }
+
     fn build(&self, _name: &str, policy: &Policy) -> anyhow::Result<Arc<dyn Check>> {
         let provider = TokioRuntimeProvider::default();
         let mut builder = match &self.servers {

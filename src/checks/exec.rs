@@ -186,6 +186,12 @@ fn perfdata_fields(
 }
 
 impl KindSettings for ExecSettings {
+    fn descriptors(&self) -> usize {
+        // While the plugin starts: the two ends of the stdout and stderr pipes,
+        // and the spawn's own error pipe; `/dev/null` for stdin.
+        7
+    }
+
     fn build(&self, name: &str, _policy: &Policy) -> anyhow::Result<Arc<dyn Check>> {
         let mut measurements = self.perfdata.clone();
         measurements.push(("responseTime".into(), "ms".into()));

@@ -119,6 +119,11 @@ fn parse(input: &mut KindInput<'_>) -> Option<Arc<dyn KindSettings>> {
 }
 
 impl KindSettings for FileSettings {
+    fn descriptors(&self) -> usize {
+        // A directory is read through one open descriptor; a file is only stat'ed.
+        1
+    }
+
     fn build(&self, _name: &str, _policy: &Policy) -> anyhow::Result<Arc<dyn Check>> {
         Ok(Arc::new(FileCheck { settings: self.clone(), in_flight: Arc::default() }))
     }

@@ -74,6 +74,11 @@ fn parse(input: &mut KindInput<'_>) -> Option<Arc<dyn KindSettings>> {
 }
 
 impl KindSettings for GrpcSettings {
+    fn descriptors(&self) -> usize {
+        // The channel's connection, and the one it makes when reconnecting.
+        2
+    }
+
     fn build(&self, name: &str, policy: &Policy) -> anyhow::Result<Arc<dyn Check>> {
         let mut endpoint = Endpoint::from_shared(self.address.clone())?
             .connect_timeout(policy.timeout)

@@ -137,6 +137,11 @@ fn parse(input: &mut KindInput<'_>) -> Option<Arc<dyn KindSettings>> {
 }
 
 impl KindSettings for HttpSettings {
+    fn descriptors(&self) -> usize {
+        // reqwest's pooled connection, and a new one while an old one closes.
+        2
+    }
+
     fn build(&self, name: &str, policy: &Policy) -> anyhow::Result<Arc<dyn Check>> {
         Ok(Arc::new(HttpCheck::new(name, self, policy.timeout)?))
     }

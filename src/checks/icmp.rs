@@ -152,6 +152,11 @@ fn can_open_socket(address: IpAddr) -> Result<(), String> {
 }
 
 impl KindSettings for IcmpSettings {
+    fn descriptors(&self) -> usize {
+        // The one socket the client keeps.
+        1
+    }
+
     fn build(&self, _name: &str, policy: &Policy) -> anyhow::Result<Arc<dyn Check>> {
         let kind = if self.address.is_ipv4() { ICMP::V4 } else { ICMP::V6 };
         let client = Client::new(&Config::builder().kind(kind).build())

@@ -128,6 +128,11 @@ impl Kind {
 pub trait KindSettings: fmt::Debug + Send + Sync {
     /// Builds the pool or client; connections are opened by the first attempt.
     fn build(&self, name: &str, policy: &Policy) -> anyhow::Result<Arc<dyn Check>>;
+
+    /// How many descriptors the check may hold at once (its pool, sockets,
+    /// pipes), for the reserve client connections may not take
+    /// (`base::budget`).
+    fn descriptors(&self) -> usize;
 }
 
 /// What a kind's parser is handed: its part of one `[[checks]]` table and

@@ -168,6 +168,11 @@ fn variable(input: &mut KindInput<'_>, key: &str, name: &str) -> Option<String> 
 }
 
 impl KindSettings for MqttSettings {
+    fn descriptors(&self) -> usize {
+        // A session of its own per run, and the last one's while it closes.
+        2
+    }
+
     fn build(&self, name: &str, policy: &Policy) -> anyhow::Result<Arc<dyn Check>> {
         let tls = if self.tls {
             let roots = crate::checks::util::trust::roots(self.ca_file.as_deref())?;

@@ -110,6 +110,12 @@ fn root_certificates(ca_file: Option<&Path>) -> anyhow::Result<Vec<Vec<u8>>> {
 }
 
 impl KindSettings for MysqlSettings {
+    fn descriptors(&self) -> usize {
+        // The pool, and a connection closed for an unfinished query while its
+        // replacement opens.
+        self.pool_size + 1
+    }
+
     fn build(&self, name: &str, policy: &Policy) -> anyhow::Result<Arc<dyn Check>> {
         Ok(Arc::new(MysqlCheck::new(name, self, policy.timeout)?))
     }

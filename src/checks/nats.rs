@@ -113,6 +113,11 @@ fn percent_decoded(text: &str) -> String {
 }
 
 impl KindSettings for NatsSettings {
+    fn descriptors(&self) -> usize {
+        // The kept connection, and a new one while a dropped one closes.
+        2
+    }
+
     fn build(&self, name: &str, policy: &Policy) -> anyhow::Result<Arc<dyn Check>> {
         let auth = match &self.auth {
             Auth::None => Auth::None,

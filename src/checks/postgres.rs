@@ -72,6 +72,12 @@ fn parse(input: &mut KindInput<'_>) -> Option<Arc<dyn KindSettings>> {
 }
 
 impl KindSettings for PostgresSettings {
+    fn descriptors(&self) -> usize {
+        // The pool, and a session taken out of it and closing while its
+        // replacement opens.
+        self.pool_size + 1
+    }
+
     fn build(&self, name: &str, policy: &Policy) -> anyhow::Result<Arc<dyn Check>> {
         Ok(Arc::new(PostgresCheck::new(name, self, policy.timeout)?))
     }

@@ -68,6 +68,11 @@ fn parse(input: &mut KindInput<'_>) -> Option<Arc<dyn KindSettings>> {
 }
 
 impl KindSettings for RedisSettings {
+    fn descriptors(&self) -> usize {
+        // The multiplexed connection, and a new one after a failure.
+        2
+    }
+
     fn build(&self, name: &str, policy: &Policy) -> anyhow::Result<Arc<dyn Check>> {
         let client = Client::open(self.url.expose())
             .map_err(|_| anyhow::anyhow!("check {name}: invalid Redis URL"))?;

@@ -37,6 +37,11 @@ fn parse(input: &mut KindInput<'_>) -> Option<Arc<dyn KindSettings>> {
 }
 
 impl KindSettings for TcpSettings {
+    fn descriptors(&self) -> usize {
+        // The connect's socket, closed at once.
+        1
+    }
+
     fn build(&self, _name: &str, _policy: &Policy) -> anyhow::Result<Arc<dyn Check>> {
         Ok(Arc::new(TcpCheck::new(&self.address)))
     }

@@ -107,6 +107,11 @@ fn parse(input: &mut KindInput<'_>) -> Option<Arc<dyn KindSettings>> {
 }
 
 impl KindSettings for TlsSettings {
+    fn descriptors(&self) -> usize {
+        // The handshake's socket.
+        1
+    }
+
     fn build(&self, _name: &str, _policy: &Policy) -> anyhow::Result<Arc<dyn Check>> {
         let provider = Arc::new(ring::default_provider());
         let roots = crate::checks::util::trust::roots(self.ca_file.as_deref())?;

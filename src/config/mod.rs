@@ -55,6 +55,22 @@ pub struct ServerSettings {
     pub drain_delay: Duration,
     /// actix-web worker threads; defaults to the number of cores.
     pub workers: Option<usize>,
+    /// Client connections at most, over all workers; derived from the
+    /// limit of open files and the checks' reserve unless set
+    /// (`base::budget`).
+    pub max_connections: Option<usize>,
+    /// How long a client connection may sit without a request (before its
+    /// first, or between two) before it is closed.
+    pub idle_timeout: Duration,
+}
+
+impl ServerSettings {
+    /// The worker threads actix-web starts: `workers`, or as many as
+    /// actix's default (the available parallelism, at most 512).
+    pub fn worker_count(&self) -> usize {
+        self.workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()).min(512))
+    }
 }
 
 /// `[access]`: who may connect, and who may see details.
@@ -196,6 +212,12 @@ impl Settings {
     /// `server.listen`, or `HEALTHD_LISTEN` over it: where the binary listens.
     pub fn listen(&self) -> SocketAddr {
         self.server.listen
+    }
+
+    /// The descriptors the `[[checks]]` may hold at once: the checks' part
+    /// of the reserve client connections may not take.
+    pub fn check_descriptors(&self) -> u64 {
+        self.checks.iter().map(|check| check.settings.descriptors() as u64).sum()
     }
 
     /// The names of the `[[checks]]`, in order.
@@ -381,6 +403,38 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(problems.len(), 2, "{problems:?}");
+    }
+
+    /// An environment with no variables and a limit of open files.
+    struct Limited(u64);
+
+    impl Environment for Limited {
+        fn var(&self, _: &str) -> Option<String> {
+            None
+        }
+        fn open_files_limit(&self) -> Option<u64> {
+            Some(self.0)
+        }
+    }
+
+    #[test]
+    fn a_cap_that_leaves_the_checks_no_reserve_is_a_problem_of_server_max_connections() {
+        let config = |cap: usize| {
+            format!("[server]\nworkers = 1\nmax_connections = {cap}\n[[checks]]\nname = \"db\"\nkind = \"postgres\"\nurl = \"postgres://app@h/db\"\npool_size = 4\n")
+        };
+        // 256 - 5 (the pool of 4, and one closing) - 32 (the process, 1 worker) = 219.
+        let settings = Settings::parse(&config(219), "t.toml", &Limited(256)).unwrap();
+        assert_eq!(settings.check_descriptors(), 5);
+        let error = Settings::parse(&config(220), "t.toml", &Limited(256)).unwrap_err();
+        assert_eq!(error.problems.len(), 1, "{error}");
+        assert!(
+            error.to_string().starts_with("t.toml: server.max_connections: 220 leaves no reserve"),
+            "{error}"
+        );
+        assert!(error.to_string().contains("at most 219"), "{error}");
+        // Without a known limit only the service can tell (at start); 0 is always wrong.
+        assert!(parse(&config(100_000)).is_ok());
+        assert_eq!(only_problem(&config(0)).key, "server.max_connections");
     }
 
     #[test]

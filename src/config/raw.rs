@@ -50,6 +50,8 @@ pub struct RawServer {
     pub description: Option<String>,
     pub drain_delay: Option<DurationText>,
     pub workers: Option<usize>,
+    pub max_connections: Option<usize>,
+    pub idle_timeout: Option<DurationText>,
 }
 
 #[derive(Deserialize, Default)]

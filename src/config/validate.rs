@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::base::budget::Budget;
 use crate::base::name::{check_name_problem, duplicate_name};
 use crate::base::net::Cidr;
 use crate::base::policy::{Policy, RawPolicy, DEFAULT_POLICY, POLICY_KEYS};
@@ -36,13 +37,24 @@ pub fn settings(
     if raw.server.workers == Some(0) {
         report("server.workers".into(), "must be at least 1".into());
     }
+    if raw.server.max_connections == Some(0) {
+        report("server.max_connections".into(), "must be at least 1".into());
+    }
     let server = ServerSettings {
         listen,
         service_id: raw.server.service_id.unwrap_or_else(|| "healthd".into()),
         description: raw.server.description,
         drain_delay: raw.server.drain_delay.map_or(Duration::from_secs(5), |d| d.0),
         workers: raw.server.workers,
+        max_connections: raw.server.max_connections,
+        idle_timeout: raw.server.idle_timeout.map_or(DEFAULT_IDLE_TIMEOUT, |d| d.0),
     };
+    if server.idle_timeout.is_zero() || server.idle_timeout > MAX_IDLE_TIMEOUT {
+        report(
+            "server.idle_timeout".into(),
+            format!("must be more than 0 and at most {} s", MAX_IDLE_TIMEOUT.as_secs()),
+        );
+    }
 
     let mut cidrs = |key: &str, values: Option<Vec<String>>, default: &[&str]| -> Vec<Cidr> {
         let values = values.unwrap_or_else(|| default.iter().map(|s| s.to_string()).collect());
@@ -123,8 +135,30 @@ pub fn settings(
         }
     }
 
-    Settings { server, access, defaults, checks }
+    let settings = Settings { server, access, defaults, checks };
+    // A cap set in the file must leave the checks their descriptors; a
+    // derived one always does (the service works it out at start).
+    if let (Some(wanted), Some(limit)) =
+        (settings.server.max_connections.filter(|&n| n > 0), env.open_files_limit())
+    {
+        let planned = Budget::plan(
+            limit,
+            settings.check_descriptors(),
+            settings.server.worker_count(),
+            Some(wanted),
+        );
+        if let Err(reason) = planned {
+            problems.push(ConfigProblem::new("server.max_connections", reason));
+        }
+    }
+    settings
 }
+
+/// `server.idle_timeout` unless set: actix-web's own default keep-alive
+/// and first-request timeouts.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest `server.idle_timeout`: an idle client holds a slot at most this long.
+pub const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// One `[[checks]]` table: the common keys here, the rest by its kind.
 fn check_settings(

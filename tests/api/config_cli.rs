@@ -474,3 +474,41 @@ fn the_host_kinds_name_the_key_that_is_wrong() {
         assert!(stderr.lines().all(|line| line.starts_with(&prefix)), "{stderr}");
     }
 }
+
+#[test]
+fn a_connection_cap_that_leaves_the_checks_no_reserve_is_refused_under_the_limit() {
+    use std::os::unix::process::CommandExt;
+    // One worker and one tcp check under 256 open files: the reserve is the
+    // check's 1 and the process's 32, so 223 is the most a cap may be.
+    let config = |cap: usize| {
+        format!("[server]\nworkers = 1\nmax_connections = {cap}\n[[checks]]\nname = \"t\"\nkind = \"tcp\"\naddress = \"127.0.0.1:1\"\n")
+    };
+    let check_config_limited = |name: &str, text: &str| {
+        let path = write_config(name, text);
+        let limit = libc::rlimit { rlim_cur: 256, rlim_max: 256 };
+        let mut command = Command::new(env!("CARGO_BIN_EXE_healthd"));
+        command
+            .args(["check-config", "--config", path.to_str().unwrap()])
+            .env_remove("HEALTHD_LISTEN");
+        // SAFETY: setrlimit(2) is async-signal-safe; the child is between fork and exec.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+        let output = command.output().unwrap();
+        (output.status.code().unwrap(), String::from_utf8(output.stderr).unwrap(), path)
+    };
+
+    let (code, stderr, _) = check_config_limited("cap-fits.toml", &config(223));
+    assert_eq!(code, 0, "{stderr}");
+    let (code, stderr, path) = check_config_limited("cap-too-high.toml", &config(224));
+    assert_eq!(code, 2, "{stderr}");
+    let expected = format!("{}: server.max_connections: 224 leaves no reserve", path.display());
+    assert!(stderr.starts_with(&expected), "{stderr}");
+    assert!(stderr.contains("at most 223 are left for clients"), "{stderr}");
+}

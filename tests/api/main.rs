@@ -27,6 +27,7 @@ mod checks_tls;
 mod config_cli;
 mod config_fuzz;
 mod contract;
+mod descriptors;
 mod embedded;
 mod endpoints;
 #[cfg(all(

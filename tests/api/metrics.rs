@@ -378,6 +378,8 @@ async fn metrics_parse_and_follow_prometheus_conventions() {
         "healthd_check_failures_total",
         "healthd_check_timeouts_total",
         "healthd_http_requests_total",
+        "healthd_client_connections",
+        "healthd_client_connections_max",
     ] {
         assert!(families.contains(family), "{family} is missing: {families:?}");
     }

@@ -363,23 +363,27 @@ async fn access_settings_switch_at_once_and_a_removed_token_is_refused() {
 }
 
 #[tokio::test]
-async fn listen_and_workers_changes_are_logged_and_ignored() {
+async fn listen_workers_and_connection_changes_are_logged_and_ignored() {
     // Arrange
     let (target, _listener) = listener().await;
     let checks = tcp_check("db", target, "");
-    let mut binary = start(&config("workers = 1", "", true, &checks)).await;
+    let mut binary = start(&config("workers = 1\nmax_connections = 100", "", true, &checks)).await;
     wait_for(&binary, "/health/startup", None, |answer| answer.status == StatusCode::OK).await;
     let probes = ProbeLoop::start(binary.base(), &["db"]);
     probes.go_round(3).await;
 
     // Act: HEALTHD_LISTEN stays as it was, so the file's listen is moot;
-    // workers and the service's description change.
-    binary.write_config(&config("workers = 2\ndescription = \"reloaded\"", "", true, &checks));
+    // workers, the connection cap and timeout and the description change.
+    let server =
+        "workers = 2\nmax_connections = 50\nidle_timeout = \"10s\"\ndescription = \"reloaded\"";
+    binary.write_config(&config(server, "", true, &checks));
     let line = reload(&mut binary, "config reloaded").await;
 
     // Assert
     let stdout = binary.stdout();
     assert!(stdout.contains("server.workers changed") && stdout.contains("restart"), "{stdout}");
+    assert!(stdout.contains("server.max_connections changed"), "{stdout}");
+    assert!(stdout.contains("server.idle_timeout changed"), "{stdout}");
     assert!(!stdout.contains("server.listen changed"), "{stdout}");
     assert!(line.contains("unchanged=1"), "{line}");
     let client = reqwest::Client::new();
@@ -387,6 +391,8 @@ async fn listen_and_workers_changes_are_logged_and_ignored() {
     assert_eq!(health.json["description"], "reloaded", "{}", health.text);
     let check = get(&client, &binary, "/health/checks/db", Some(OPS_TOKEN)).await;
     assert_eq!(check.json["description"], "reloaded", "{}", check.text);
+    let metrics = get(&client, &binary, "/metrics", Some(OPS_TOKEN)).await;
+    assert!(metrics.text.contains("\nhealthd_client_connections_max 100\n"), "{}", metrics.text);
     probes.finish(&binary).await;
 }
 

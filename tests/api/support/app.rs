@@ -344,6 +344,18 @@ pub struct RunningBinary {
 /// Runs `healthd --config <config> <args>` with only `env` set of healthd's
 /// variables, and waits for it to log the port it serves on.
 pub async fn spawn_binary(config: &str, args: &[&str], env: &[(&str, &str)]) -> RunningBinary {
+    spawn_binary_limited(config, args, env, None).await
+}
+
+/// As `spawn_binary`, with the child's limit of open files (RLIMIT_NOFILE,
+/// soft and hard) set to `open_files` before it starts, as
+/// `prlimit --nofile=N:N` would.
+pub async fn spawn_binary_limited(
+    config: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+    open_files: Option<u64>,
+) -> RunningBinary {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     let path = std::env::temp_dir().join(format!(
         "healthd-binary-{}-{}.toml",
@@ -362,6 +374,21 @@ pub async fn spawn_binary(config: &str, args: &[&str], env: &[(&str, &str)]) -> 
         .env_remove("RUST_LOG");
     for (name, value) in env {
         command.env(name, value);
+    }
+    if let Some(open_files) = open_files {
+        use std::os::unix::process::CommandExt;
+        let limit = libc::rlimit { rlim_cur: open_files, rlim_max: open_files };
+        // SAFETY: setrlimit(2) is async-signal-safe and touches only the
+        // struct, copied into the closure; the child is between fork and exec.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
     }
     let mut binary = RunningBinary::start(command, Some(path));
     let line = binary
