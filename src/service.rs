@@ -1,8 +1,10 @@
 //! The service as the `healthd` binary runs it: [`Service`] binds the
 //! listener, starts the checks (through the same builder an embedding app
 //! uses) and the server, and runs the lifecycle starting -> ready ->
-//! draining -> stopped; SIGHUP reloads the config file meanwhile. Also the
-//! process-wide logging the binary installs ([`init_logging`]).
+//! draining -> stopped; SIGHUP reloads the config file meanwhile. With
+//! `[server.tls]` it serves HTTPS, and follows its certificate files
+//! (`tls`). Also the process-wide logging the binary installs
+//! ([`init_logging`]).
 //!
 //! An app that embeds healthd needs none of this: it mounts
 //! [`Healthd::scope`](crate::Healthd::scope) in its own server and drains
@@ -29,6 +31,10 @@ use crate::builder::Healthd;
 use crate::config::{ServerSettings, Settings};
 use crate::engine::monitor::Monitor;
 
+mod tls;
+
+use tls::ServerTls;
+
 /// How long (seconds) requests in flight may take to finish once the
 /// listener has closed. healthd answers in microseconds; this bounds slow
 /// clients, so that the process exits well inside Kubernetes' grace period.
@@ -44,6 +50,8 @@ pub struct Service {
     drain_delay: Arc<AtomicU64>,
     running: Settings,
     config_file: Option<PathBuf>,
+    /// With `[server.tls]`: the certificate and client CA new handshakes use.
+    tls: Option<Arc<ServerTls>>,
 }
 
 /// Starts draining a running [`Service`] from elsewhere (a signal, a test).
@@ -71,6 +79,8 @@ impl Service {
                 .service(api::scope(server_state.clone(), &Prefix::root()))
                 .default_service(web::to(api::not_found))
         })
+        // Before the listener: actix-web captures it there.
+        .on_connect(api::record_peer)
         // The lifecycle owns signals: readiness must turn 503 before the listener closes.
         .disable_signals()
         // After the listener closes, requests in flight get this long to
@@ -79,7 +89,13 @@ impl Service {
         if let Some(workers) = settings.server.workers {
             server = server.workers(workers);
         }
-        let server = server.listen(listener)?.run();
+        let (server, tls) = match &settings.server.tls {
+            Some(tls_settings) => {
+                let (tls, config) = ServerTls::new(tls_settings)?;
+                (server.listen_rustls_0_23(listener, config)?.run(), Some(tls))
+            }
+            None => (server.listen(listener)?.run(), None),
+        };
         Ok(Service {
             port,
             server,
@@ -88,12 +104,16 @@ impl Service {
             drain_delay: Arc::new(AtomicU64::new(millis(settings.server.drain_delay))),
             running: settings,
             config_file: None,
+            tls,
         })
     }
 
     /// The file SIGHUP reads again; without one (the built-in default),
     /// SIGHUP changes nothing.
     pub fn reload_from(mut self, config_file: PathBuf) -> Self {
+        if let Some(tls) = &self.tls {
+            tls.set_source(&config_file);
+        }
         self.config_file = Some(config_file);
         self
     }
@@ -125,7 +145,10 @@ impl Service {
             monitor: self.monitor.clone(),
             state: self.state.clone(),
             drain_delay: self.drain_delay.clone(),
+            tls: self.tls.clone(),
         };
+        // Certificates rotate without a signal too: the files are watched.
+        let watch = self.tls.clone().map(|tls| tokio::spawn(tls.watch()));
         let reloads = tokio::spawn(async move {
             let Some(mut hangups) = hangups else { return };
             // Signals during a reload make one more reload after it.
@@ -147,6 +170,9 @@ impl Service {
         tracing::info!(port = self.port, "healthd is serving");
         let result = self.server.await;
         signals.abort();
+        if let Some(watch) = watch {
+            watch.abort();
+        }
         // A reload under way stops here; the checks it started stop with it.
         reloads.abort();
         let _ = reloads.await;
@@ -216,6 +242,7 @@ struct Reloader {
     monitor: Monitor,
     state: Data<HealthState>,
     drain_delay: Arc<AtomicU64>,
+    tls: Option<Arc<ServerTls>>,
 }
 
 impl Reloader {
@@ -256,6 +283,11 @@ impl Reloader {
                 )])
             }
         };
+        // Before the restart rules: they may put the running TLS settings
+        // back, whose certificate the watch may have replaced since.
+        if let (Some(tls), Some(wanted)) = (&self.tls, &settings.server.tls) {
+            tls.apply(wanted);
+        }
         keep_what_needs_a_restart(&self.running.server, &mut settings.server);
         // Access and identity switch at once; checks once the new ones
         // have their first reading.
@@ -309,6 +341,21 @@ fn keep_what_needs_a_restart(running: &ServerSettings, wanted: &mut ServerSettin
             shown(wanted.workers)
         );
         wanted.workers = running.workers;
+    }
+    match (&running.tls, &wanted.tls) {
+        (None, Some(_)) => {
+            tracing::warn!(
+                "server.tls added: serving HTTPS needs a restart; still serving plain HTTP"
+            );
+            wanted.tls = None;
+        }
+        (Some(tls), None) => {
+            tracing::warn!(
+                "server.tls removed: serving plain HTTP needs a restart; still serving HTTPS"
+            );
+            wanted.tls = Some(tls.clone());
+        }
+        _ => {}
     }
 }
 

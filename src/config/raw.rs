@@ -6,6 +6,7 @@ use serde::Deserialize;
 use crate::base::policy::RawPolicy;
 use crate::base::problem::{serde_reason, ConfigProblem};
 use crate::base::units::DurationText;
+use crate::config::tls::ClientAuth;
 use crate::config::{Details, ForwardedHeader};
 
 /// The file's TOML as serde reads it; a syntax error or an unknown key is
@@ -50,6 +51,16 @@ pub struct RawServer {
     pub description: Option<String>,
     pub drain_delay: Option<DurationText>,
     pub workers: Option<usize>,
+    pub tls: Option<RawTls>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub certificate: String,
+    pub key: String,
+    pub client_ca: Option<String>,
+    pub client_auth: Option<ClientAuth>,
 }
 
 #[derive(Deserialize, Default)]
@@ -63,6 +74,17 @@ pub struct RawAccess {
     pub forwarded_prefix: Option<String>,
     #[serde(default)]
     pub tokens: Vec<RawToken>,
+    #[serde(default)]
+    pub clients: Vec<RawClient>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClient {
+    pub name: String,
+    pub common_name: Option<String>,
+    pub dns_name: Option<String>,
+    pub uri: Option<String>,
 }
 
 #[derive(Deserialize)]

@@ -43,3 +43,4 @@ mod lifecycle;
 mod metrics;
 mod reload;
 mod support;
+mod tls_server;
