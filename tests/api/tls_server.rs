@@ -2,6 +2,7 @@
 //! server on port 0 with certificates minted by the test, reached by a
 //! rustls client that sees which certificate the server presents.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,7 +16,9 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-use crate::support::app::{captured_logs, read_answer, spawn_app, RawAnswer, TestApp};
+use crate::support::app::{
+    captured_logs, read_answer, spawn_app, spawn_binary, RawAnswer, TestApp,
+};
 
 /// Long enough for the file watch (every 2 s) on a loaded machine.
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -51,7 +54,14 @@ async fn connect(
     app: &TestApp,
     config: Arc<ClientConfig>,
 ) -> std::io::Result<TlsStream<TcpStream>> {
-    let tcp = TcpStream::connect(app.address).await?;
+    connect_to(app.address, config).await
+}
+
+async fn connect_to(
+    address: SocketAddr,
+    config: Arc<ClientConfig>,
+) -> std::io::Result<TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(address).await?;
     let name = ServerName::try_from("localhost").unwrap();
     TlsConnector::from(config).connect(name, tcp).await
 }
@@ -70,6 +80,15 @@ async fn get_once(
     path: &str,
 ) -> std::io::Result<RawAnswer> {
     get(&mut connect(app, config).await?, path).await
+}
+
+/// Waits for the check's first reading: `/health` answers 503 until then.
+async fn wait_until_ready(app: &TestApp, config: Arc<ClientConfig>) {
+    let started = Instant::now();
+    while get_once(app, config.clone(), "/health/ready").await.unwrap().status != 200 {
+        assert!(started.elapsed() < DEADLINE, "not ready within {DEADLINE:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// The leaf certificate the server presented on `stream`.
@@ -207,6 +226,8 @@ async fn a_client_certificate_named_in_access_clients_sees_details_and_is_the_pr
         ("anonymous", None),
     ];
 
+    wait_until_ready(&app, client(&certs, None)).await;
+
     for (index, (principal, identity)) in callers.iter().enumerate() {
         // Act
         let config = client(&certs, identity.as_ref());
@@ -293,4 +314,66 @@ async fn a_broken_new_certificate_keeps_the_old_one_and_the_log_says_why() {
         assert!(started.elapsed() < DEADLINE, "the repaired certificate was not served");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+#[tokio::test]
+async fn check_config_names_each_tls_problem_as_file_key_reason() {
+    // Arrange
+    let certs = TestCerts::new();
+    let (leaf, other) = (certs.valid(), certs.valid());
+    let config = certs.dir().join("mismatched.toml");
+    let missing_ca = certs.dir().join("no-such-ca.pem");
+    std::fs::write(
+        &config,
+        tls_config(&leaf.cert, &other.key, &format!("client_ca = {missing_ca:?}")),
+    )
+    .unwrap();
+
+    // Act
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_healthd"))
+        .args(["check-config", "--config", config.to_str().unwrap()])
+        .env_remove("HEALTHD_LISTEN")
+        .output()
+        .unwrap();
+
+    // Assert
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    let file = config.display();
+    for wanted in [
+        format!(
+            "{file}: server.tls.key: the key in {} does not match the certificate in {}",
+            other.key.display(),
+            leaf.cert.display()
+        ),
+        format!("{file}: server.tls.client_ca: cannot read {}: no such file", missing_ca.display()),
+    ] {
+        assert!(
+            stderr.lines().any(|line| line.starts_with(&wanted)),
+            "{wanted:?} not in:\n{stderr}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn sighup_serves_the_certificate_the_new_config_names() {
+    // Arrange
+    let certs = TestCerts::new();
+    let (old, new) = (certs.valid(), certs.valid());
+    let config = |leaf: &CertFiles| {
+        format!("[server]\nlisten = \"127.0.0.1:0\"\n{}", tls_config(&leaf.chain, &leaf.key, ""))
+    };
+    let mut binary = spawn_binary(&config(&old), &[], &[]).await;
+    let address = binary.address();
+    let first = connect_to(address, client(&certs, None)).await.unwrap();
+    assert_eq!(presented(&first), leaf_of(&old));
+
+    // Act
+    binary.write_config(&config(&new));
+    binary.signal(libc::SIGHUP);
+    binary.wait_for_line(DEADLINE, |line| line.contains("config reloaded")).await;
+
+    // Assert
+    let second = connect_to(address, client(&certs, None)).await.unwrap();
+    assert_eq!(presented(&second), leaf_of(&new));
 }
