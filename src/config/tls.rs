@@ -261,4 +261,30 @@ mod tests {
         assert_eq!(found.len(), 1, "{found:?}");
         assert!(found[0].starts_with("server.tls.client_ca: /dev/zero is a device"), "{found:?}");
     }
+
+    #[test]
+    fn each_client_entry_needs_one_match_a_unique_name_and_a_client_ca() {
+        let client =
+            |name: &str, matches: &str| format!("[[access.clients]]\nname = {name:?}\n{matches}\n");
+        let text = [
+            client("a", "dns_name = \"a.example\""),
+            client("a", "uri = \"spiffe://example.org/a\""),
+            client("b", ""),
+            client("c", "common_name = \"c\"\ndns_name = \"c.example\""),
+        ]
+        .concat();
+        let error = Settings::parse(&text, "t.toml", &BTreeMap::new()).unwrap_err();
+        let found: Vec<String> =
+            error.problems.iter().map(|p| format!("{}: {}", p.key, p.reason)).collect();
+        let one_of = "set exactly one of common_name (the subject's CN), dns_name or uri (a subject alternative name, such as a SPIFFE id)";
+        assert_eq!(
+            found,
+            [
+                "access.clients[1].name: duplicate client name \"a\"".to_string(),
+                format!("access.clients[2]: {one_of}"),
+                format!("access.clients[3]: {one_of}"),
+                "access.clients: needs server.tls.client_ca: client certificates are asked for only with it".to_string(),
+            ]
+        );
+    }
 }

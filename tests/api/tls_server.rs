@@ -317,6 +317,47 @@ async fn a_broken_new_certificate_keeps_the_old_one_and_the_log_says_why() {
 }
 
 #[tokio::test]
+async fn a_new_client_ca_file_verifies_new_connections() {
+    // Arrange: client certificates required, of the test CA for now.
+    let certs = TestCerts::new();
+    let leaf = certs.valid();
+    let client_ca = certs.dir().join("client-ca.pem");
+    std::fs::copy(certs.ca_path(), &client_ca).unwrap();
+    let extra = format!("client_ca = {client_ca:?}\nclient_auth = \"required\"");
+    let app = spawn_app(&tls_config(&leaf.chain, &leaf.key, &extra)).await;
+    let of_test_ca = client(&certs, Some(&certs.client(&["a.example"])));
+    let of_other_ca = client(
+        &certs,
+        Some(&certs.mint(&LeafSpec {
+            signer: Signer::UnknownCa,
+            client: true,
+            ..LeafSpec::new(&["b.example"])
+        })),
+    );
+    let mut open = connect(&app, of_test_ca.clone()).await.unwrap();
+    assert_eq!(get(&mut open, "/health/live").await.unwrap().status, 200);
+    assert!(get_once(&app, of_other_ca.clone(), "/health/live").await.is_err());
+
+    // Act: the other CA replaces the file, atomically.
+    let staged = certs.dir().join("client-ca.pem.new");
+    std::fs::copy(certs.unknown_ca_path(), &staged).unwrap();
+    std::fs::rename(&staged, &client_ca).unwrap();
+
+    // Assert
+    let started = Instant::now();
+    while get_once(&app, of_other_ca.clone(), "/health/live").await.is_err() {
+        assert!(started.elapsed() < DEADLINE, "the new client CA was not used within {DEADLINE:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        get_once(&app, of_test_ca, "/health/live").await.is_err(),
+        "a certificate of the old client CA still connects"
+    );
+    // The connection made under the old CA goes on.
+    assert_eq!(get(&mut open, "/health/live").await.unwrap().status, 200);
+}
+
+#[tokio::test]
 async fn check_config_names_each_tls_problem_as_file_key_reason() {
     // Arrange
     let certs = TestCerts::new();
