@@ -67,7 +67,8 @@ fn millis(duration: Duration) -> u64 {
 }
 
 impl Service {
-    /// Binds `server.listen` (port 0 picks a free port) and starts the checks.
+    /// Binds `server.listen` (port 0 picks a free port) and starts the
+    /// checks; serves HTTPS with `[server.tls]`.
     pub async fn build(settings: Settings) -> anyhow::Result<Service> {
         let listener = TcpListener::bind(settings.server.listen)
             .with_context(|| format!("cannot listen on {}", settings.server.listen))?;
@@ -167,7 +168,8 @@ impl Service {
                 }
             }
         });
-        tracing::info!(port = self.port, "healthd is serving");
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        tracing::info!(port = self.port, scheme, "healthd is serving");
         let result = self.server.await;
         signals.abort();
         if let Some(watch) = watch {
