@@ -1,8 +1,10 @@
 //! The service as the `healthd` binary runs it: [`Service`] binds the
 //! listener, starts the checks (through the same builder an embedding app
 //! uses) and the server, and runs the lifecycle starting -> ready ->
-//! draining -> stopped; SIGHUP reloads the config file meanwhile. Also the
-//! process-wide logging the binary installs ([`init_logging`]).
+//! draining -> stopped; SIGHUP reloads the config file meanwhile. With
+//! `[server.tls]` it serves HTTPS, and follows its certificate files
+//! (`tls`). Also the process-wide logging the binary installs
+//! ([`init_logging`]).
 //!
 //! An app that embeds healthd needs none of this: it mounts
 //! [`Healthd::scope`](crate::Healthd::scope) in its own server and drains
@@ -30,6 +32,10 @@ use crate::base::units::Prefix;
 use crate::builder::Healthd;
 use crate::config::{ServerSettings, Settings};
 use crate::engine::monitor::Monitor;
+
+mod tls;
+
+use tls::ServerTls;
 
 /// How long (seconds) requests in flight may take to finish once the
 /// listener has closed. healthd answers in microseconds; this bounds slow
@@ -63,6 +69,8 @@ pub struct Service {
     running: Settings,
     config_file: Option<PathBuf>,
     budget: Budget,
+    /// With `[server.tls]`: the certificate and client CA new handshakes use.
+    tls: Option<Arc<ServerTls>>,
 }
 
 /// Starts draining a running [`Service`] from elsewhere (a signal, a test).
@@ -78,7 +86,8 @@ fn millis(duration: Duration) -> u64 {
 }
 
 impl Service {
-    /// Binds `server.listen` (port 0 picks a free port) and starts the checks.
+    /// Binds `server.listen` (port 0 picks a free port) and starts the
+    /// checks; serves HTTPS with `[server.tls]`.
     pub async fn build(settings: Settings) -> anyhow::Result<Service> {
         let listener = TcpListener::bind(settings.server.listen)
             .with_context(|| format!("cannot listen on {}", settings.server.listen))?;
@@ -99,6 +108,12 @@ impl Service {
                 .service(api::scope(server_state.clone(), &Prefix::root()))
                 .default_service(web::to(api::not_found))
         })
+        // Before the listener: actix-web captures it there. Each connection
+        // is counted for the budget, and its client certificate recorded.
+        .on_connect(move |connection, extensions| {
+            extensions.insert(counted.connections().opened());
+            api::record_peer(connection, extensions);
+        })
         // The lifecycle owns signals: readiness must turn 503 before the listener closes.
         .disable_signals()
         // After the listener closes, requests in flight get this long to
@@ -113,11 +128,14 @@ impl Service {
         // (its first, or its next on a keep-alive connection) within the
         // idle timeout is closed.
         .client_request_timeout(idle)
-        .keep_alive(idle)
-        .on_connect(move |_, extensions| {
-            extensions.insert(counted.connections().opened());
-        });
-        let server = server.listen(listener)?.run();
+        .keep_alive(idle);
+        let (server, tls) = match &settings.server.tls {
+            Some(tls_settings) => {
+                let (tls, config) = ServerTls::new(tls_settings)?;
+                (server.listen_rustls_0_23(listener, config)?.run(), Some(tls))
+            }
+            None => (server.listen(listener)?.run(), None),
+        };
         Ok(Service {
             port,
             server,
@@ -127,12 +145,16 @@ impl Service {
             running: settings,
             config_file: None,
             budget,
+            tls,
         })
     }
 
     /// The file SIGHUP reads again; without one (the built-in default),
     /// SIGHUP changes nothing.
     pub fn reload_from(mut self, config_file: PathBuf) -> Self {
+        if let Some(tls) = &self.tls {
+            tls.set_source(&config_file);
+        }
         self.config_file = Some(config_file);
         self
     }
@@ -165,7 +187,10 @@ impl Service {
             state: self.state.clone(),
             drain_delay: self.drain_delay.clone(),
             budget: self.budget,
+            tls: self.tls.clone(),
         };
+        // Certificates rotate without a signal too: the files are watched.
+        let watch = self.tls.clone().map(|tls| tokio::spawn(tls.watch()));
         let reloads = tokio::spawn(async move {
             let Some(mut hangups) = hangups else { return };
             // Signals during a reload make one more reload after it.
@@ -184,9 +209,13 @@ impl Service {
                 }
             }
         });
-        tracing::info!(port = self.port, "healthd is serving");
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        tracing::info!(port = self.port, scheme, "healthd is serving");
         let result = self.server.await;
         signals.abort();
+        if let Some(watch) = watch {
+            watch.abort();
+        }
         // A reload under way stops here; the checks it started stop with it.
         reloads.abort();
         let _ = reloads.await;
@@ -258,6 +287,7 @@ struct Reloader {
     drain_delay: Arc<AtomicU64>,
     /// The cap set at start, which a reload does not change.
     budget: Budget,
+    tls: Option<Arc<ServerTls>>,
 }
 
 impl Reloader {
@@ -298,6 +328,11 @@ impl Reloader {
                 )])
             }
         };
+        // Before the restart rules: they may put the running TLS settings
+        // back, whose certificate the watch may have replaced since.
+        if let (Some(tls), Some(wanted)) = (&self.tls, &settings.server.tls) {
+            tls.apply(wanted);
+        }
         keep_what_needs_a_restart(&self.running.server, &mut settings.server);
         let checks = settings.check_descriptors();
         if checks > self.budget.room_for_checks() {
@@ -361,6 +396,21 @@ fn keep_what_needs_a_restart(running: &ServerSettings, wanted: &mut ServerSettin
             shown(wanted.workers)
         );
         wanted.workers = running.workers;
+    }
+    match (&running.tls, &wanted.tls) {
+        (None, Some(_)) => {
+            tracing::warn!(
+                "server.tls added: serving HTTPS needs a restart; still serving plain HTTP"
+            );
+            wanted.tls = None;
+        }
+        (Some(tls), None) => {
+            tracing::warn!(
+                "server.tls removed: serving plain HTTP needs a restart; still serving HTTPS"
+            );
+            wanted.tls = Some(tls.clone());
+        }
+        _ => {}
     }
     if wanted.max_connections != running.max_connections {
         tracing::warn!(

@@ -1,7 +1,8 @@
 //! Who is asking: the client address (behind trusted proxies), the
-//! allowlists, and bearer tokens compared as SHA-256 digests in constant time;
-//! and where the client reaches healthd: the path prefix a trusted proxy
-//! mounts it under.
+//! allowlists, bearer tokens compared as SHA-256 digests in constant time,
+//! and verified client certificates (mutual TLS) matched against
+//! `[[access.clients]]`; and where the client reaches healthd: the path
+//! prefix a trusted proxy mounts it under.
 
 use std::net::IpAddr;
 
@@ -10,7 +11,7 @@ use actix_web::http::header::{HeaderMap, AUTHORIZATION};
 use crate::base::net::Cidr;
 use crate::base::secret::sha256;
 use crate::base::units::Prefix;
-use crate::config::{AccessSettings, Details, ForwardedHeader};
+use crate::config::{AccessSettings, ClientMatch, Details, ForwardedHeader};
 
 /// Where a request comes from.
 #[derive(Debug, Clone, Copy)]
@@ -27,6 +28,59 @@ pub enum Principal {
     Anonymous,
     /// Index into the configured tokens.
     Token(usize),
+    /// Index into the configured clients (`[[access.clients]]`).
+    Client(usize),
+}
+
+/// What the verified client certificate of a connection says: recorded
+/// once per connection, when the handshake is done.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerIdentity {
+    /// The subject's common names (CN).
+    pub common_names: Vec<String>,
+    /// The DNS names among the subject alternative names.
+    pub dns_names: Vec<String>,
+    /// The URIs among the subject alternative names (SPIFFE ids).
+    pub uris: Vec<String>,
+}
+
+impl PeerIdentity {
+    /// The names in a DER certificate; `None` when it does not parse
+    /// (rustls has verified it, so it does).
+    pub fn from_der(der: &[u8]) -> Option<PeerIdentity> {
+        use x509_parser::extensions::GeneralName;
+        use x509_parser::prelude::{FromDer, X509Certificate};
+        let (_, certificate) = X509Certificate::from_der(der).ok()?;
+        let mut identity = PeerIdentity {
+            common_names: certificate
+                .subject()
+                .iter_common_name()
+                .filter_map(|name| name.as_str().ok().map(str::to_string))
+                .collect(),
+            ..PeerIdentity::default()
+        };
+        if let Ok(Some(names)) = certificate.subject_alternative_name() {
+            for name in &names.value.general_names {
+                match name {
+                    GeneralName::DNSName(dns) => identity.dns_names.push(dns.to_string()),
+                    GeneralName::URI(uri) => identity.uris.push(uri.to_string()),
+                    _ => {}
+                }
+            }
+        }
+        Some(identity)
+    }
+
+    fn matches(&self, wanted: &ClientMatch) -> bool {
+        match wanted {
+            ClientMatch::CommonName(name) => self.common_names.contains(name),
+            // DNS names compare without regard to case (RFC 4343).
+            ClientMatch::DnsName(name) => {
+                self.dns_names.iter().any(|dns| dns.eq_ignore_ascii_case(name))
+            }
+            ClientMatch::Uri(uri) => self.uris.contains(uri),
+        }
+    }
 }
 
 /// The token did not check out. Deliberately says nothing of why.
@@ -102,11 +156,17 @@ impl Access {
         Cidr::any_contains(&self.settings.allow, address.client)
     }
 
-    /// Reads the bearer token, if any. A missing header is anonymous; a
-    /// present but malformed or unknown one is an error.
-    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, BadToken> {
+    /// Reads the bearer token, if any; without one, the connection's
+    /// verified client certificate (`peer`), if any. A present but
+    /// malformed or unknown token is an error, whatever the certificate; a
+    /// certificate that matches no `[[access.clients]]` entry is anonymous.
+    pub fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        peer: Option<&PeerIdentity>,
+    ) -> Result<Principal, BadToken> {
         let Some(value) = headers.get(AUTHORIZATION) else {
-            return Ok(Principal::Anonymous);
+            return Ok(peer.map_or(Principal::Anonymous, |peer| self.client(peer)));
         };
         let token = value.as_bytes();
         let token = match token.get(..7) {
@@ -125,6 +185,15 @@ impl Access {
             }
         }
         found.map(Principal::Token).ok_or(BadToken)
+    }
+
+    /// The first `[[access.clients]]` entry the certificate matches.
+    fn client(&self, peer: &PeerIdentity) -> Principal {
+        self.settings
+            .clients
+            .iter()
+            .position(|client| peer.matches(&client.matches))
+            .map_or(Principal::Anonymous, Principal::Client)
     }
 
     /// Whether the `details` setting could show this principal the checks
@@ -156,12 +225,15 @@ impl Access {
         Ok(())
     }
 
-    /// The token's configured name, for the access log.
+    /// The token's or the client's configured name, for the access log.
     pub fn principal_name(&self, principal: Principal) -> &str {
         match principal {
             Principal::Anonymous => "anonymous",
             Principal::Token(index) => {
                 self.settings.tokens.get(index).map_or("anonymous", |token| token.name.as_str())
+            }
+            Principal::Client(index) => {
+                self.settings.clients.get(index).map_or("anonymous", |client| client.name.as_str())
             }
         }
     }
@@ -227,7 +299,7 @@ fn parse_node(node: &str) -> Option<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::TokenSettings;
+    use crate::config::{ClientSettings, TokenSettings};
     use actix_web::http::header::{HeaderName, HeaderValue};
 
     fn access(trusted: &[&str]) -> Access {
@@ -243,6 +315,20 @@ mod tests {
             forwarded_header,
             forwarded_prefix: None,
             tokens: vec![TokenSettings { name: "ops".into(), sha256: sha256(b"s3cret") }],
+            clients: vec![
+                ClientSettings {
+                    name: "prometheus".into(),
+                    matches: ClientMatch::DnsName("prometheus.monitoring".into()),
+                },
+                ClientSettings {
+                    name: "agent".into(),
+                    matches: ClientMatch::Uri("spiffe://example.org/agent".into()),
+                },
+                ClientSettings {
+                    name: "legacy".into(),
+                    matches: ClientMatch::CommonName("legacy-scraper".into()),
+                },
+            ],
         })
     }
 
@@ -339,14 +425,48 @@ mod tests {
     #[test]
     fn tokens_are_checked() {
         let access = access(&[]);
-        assert_eq!(access.authenticate(&headers(&[])).unwrap(), Principal::Anonymous);
+        assert_eq!(access.authenticate(&headers(&[]), None).unwrap(), Principal::Anonymous);
         assert_eq!(
-            access.authenticate(&headers(&[("authorization", "Bearer s3cret")])).unwrap(),
+            access.authenticate(&headers(&[("authorization", "Bearer s3cret")]), None).unwrap(),
             Principal::Token(0)
         );
-        assert!(access.authenticate(&headers(&[("authorization", "Bearer wrong")])).is_err());
-        assert!(access.authenticate(&headers(&[("authorization", "Basic s3cret")])).is_err());
-        assert!(access.authenticate(&headers(&[("authorization", "Bearer ")])).is_err());
+        assert!(access.authenticate(&headers(&[("authorization", "Bearer wrong")]), None).is_err());
+        assert!(access.authenticate(&headers(&[("authorization", "Basic s3cret")]), None).is_err());
+        assert!(access.authenticate(&headers(&[("authorization", "Bearer ")]), None).is_err());
+    }
+
+    #[test]
+    fn a_client_certificate_is_the_principal_of_the_entry_it_matches() {
+        let access = access(&[]);
+        let peer = |common_name: &str, dns: &str, uri: &str| PeerIdentity {
+            common_names: vec![common_name.into()],
+            dns_names: vec![dns.into()],
+            uris: vec![uri.into()],
+        };
+        let cases = [
+            (peer("x", "Prometheus.Monitoring", "spiffe://x"), Principal::Client(0)),
+            (peer("x", "y", "spiffe://example.org/agent"), Principal::Client(1)),
+            (peer("legacy-scraper", "y", "spiffe://x"), Principal::Client(2)),
+            // Verified, but no entry names it: anonymous.
+            (
+                peer("prometheus.monitoring", "y", "spiffe://example.org/agent/2"),
+                Principal::Anonymous,
+            ),
+        ];
+        for (peer, expected) in cases {
+            assert_eq!(
+                access.authenticate(&headers(&[]), Some(&peer)).unwrap(),
+                expected,
+                "{peer:?}"
+            );
+        }
+        assert_eq!(access.principal_name(Principal::Client(1)), "agent");
+        // A token, when sent, decides: a wrong one is refused whatever the certificate.
+        let prometheus = peer("x", "prometheus.monitoring", "spiffe://x");
+        let wrong = headers(&[("authorization", "Bearer wrong")]);
+        assert!(access.authenticate(&wrong, Some(&prometheus)).is_err());
+        let right = headers(&[("authorization", "Bearer s3cret")]);
+        assert_eq!(access.authenticate(&right, Some(&prometheus)).unwrap(), Principal::Token(0));
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod log;
 mod metrics;
 mod status;
 
+use std::any::Any;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,17 +24,19 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use actix_tls::accept::rustls_0_23::TlsStream;
 use actix_web::body::{BodySize, BoxBody, MessageBody};
-use actix_web::dev::{Service, ServiceFactory, ServiceRequest, ServiceResponse};
+use actix_web::dev::{Extensions, Service, ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::{ConnectionType, Method, StatusCode};
+use actix_web::rt::net::TcpStream;
 use actix_web::web::Bytes;
 use actix_web::web::{self, Data};
 use actix_web::{guard, HttpMessage, HttpRequest, HttpResponse, Resource, Scope};
 use arc_swap::ArcSwap;
 use utoipa::OpenApi;
 
-use crate::api::access::{Access, ClientAddress, DetailsDenied, Principal};
+use crate::api::access::{Access, ClientAddress, DetailsDenied, PeerIdentity, Principal};
 use crate::api::docs::{CommonProblems, HealthAnswers, TokenProblems};
 use crate::api::error::{ApiError, ApiErrorKind};
 use crate::api::log::AccessRecord;
@@ -367,14 +370,27 @@ fn client_address(access: &Access, request: &HttpRequest) -> ClientAddress {
     access.client_address(peer(request), request.headers())
 }
 
-/// The name of the token a request came with, for the access log: kept as
-/// the name, since a reload may renumber the tokens before the log line.
+/// Records the verified client certificate of a TLS connection, once,
+/// for every request on it (`HttpServer::on_connect`). A plain connection,
+/// or one without a client certificate, records nothing.
+pub fn record_peer(connection: &dyn Any, extensions: &mut Extensions) {
+    let Some(stream) = connection.downcast_ref::<TlsStream<TcpStream>>() else { return };
+    let (_, session) = stream.get_ref();
+    let leaf = session.peer_certificates().and_then(|chain| chain.first());
+    if let Some(identity) = leaf.and_then(|leaf| PeerIdentity::from_der(leaf)) {
+        extensions.insert(identity);
+    }
+}
+
+/// The name of the token or client certificate a request came with, for
+/// the access log: kept as the name, since a reload may renumber them
+/// before the log line.
 struct Caller(String);
 
 /// The caller's token, recorded for the access log. A wrong one is 401.
 fn authenticate(access: &Access, request: &HttpRequest) -> Result<Principal, ApiError> {
     let principal = access
-        .authenticate(request.headers())
+        .authenticate(request.headers(), request.conn_data::<PeerIdentity>())
         .map_err(|_| ApiError::new(ApiErrorKind::Unauthorized, request.path()))?;
     if principal != Principal::Anonymous {
         request.extensions_mut().insert(Caller(access.principal_name(principal).to_string()));

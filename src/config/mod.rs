@@ -26,7 +26,10 @@ use crate::checks::from_code::{Prebuilt, CODE_KIND};
 use crate::checks::{Check, KindSettings};
 
 mod raw;
+pub mod tls;
 mod validate;
+
+pub use tls::TlsSettings;
 
 /// Everything healthd needs to run, validated: from a file or the
 /// built-in default ([`Settings::load`]), or a config text
@@ -55,6 +58,8 @@ pub struct ServerSettings {
     pub drain_delay: Duration,
     /// actix-web worker threads; defaults to the number of cores.
     pub workers: Option<usize>,
+    /// `[server.tls]`: HTTPS (and mutual TLS) instead of plain HTTP.
+    pub tls: Option<TlsSettings>,
     /// Client connections at most, over all workers; derived from the
     /// limit of open files and the checks' reserve unless set
     /// (`base::budget`).
@@ -87,6 +92,27 @@ pub struct AccessSettings {
     /// (`/ops`), never empty.
     pub forwarded_prefix: Option<Prefix>,
     pub tokens: Vec<TokenSettings>,
+    /// `[[access.clients]]`: verified client certificates that are principals.
+    pub clients: Vec<ClientSettings>,
+}
+
+/// A client certificate that is a principal: its name, and what of the
+/// certificate must equal what is configured.
+#[derive(Debug, Clone)]
+pub struct ClientSettings {
+    pub name: String,
+    pub matches: ClientMatch,
+}
+
+/// The part of a verified client certificate an entry matches, exactly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientMatch {
+    /// A common name (CN) of the subject.
+    CommonName(String),
+    /// A DNS name among the subject alternative names.
+    DnsName(String),
+    /// A URI among the subject alternative names (a SPIFFE id).
+    Uri(String),
 }
 
 /// Which header carries the client address through trusted proxies. Only

@@ -6,6 +6,7 @@ use serde::Deserialize;
 use crate::base::policy::RawPolicy;
 use crate::base::problem::{serde_reason, ConfigProblem};
 use crate::base::units::DurationText;
+use crate::config::tls::ClientAuth;
 use crate::config::{Details, ForwardedHeader};
 
 /// The file's TOML as serde reads it; a syntax error or an unknown key is
@@ -52,6 +53,16 @@ pub struct RawServer {
     pub workers: Option<usize>,
     pub max_connections: Option<usize>,
     pub idle_timeout: Option<DurationText>,
+    pub tls: Option<RawTls>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub certificate: String,
+    pub key: String,
+    pub client_ca: Option<String>,
+    pub client_auth: Option<ClientAuth>,
 }
 
 #[derive(Deserialize, Default)]
@@ -65,6 +76,17 @@ pub struct RawAccess {
     pub forwarded_prefix: Option<String>,
     #[serde(default)]
     pub tokens: Vec<RawToken>,
+    #[serde(default)]
+    pub clients: Vec<RawClient>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClient {
+    pub name: String,
+    pub common_name: Option<String>,
+    pub dns_name: Option<String>,
+    pub uri: Option<String>,
 }
 
 #[derive(Deserialize)]

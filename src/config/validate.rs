@@ -13,10 +13,11 @@ use crate::base::problem::{or_list, serde_reason, ConfigProblem};
 use crate::base::secret::{sha256, Environment};
 use crate::base::units::Prefix;
 use crate::checks::{self, KindInput};
+use crate::config::raw::RawClient;
 use crate::config::raw::{RawCheck, RawSettings, COMMON_CHECK_KEYS};
 use crate::config::{
-    AccessSettings, CheckSettings, Details, ForwardedHeader, ServerSettings, Settings,
-    TokenSettings,
+    tls, AccessSettings, CheckSettings, ClientMatch, ClientSettings, Details, ForwardedHeader,
+    ServerSettings, Settings, TokenSettings,
 };
 
 /// Every setting from what the file says, reporting each problem.
@@ -25,6 +26,9 @@ pub fn settings(
     env: &dyn Environment,
     problems: &mut Vec<ConfigProblem>,
 ) -> Settings {
+    let asks_for_client_certificates =
+        raw.server.tls.as_ref().is_some_and(|tls| tls.client_ca.is_some());
+    let tls = raw.server.tls.and_then(|raw| tls::settings(raw, problems));
     let mut report = |key: String, reason: String| problems.push(ConfigProblem::new(key, reason));
 
     let listen_text = env.var("HEALTHD_LISTEN").map(|value| ("HEALTHD_LISTEN", value));
@@ -48,6 +52,7 @@ pub fn settings(
         workers: raw.server.workers,
         max_connections: raw.server.max_connections,
         idle_timeout: raw.server.idle_timeout.map_or(DEFAULT_IDLE_TIMEOUT, |d| d.0),
+        tls,
     };
     if server.idle_timeout.is_zero() || server.idle_timeout > MAX_IDLE_TIMEOUT {
         report(
@@ -123,6 +128,7 @@ pub fn settings(
         forwarded_header: raw.access.forwarded_header.unwrap_or(ForwardedHeader::XForwardedFor),
         forwarded_prefix,
         tokens,
+        clients: clients(raw.access.clients, asks_for_client_certificates, problems),
     };
 
     let defaults = DEFAULT_POLICY.under(&raw.defaults);
@@ -159,6 +165,43 @@ pub fn settings(
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest `server.idle_timeout`: an idle client holds a slot at most this long.
 pub const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// `[[access.clients]]`: each with a unique name and exactly one match.
+fn clients(
+    raw: Vec<RawClient>,
+    asks_for_client_certificates: bool,
+    problems: &mut Vec<ConfigProblem>,
+) -> Vec<ClientSettings> {
+    let mut names = HashSet::new();
+    let mut clients = Vec::new();
+    for (index, client) in raw.into_iter().enumerate() {
+        let key = format!("access.clients[{index}]");
+        if !names.insert(client.name.clone()) {
+            problems.push(ConfigProblem::new(
+                format!("{key}.name"),
+                format!("duplicate client name {:?}", client.name),
+            ));
+        }
+        let matches = match (client.common_name, client.dns_name, client.uri) {
+            (Some(name), None, None) => ClientMatch::CommonName(name),
+            (None, Some(name), None) => ClientMatch::DnsName(name),
+            (None, None, Some(uri)) => ClientMatch::Uri(uri),
+            _ => {
+                problems.push(ConfigProblem::new(key, "set exactly one of common_name (the subject's CN), dns_name or uri (a subject alternative name, such as a SPIFFE id)"));
+                continue;
+            }
+        };
+        clients.push(ClientSettings { name: client.name, matches });
+    }
+    if !clients.is_empty() && !asks_for_client_certificates {
+        // Without a client CA no client certificate is asked for: the
+        // entries could never match.
+        problems.push(ConfigProblem::new(
+            "access.clients",
+            "needs server.tls.client_ca: client certificates are asked for only with it",
+        ));
+    }
+    clients
+}
 
 /// One `[[checks]]` table: the common keys here, the rest by its kind.
 fn check_settings(

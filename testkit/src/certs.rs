@@ -5,7 +5,8 @@
 //! on drop. Its methods mint leaf certificates as PEM files (cert, key, the
 //! chain leaf + CA, and the issuing CA): valid for 30 days, expiring in N
 //! days, expired N days ago (its `not_before` earlier still), signed by the
-//! unknown CA, self-signed, or for other names. Leaves are for `127.0.0.1`
+//! unknown CA, self-signed, for other names, or client certificates for
+//! mutual TLS (with URI SANs for SPIFFE ids). Leaves are for `127.0.0.1`
 //! and `localhost` (IP and DNS SANs) unless told otherwise. Keys are ECDSA
 //! P-256, minted with rcgen on the ring backend (the one rustls already uses
 //! here); the files belong to the test process's user, so a server that runs
@@ -24,7 +25,7 @@ use std::time::{Duration, SystemTime};
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose,
+    KeyPair, KeyUsagePurpose, SanType,
 };
 use time::OffsetDateTime;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -67,11 +68,16 @@ pub enum Signer {
 /// What to mint. Times are truncated to whole seconds (X.509 has no finer).
 #[derive(Clone, Debug)]
 pub struct LeafSpec {
-    /// SANs: each is an IP SAN if it parses as an IP address, else a DNS SAN.
+    /// SANs: each is an IP SAN if it parses as an IP address, a URI SAN if
+    /// it has a scheme (`spiffe://...`), else a DNS SAN. The first is also
+    /// the subject's common name.
     pub names: Vec<String>,
     pub not_before: SystemTime,
     pub not_after: SystemTime,
     pub signer: Signer,
+    /// A client certificate too (extended key usage clientAuth besides
+    /// serverAuth), for mutual TLS.
+    pub client: bool,
 }
 
 impl LeafSpec {
@@ -83,6 +89,7 @@ impl LeafSpec {
             not_before: now - HOUR,
             not_after: now + 30 * DAY,
             signer: Signer::TestCa,
+            client: false,
         }
     }
 
@@ -176,6 +183,13 @@ impl TestCerts {
         self.mint(&LeafSpec::new(names))
     }
 
+    /// A client certificate for `names` (see [`LeafSpec::names`]), by the
+    /// test CA, valid for 30 days: a `ca_path()` that a server trusts for
+    /// client certificates accepts it.
+    pub fn client(&self, names: &[&str]) -> CertFiles {
+        self.mint(&LeafSpec { client: true, ..LeafSpec::new(names) })
+    }
+
     /// Mints a leaf as `spec` says. Panics if rcgen refuses (a bad name).
     pub fn mint(&self, spec: &LeafSpec) -> CertFiles {
         let n = self.counter.fetch_add(1, Ordering::Relaxed) + 1;
@@ -183,8 +197,14 @@ impl TestCerts {
         let not_before = whole_seconds(spec.not_before);
         let not_after = whole_seconds(spec.not_after);
 
-        let mut params = CertificateParams::new(spec.names.clone())
+        let (uris, names): (Vec<String>, Vec<String>) =
+            spec.names.iter().cloned().partition(|name| name.contains("://"));
+        let mut params = CertificateParams::new(names)
             .unwrap_or_else(|e| panic!("certificate names {:?}: {e}", spec.names));
+        for uri in uris {
+            let uri = uri.as_str().try_into().unwrap_or_else(|e| panic!("URI {uri}: {e}"));
+            params.subject_alt_names.push(SanType::URI(uri));
+        }
         params.distinguished_name = rcgen::DistinguishedName::new();
         if let Some(first) = spec.names.first() {
             params.distinguished_name.push(DnType::CommonName, first.as_str());
@@ -193,6 +213,9 @@ impl TestCerts {
         params.not_after = not_after;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        if spec.client {
+            params.extended_key_usages.push(ExtendedKeyUsagePurpose::ClientAuth);
+        }
         params.use_authority_key_identifier_extension = spec.signer != Signer::SelfSigned;
         let key = KeyPair::generate().expect("generating a key pair");
         let (cert, ca) = match spec.signer {

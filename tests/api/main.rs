@@ -44,3 +44,4 @@ mod lifecycle;
 mod metrics;
 mod reload;
 mod support;
+mod tls_server;

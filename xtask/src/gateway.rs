@@ -3,8 +3,9 @@
 //! nginx as the gateway (healthd under `/ops/`, Swagger UI in headless
 //! Chromium), HAProxy balancing two instances through a SIGTERM drain,
 //! Prometheus scraping with a bearer token (and promtool on the exposition
-//! and the alert rules), and the Kubernetes manifest's config, probes and
-//! grace period. Every server runs on free loopback ports from
+//! and the alert rules), healthd over HTTPS with client certificates
+//! (Prometheus scraping with its own, nginx proxying with its own), and the
+//! Kubernetes manifest's config, probes and grace period. Every server runs on free loopback ports from
 //! `target/gateway/`, every wait has a deadline, and everything started is
 //! stopped, also when a scenario fails.
 
@@ -56,10 +57,11 @@ pub fn run() -> anyhow::Result<()> {
     std::fs::create_dir_all(&scratch)?;
     let stage = Stage { root, scratch };
 
-    let scenarios: [(&str, Scenario); 4] = [
+    let scenarios: [(&str, Scenario); 5] = [
         ("nginx", nginx),
         ("haproxy", haproxy),
         ("prometheus", prometheus),
+        ("mtls", mtls),
         ("kubernetes", kubernetes),
     ];
     let mut failed = Vec::new();
@@ -176,6 +178,22 @@ impl Stage {
         dir: &Path,
         env: &[(&str, String)],
     ) -> anyhow::Result<Server> {
+        let server = self.spawn_healthd(name, config, dir, env)?;
+        let address = SocketAddr::from(([127, 0, 0, 1], port));
+        wait_until(&format!("{name}'s startup probe answering 200"), DEADLINE, || {
+            http(address, None, "GET", "/health/startup", &[]).is_ok_and(|a| a.status == 200)
+        })?;
+        Ok(server)
+    }
+
+    /// Starts healthd with `config` (JSON logs, the token in its environment).
+    fn spawn_healthd(
+        &self,
+        name: &str,
+        config: &str,
+        dir: &Path,
+        env: &[(&str, String)],
+    ) -> anyhow::Result<Server> {
         let config_path = dir.join(format!("{name}.toml"));
         std::fs::write(&config_path, config)?;
         let mut command = Command::new(Profile::Debug.binary(&self.root, "healthd"));
@@ -184,12 +202,7 @@ impl Stage {
         for (key, value) in env {
             command.env(key, value);
         }
-        let server = Server::spawn(name, command, &dir.join(format!("{name}.log")))?;
-        let address = SocketAddr::from(([127, 0, 0, 1], port));
-        wait_until(&format!("{name}'s startup probe answering 200"), DEADLINE, || {
-            http(address, None, "GET", "/health/startup", &[]).is_ok_and(|a| a.status == 200)
-        })?;
-        Ok(server)
+        Server::spawn(name, command, &dir.join(format!("{name}.log")))
     }
 }
 
@@ -258,30 +271,7 @@ fn nginx(stage: &Stage) -> anyhow::Result<String> {
             ("listen 80;", format!("listen 127.0.0.1:{port};")),
         ],
     )?;
-    std::fs::write(dir.join("healthd.conf"), site)?;
-    // The main file Debian's package would provide, with every path in the
-    // scratch directory; it includes the deploy file as conf.d/ would. One
-    // process, no master: were the stage killed, no worker outlives it.
-    let d = dir.display();
-    std::fs::write(
-        dir.join("nginx.conf"),
-        format!(
-            "daemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log stderr notice;\n\
-             events {{ worker_connections 256; }}\nhttp {{\n    access_log {d}/access.log combined;\n\
-             \x20   client_body_temp_path {d}/tmp/body;\n    proxy_temp_path {d}/tmp/proxy;\n\
-             \x20   fastcgi_temp_path {d}/tmp/fastcgi;\n    uwsgi_temp_path {d}/tmp/uwsgi;\n\
-             \x20   scgi_temp_path {d}/tmp/scgi;\n    include {d}/healthd.conf;\n}}\n"
-        ),
-    )?;
-    std::fs::create_dir_all(dir.join("tmp"))?;
-    let nginx_command = || {
-        let mut command = Command::new("nginx");
-        command.arg("-p").arg(&dir).arg("-c").arg(dir.join("nginx.conf")).args(["-e", "stderr"]);
-        command
-    };
-    let test = nginx_command().arg("-t").output()?;
-    ensure!(test.status.success(), "nginx -t: {}", String::from_utf8_lossy(&test.stderr));
-    let _nginx = Server::spawn("nginx", nginx_command(), &dir.join("nginx.log"))?;
+    let _nginx = start_nginx(&dir, &site)?;
     let gateway = local(port);
     wait_until("nginx answering", DEADLINE, || {
         http(gateway, None, "GET", "/ops/health/live", &[]).is_ok_and(|a| a.status == 200)
@@ -405,6 +395,35 @@ fn nginx(stage: &Stage) -> anyhow::Result<String> {
          allow/details_allow on the client behind nginx, X-Forwarded-For and X-Forwarded-Prefix \
          not spoofable; other paths to the app; Chromium: {swagger}"
     ))
+}
+
+/// nginx with `site` (a deploy file, rendered) included as conf.d/ would
+/// include it, after `nginx -t` passes.
+fn start_nginx(dir: &Path, site: &str) -> anyhow::Result<Server> {
+    std::fs::write(dir.join("healthd.conf"), site)?;
+    // The main file Debian's package would provide, with every path in the
+    // scratch directory; it includes the deploy file as conf.d/ would. One
+    // process, no master: were the stage killed, no worker outlives it.
+    let d = dir.display();
+    std::fs::write(
+        dir.join("nginx.conf"),
+        format!(
+            "daemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log stderr notice;\n\
+             events {{ worker_connections 256; }}\nhttp {{\n    access_log {d}/access.log combined;\n\
+             \x20   client_body_temp_path {d}/tmp/body;\n    proxy_temp_path {d}/tmp/proxy;\n\
+             \x20   fastcgi_temp_path {d}/tmp/fastcgi;\n    uwsgi_temp_path {d}/tmp/uwsgi;\n\
+             \x20   scgi_temp_path {d}/tmp/scgi;\n    include {d}/healthd.conf;\n}}\n"
+        ),
+    )?;
+    std::fs::create_dir_all(dir.join("tmp"))?;
+    let nginx_command = || {
+        let mut command = Command::new("nginx");
+        command.arg("-p").arg(dir).arg("-c").arg(dir.join("nginx.conf")).args(["-e", "stderr"]);
+        command
+    };
+    let test = nginx_command().arg("-t").output()?;
+    ensure!(test.status.success(), "nginx -t: {}", String::from_utf8_lossy(&test.stderr));
+    Server::spawn("nginx", nginx_command(), &dir.join("nginx.log"))
 }
 
 // --- HAProxy ------------------------------------------------------------------
@@ -754,6 +773,180 @@ fn prometheus(stage: &Stage) -> anyhow::Result<String> {
          target up ({}), healthd_check_up {up:?}, {} alert rules loaded",
         target["scrapeUrl"].as_str().unwrap_or("?"),
         loaded.len()
+    ))
+}
+
+// --- HTTPS and mutual TLS -----------------------------------------------------
+
+fn mutual_tls_config(port: u16, tls: &Path, ca: &Path) -> String {
+    let (chain, key) = (tls.join("healthd.crt"), tls.join("healthd.key"));
+    format!(
+        r#"[server]
+listen = "127.0.0.1:{port}"
+service_id = "mutual-tls"
+drain_delay = "0s"
+
+[server.tls]
+certificate = {chain:?}
+key = {key:?}
+client_ca = {ca:?}
+client_auth = "required"
+
+[access]
+details = "authorized"
+trusted_proxies = ["127.0.0.1/32"]         # nginx
+[[access.tokens]]
+name = "ops"
+env = "HEALTHD_TOKEN"
+[[access.clients]]
+name = "prometheus"
+dns_name = "prometheus.monitoring.svc"
+
+[[checks]]
+name = "disk"
+kind = "disk"
+path = "/"
+warn_below = "0%"
+fail_below = "0%"
+"#
+    )
+}
+
+/// healthd serving HTTPS with `client_auth = "required"`: Prometheus
+/// scrapes `/metrics` with its client certificate (a principal, no token),
+/// nginx proxies to it over HTTPS with its own (anonymous: the token it
+/// passes through decides), plain HTTP gets nothing.
+fn mtls(stage: &Stage) -> anyhow::Result<String> {
+    let dir = stage.dir("mtls")?;
+    let certs = healthd_testkit::certs::TestCerts::new();
+    let server = certs.for_names(&["orders-api-health.orders.svc", "127.0.0.1"]);
+    let prometheus_client = certs.client(&["prometheus.monitoring.svc"]);
+    let nginx_client = certs.client(&["nginx.ingress.svc"]);
+    let tls = dir.join("tls");
+    std::fs::create_dir_all(&tls)?;
+    for (from, to) in [
+        (&server.chain, "healthd.crt"),
+        (&server.key, "healthd.key"),
+        (&certs.ca_path().to_path_buf(), "ca.crt"),
+        (&prometheus_client.cert, "prometheus.crt"),
+        (&prometheus_client.key, "prometheus.key"),
+        (&nginx_client.cert, "nginx.crt"),
+        (&nginx_client.key, "nginx.key"),
+    ] {
+        std::fs::copy(from, tls.join(to)).with_context(|| format!("copying {to}"))?;
+    }
+    let port = free_port()?;
+    let healthd = stage.spawn_healthd(
+        "healthd",
+        &mutual_tls_config(port, &tls, &tls.join("ca.crt")),
+        &dir,
+        &[],
+    )?;
+    healthd
+        .wait_for_line("healthd serving", DEADLINE, |line| line.contains("healthd is serving"))?;
+    ensure!(
+        http(local(port), None, "GET", "/health/live", &[]).is_err(),
+        "plain HTTP on the HTTPS port got an answer"
+    );
+
+    // nginx, from the shipped file, proxying over HTTPS with its certificate.
+    let gateway = free_port()?;
+    let site = render(
+        &stage.root,
+        "deploy/nginx/healthd-https.conf",
+        &[
+            ("server 127.0.0.1:8443;", format!("server 127.0.0.1:{port};")),
+            ("listen 80;", format!("listen 127.0.0.1:{gateway};")),
+            ("/etc/nginx/healthd/ca.crt", tls.join("ca.crt").display().to_string()),
+            ("/etc/nginx/healthd/nginx.crt", tls.join("nginx.crt").display().to_string()),
+            ("/etc/nginx/healthd/nginx.key", tls.join("nginx.key").display().to_string()),
+        ],
+    )?;
+    let nginx_dir = stage.dir("mtls/nginx")?;
+    let _nginx = start_nginx(&nginx_dir, &site)?;
+    wait_until("healthd ready through nginx over HTTPS", DEADLINE, || {
+        http(local(gateway), None, "GET", "/ops/health/ready", &[]).is_ok_and(|a| a.status == 200)
+    })?;
+    let auth = bearer();
+    let anonymous = http(local(gateway), None, "GET", "/ops/health", &[])?;
+    let with_token =
+        http(local(gateway), None, "GET", "/ops/health", &[("Authorization", auth.as_str())])?;
+    let metrics = http(local(gateway), None, "GET", "/ops/metrics", &[])?;
+    ensure!(
+        anonymous.status == 200 && !anonymous.body.contains("\"checks\""),
+        "/ops/health through nginx, no token: {} {}",
+        anonymous.status,
+        anonymous.body
+    );
+    ensure!(
+        with_token.status == 200 && with_token.body.contains("\"checks\""),
+        "/ops/health through nginx, with the token: {} {}",
+        with_token.status,
+        with_token.body
+    );
+    ensure!(metrics.status == 401, "/ops/metrics through nginx, no token: {}", metrics.status);
+    let through_nginx =
+        healthd.wait_for_line("nginx's request with the token", DEADLINE, |line| {
+            line.contains("\"path\":\"/health\"") && line.contains("\"principal\":\"ops\"")
+        })?;
+    excerpt("healthd's access log, through nginx", &through_nginx.text);
+
+    // Prometheus, from the shipped file, with its client certificate.
+    let deploy = stage.root.join("deploy/prometheus");
+    let config = render(
+        &stage.root,
+        "deploy/prometheus/prometheus-mtls.yml",
+        &[("\"orders-api-health.orders.svc:8443\"", format!("\"127.0.0.1:{port}\""))],
+    )?;
+    let prometheus_dir = stage.dir("mtls/prometheus")?;
+    std::fs::write(prometheus_dir.join("prometheus.yml"), config)?;
+    for (from, to) in [
+        ("ca.crt", "healthd-ca.crt"),
+        ("prometheus.crt", "prometheus.crt"),
+        ("prometheus.key", "prometheus.key"),
+    ] {
+        std::fs::copy(tls.join(from), prometheus_dir.join(to))?;
+    }
+    let rules = prometheus_dir.join("healthd.rules.yml");
+    let _ = std::fs::remove_file(&rules);
+    std::os::unix::fs::symlink(deploy.join("healthd.rules.yml"), &rules)?;
+    let web = free_port()?;
+    let mut command = Command::new("prometheus");
+    command
+        .arg(format!("--config.file={}", prometheus_dir.join("prometheus.yml").display()))
+        .arg(format!("--storage.tsdb.path={}", prometheus_dir.join("data").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{web}"))
+        .current_dir(&prometheus_dir);
+    let _prometheus = Server::spawn("prometheus", command, &prometheus_dir.join("prometheus.log"))?;
+    let api = |path: &str| -> anyhow::Result<Value> {
+        let answer = http(local(web), None, "GET", path, &[])?;
+        ensure!(answer.status == 200, "{path}: {} {}", answer.status, answer.body);
+        Ok(serde_json::from_str(&answer.body)?)
+    };
+    let mut target = Value::Null;
+    wait_until("Prometheus scraping healthd over mTLS", Duration::from_secs(60), || {
+        target =
+            api("/api/v1/targets").map_or(Value::Null, |v| v["data"]["activeTargets"][0].clone());
+        target["health"] == "up"
+    })
+    .with_context(|| format!("the target: {target}"))?;
+    let mut answer = Value::Null;
+    wait_until("healthd_check_up scraped over mTLS", DEADLINE, || {
+        answer = api("/api/v1/query?query=healthd_check_up").unwrap_or(Value::Null);
+        answer["data"]["result"].as_array().is_some_and(|result| result.len() == 1)
+    })
+    .with_context(|| format!("the answer: {answer}"))?;
+    let scraped =
+        healthd.wait_for_line("Prometheus' scrape with its certificate", DEADLINE, |line| {
+            line.contains("\"path\":\"/metrics\"") && line.contains("\"principal\":\"prometheus\"")
+        })?;
+    ensure!(scraped.text.contains("\"status\":200"), "{}", scraped.text);
+    excerpt("healthd's access log, Prometheus' scrape", &scraped.text);
+    Ok(format!(
+        "client_auth required; plain HTTP refused; nginx over HTTPS with its certificate \
+         (anonymous without the token, details with it, /metrics 401); Prometheus scraping \
+         {} with its certificate as principal \"prometheus\"",
+        target["scrapeUrl"].as_str().unwrap_or("?")
     ))
 }
 

@@ -263,7 +263,7 @@ pub async fn raw_request(address: SocketAddr, bytes: &[u8]) -> std::io::Result<R
 /// `content-length` bytes, or up to the end of the stream without one;
 /// none to a HEAD); a problem+json body is validated against the contract.
 pub async fn read_answer(
-    stream: &mut tokio::net::TcpStream,
+    stream: &mut (impl tokio::io::AsyncRead + Unpin),
     is_head: bool,
 ) -> std::io::Result<RawAnswer> {
     use tokio::io::AsyncReadExt;
