@@ -33,9 +33,9 @@ use crate::builder::Healthd;
 use crate::config::{ServerSettings, Settings};
 use crate::engine::monitor::Monitor;
 
-mod tls;
+mod https;
 
-use tls::ServerTls;
+use https::ServerTls;
 
 /// How long (seconds) requests in flight may take to finish once the
 /// listener has closed. healthd answers in microseconds; this bounds slow

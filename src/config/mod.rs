@@ -26,10 +26,10 @@ use crate::checks::from_code::{Prebuilt, CODE_KIND};
 use crate::checks::{Check, KindSettings};
 
 mod raw;
-pub mod tls;
+pub mod server_tls;
 mod validate;
 
-pub use tls::TlsSettings;
+pub use server_tls::TlsSettings;
 
 /// Everything healthd needs to run, validated: from a file or the
 /// built-in default ([`Settings::load`]), or a config text

@@ -6,7 +6,7 @@ use serde::Deserialize;
 use crate::base::policy::RawPolicy;
 use crate::base::problem::{serde_reason, ConfigProblem};
 use crate::base::units::DurationText;
-use crate::config::tls::ClientAuth;
+use crate::config::server_tls::ClientAuth;
 use crate::config::{Details, ForwardedHeader};
 
 /// The file's TOML as serde reads it; a syntax error or an unknown key is

@@ -16,8 +16,8 @@ use crate::checks::{self, KindInput};
 use crate::config::raw::RawClient;
 use crate::config::raw::{RawCheck, RawSettings, COMMON_CHECK_KEYS};
 use crate::config::{
-    tls, AccessSettings, CheckSettings, ClientMatch, ClientSettings, Details, ForwardedHeader,
-    ServerSettings, Settings, TokenSettings,
+    server_tls, AccessSettings, CheckSettings, ClientMatch, ClientSettings, Details,
+    ForwardedHeader, ServerSettings, Settings, TokenSettings,
 };
 
 /// Every setting from what the file says, reporting each problem.
@@ -28,7 +28,7 @@ pub fn settings(
 ) -> Settings {
     let asks_for_client_certificates =
         raw.server.tls.as_ref().is_some_and(|tls| tls.client_ca.is_some());
-    let tls = raw.server.tls.and_then(|raw| tls::settings(raw, problems));
+    let tls = raw.server.tls.and_then(|raw| server_tls::settings(raw, problems));
     let mut report = |key: String, reason: String| problems.push(ConfigProblem::new(key, reason));
 
     let listen_text = env.var("HEALTHD_LISTEN").map(|value| ("HEALTHD_LISTEN", value));

@@ -52,7 +52,14 @@ pub fn run() -> anyhow::Result<()> {
     if !violations.is_empty() {
         bail!("{} import(s) point up a layer: see ARCHITECTURE.md", violations.len());
     }
-    println!("layers: every import points down or sideways");
+    let shared = shared_module_names(&project_root())?;
+    for (name, places) in &shared {
+        eprintln!("module name {name:?} stands for {} modules: {places:?}", places.len());
+    }
+    if !shared.is_empty() {
+        bail!("{} module name(s) used for more than one module", shared.len());
+    }
+    println!("layers: every import points down or sideways; no two modules share a name");
     Ok(())
 }
 
@@ -160,9 +167,34 @@ fn first_segment(path: &str) -> String {
     path.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect()
 }
 
+/// Module names that stand for two things: a file or folder name under
+/// `src/` used at two places (`mod.rs`, `lib.rs`, `main.rs` apart), such as
+/// a `tls` kind beside a `tls` server module.
+pub fn shared_module_names(root: &Path) -> anyhow::Result<Vec<(String, Vec<PathBuf>)>> {
+    let src = root.join("src");
+    let mut files = Vec::new();
+    collect_rust_files(&src, &mut files)?;
+    let mut by_name: std::collections::BTreeMap<String, Vec<PathBuf>> = Default::default();
+    for file in files {
+        let relative = file.strip_prefix(&src).expect("below src").to_path_buf();
+        let stem = relative.file_stem().and_then(|stem| stem.to_str()).unwrap_or_default();
+        if matches!(stem, "mod" | "lib" | "main") {
+            continue;
+        }
+        by_name.entry(stem.to_string()).or_default().push(relative);
+    }
+    Ok(by_name.into_iter().filter(|(_, places)| places.len() > 1).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_two_modules_share_a_name() {
+        let shared = shared_module_names(&project_root()).unwrap();
+        assert!(shared.is_empty(), "modules named alike at different places: {shared:?}");
+    }
 
     #[test]
     fn no_layer_of_healthd_imports_from_a_layer_above_its_own() {

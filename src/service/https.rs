@@ -23,7 +23,7 @@ use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme};
 
 use crate::base::problem::ConfigProblem;
-use crate::config::tls::{load_client_verifier, load_identity, provider};
+use crate::config::server_tls::{load_client_verifier, load_identity, provider};
 use crate::config::TlsSettings;
 
 /// How often the certificate, key and client CA files are looked at.
