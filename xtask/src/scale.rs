@@ -53,6 +53,8 @@ const READINESS: Target = Target {
 };
 const HEALTH: Target =
     Target { label: "/health", server: Server::Healthd, path: "/health", authorized: false };
+const METRICS: Target =
+    Target { label: "/metrics", server: Server::Healthd, path: "/metrics", authorized: false };
 
 /// What one size measured.
 struct Row {
@@ -73,6 +75,10 @@ struct Row {
     liveness: (f64, f64),
     readiness: (f64, f64),
     health_rate: f64,
+    metrics_rate: f64,
+    /// RSS once `/health` and `/metrics` have each been served to
+    /// `PROBE_CONNECTIONS` callers at once.
+    rss_after_mib: f64,
 }
 
 /// Runs the scale part; returns the Markdown section it measured.
@@ -274,6 +280,10 @@ fn measure(
     let health_rate =
         wrk(port, &HEALTH, PROBE_CONNECTIONS, plan.wrk_seconds, pid, Expect::Success)?
             .requests_per_second;
+    let metrics_rate =
+        wrk(port, &METRICS, PROBE_CONNECTIONS, plan.wrk_seconds, pid, Expect::Success)?
+            .requests_per_second;
+    let rss_after_mib = rss_kib(pid, "VmRSS:")? as f64 / 1024.0;
     let peak_rss_mib = rss_kib(pid, "VmHWM:")? as f64 / 1024.0;
     let net_ns = (cpu_ns - idle_ns_per_second * window.as_secs_f64()).max(0.0);
     Ok(Row {
@@ -290,6 +300,8 @@ fn measure(
         liveness: summary(&rates[0]),
         readiness: summary(&rates[1]),
         health_rate,
+        metrics_rate,
+        rss_after_mib,
     })
 }
 
@@ -384,14 +396,14 @@ fn section(plan: &Plan, idle_ns_per_second: f64, rows: &[Row]) -> anyhow::Result
         chrono_free_date(),
     )?;
     writeln!(out, "- CPU: healthd's time on CPU (/proc/PID/task/*/schedstat) over whole intervals covering {} s or more, from half an interval after a burst of runs and 2 s or more after start-up; runs counted from `/metrics`. Per run: net of what healthd with no checks spends meanwhile ({:.3}% of a core); below 1,000 checks the interval is shorter so that the runs stand out of that (a run costs the same whatever its interval)", plan.window.as_secs(), idle_ns_per_second / 1e7)?;
-    writeln!(out, "- startup: from exec to `/health/startup` 200; RSS: before the probes, and the peak (VmHWM) after them")?;
+    writeln!(out, "- startup: from exec to `/health/startup` 200; RSS: before the probes, the peak (VmHWM) after them, and once `/health` and `/metrics` have each been served to {PROBE_CONNECTIONS} callers at once")?;
     writeln!(out, "- probes: wrk, {PROBE_CONNECTIONS} connections, {} s, on the same 2 cores; liveness and readiness take turns with a reference healthd of {REFERENCE_CHECKS} checks within each of {} rounds; rates and ratios are medians over the rounds\n", plan.wrk_seconds, plan.rounds)?;
-    writeln!(out, "| checks | interval | runs/s | healthd CPU, % of one core | CPU µs per run | startup | RSS (peak) | `/health` bytes | `/health/ready` bytes | `/health/live` req/s (× ref.) | `/health/ready` req/s (× ref.) | `/health` req/s |")?;
-    writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")?;
+    writeln!(out, "| checks | interval | runs/s | healthd CPU, % of one core | CPU µs per run | startup | RSS (peak) | `/health` bytes | `/health/ready` bytes | `/health/live` req/s (× ref.) | `/health/ready` req/s (× ref.) | `/health` req/s | `/metrics` req/s | RSS after `/health` and `/metrics` |")?;
+    writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")?;
     for row in rows {
         writeln!(
             out,
-            "| {} | {} s | {:.1} | {:.2} | {:.1} | {:.2} s | {:.1} MiB ({:.1}) | {} | {} | {:.0} ({:.2}) | {:.0} ({:.2}) | {:.0} |",
+            "| {} | {} s | {:.1} | {:.2} | {:.1} | {:.2} s | {:.1} MiB ({:.1}) | {} | {} | {:.0} ({:.2}) | {:.0} ({:.2}) | {:.0} | {:.0} | {:.1} MiB |",
             thousands(row.checks),
             row.interval.as_secs_f64(),
             row.runs_per_second,
@@ -407,6 +419,8 @@ fn section(plan: &Plan, idle_ns_per_second: f64, rows: &[Row]) -> anyhow::Result
             row.readiness.0,
             row.readiness.1,
             row.health_rate,
+            row.metrics_rate,
+            row.rss_after_mib,
         )?;
     }
     let (first, last) = (rows.first().context("no rows")?, rows.last().context("no rows")?);
@@ -440,9 +454,9 @@ fn section(plan: &Plan, idle_ns_per_second: f64, rows: &[Row]) -> anyhow::Result
         )?;
         writeln!(
             out,
-            "| 10,000 checks stay below 100 MiB RSS (peak, after the probes) | {:.1} MiB | {} |",
-            last.peak_rss_mib,
-            verdict(last.peak_rss_mib < 100.0)
+            "| 10,000 checks below 100 MiB RSS once `/health` and `/metrics` have each been served to {PROBE_CONNECTIONS} callers at once | {:.1} MiB | {} |",
+            last.rss_after_mib,
+            verdict(last.rss_after_mib < 100.0)
         )?;
     }
     for (name, rates) in [("liveness", last.liveness), ("readiness", last.readiness)] {
