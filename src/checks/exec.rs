@@ -463,6 +463,11 @@ fn parse_perfdata(text: &str) -> Vec<Perf> {
     items
 }
 
+/// The (check, label, unit) whose unit did not convert, already logged.
+static UNITS_WARNED: std::sync::LazyLock<
+    std::sync::Mutex<std::collections::HashSet<(String, String, String)>>,
+> = std::sync::LazyLock::new(Default::default);
+
 /// The value of `label` in `perfdata`, in `unit`; `None` when the run did
 /// not report it (or reported `U`), or in a unit that does not convert.
 fn value_of(perfdata: &str, label: &str, unit: &str, check: &str) -> Option<f64> {
@@ -476,7 +481,12 @@ fn value_of(perfdata: &str, label: &str, unit: &str, check: &str) -> Option<f64>
             Some(value * from / to)
         }
         _ => {
-            tracing::warn!(check, label, reported = %item.unit, wanted = unit, "perfdata unit does not convert");
+            // Said once per check, label and unit: the plugin will say the
+            // same on every run.
+            let said = (check.to_string(), label.to_string(), item.unit.clone());
+            if UNITS_WARNED.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(said) {
+                tracing::warn!(check, label, reported = %item.unit, wanted = unit, "perfdata unit does not convert (said once)");
+            }
             None
         }
     }
