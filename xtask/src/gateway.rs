@@ -705,32 +705,12 @@ fn prometheus(stage: &Stage) -> anyhow::Result<String> {
         &[("\"127.0.0.1:8080\"", format!("\"127.0.0.1:{port}\""))],
     )?;
     std::fs::write(dir.join("prometheus.yml"), config)?;
-    let rules = dir.join("healthd.rules.yml");
-    let _ = std::fs::remove_file(&rules);
-    std::os::unix::fs::symlink(deploy.join("healthd.rules.yml"), &rules)?;
     std::fs::write(dir.join("healthd-token"), TOKEN)?;
+    link_rules(&dir, &deploy)?;
     promtool(&["check", "config", dir.join("prometheus.yml").to_str().context("path")?], None)?;
-    let web = free_port()?;
-    let mut command = Command::new("prometheus");
-    command
-        .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
-        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
-        .arg(format!("--web.listen-address=127.0.0.1:{web}"))
-        .current_dir(&dir);
-    let _prometheus = Server::spawn("prometheus", command, &dir.join("prometheus.log"))?;
-    let api = |path: &str| -> anyhow::Result<Value> {
-        let answer = http(local(web), None, "GET", path, &[])?;
-        ensure!(answer.status == 200, "{path}: {} {}", answer.status, answer.body);
-        Ok(serde_json::from_str(&answer.body)?)
-    };
-    // The first scrape comes within one scrape interval (10 s) of the start.
-    let mut target = Value::Null;
-    wait_until("Prometheus scraping healthd", Duration::from_secs(60), || {
-        target =
-            api("/api/v1/targets").map_or(Value::Null, |v| v["data"]["activeTargets"][0].clone());
-        target["health"] == "up"
-    })
-    .with_context(|| format!("the target: {target}"))?;
+    let (_prometheus, web, target) =
+        start_prometheus(&dir, &deploy, "Prometheus scraping healthd")?;
+    let api = |path: &str| prometheus_api(web, path);
     let mut answer = Value::Null;
     wait_until("healthd_check_up for every check", DEADLINE, || {
         answer = api("/api/v1/query?query=healthd_check_up").unwrap_or(Value::Null);
@@ -777,6 +757,46 @@ fn prometheus(stage: &Stage) -> anyhow::Result<String> {
 }
 
 // --- HTTPS and mutual TLS -----------------------------------------------------
+
+/// Prometheus from `dir/prometheus.yml`, beside the shipped rules, on a
+/// free port; returns once its first target is up, with that target.
+fn start_prometheus(dir: &Path, deploy: &Path, what: &str) -> anyhow::Result<(Server, u16, Value)> {
+    let rules = dir.join("healthd.rules.yml");
+    let _ = std::fs::remove_file(&rules);
+    std::os::unix::fs::symlink(deploy.join("healthd.rules.yml"), &rules)?;
+    let web = free_port()?;
+    let mut command = Command::new("prometheus");
+    command
+        .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
+        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{web}"))
+        .current_dir(dir);
+    let prometheus = Server::spawn("prometheus", command, &dir.join("prometheus.log"))?;
+    // The first scrape comes within one scrape interval (10 s) of the start.
+    let mut target = Value::Null;
+    wait_until(what, Duration::from_secs(60), || {
+        target = prometheus_api(web, "/api/v1/targets")
+            .map_or(Value::Null, |v| v["data"]["activeTargets"][0].clone());
+        target["health"] == "up"
+    })
+    .with_context(|| format!("the target: {target}"))?;
+    Ok((prometheus, web, target))
+}
+
+/// The shipped rules beside `dir/prometheus.yml`, as it names them.
+fn link_rules(dir: &Path, deploy: &Path) -> anyhow::Result<()> {
+    let rules = dir.join("healthd.rules.yml");
+    let _ = std::fs::remove_file(&rules);
+    std::os::unix::fs::symlink(deploy.join("healthd.rules.yml"), &rules)?;
+    Ok(())
+}
+
+/// A GET of Prometheus' HTTP API on `web`, as JSON.
+fn prometheus_api(web: u16, path: &str) -> anyhow::Result<Value> {
+    let answer = http(local(web), None, "GET", path, &[])?;
+    ensure!(answer.status == 200, "{path}: {} {}", answer.status, answer.body);
+    Ok(serde_json::from_str(&answer.body)?)
+}
 
 fn mutual_tls_config(port: u16, tls: &Path, ca: &Path) -> String {
     let (chain, key) = (tls.join("healthd.crt"), tls.join("healthd.key"));
@@ -907,29 +927,9 @@ fn mtls(stage: &Stage) -> anyhow::Result<String> {
     ] {
         std::fs::copy(tls.join(from), prometheus_dir.join(to))?;
     }
-    let rules = prometheus_dir.join("healthd.rules.yml");
-    let _ = std::fs::remove_file(&rules);
-    std::os::unix::fs::symlink(deploy.join("healthd.rules.yml"), &rules)?;
-    let web = free_port()?;
-    let mut command = Command::new("prometheus");
-    command
-        .arg(format!("--config.file={}", prometheus_dir.join("prometheus.yml").display()))
-        .arg(format!("--storage.tsdb.path={}", prometheus_dir.join("data").display()))
-        .arg(format!("--web.listen-address=127.0.0.1:{web}"))
-        .current_dir(&prometheus_dir);
-    let _prometheus = Server::spawn("prometheus", command, &prometheus_dir.join("prometheus.log"))?;
-    let api = |path: &str| -> anyhow::Result<Value> {
-        let answer = http(local(web), None, "GET", path, &[])?;
-        ensure!(answer.status == 200, "{path}: {} {}", answer.status, answer.body);
-        Ok(serde_json::from_str(&answer.body)?)
-    };
-    let mut target = Value::Null;
-    wait_until("Prometheus scraping healthd over mTLS", Duration::from_secs(60), || {
-        target =
-            api("/api/v1/targets").map_or(Value::Null, |v| v["data"]["activeTargets"][0].clone());
-        target["health"] == "up"
-    })
-    .with_context(|| format!("the target: {target}"))?;
+    let (_prometheus, web, target) =
+        start_prometheus(&prometheus_dir, &deploy, "Prometheus scraping healthd over mTLS")?;
+    let api = |path: &str| prometheus_api(web, path);
     let mut answer = Value::Null;
     wait_until("healthd_check_up scraped over mTLS", DEADLINE, || {
         answer = api("/api/v1/query?query=healthd_check_up").unwrap_or(Value::Null);
