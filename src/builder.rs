@@ -4,7 +4,7 @@
 //! `Healthd` handle it gives mounts the routes, reads the status, drains
 //! and stops.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,6 +12,7 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::web::Data;
 use actix_web::Scope;
+use anyhow::Context;
 use healthd_models::{HealthReport, HealthStatus};
 
 use crate::api::access::Access;
@@ -24,6 +25,7 @@ use crate::checks::Check;
 use crate::config::{CheckSettings, Settings};
 use crate::engine::monitor::{Monitor, SnapshotReader};
 use crate::engine::render::ServiceInfo;
+use crate::store::Store;
 
 /// Where problems with checks from code are said to be, in a `ConfigError`.
 const FROM_CODE: &str = "checks from code";
@@ -146,9 +148,29 @@ impl Builder {
             settings.server.service_id.clone(),
             settings.server.description.clone(),
         );
-        let monitor = Monitor::start(service, &checks)?;
-        let state =
-            HealthState::new(monitor.reader(), Access::new(settings.access), &prefix, access_log);
+        let store = match &settings.storage {
+            Some(storage) => Some(Store::open(storage).context("storage")?),
+            None => None,
+        };
+        let remembered = match &store {
+            Some(store) => store.remembered().context("storage: cannot read what it remembers")?,
+            None => HashMap::new(),
+        };
+        let built: Vec<Arc<dyn Check>> =
+            checks.iter().map(CheckSettings::build).collect::<anyhow::Result<_>>()?;
+        let monitor = Monitor::start(
+            service,
+            checks.iter().zip(built).collect(),
+            store.as_ref().map(Store::sink),
+            remembered,
+        );
+        let state = HealthState::new(
+            monitor.reader(),
+            Access::new(settings.access),
+            &prefix,
+            access_log,
+            store,
+        );
         Ok((monitor, state, prefix))
     }
 }
@@ -249,6 +271,7 @@ impl Healthd {
             self.inner.monitor.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
         if let Some(monitor) = monitor {
             monitor.stop().await;
+            self.inner.state.close_store().await;
         }
     }
 }

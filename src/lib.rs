@@ -82,6 +82,7 @@ mod checks;
 mod config;
 mod engine;
 pub mod service;
+mod store;
 
 pub use base::policy::CheckPolicy;
 pub use base::problem::{ConfigError, ConfigProblem};

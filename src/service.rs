@@ -220,6 +220,7 @@ impl Service {
         reloads.abort();
         let _ = reloads.await;
         self.monitor.stop().await;
+        self.state.close_store().await;
         tracing::info!("checks stopped; healthd stopped");
         result.context("the server failed")
     }

@@ -71,6 +71,18 @@ pub struct CheckResult {
     #[doc = "When this reading was observed. A reading older than three intervals is reported as `fail`."]
     pub time: ::chrono::DateTime<::chrono::offset::Utc>,
 }
+#[doc = "One check's uptime over the standard windows, ending now."]
+#[derive(
+    :: serde :: Deserialize, :: serde :: Serialize, Clone, Debug, PartialEq, utoipa :: ToSchema,
+)]
+#[serde(deny_unknown_fields)]
+pub struct CheckUptime {
+    #[doc = "The check's configured name."]
+    #[serde(rename = "componentId")]
+    pub component_id: ::std::string::String,
+    #[doc = "`24h`, `7d`, `30d`, `90d` and `365d`, in that order."]
+    pub windows: ::std::vec::Vec<UptimeWindow>,
+}
 #[doc = "What kind of thing a component is."]
 #[derive(
     :: serde :: Deserialize,
@@ -234,6 +246,40 @@ pub struct HistoryEntry {
     #[doc = "When the run ended."]
     pub time: ::chrono::DateTime<::chrono::offset::Utc>,
 }
+#[doc = "A change of a check's status (after thresholds), and how long the new status lasted."]
+#[derive(
+    :: serde :: Deserialize, :: serde :: Serialize, Clone, Debug, PartialEq, utoipa :: ToSchema,
+)]
+#[serde(deny_unknown_fields)]
+pub struct Incident {
+    #[doc = "The check's configured name."]
+    #[serde(rename = "componentId")]
+    pub component_id: ::std::string::String,
+    #[doc = "From `startedAt` to `endedAt`, in milliseconds; absent while it lasts."]
+    #[serde(rename = "durationMs", skip_serializing_if = "::std::option::Option::is_none")]
+    pub duration_ms: ::std::option::Option<u64>,
+    #[doc = "When the next change came; absent while this status lasts."]
+    #[serde(rename = "endedAt", skip_serializing_if = "::std::option::Option::is_none")]
+    pub ended_at: ::std::option::Option<::chrono::DateTime<::chrono::offset::Utc>>,
+    #[doc = "The status before; absent when the check's first reading was not `pass`."]
+    #[serde(skip_serializing_if = "::std::option::Option::is_none")]
+    pub from: ::std::option::Option<HealthStatus>,
+    #[doc = "The output of the run that changed the status (a category); absent on pass."]
+    #[serde(skip_serializing_if = "::std::option::Option::is_none")]
+    pub output: ::std::option::Option<::std::string::String>,
+    #[doc = "When the run that changed the status ended."]
+    #[serde(rename = "startedAt")]
+    pub started_at: ::chrono::DateTime<::chrono::offset::Utc>,
+    pub to: HealthStatus,
+}
+#[doc = "Changes of status, newest first."]
+#[derive(
+    :: serde :: Deserialize, :: serde :: Serialize, Clone, Debug, PartialEq, utoipa :: ToSchema,
+)]
+#[serde(deny_unknown_fields)]
+pub struct IncidentList {
+    pub incidents: ::std::vec::Vec<Incident>,
+}
 #[doc = "An error, as RFC 9457 problem details."]
 #[derive(
     :: serde :: Deserialize, :: serde :: Serialize, Clone, Debug, PartialEq, utoipa :: ToSchema,
@@ -253,6 +299,105 @@ pub struct Problem {
     #[doc = "A URI reference that identifies the problem type."]
     #[serde(rename = "type")]
     pub type_: ::std::string::String,
+}
+#[doc = "A check's runs over a time range, a point per step."]
+#[derive(
+    :: serde :: Deserialize, :: serde :: Serialize, Clone, Debug, PartialEq, utoipa :: ToSchema,
+)]
+#[serde(deny_unknown_fields)]
+pub struct Series {
+    #[doc = "The check's configured name."]
+    #[serde(rename = "componentId")]
+    pub component_id: ::std::string::String,
+    pub from: ::chrono::DateTime<::chrono::offset::Utc>,
+    #[doc = "Oldest first; steps without runs are left out."]
+    pub points: ::std::vec::Vec<SeriesPoint>,
+    #[doc = "What the points were summed from."]
+    pub source: SeriesSource,
+    #[doc = "The length of a point in seconds, after rounding to the source's resolution."]
+    #[serde(rename = "stepSeconds")]
+    pub step_seconds: u32,
+    pub to: ::chrono::DateTime<::chrono::offset::Utc>,
+}
+#[doc = "The runs of one step."]
+#[derive(
+    :: serde :: Deserialize, :: serde :: Serialize, Clone, Debug, PartialEq, utoipa :: ToSchema,
+)]
+#[serde(deny_unknown_fields)]
+pub struct SeriesPoint {
+    #[serde(rename = "failedRuns")]
+    pub failed_runs: u64,
+    #[serde(rename = "maxMs", skip_serializing_if = "::std::option::Option::is_none")]
+    pub max_ms: ::std::option::Option<f64>,
+    #[doc = "The mean run duration in milliseconds."]
+    #[serde(rename = "meanMs", skip_serializing_if = "::std::option::Option::is_none")]
+    pub mean_ms: ::std::option::Option<f64>,
+    #[serde(rename = "minMs", skip_serializing_if = "::std::option::Option::is_none")]
+    pub min_ms: ::std::option::Option<f64>,
+    pub runs: u64,
+    #[doc = "Where the step starts."]
+    pub time: ::chrono::DateTime<::chrono::offset::Utc>,
+    #[doc = "The share of the runs that were not `fail`."]
+    #[serde(skip_serializing_if = "::std::option::Option::is_none")]
+    pub uptime: ::std::option::Option<f64>,
+    #[serde(rename = "warnedRuns")]
+    pub warned_runs: u64,
+}
+#[doc = "What the points were summed from."]
+#[derive(
+    :: serde :: Deserialize,
+    :: serde :: Serialize,
+    Clone,
+    Copy,
+    Debug,
+    Eq,
+    Hash,
+    Ord,
+    PartialEq,
+    PartialOrd,
+    utoipa :: ToSchema,
+)]
+pub enum SeriesSource {
+    #[serde(rename = "runs")]
+    Runs,
+    #[serde(rename = "hourly")]
+    Hourly,
+    #[serde(rename = "daily")]
+    Daily,
+}
+impl ::std::fmt::Display for SeriesSource {
+    fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+        match *self {
+            Self::Runs => f.write_str("runs"),
+            Self::Hourly => f.write_str("hourly"),
+            Self::Daily => f.write_str("daily"),
+        }
+    }
+}
+impl ::std::str::FromStr for SeriesSource {
+    type Err = self::error::ConversionError;
+    fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
+        match value {
+            "runs" => Ok(Self::Runs),
+            "hourly" => Ok(Self::Hourly),
+            "daily" => Ok(Self::Daily),
+            _ => Err("invalid value".into()),
+        }
+    }
+}
+impl ::std::convert::TryFrom<&str> for SeriesSource {
+    type Error = self::error::ConversionError;
+    fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
+        value.parse()
+    }
+}
+impl ::std::convert::TryFrom<::std::string::String> for SeriesSource {
+    type Error = self::error::ConversionError;
+    fn try_from(
+        value: ::std::string::String,
+    ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        value.parse()
+    }
 }
 #[doc = "The share of runs whose status (after thresholds) was not `fail`, from 0 to 1."]
 #[derive(
@@ -277,6 +422,111 @@ pub struct Uptime {
     #[doc = "Over the kept runs; absent when none is kept."]
     #[serde(skip_serializing_if = "::std::option::Option::is_none")]
     pub window: ::std::option::Option<f64>,
+}
+#[doc = "A page of checks' uptime."]
+#[derive(
+    :: serde :: Deserialize, :: serde :: Serialize, Clone, Debug, PartialEq, utoipa :: ToSchema,
+)]
+#[serde(deny_unknown_fields)]
+pub struct UptimePage {
+    pub checks: ::std::vec::Vec<CheckUptime>,
+    #[doc = "The first check's position among them."]
+    pub offset: u64,
+    #[doc = "Checks that match, on every page."]
+    pub total: u64,
+}
+#[doc = "A check's runs over one window."]
+#[derive(
+    :: serde :: Deserialize, :: serde :: Serialize, Clone, Debug, PartialEq, utoipa :: ToSchema,
+)]
+#[serde(deny_unknown_fields)]
+pub struct UptimeWindow {
+    #[doc = "Runs whose status (after thresholds) was `fail`."]
+    #[serde(rename = "failedRuns")]
+    pub failed_runs: u64,
+    #[doc = "The median run duration in milliseconds, estimated from histogram buckets; absent without runs."]
+    #[serde(rename = "p50Ms", skip_serializing_if = "::std::option::Option::is_none")]
+    pub p50_ms: ::std::option::Option<f64>,
+    #[doc = "The 95th percentile of the run duration in milliseconds; absent without runs."]
+    #[serde(rename = "p95Ms", skip_serializing_if = "::std::option::Option::is_none")]
+    pub p95_ms: ::std::option::Option<f64>,
+    #[doc = "The 99th percentile of the run duration in milliseconds; absent without runs."]
+    #[serde(rename = "p99Ms", skip_serializing_if = "::std::option::Option::is_none")]
+    pub p99_ms: ::std::option::Option<f64>,
+    #[doc = "Runs in the window."]
+    pub runs: u64,
+    #[doc = "The share of the runs that were not `fail`, from 0 to 1; absent without runs."]
+    #[serde(skip_serializing_if = "::std::option::Option::is_none")]
+    pub uptime: ::std::option::Option<f64>,
+    #[doc = "Runs whose status (after thresholds) was `warn`."]
+    #[serde(rename = "warnedRuns")]
+    pub warned_runs: u64,
+    #[doc = "The window's length, ending now."]
+    pub window: UptimeWindowWindow,
+}
+#[doc = "The window's length, ending now."]
+#[derive(
+    :: serde :: Deserialize,
+    :: serde :: Serialize,
+    Clone,
+    Copy,
+    Debug,
+    Eq,
+    Hash,
+    Ord,
+    PartialEq,
+    PartialOrd,
+    utoipa :: ToSchema,
+)]
+pub enum UptimeWindowWindow {
+    #[serde(rename = "24h")]
+    X24h,
+    #[serde(rename = "7d")]
+    X7d,
+    #[serde(rename = "30d")]
+    X30d,
+    #[serde(rename = "90d")]
+    X90d,
+    #[serde(rename = "365d")]
+    X365d,
+}
+impl ::std::fmt::Display for UptimeWindowWindow {
+    fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+        match *self {
+            Self::X24h => f.write_str("24h"),
+            Self::X7d => f.write_str("7d"),
+            Self::X30d => f.write_str("30d"),
+            Self::X90d => f.write_str("90d"),
+            Self::X365d => f.write_str("365d"),
+        }
+    }
+}
+impl ::std::str::FromStr for UptimeWindowWindow {
+    type Err = self::error::ConversionError;
+    fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
+        match value {
+            "24h" => Ok(Self::X24h),
+            "7d" => Ok(Self::X7d),
+            "30d" => Ok(Self::X30d),
+            "90d" => Ok(Self::X90d),
+            "365d" => Ok(Self::X365d),
+            _ => Err("invalid value".into()),
+        }
+    }
+}
+impl ::std::convert::TryFrom<&str> for UptimeWindowWindow {
+    type Error = self::error::ConversionError;
+    fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
+        value.parse()
+    }
+}
+impl ::std::convert::TryFrom<::std::string::String> for UptimeWindowWindow {
+    type Error = self::error::ConversionError;
+    fn try_from(
+        value: ::std::string::String,
+    ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        value.parse()
+    }
 }
 #[doc = " Error types."]
 pub mod error {

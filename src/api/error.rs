@@ -35,6 +35,12 @@ pub enum ApiErrorKind {
     MethodNotAllowed,
     #[error("Swagger UI could not be served")]
     Internal,
+    #[error("{0}")]
+    InvalidParameter(String),
+    #[error("healthd keeps no store; configure [storage]")]
+    NoStore,
+    #[error("{0}")]
+    StoreUnavailable(String),
 }
 
 /// An error answer for the request at `instance`.
@@ -54,12 +60,17 @@ impl ApiError {
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self.kind {
-            ApiErrorKind::BadQuery | ApiErrorKind::BodyNotAllowed => StatusCode::BAD_REQUEST,
+            ApiErrorKind::BadQuery
+            | ApiErrorKind::BodyNotAllowed
+            | ApiErrorKind::InvalidParameter(_) => StatusCode::BAD_REQUEST,
             ApiErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiErrorKind::AddressNotAllowed
             | ApiErrorKind::DetailsNotAllowed
             | ApiErrorKind::DetailsDisabled => StatusCode::FORBIDDEN,
-            ApiErrorKind::UnknownCheck(_) | ApiErrorKind::NotFound => StatusCode::NOT_FOUND,
+            ApiErrorKind::UnknownCheck(_) | ApiErrorKind::NotFound | ApiErrorKind::NoStore => {
+                StatusCode::NOT_FOUND
+            }
+            ApiErrorKind::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiErrorKind::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,

@@ -14,6 +14,7 @@ use healthd_models::HealthStatus;
 use crate::base::severity::rank;
 use crate::engine::render::Snapshot;
 use crate::engine::state::{Counters, LATENCY_BUCKETS};
+use crate::store::StoreStats;
 
 /// Route names: the route table names each operation by one, and requests
 /// are counted under it; `OTHER` counts what matched no route.
@@ -24,6 +25,11 @@ pub mod endpoint {
     pub const STARTUP: &str = "startup";
     pub const CHECK: &str = "check";
     pub const CHECK_HISTORY: &str = "check_history";
+    pub const CHECK_UPTIME: &str = "check_uptime";
+    pub const UPTIME: &str = "uptime";
+    pub const CHECK_INCIDENTS: &str = "check_incidents";
+    pub const INCIDENTS: &str = "incidents";
+    pub const CHECK_SERIES: &str = "check_series";
     pub const BADGE: &str = "badge";
     pub const STATUS_PAGE: &str = "status_page";
     pub const METRICS: &str = "metrics";
@@ -33,13 +39,18 @@ pub mod endpoint {
     pub const OTHER: &str = "other";
 }
 
-const ENDPOINTS: [&str; 13] = [
+const ENDPOINTS: [&str; 18] = [
     endpoint::HEALTH,
     endpoint::LIVENESS,
     endpoint::READINESS,
     endpoint::STARTUP,
     endpoint::CHECK,
     endpoint::CHECK_HISTORY,
+    endpoint::CHECK_UPTIME,
+    endpoint::UPTIME,
+    endpoint::CHECK_INCIDENTS,
+    endpoint::INCIDENTS,
+    endpoint::CHECK_SERIES,
     endpoint::BADGE,
     endpoint::STATUS_PAGE,
     endpoint::METRICS,
@@ -218,9 +229,14 @@ pub async fn render(
     requests: &RequestCounters,
     reloads: &ReloadCounters,
     connections: &ClientConnections,
+    store: Option<&StoreStats>,
     draining: bool,
 ) -> Rendered {
-    let head = Bytes::from(render_head(snapshot, reloads, connections, draining));
+    let mut head = render_head(snapshot, reloads, connections, draining);
+    if let Some(store) = store {
+        render_store(&mut head, store);
+    }
+    let head = Bytes::from(head);
     let checks = cache.checks(snapshot).await;
     let tail = Bytes::from(render_requests(requests));
     Rendered { head, checks, tail }
@@ -285,6 +301,57 @@ fn render_head(
     let ready = snapshot.is_ready(draining);
     let _ = writeln!(out, "healthd_ready {}", u8::from(ready));
     out
+}
+
+/// The store's queue and writes.
+fn render_store(out: &mut String, store: &StoreStats) {
+    let load = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
+    header(
+        out,
+        "healthd_store_backlog",
+        "gauge",
+        "Finished runs queued for the store, not yet written.",
+    );
+    let _ = writeln!(out, "healthd_store_backlog {}", load(&store.backlog));
+    header(out, "healthd_store_written_total", "counter", "Runs written to the store.");
+    let _ = writeln!(out, "healthd_store_written_total {}", load(&store.written));
+    header(
+        out,
+        "healthd_store_dropped_total",
+        "counter",
+        "Runs dropped because the store's queue was full (the store was slow, full or down).",
+    );
+    let _ = writeln!(out, "healthd_store_dropped_total {}", load(&store.dropped));
+    header(
+        out,
+        "healthd_store_write_failures_total",
+        "counter",
+        "Store writes that failed and are retried.",
+    );
+    let _ = writeln!(out, "healthd_store_write_failures_total {}", load(&store.failed_writes));
+    header(
+        out,
+        "healthd_store_last_write_seconds",
+        "gauge",
+        "How long the latest batch took to write.",
+    );
+    let _ = writeln!(
+        out,
+        "healthd_store_last_write_seconds {:.6}",
+        load(&store.last_write_micros) as f64 / 1e6
+    );
+    header(
+        out,
+        "healthd_store_write_seconds",
+        "summary",
+        "Batch writes to the store: their time and count.",
+    );
+    let _ = writeln!(
+        out,
+        "healthd_store_write_seconds_sum {:.6}",
+        load(&store.write_micros_sum) as f64 / 1e6
+    );
+    let _ = writeln!(out, "healthd_store_write_seconds_count {}", load(&store.writes));
 }
 
 /// Each check's series: they depend on the snapshot alone.

@@ -14,6 +14,7 @@ mod docs;
 pub mod error;
 pub mod log;
 mod metrics;
+mod records;
 mod status;
 
 use std::any::Any;
@@ -43,6 +44,7 @@ use crate::api::log::AccessRecord;
 use crate::base::units::Prefix;
 use crate::engine::monitor::SnapshotReader;
 use crate::engine::render::{Piece, Rendered};
+use crate::store::Store;
 
 use metrics::endpoint;
 pub use metrics::{ClientConnections, ReloadCounters, RequestCounters};
@@ -57,6 +59,11 @@ pub use metrics::{ClientConnections, ReloadCounters, RequestCounters};
         get_startup,
         get_check,
         status::get_check_history,
+        records::get_check_uptime,
+        records::get_uptime,
+        records::get_check_incidents,
+        records::get_incidents,
+        records::get_check_series,
         status::get_badge,
         status::get_status_page,
         get_metrics,
@@ -70,12 +77,22 @@ pub use metrics::{ClientConnections, ReloadCounters, RequestCounters};
         healthd_models::CheckHistory,
         healthd_models::Uptime,
         healthd_models::HistoryEntry,
+        healthd_models::CheckUptime,
+        healthd_models::UptimeWindow,
+        healthd_models::UptimePage,
+        healthd_models::IncidentList,
+        healthd_models::Incident,
+        healthd_models::Series,
+        healthd_models::SeriesPoint,
         healthd_models::HealthStatus,
         healthd_models::ComponentType,
         healthd_models::Problem,
     ))
 )]
 pub struct ApiDoc;
+
+/// How long the exit waits for the store's last write.
+const STORE_CLOSE_BOUND: Duration = Duration::from_secs(5);
 
 /// What the handlers share: the snapshot, the access rules, the lifecycle.
 pub struct HealthState {
@@ -93,6 +110,8 @@ pub struct HealthState {
     /// Where the routes are mounted in the app ("" for the root).
     mount: String,
     access_log: bool,
+    /// Where runs are kept past a restart, when `[storage]` says.
+    store: Option<Store>,
 }
 
 impl HealthState {
@@ -103,6 +122,7 @@ impl HealthState {
         access: Access,
         prefix: &Prefix,
         access_log: bool,
+        store: Option<Store>,
     ) -> Data<HealthState> {
         Data::new(HealthState {
             reader,
@@ -115,7 +135,28 @@ impl HealthState {
             swagger: Arc::new(docs::swagger_config(prefix.as_str())),
             mount: prefix.to_string(),
             access_log,
+            store,
         })
+    }
+
+    /// The store, when `[storage]` configures one.
+    pub fn store(&self) -> Option<&Store> {
+        self.store.as_ref()
+    }
+
+    /// Writes what the store holds in memory (the current hour's and day's
+    /// roll-ups, the checks' totals), waiting at most `STORE_CLOSE_BOUND`:
+    /// a store that is down or frozen must not hold the exit.
+    pub async fn close_store(&self) {
+        let Some(store) = self.store.clone() else { return };
+        let closing = tokio::task::spawn_blocking(move || store.close(STORE_CLOSE_BOUND));
+        match closing.await {
+            Ok(true) => tracing::info!("the store has everything"),
+            _ => tracing::warn!(
+                bound_seconds = STORE_CLOSE_BOUND.as_secs(),
+                "the store did not finish writing before the exit: the latest minute of roll-ups is rebuilt from the kept runs at the next start"
+            ),
+        }
     }
 
     /// Readiness answers 503 from now on; liveness stays 200.
@@ -189,6 +230,20 @@ pub fn scope(
         .service(
             operation("/health/checks/{name}/history", endpoint::CHECK_HISTORY)
                 .to(status::get_check_history),
+        )
+        .service(
+            operation("/health/checks/{name}/uptime", endpoint::CHECK_UPTIME)
+                .to(records::get_check_uptime),
+        )
+        .service(operation("/health/uptime", endpoint::UPTIME).to(records::get_uptime))
+        .service(
+            operation("/health/checks/{name}/incidents", endpoint::CHECK_INCIDENTS)
+                .to(records::get_check_incidents),
+        )
+        .service(operation("/health/incidents", endpoint::INCIDENTS).to(records::get_incidents))
+        .service(
+            operation("/health/checks/{name}/series", endpoint::CHECK_SERIES)
+                .to(records::get_check_series),
         )
         .service(operation("/health/badge.svg", endpoint::BADGE).to(status::get_badge))
         .service(operation("/status", endpoint::STATUS_PAGE).to(status::get_status_page))
@@ -571,6 +626,7 @@ pub async fn get_metrics(request: HttpRequest) -> Result<HttpResponse, ApiError>
         &state.requests,
         &state.reloads,
         &state.connections,
+        state.store.as_ref().map(Store::stats),
         state.is_draining(),
     )
     .await;

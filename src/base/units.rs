@@ -29,10 +29,10 @@ impl From<Duration> for DurationText {
     }
 }
 
-/// Parses `"500ms"`, `"2s"`, `"1m"`, `"1h"` (a whole number and a unit).
+/// Parses `"500ms"`, `"2s"`, `"1m"`, `"1h"`, `"30d"` (a whole number and a unit).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let invalid = || {
-        format!("invalid duration {text:?}: expected a whole number and a unit (ms, s, m, h), such as \"500ms\" or \"2s\"")
+        format!("invalid duration {text:?}: expected a whole number and a unit (ms, s, m, h, d), such as \"500ms\" or \"2s\"")
     };
     let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(invalid)?;
     let (number, unit) = text.split_at(split);
@@ -42,6 +42,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "s" => number.checked_mul(1_000),
         "m" => number.checked_mul(60_000),
         "h" => number.checked_mul(3_600_000),
+        "d" => number.checked_mul(86_400_000),
         _ => return Err(invalid()),
     };
     millis.map(Duration::from_millis).ok_or_else(invalid)

@@ -26,6 +26,9 @@ use crate::checks::from_code::{Prebuilt, CODE_KIND};
 use crate::checks::{Check, KindSettings};
 
 mod raw;
+mod storage;
+
+pub use storage::{StorageBackend, StorageSettings};
 pub mod server_tls;
 mod validate;
 
@@ -45,6 +48,8 @@ pub struct Settings {
     pub(crate) defaults: Policy,
     /// `[[checks]]`.
     pub(crate) checks: Vec<CheckSettings>,
+    /// `[storage]`: none keeps everything in memory, as long as the process lives.
+    pub(crate) storage: Option<StorageSettings>,
 }
 
 /// `[server]`: where to listen and who we are.

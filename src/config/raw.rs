@@ -41,6 +41,20 @@ pub struct RawSettings {
     pub defaults: RawPolicy,
     #[serde(default)]
     pub checks: Vec<toml::Table>,
+    pub storage: Option<RawStorage>,
+}
+
+/// `[storage]`: where runs, roll-ups and incidents are kept.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStorage {
+    pub path: Option<String>,
+    pub url_env: Option<String>,
+    pub instance: Option<String>,
+    pub hourly_retention: Option<DurationText>,
+    pub daily_retention: Option<DurationText>,
+    pub incident_retention: Option<DurationText>,
+    pub queue: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]

@@ -16,7 +16,7 @@ use crate::checks::{self, KindInput};
 use crate::config::raw::RawClient;
 use crate::config::raw::{RawCheck, RawSettings, COMMON_CHECK_KEYS};
 use crate::config::{
-    server_tls, AccessSettings, CheckSettings, ClientMatch, ClientSettings, Details,
+    server_tls, storage, AccessSettings, CheckSettings, ClientMatch, ClientSettings, Details,
     ForwardedHeader, ServerSettings, Settings, TokenSettings,
 };
 
@@ -141,7 +141,8 @@ pub fn settings(
         }
     }
 
-    let settings = Settings { server, access, defaults, checks };
+    let storage = raw.storage.and_then(|raw| storage::settings(raw, env, problems));
+    let settings = Settings { server, access, defaults, checks, storage };
     // A cap set in the file must leave the checks their descriptors; a
     // derived one always does (the service works it out at start).
     if let (Some(wanted), Some(limit)) =

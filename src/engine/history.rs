@@ -158,6 +158,22 @@ impl History {
     pub fn status_since(&self) -> Option<DateTime<Utc>> {
         self.status_since
     }
+
+    /// The latest kept run's output, shared with the ring.
+    pub fn latest_output(&self) -> Option<Arc<str>> {
+        self.entries.back().and_then(|entry| entry.output.clone())
+    }
+
+    /// Puts back the counts a store remembered (after its runs were
+    /// pushed back): runs and failures since the check was first
+    /// recorded, and since when its status holds, when known.
+    pub fn set_counts(&mut self, runs: u64, failed: u64, status_since: Option<DateTime<Utc>>) {
+        self.runs_since_start = runs.max(self.entries.len() as u64);
+        self.failed_since_start = failed.max(u64::from(self.failed_in_window));
+        if status_since.is_some() {
+            self.status_since = status_since;
+        }
+    }
 }
 
 /// A check's history, shared between its task (which pushes) and the

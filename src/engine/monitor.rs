@@ -19,7 +19,7 @@ use crate::base::policy::Policy;
 use crate::checks::{Check, Observation};
 use crate::config::CheckSettings;
 use crate::engine::render::{Layout, Piece, Renderer, ServiceInfo, Snapshot};
-use crate::engine::state::{CheckState, RunResult};
+use crate::engine::state::{CheckState, Remembered, RunResult, RunSink};
 
 /// Runs the checks and owns the published snapshot. Clones are handles
 /// on the same checks (a reload runs beside the server).
@@ -85,6 +85,8 @@ struct Core {
     /// One reload at a time; `stop` waits for the one under way.
     reloading: tokio::sync::Mutex<()>,
     stopped: AtomicBool,
+    /// Takes every finished run (the store), when there is one.
+    sink: Option<Arc<dyn RunSink>>,
 }
 
 /// The checks being run, in the configured order, and where their entries
@@ -105,8 +107,16 @@ struct Slot {
 }
 
 impl Slot {
-    fn new(settings: &CheckSettings, check: &dyn Check, renderer: &Renderer) -> Arc<Slot> {
-        let state = CheckState::new(settings, check);
+    fn new(
+        settings: &CheckSettings,
+        check: &dyn Check,
+        renderer: &Renderer,
+        remembered: Option<Remembered>,
+    ) -> Arc<Slot> {
+        let mut state = CheckState::new(settings, check);
+        if let Some(remembered) = remembered {
+            state.remember(remembered);
+        }
         Arc::new(Slot {
             settings: settings.clone(),
             piece: ArcSwap::from_pointee(renderer.piece(state, Instant::now())),
@@ -126,27 +136,26 @@ impl Slot {
 }
 
 impl Monitor {
-    /// Builds every check and starts one task each. Must run inside a tokio runtime.
-    pub fn start(service: ServiceInfo, settings: &[CheckSettings]) -> anyhow::Result<Monitor> {
-        let built: Vec<Arc<dyn Check>> =
-            settings.iter().map(CheckSettings::build).collect::<anyhow::Result<_>>()?;
-        Ok(Monitor::start_with(service, settings.iter().zip(built).collect()))
-    }
-
-    /// Starts the given checks; each pairs its settings with its implementation.
-    pub fn start_with(
+    /// Starts one task per check (each pairs its settings with its
+    /// implementation), handing each finished run to `sink` and taking
+    /// back what it remembered of each check (by name) from before a
+    /// restart. Must run inside a tokio runtime.
+    pub fn start(
         service: ServiceInfo,
         checks: Vec<(&CheckSettings, Arc<dyn Check>)>,
+        sink: Option<Arc<dyn RunSink>>,
+        mut remembered: HashMap<String, Remembered>,
     ) -> Monitor {
         let renderer = Renderer::new(service, 0);
         let mut pending = Vec::with_capacity(checks.len());
         let mut slots = Vec::with_capacity(checks.len());
         for (settings, check) in checks {
-            let slot = Slot::new(settings, check.as_ref(), &renderer);
+            let memory = remembered.remove(&settings.name);
+            let slot = Slot::new(settings, check.as_ref(), &renderer, memory);
             slots.push(slot.clone());
             pending.push((check, settings.policy, slot));
         }
-        let core = Core::new(renderer, Roster::new(slots), Instant::now());
+        let core = Core::new(renderer, Roster::new(slots), Instant::now(), sink);
         *lock(&core.publisher) = Some(tokio::spawn(publish_forever(core.clone())));
         for (check, policy, slot) in pending {
             core.spawn(check, policy, slot);
@@ -210,7 +219,7 @@ impl Monitor {
             match entry {
                 RosterChange::Keep(slot) => slots.push(slot),
                 RosterChange::Start(settings, check) => {
-                    let slot = Slot::new(&settings, check.as_ref(), &renderer);
+                    let slot = Slot::new(&settings, check.as_ref(), &renderer, None);
                     self.core.spawn(check, settings.policy, slot.clone());
                     first_reading_by = first_reading_by
                         .max(Instant::now() + settings.policy.worst_case() + FIRST_READING_MARGIN);
@@ -335,10 +344,13 @@ async fn run_forever(check: Arc<dyn Check>, policy: Policy, slot: Arc<Slot>, cor
         let run = Box::pin(run_once(&name, check.as_ref(), &policy)).await;
         // The piece holds the check's only copy of its state.
         let mut state = slot.piece.load().state.clone();
-        state.record(run);
+        let finished = state.record(run);
         let piece = core.renderer.load().piece(state, Instant::now());
         slot.piece.store(Arc::new(piece));
         core.changed.notify_one();
+        if let Some(sink) = &core.sink {
+            sink.finished(finished);
+        }
     }
 }
 
@@ -394,7 +406,12 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
 }
 
 impl Core {
-    fn new(renderer: Renderer, roster: Roster, now: Instant) -> Arc<Core> {
+    fn new(
+        renderer: Renderer,
+        roster: Roster,
+        now: Instant,
+        sink: Option<Arc<dyn RunSink>>,
+    ) -> Arc<Core> {
         let pieces = roster.slots.iter().map(|slot| slot.piece.load_full()).collect();
         let snapshot = renderer.assemble(roster.layout.clone(), pieces, now, false);
         Arc::new(Core {
@@ -406,6 +423,7 @@ impl Core {
             publisher: Mutex::new(None),
             reloading: tokio::sync::Mutex::new(()),
             stopped: AtomicBool::new(false),
+            sink,
         })
     }
 
@@ -522,7 +540,7 @@ mod tests {
     #[test]
     fn a_probe_never_puts_older_readings_back_over_a_newer_snapshot() {
         let renderer = Renderer::new(ServiceInfo::new("svc".into(), None), 0);
-        let core = Core::new(renderer, Roster::new(Vec::new()), Instant::now());
+        let core = Core::new(renderer, Roster::new(Vec::new()), Instant::now(), None);
         let seen = core.snapshot.load_full();
         // A run publishes after the probe loaded `seen` and before it renders.
         let newer = Arc::new(core.assemble(Instant::now()));

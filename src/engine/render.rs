@@ -541,6 +541,7 @@ mod tests {
                 observed_instant: Instant::now(),
                 duration: Duration::from_millis(2),
             }),
+            remembered_status: None,
             consecutive_failures: 0,
             consecutive_successes: 0,
             counters: Counters::default(),

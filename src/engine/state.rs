@@ -2,9 +2,10 @@
 //! thresholds. A run's result is taken in here (`CheckState::record`);
 //! rendering and the monitor build on it.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use healthd_models::{ComponentType, HealthStatus};
 
 use crate::base::policy::Policy;
@@ -34,6 +35,61 @@ pub struct CheckState {
     pub log: LogMemory,
     /// The last runs; shared, not copied, with every snapshot.
     pub history: SharedHistory,
+    /// The status after thresholds a store remembered from before a
+    /// restart: the first fresh run is judged against it, as against a
+    /// reading, so that a restart neither hides a failure nor announces
+    /// it again. Gone once a fresh reading exists.
+    pub remembered_status: Option<HealthStatus>,
+}
+
+/// A finished run, as the engine's consumers (the store) take it.
+#[derive(Debug, Clone)]
+pub struct FinishedRun {
+    pub check: Arc<str>,
+    /// When the run ended.
+    pub time: DateTime<Utc>,
+    /// What the run itself saw.
+    pub observed: HealthStatus,
+    /// After thresholds.
+    pub status: HealthStatus,
+    /// The status after thresholds before this run, if there was one.
+    pub previous: Option<HealthStatus>,
+    /// The main measurement.
+    pub value: Option<f64>,
+    pub output: Option<Arc<str>>,
+    pub duration: Duration,
+    /// How many runs the check keeps (its `history`).
+    pub keep: u32,
+}
+
+/// Takes each finished run. Called on the check's task: it must not block
+/// or wait (a store queues, and drops what does not fit).
+pub trait RunSink: Send + Sync {
+    fn finished(&self, run: FinishedRun);
+}
+
+/// What a store remembers of a check from before a restart.
+#[derive(Debug, Clone, Default)]
+pub struct Remembered {
+    /// Its last runs, oldest first.
+    pub runs: Vec<RememberedRun>,
+    /// The status after thresholds, and since when.
+    pub status: Option<(HealthStatus, DateTime<Utc>)>,
+    pub consecutive_failures: u32,
+    pub consecutive_successes: u32,
+    /// Its runs and failed runs since it was first recorded.
+    pub runs_total: u64,
+    pub failed_runs_total: u64,
+}
+
+/// One remembered run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RememberedRun {
+    pub time: DateTime<Utc>,
+    pub status: HealthStatus,
+    pub value: Option<f64>,
+    pub output: Option<String>,
+    pub duration: Duration,
 }
 
 /// The latest run of a check.
@@ -102,11 +158,32 @@ impl CheckState {
             counters: Counters::default(),
             log: LogMemory::default(),
             history: SharedHistory::new(settings.policy.history),
+            remembered_status: None,
         }
     }
 
-    /// Takes a run in: counters, thresholds, the new reading.
-    pub fn record(&mut self, run: RunResult) {
+    /// Takes back what a store remembered: the ring, the uptime counts,
+    /// the status after thresholds and since when, the consecutive counts.
+    /// The check still has no reading: startup waits for a fresh run.
+    pub fn remember(&mut self, remembered: Remembered) {
+        self.history.with(|history| {
+            for run in &remembered.runs {
+                history.push(run.time, run.status, run.value, run.output.as_deref(), run.duration);
+            }
+            history.set_counts(
+                remembered.runs_total,
+                remembered.failed_runs_total,
+                remembered.status.map(|(_, since)| since),
+            );
+        });
+        self.remembered_status = remembered.status.map(|(status, _)| status);
+        self.consecutive_failures = remembered.consecutive_failures;
+        self.consecutive_successes = remembered.consecutive_successes;
+    }
+
+    /// Takes a run in: counters, thresholds, the new reading; says what
+    /// finished for the engine's consumers.
+    pub fn record(&mut self, run: RunResult) -> FinishedRun {
         self.counters.record(&run);
         if run.observation.status == HealthStatus::Fail {
             self.consecutive_failures += 1;
@@ -115,7 +192,8 @@ impl CheckState {
             self.consecutive_successes += 1;
             self.consecutive_failures = 0;
         }
-        let previous = self.reading.as_ref().map(|reading| reading.status);
+        let previous =
+            self.reading.as_ref().map(|reading| reading.status).or(self.remembered_status.take());
         let status = next_status(
             previous,
             run.observation.status,
@@ -126,12 +204,25 @@ impl CheckState {
         let output = run.observation.output.as_deref();
         let line = self.log.judge(previous, status, output, Instant::now());
         log_run(&self.name, line, previous, status, &run.observation);
-        let observed_at = Utc::now();
-        self.history.with(|history| {
-            let value = run.observation.values.first().copied().flatten();
+        // Microseconds, as a store keeps them: a restart gives back the same times.
+        let observed_at = Utc::now().trunc_subsecs(6);
+        let value = run.observation.values.first().copied().flatten();
+        let kept_output = self.history.with(|history| {
             let output = run.observation.output.as_deref();
             history.push(observed_at, status, value, output, run.duration);
+            history.latest_output()
         });
+        let finished = FinishedRun {
+            check: Arc::from(self.name.as_str()),
+            time: observed_at,
+            observed: run.observation.status,
+            status,
+            previous,
+            value,
+            output: kept_output.or_else(|| run.observation.output.as_deref().map(Arc::from)),
+            duration: run.duration,
+            keep: self.policy.history,
+        };
         self.reading = Some(Reading {
             status,
             observation: run.observation,
@@ -139,6 +230,7 @@ impl CheckState {
             observed_instant: Instant::now(),
             duration: run.duration,
         });
+        finished
     }
 }
 

@@ -1,0 +1,411 @@
+//! The store: each check's last runs, hourly and daily roll-ups and every
+//! change of status, kept past a restart in a SQLite file (the embedded
+//! default) or a PostgreSQL database (for fleets).
+//!
+//! The engine hands each finished run to `Store::sink`, which only puts it
+//! on a bounded queue: a full, slow, frozen or failing store never slows a
+//! check or a probe; what does not fit is dropped and counted. One writer
+//! thread drains the queue in batches (one transaction each, at most
+//! `BATCH_EVERY` apart, so `kill -9` loses at most that much), keeps the
+//! current hour's and day's roll-ups in memory and adds them to the store
+//! every `ROLLUP_EVERY`, and prunes past the retention in small steps.
+
+pub mod report;
+mod rollup;
+mod sqlite;
+mod writer;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use healthd_models::HealthStatus;
+
+use crate::config::{StorageBackend, StorageSettings};
+use crate::engine::state::{FinishedRun, Remembered, RunSink};
+
+pub use rollup::Rollup;
+
+/// Runs are written at most this long after they end.
+pub const BATCH_EVERY: Duration = Duration::from_millis(250);
+/// The in-memory roll-ups and totals are added to the store this often
+/// (and at a clean stop); after a crash they are rebuilt from the runs
+/// written since.
+pub const ROLLUP_EVERY: Duration = Duration::from_secs(60);
+/// Retention removes at most this many checks' old rows per step.
+pub const PRUNE_CHECKS_PER_STEP: usize = 200;
+/// How long a query may take before the caller is answered 503.
+pub const QUERY_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Opening refused: the file or database is not one healthd can use.
+    /// Nothing in it was changed.
+    #[error("{0}")]
+    Refused(String),
+    #[error("SQLite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("migration: {0}")]
+    Migration(#[from] refinery::Error),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// A clock: the writer's "now" for retention, the queries' for windows.
+/// Tests pass their own.
+pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
+
+pub fn system_clock() -> Clock {
+    Arc::new(Utc::now)
+}
+
+/// Counts for `/metrics`.
+#[derive(Debug, Default)]
+pub struct StoreStats {
+    /// Runs put on the queue and not yet written.
+    pub backlog: AtomicU64,
+    pub written: AtomicU64,
+    pub dropped: AtomicU64,
+    pub failed_writes: AtomicU64,
+    /// The latest batch's write, in microseconds.
+    pub last_write_micros: AtomicU64,
+    /// Sum and count of batch writes, for a mean.
+    pub write_micros_sum: AtomicU64,
+    pub writes: AtomicU64,
+    /// When the drop was last logged (seconds since the epoch).
+    dropped_logged_at: AtomicU64,
+}
+
+/// What goes to the writer thread.
+enum Command {
+    Run(FinishedRun),
+    /// Write everything held in memory now; answer when done.
+    Flush(mpsc::SyncSender<()>),
+}
+
+/// An open store. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    queue: mpsc::SyncSender<Command>,
+    stats: Arc<StoreStats>,
+    reader: Box<dyn Reader>,
+    instance: String,
+    clock: Clock,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    retention: Retention,
+}
+
+/// How long each kind of row is kept.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    pub hourly: Duration,
+    pub daily: Duration,
+    pub incidents: Duration,
+}
+
+/// One check's row, as the writer tracks it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct CheckRow {
+    pub id: i64,
+    pub keep: u32,
+    /// The sequence number the next run gets.
+    pub next_seq: i64,
+    /// Runs up to this sequence number are in the roll-ups and totals.
+    pub rolled_seq: i64,
+    pub runs_total: u64,
+    pub failed_total: u64,
+    pub consecutive_failures: u32,
+    pub consecutive_successes: u32,
+    pub status: Option<HealthStatus>,
+    pub status_since: Option<DateTime<Utc>>,
+}
+
+/// One kept run, as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct RunRow {
+    pub seq: i64,
+    pub slot: i64,
+    pub time: DateTime<Utc>,
+    pub observed: HealthStatus,
+    pub status: HealthStatus,
+    pub value: Option<f64>,
+    pub output: Option<String>,
+    pub duration: Duration,
+}
+
+/// What is stored of one check.
+#[derive(Debug, Clone)]
+pub(crate) struct StoredCheck {
+    pub name: String,
+    pub row: CheckRow,
+    pub runs: Vec<RunRow>,
+    pub latest_incident: Option<IncidentRow>,
+}
+
+/// A change of status, as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IncidentRow {
+    pub check: String,
+    pub from: Option<HealthStatus>,
+    pub to: HealthStatus,
+    pub started: DateTime<Utc>,
+    pub ended: Option<DateTime<Utc>>,
+    pub output: Option<String>,
+}
+
+/// Which roll-ups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolution {
+    Hourly,
+    Daily,
+}
+
+/// One transaction's worth of writes.
+#[derive(Debug, Default)]
+pub(crate) struct Batch {
+    pub runs: Vec<(i64, RunRow)>,
+    /// New changes of status; each ends the check's open one.
+    pub incidents: Vec<(i64, IncidentRow)>,
+    /// Roll-ups to add to what is stored for the same check and period.
+    pub rollups: Vec<(Resolution, i64, i64, Rollup)>,
+    /// Checks' totals and states, through `rolled_seq`.
+    pub checks: Vec<CheckRow>,
+}
+
+impl Batch {
+    fn is_empty(&self) -> bool {
+        self.runs.is_empty()
+            && self.incidents.is_empty()
+            && self.rollups.is_empty()
+            && self.checks.is_empty()
+    }
+}
+
+/// The writer thread's side of a backend.
+pub(crate) trait Backend: Send {
+    /// The check's row, made when it is new; its `keep` set.
+    fn check(&mut self, instance: &str, name: &str, keep: u32) -> Result<CheckRow, StoreError>;
+    /// The kept runs of a check whose sequence number is above `after`, oldest first.
+    fn runs_after(&mut self, check_id: i64, after: i64) -> Result<Vec<RunRow>, StoreError>;
+    /// Writes a batch in one transaction.
+    fn write(&mut self, batch: &Batch) -> Result<(), StoreError>;
+    /// Removes rows past their retention for these checks; answers how many.
+    fn prune(
+        &mut self,
+        check_ids: &[i64],
+        now: DateTime<Utc>,
+        retention: &Retention,
+    ) -> Result<u64, StoreError>;
+    /// Every check id of the instance.
+    fn check_ids(&mut self, instance: &str) -> Result<Vec<i64>, StoreError>;
+}
+
+/// The queries' side of a backend: safe to call from any thread, one
+/// query at a time per connection.
+pub(crate) trait Reader: Send + Sync {
+    /// Each check of the instance: its row, its kept runs (oldest first)
+    /// and its latest incident.
+    fn remembered(&self, instance: &str) -> Result<Vec<StoredCheck>, StoreError>;
+    /// Each named check's roll-ups from `first_period` on, summed per check
+    /// (a check with none is absent).
+    fn rollup_sums(
+        &self,
+        instance: &str,
+        names: &[&str],
+        resolution: Resolution,
+        first_period: i64,
+    ) -> Result<HashMap<String, Rollup>, StoreError>;
+    /// One check's roll-ups in `[first, last]`, oldest first.
+    fn rollups(
+        &self,
+        instance: &str,
+        name: &str,
+        resolution: Resolution,
+        first: i64,
+        last: i64,
+    ) -> Result<Vec<(i64, Rollup)>, StoreError>;
+    /// One check's kept runs in `[from, to]`, oldest first.
+    fn runs_between(
+        &self,
+        instance: &str,
+        name: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<RunRow>, StoreError>;
+    /// The oldest kept run's time.
+    fn oldest_run(&self, instance: &str, name: &str) -> Result<Option<DateTime<Utc>>, StoreError>;
+    /// Incidents, newest first: of one check, or of any of `names`.
+    fn incidents(
+        &self,
+        instance: &str,
+        names: &[&str],
+        limit: u32,
+    ) -> Result<Vec<IncidentRow>, StoreError>;
+}
+
+impl Store {
+    /// Opens (creating when missing) and migrates the store, and starts its
+    /// writer. Refuses, changing nothing, a file that is not a healthd
+    /// store or one written by a newer healthd.
+    pub fn open(settings: &StorageSettings) -> Result<Store, StoreError> {
+        Store::open_with_clock(settings, system_clock())
+    }
+
+    pub fn open_with_clock(settings: &StorageSettings, clock: Clock) -> Result<Store, StoreError> {
+        let (backend, reader): (Box<dyn Backend>, Box<dyn Reader>) = match &settings.backend {
+            StorageBackend::Sqlite { path } => {
+                let (backend, reader) = sqlite::open(path)?;
+                (Box::new(backend), Box::new(reader))
+            }
+            StorageBackend::Postgres { .. } => {
+                return Err(StoreError::Other("the PostgreSQL store is not built yet".into()))
+            }
+        };
+        let retention = Retention {
+            hourly: settings.hourly_retention,
+            daily: settings.daily_retention,
+            incidents: settings.incident_retention,
+        };
+        let (queue, receiver) = mpsc::sync_channel(settings.queue);
+        let stats = Arc::new(StoreStats::default());
+        let writer = writer::Writer::new(
+            backend,
+            settings.instance.clone(),
+            retention,
+            clock.clone(),
+            stats.clone(),
+        );
+        let handle = std::thread::Builder::new()
+            .name("healthd-store".into())
+            .spawn(move || writer.run(receiver))
+            .map_err(|error| StoreError::Other(format!("cannot start the writer: {error}")))?;
+        Ok(Store {
+            shared: Arc::new(Shared {
+                queue,
+                stats,
+                reader,
+                instance: settings.instance.clone(),
+                clock,
+                writer: Mutex::new(Some(handle)),
+                retention,
+            }),
+        })
+    }
+
+    /// What the store remembers of each check, by name.
+    pub fn remembered(&self) -> Result<HashMap<String, Remembered>, StoreError> {
+        let stored = self.shared.reader.remembered(&self.shared.instance)?;
+        Ok(stored.into_iter().map(|check| (check.name.clone(), writer::remember(check))).collect())
+    }
+
+    /// The engine's side: queues each finished run.
+    pub fn sink(&self) -> Arc<dyn RunSink> {
+        Arc::new(Sink { queue: self.shared.queue.clone(), stats: self.shared.stats.clone() })
+    }
+
+    pub fn stats(&self) -> &StoreStats {
+        &self.shared.stats
+    }
+
+    pub fn retention(&self) -> Retention {
+        self.shared.retention
+    }
+
+    /// Writes what the writer holds (queued runs, roll-ups, totals) and
+    /// waits for it, at most `within`; false when it did not finish.
+    pub fn flush(&self, within: Duration) -> bool {
+        let (done, finished) = mpsc::sync_channel(1);
+        if self.shared.queue.send(Command::Flush(done)).is_err() {
+            return false;
+        }
+        finished.recv_timeout(within).is_ok()
+    }
+
+    /// Flushes, and lets the writer end once every handle is gone.
+    pub fn close(&self, within: Duration) -> bool {
+        let flushed = self.flush(within);
+        if let Some(handle) = self.shared.writer.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            // The writer ends when the last queue sender is dropped; it is
+            // not waited for here (a frozen store must not hold the exit).
+            drop(handle);
+        }
+        flushed
+    }
+
+    pub(crate) fn reader(&self) -> &dyn Reader {
+        self.shared.reader.as_ref()
+    }
+
+    pub fn instance(&self) -> &str {
+        &self.shared.instance
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        (self.shared.clock)()
+    }
+}
+
+struct Sink {
+    queue: mpsc::SyncSender<Command>,
+    stats: Arc<StoreStats>,
+}
+
+impl RunSink for Sink {
+    fn finished(&self, run: FinishedRun) {
+        match self.queue.try_send(Command::Run(run)) {
+            Ok(()) => {
+                self.stats.backlog.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(mpsc::TrySendError::Full(_) | mpsc::TrySendError::Disconnected(_)) => {
+                let dropped = self.stats.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                let now = u64::try_from(Utc::now().timestamp()).unwrap_or(0);
+                let logged = self.stats.dropped_logged_at.load(Ordering::Relaxed);
+                // At most one line a minute, whoever drops.
+                if now >= logged + 60
+                    && self
+                        .stats
+                        .dropped_logged_at
+                        .compare_exchange(logged, now, Ordering::Relaxed, Ordering::Relaxed)
+                        .is_ok()
+                {
+                    tracing::warn!(
+                        dropped_total = dropped,
+                        "the store's queue is full: runs are dropped (the store is slow, full or down)"
+                    );
+                }
+            }
+        }
+    }
+}
+
+pub(crate) fn status_code(status: HealthStatus) -> i64 {
+    match status {
+        HealthStatus::Pass => 0,
+        HealthStatus::Warn => 1,
+        HealthStatus::Fail => 2,
+    }
+}
+
+pub(crate) fn status_from_code(code: i64) -> HealthStatus {
+    match code {
+        0 => HealthStatus::Pass,
+        1 => HealthStatus::Warn,
+        _ => HealthStatus::Fail,
+    }
+}
+
+pub(crate) fn micros(time: DateTime<Utc>) -> i64 {
+    time.timestamp_micros()
+}
+
+pub(crate) fn from_micros(micros: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(micros).unwrap_or_default()
+}
