@@ -85,6 +85,8 @@ enum Command {
     Run(FinishedRun),
     /// Write everything held in memory now; answer when done.
     Flush(mpsc::SyncSender<()>),
+    /// Prune every check now, step by step; answer when done.
+    Prune(mpsc::SyncSender<()>),
 }
 
 /// An open store. Cheap to clone.
@@ -329,6 +331,17 @@ impl Store {
         finished.recv_timeout(within).is_ok()
     }
 
+    /// Removes what is past its retention for every check now (the
+    /// writer does it by itself, a few checks every few seconds), and
+    /// waits for it, at most `within`.
+    pub fn prune(&self, within: Duration) -> bool {
+        let (done, finished) = mpsc::sync_channel(1);
+        if self.shared.queue.send(Command::Prune(done)).is_err() {
+            return false;
+        }
+        finished.recv_timeout(within).is_ok()
+    }
+
     /// Flushes, and lets the writer end once every handle is gone.
     pub fn close(&self, within: Duration) -> bool {
         let flushed = self.flush(within);
@@ -385,6 +398,9 @@ impl RunSink for Sink {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
 
 pub(crate) fn status_code(status: HealthStatus) -> i64 {
     match status {

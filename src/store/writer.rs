@@ -99,6 +99,14 @@ impl Writer {
                         self.waiting.push(done);
                         break;
                     }
+                    Ok(Command::Prune(done)) => {
+                        self.prune_queue.clear();
+                        self.prune_step();
+                        while !self.prune_queue.is_empty() {
+                            self.prune_step();
+                        }
+                        let _ = done.try_send(());
+                    }
                     Err(mpsc::RecvTimeoutError::Timeout) => break,
                     Err(mpsc::RecvTimeoutError::Disconnected) => open = false,
                 }
