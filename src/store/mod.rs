@@ -86,6 +86,7 @@ enum Command {
     /// Write everything held in memory now; answer when done.
     Flush(mpsc::SyncSender<()>),
     /// Prune every check now, step by step; answer when done.
+    #[cfg(test)]
     Prune(mpsc::SyncSender<()>),
 }
 
@@ -331,6 +332,7 @@ impl Store {
         finished.recv_timeout(within).is_ok()
     }
 
+    #[cfg(test)]
     /// Removes what is past its retention for every check now (the
     /// writer does it by itself, a few checks every few seconds), and
     /// waits for it, at most `within`.

@@ -170,7 +170,8 @@ fn a_series_is_served_from_runs_then_hourly_then_daily_roll_ups() {
     record_minutes(&store, "db", now - TimeDelta::hours(2), &mut previous, &two_hours, 5);
     assert!(store.flush(FLUSH));
 
-    let last_minutes = report::series(&store, "db", now - TimeDelta::minutes(9), now, None).unwrap();
+    let last_minutes =
+        report::series(&store, "db", now - TimeDelta::minutes(9), now, None).unwrap();
     assert_eq!(last_minutes.source, SeriesSource::Runs);
     assert_eq!(last_minutes.points.iter().map(|point| point.runs).sum::<u64>(), 9);
 
@@ -285,7 +286,10 @@ fn a_file_that_is_not_a_healthd_store_or_is_newer_is_refused_and_left_as_it_was(
     std::fs::write(&text.0, "name,value\nx,1\n").unwrap();
     let before = sha(&text.0);
     let reason = refusal(&text);
-    assert!(reason.contains(&text.0.display().to_string()) && reason.contains("not a healthd store"), "{reason}");
+    assert!(
+        reason.contains(&text.0.display().to_string()) && reason.contains("not a healthd store"),
+        "{reason}"
+    );
     assert_eq!(sha(&text.0), before);
 
     let other = TempStore::new();

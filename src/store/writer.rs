@@ -99,6 +99,7 @@ impl Writer {
                         self.waiting.push(done);
                         break;
                     }
+                    #[cfg(test)]
                     Ok(Command::Prune(done)) => {
                         self.prune_queue.clear();
                         self.prune_step();

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::app::{read_answer, spawn_app, spawn_binary_limited, RawAnswer};
+use crate::support::app::{metric, read_answer, spawn_app, spawn_binary_limited, RawAnswer};
 
 const DEADLINE: Duration = Duration::from_secs(10);
 /// The limit the binary runs under, as `prlimit --nofile=256:256` sets it.
@@ -55,9 +55,7 @@ impl Observer {
         let answer = self.get("/metrics").await;
         assert_eq!(answer.status, 200);
         let text = String::from_utf8_lossy(&answer.body).into_owned();
-        text.lines()
-            .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or_else(|| panic!("no {sample} in\n{text}"))
+        metric(&text, sample).unwrap_or_else(|| panic!("no {sample} in\n{text}"))
     }
 
     /// Polls `sample` until `wanted` holds, failing after `DEADLINE`.

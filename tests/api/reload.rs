@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 
-use crate::support::app::{answer, spawn_binary, RunningBinary};
+use crate::support::app::{answer, metric, spawn_binary, RunningBinary};
 
 const DEADLINE: Duration = Duration::from_secs(20);
 const OPS_TOKEN: &str = "ops-token-0123456789";
@@ -109,12 +109,6 @@ async fn wait_for(
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-/// A sample of `/metrics`: the value of the line `series` (name and labels
-/// exactly as written), if there is one.
-fn metric(metrics: &str, series: &str) -> Option<f64> {
-    metrics.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
 /// Requests every probe and operation a monitoring stack would make,

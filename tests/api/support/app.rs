@@ -577,3 +577,9 @@ pub async fn answer(response: reqwest::Response, is_head: bool) -> Answer {
     };
     Answer { status, headers, text, json }
 }
+
+/// A sample of `/metrics`: the value of the line `series` (name and labels
+/// exactly as written), if there is one.
+pub fn metric(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
