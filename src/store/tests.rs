@@ -50,17 +50,13 @@ impl Drop for TempStore {
     }
 }
 
-/// A clock the test moves.
+/// A clock the test sets.
 #[derive(Clone)]
 struct TestClock(Arc<Mutex<DateTime<Utc>>>);
 
 impl TestClock {
     fn at(time: DateTime<Utc>) -> TestClock {
         TestClock(Arc::new(Mutex::new(time)))
-    }
-
-    fn set(&self, time: DateTime<Utc>) {
-        *self.0.lock().unwrap() = time;
     }
 
     fn open(&self, file: &TempStore) -> Store {
