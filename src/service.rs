@@ -335,6 +335,15 @@ impl Reloader {
             tls.apply(wanted);
         }
         keep_what_needs_a_restart(&self.running.server, &mut settings.server);
+        let same_store = match (&self.running.storage, &settings.storage) {
+            (Some(running), Some(wanted)) => running.is_same_as(wanted),
+            (None, None) => true,
+            _ => false,
+        };
+        if !same_store {
+            tracing::warn!("[storage] changed: that needs a restart; the running store stays");
+            settings.storage = self.running.storage.clone();
+        }
         let checks = settings.check_descriptors();
         if checks > self.budget.room_for_checks() {
             tracing::warn!(

@@ -29,8 +29,26 @@ pub enum StorageBackend {
     /// A SQLite file, created when missing.
     Sqlite { path: PathBuf },
     /// A PostgreSQL database, by URL (with the postgres kind's `sslmode`s).
-    #[allow(dead_code)] // read by the PostgreSQL store, being built
     Postgres { url: Secret },
+}
+
+impl StorageSettings {
+    /// Whether two configs name the same store with the same settings.
+    pub fn is_same_as(&self, other: &StorageSettings) -> bool {
+        let backends_match = match (&self.backend, &other.backend) {
+            (StorageBackend::Sqlite { path: a }, StorageBackend::Sqlite { path: b }) => a == b,
+            (StorageBackend::Postgres { url: a }, StorageBackend::Postgres { url: b }) => {
+                a.expose() == b.expose()
+            }
+            _ => false,
+        };
+        backends_match
+            && self.instance == other.instance
+            && self.hourly_retention == other.hourly_retention
+            && self.daily_retention == other.daily_retention
+            && self.incident_retention == other.incident_retention
+            && self.queue == other.queue
+    }
 }
 
 pub const DEFAULT_HOURLY_RETENTION: Duration = Duration::from_secs(30 * 86_400);

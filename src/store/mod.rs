@@ -332,6 +332,14 @@ impl Store {
         finished.recv_timeout(within).is_ok()
     }
 
+    /// Queues a run, waiting for room: for seeding a store in tests and
+    /// the bench, where dropping is not wanted.
+    #[cfg(test)]
+    pub fn record_waiting(&self, run: FinishedRun) {
+        self.shared.stats.backlog.fetch_add(1, Ordering::Relaxed);
+        let _ = self.shared.queue.send(Command::Run(run));
+    }
+
     #[cfg(test)]
     /// Removes what is past its retention for every check now (the
     /// writer does it by itself, a few checks every few seconds), and
@@ -401,6 +409,8 @@ impl RunSink for Sink {
     }
 }
 
+#[cfg(test)]
+mod bench;
 #[cfg(test)]
 mod tests;
 

@@ -123,8 +123,22 @@ pub fn run(args: &[&str]) -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    if args.contains(&"--store") {
+        let section = crate::store_bench::run(&root, smoke)?;
+        println!("{section}");
+        if !smoke {
+            write_section(&benchmarks, STORE_SECTION, &section)?;
+            eprintln!("wrote {}", benchmarks.display());
+        }
+        return Ok(());
+    }
     if args.contains(&"--scale") {
         // With --smoke: the short scale part alone, its numbers not kept.
+        let store = crate::store_bench::run(&root, smoke)?;
+        println!("{store}");
+        if !smoke {
+            write_section(&benchmarks, STORE_SECTION, &store)?;
+        }
         let section = scale::run(&root, smoke)?;
         println!("{section}");
         if !smoke {
@@ -179,6 +193,7 @@ const DOCUMENT_TITLE: &str = "# Benchmarks\n\n";
 /// only by its own part.
 const PROBE_SECTION: &str = "probe paths (cargo xtask bench)";
 const SCALE_SECTION: &str = "scale (cargo xtask bench --scale)";
+const STORE_SECTION: &str = "store (cargo xtask bench --scale, or --store alone)";
 const SOAK_SECTION: &str = "log volume (cargo xtask bench --soak)";
 
 /// Replaces the text between `<!-- begin NAME -->` and `<!-- end NAME -->`

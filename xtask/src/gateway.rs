@@ -965,7 +965,7 @@ fn kubernetes(stage: &Stage) -> anyhow::Result<String> {
         documents.insert(kind, document);
     }
     let config_map = documents.get("ConfigMap").context("no ConfigMap")?;
-    let deployment = documents.get("Deployment").context("no Deployment")?;
+    let deployment = documents.get("StatefulSet").context("no StatefulSet")?;
     let pod = &deployment["spec"]["template"]["spec"];
     let container = &pod["containers"][0];
     let config = config_map["data"]["healthd.toml"].as_str().context("no healthd.toml")?;
@@ -979,6 +979,16 @@ fn kubernetes(stage: &Stage) -> anyhow::Result<String> {
         .block_on(healthd_testkit::postgres::TestPostgres::start());
     let port = free_port()?;
     let config_path = dir.join("healthd.toml");
+    // The store's volume is a folder of the stage's, emptied first.
+    let store_mount = container["volumeMounts"]
+        .as_array()
+        .and_then(|mounts| mounts.iter().find(|mount| mount["name"] == "store"))
+        .and_then(|mount| mount["mountPath"].as_str())
+        .context("no store volume")?;
+    let store_dir = dir.join("store");
+    let _ = std::fs::remove_dir_all(&store_dir);
+    std::fs::create_dir_all(&store_dir)?;
+    let config = config.replace(store_mount, &store_dir.display().to_string());
     std::fs::write(&config_path, config)?;
     let args: Vec<String> = container["args"]
         .as_array()

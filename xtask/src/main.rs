@@ -12,6 +12,7 @@ mod load;
 mod scale;
 mod services;
 mod soak;
+mod store_bench;
 
 use std::path::{Path, PathBuf};
 

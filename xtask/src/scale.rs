@@ -106,17 +106,17 @@ pub fn run(root: &Path, smoke: bool) -> anyhow::Result<String> {
         }
     };
     let listener = Listener::start()?;
-    let idle = Instance::start(root, 0, Duration::from_secs(10), listener.port)?;
+    let idle = Instance::start(root, 0, Duration::from_secs(10), listener.port, None)?;
     idle.settle();
     let (idle_ns, idle_window) = idle.cpu_over(plan.window)?;
     let idle_ns_per_second = idle_ns / idle_window.as_secs_f64();
     drop(idle);
     eprintln!("no checks: {:.3}% of a core", idle_ns_per_second / 1e7);
     let reference =
-        Instance::start(root, REFERENCE_CHECKS, Duration::from_secs(10), listener.port)?;
+        Instance::start(root, REFERENCE_CHECKS, Duration::from_secs(10), listener.port, None)?;
     let mut rows = Vec::new();
     for &(checks, interval) in &plan.sizes {
-        let instance = Instance::start(root, checks, interval, listener.port)?;
+        let instance = Instance::start(root, checks, interval, listener.port, None)?;
         let row = measure(&plan, &instance, &reference, idle_ns_per_second)
             .with_context(|| format!("the scale bench with {checks} checks"))?;
         eprintln!(
@@ -132,9 +132,9 @@ pub fn run(root: &Path, smoke: bool) -> anyhow::Result<String> {
 }
 
 /// One healthd with some number of tcp checks, started and ready.
-struct Instance {
-    process: Process,
-    port: u16,
+pub(crate) struct Instance {
+    pub(crate) process: Process,
+    pub(crate) port: u16,
     checks: usize,
     interval: Duration,
     startup: Duration,
@@ -142,17 +142,23 @@ struct Instance {
 }
 
 impl Instance {
-    fn start(
+    /// With `store`, the checks' runs go to a SQLite store at that path.
+    pub(crate) fn start(
         root: &Path,
         checks: usize,
         interval: Duration,
         target_port: u16,
+        store: Option<&Path>,
     ) -> anyhow::Result<Self> {
         let dir = root.join("target/xtask");
         fs::create_dir_all(&dir)?;
         let port = free_port()?;
         let config_path = dir.join(format!("scale-{checks}-{port}.toml"));
-        fs::write(&config_path, config(port, checks, interval, target_port))?;
+        let mut text = config(port, checks, interval, target_port);
+        if let Some(store) = store {
+            let _ = write!(text, "\n[storage]\npath = \"{}\"\n", store.display());
+        }
+        fs::write(&config_path, text)?;
         let launched = Instant::now();
         // The access log is on, as in production, but goes nowhere: disk
         // writes on a shared machine would blur what healthd itself costs.
@@ -175,14 +181,14 @@ impl Instance {
     /// Checks that start together keep their phase: a window that begins
     /// half an interval after a burst of runs, 2 s or more past the first
     /// one, holds whole bursts and no start-up work.
-    fn settle(&self) {
+    pub(crate) fn settle(&self) {
         let intervals = whole_intervals(Duration::from_secs(2), self.interval);
         std::thread::sleep(self.interval * intervals + self.interval / 2);
     }
 
     /// healthd's CPU time (ns) over whole intervals covering at least
     /// `window`, and the time that took.
-    fn cpu_over(&self, window: Duration) -> anyhow::Result<(f64, Duration)> {
+    pub(crate) fn cpu_over(&self, window: Duration) -> anyhow::Result<(f64, Duration)> {
         let pid = self.process.pid();
         let (before, threads) = cpu_time_ns(pid)?;
         let started = Instant::now();
@@ -223,7 +229,7 @@ fn whole_intervals(at_least: Duration, interval: Duration) -> u32 {
     at_least.as_nanos().div_ceil(interval.as_nanos()).max(1) as u32
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
+pub(crate) fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
 }
@@ -306,14 +312,14 @@ fn measure(
 }
 
 /// A size line of /proc/PID/status (`VmRSS:`, `VmHWM:`), in KiB.
-fn rss_kib(pid: u32, line: &str) -> anyhow::Result<u64> {
+pub(crate) fn rss_kib(pid: u32, line: &str) -> anyhow::Result<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
     let found = status.lines().find_map(|text| text.strip_prefix(line)).context("no such line")?;
     Ok(found.split_whitespace().next().context("an empty line")?.parse()?)
 }
 
 /// The sum of `healthd_check_runs_total` over every check.
-fn runs_total(port: u16) -> anyhow::Result<u64> {
+pub(crate) fn runs_total(port: u16) -> anyhow::Result<u64> {
     let (status, metrics) = fetch(port, "/metrics", None)?;
     if status != 200 {
         bail!("/metrics answered {status}");
@@ -362,12 +368,12 @@ retries = 0
 
 /// The checks' dependency: a listener that accepts and closes at once,
 /// with a backlog deep enough for 10,000 checks connecting together.
-struct Listener {
-    port: u16,
+pub(crate) struct Listener {
+    pub(crate) port: u16,
 }
 
 impl Listener {
-    fn start() -> anyhow::Result<Listener> {
+    pub(crate) fn start() -> anyhow::Result<Listener> {
         let listener = TcpListener::bind("127.0.0.1:0")?;
         // std listens with a backlog of 128; listening again raises it
         // (up to net.core.somaxconn).
