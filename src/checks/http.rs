@@ -24,8 +24,8 @@ use crate::checks::util::categories::{error_chain, find_io_error, io_category, t
 use crate::checks::util::conditions::{self, Answer, Condition, ConditionFields};
 use crate::checks::util::trust;
 use crate::checks::{
-    duration_ms, elapsed_ms, BoxFuture, Check, Kind, KindInput, KindSettings, Observation, CREDENTIALS_IN_FILE,
-    RESPONSE_TIME,
+    duration_ms, elapsed_ms, BoxFuture, Check, Kind, KindInput, KindSettings, Observation,
+    CREDENTIALS_IN_FILE, RESPONSE_TIME,
 };
 
 pub const KIND: Kind = Kind::new(
@@ -251,7 +251,8 @@ impl HttpCheck {
     /// and one chunk. The deadline (the client's timeout and the
     /// monitor's) bounds a slow one.
     async fn read_body(&self, response: &mut reqwest::Response) -> Result<Vec<u8>, Observation> {
-        let too_large = || Observation::fail(format!("body over max_body ({} bytes)", self.max_body));
+        let too_large =
+            || Observation::fail(format!("body over max_body ({} bytes)", self.max_body));
         if response.content_length().is_some_and(|length| length > self.max_body) {
             return Err(too_large());
         }
@@ -339,7 +340,9 @@ impl Check for HttpCheck {
             let reported = if is_health_json {
                 match reported_status(&body) {
                     Some(status) => Some(status),
-                    None => return Observation::fail_with("invalid health report", values(elapsed_ms)),
+                    None => {
+                        return Observation::fail_with("invalid health report", values(elapsed_ms))
+                    }
                 }
             } else {
                 None

@@ -60,7 +60,11 @@ enum Rule {
     /// The pattern, and whether the body must match it (or must not).
     Body(Regex, bool),
     Header(HeaderName, Test),
-    Json { path: JsonPath, length: bool, test: Test },
+    Json {
+        path: JsonPath,
+        length: bool,
+        test: Test,
+    },
 }
 
 #[derive(Debug)]
@@ -176,7 +180,8 @@ fn parse_condition(fields: ConditionFields, has_body: bool) -> Result<Condition,
             format!("{op:?} does not apply to {subject_text}: expected {}", or_list(subject.ops())),
         ));
     }
-    let test = parse_test(&subject, &op, fields.value.as_ref()).map_err(|reason| ("value", reason))?;
+    let test =
+        parse_test(&subject, &op, fields.value.as_ref()).map_err(|reason| ("value", reason))?;
     let name = match fields.name {
         Some(name) if name.trim().is_empty() => return Err(("name", "is empty".into())),
         Some(name) => name,
@@ -359,7 +364,9 @@ pub fn judge(conditions: &[Condition], answer: &Answer<'_>) -> Option<(HealthSta
         broken += 1;
         let worse = match &worst {
             None => true,
-            Some((status, _)) => *status == HealthStatus::Warn && condition.severity == HealthStatus::Fail,
+            Some((status, _)) => {
+                *status == HealthStatus::Warn && condition.severity == HealthStatus::Fail
+            }
         };
         if worse {
             worst = Some((condition.severity, format!("{}: {seen}", condition.name)));
@@ -420,11 +427,9 @@ fn header_holds(headers: &HeaderMap, name: &HeaderName, test: &Test) -> Result<(
             .any(|value| pattern.is_match(value))
             .then_some(())
             .ok_or_else(|| format!("{}, none matching", describe_values(&values))),
-        Test::NotMatches(pattern) => {
-            (!values.iter().any(|value| pattern.is_match(value))).then_some(()).ok_or_else(|| {
-                format!("{}, one matching", describe_values(&values))
-            })
-        }
+        Test::NotMatches(pattern) => (!values.iter().any(|value| pattern.is_match(value)))
+            .then_some(())
+            .ok_or_else(|| format!("{}, one matching", describe_values(&values))),
         // Comparisons are not offered for headers (`HEADER_OPS`).
         _ => Err("the rule does not apply to a header".into()),
     }
@@ -442,7 +447,9 @@ fn describe_values(values: &[&[u8]]) -> String {
 fn json_holds(path: &JsonPath, length: bool, test: &Test, document: &Value) -> Result<(), String> {
     let nodes = path.query(document).all();
     match test {
-        Test::Exists => return (!nodes.is_empty()).then_some(()).ok_or("nothing at the path".into()),
+        Test::Exists => {
+            return (!nodes.is_empty()).then_some(()).ok_or("nothing at the path".into())
+        }
         Test::Absent => {
             return match nodes.as_slice() {
                 [] => Ok(()),
@@ -464,7 +471,11 @@ fn json_holds(path: &JsonPath, length: bool, test: &Test, document: &Value) -> R
         };
         if !passes {
             let seen = format!("got {}", describe(node));
-            return Err(if count == 1 { seen } else { format!("value {} of {count}: {seen}", index + 1) });
+            return Err(if count == 1 {
+                seen
+            } else {
+                format!("value {} of {count}: {seen}", index + 1)
+            });
         }
     }
     Ok(())
@@ -475,9 +486,13 @@ impl Test {
         match self {
             Test::Equals(wanted) => same(seen, wanted),
             Test::NotEquals(wanted) => !same(seen, wanted),
-            Test::Order(order, limit) => seen.as_f64().is_some_and(|seen| order.holds(seen, *limit)),
+            Test::Order(order, limit) => {
+                seen.as_f64().is_some_and(|seen| order.holds(seen, *limit))
+            }
             Test::OneOf(wanted) => wanted.iter().any(|wanted| same(seen, wanted)),
-            Test::Matches(pattern) => seen.as_str().is_some_and(|text| pattern.is_match(text.as_bytes())),
+            Test::Matches(pattern) => {
+                seen.as_str().is_some_and(|text| pattern.is_match(text.as_bytes()))
+            }
             Test::NotMatches(pattern) => {
                 seen.as_str().is_some_and(|text| !pattern.is_match(text.as_bytes()))
             }
@@ -515,9 +530,13 @@ fn describe(value: &Value) -> String {
         Value::Null => "null".into(),
         Value::Bool(_) => "a boolean".into(),
         Value::Number(_) => "a number".into(),
-        Value::String(text) => format!("a string of {}", plural(text.chars().count(), "character", "characters")),
+        Value::String(text) => {
+            format!("a string of {}", plural(text.chars().count(), "character", "characters"))
+        }
         Value::Array(items) => format!("an array of {}", plural(items.len(), "item", "items")),
-        Value::Object(members) => format!("an object of {}", plural(members.len(), "member", "members")),
+        Value::Object(members) => {
+            format!("an object of {}", plural(members.len(), "member", "members"))
+        }
     }
 }
 
@@ -654,7 +673,10 @@ name = " ""#, "name", "is empty"),
     fn a_head_request_has_no_body_to_judge() {
         let body = "subject = \"body\"\nop = \"matches\"\nvalue = \"ok\"";
         let (key, reason) = rule_for(body, false).err().unwrap();
-        assert_eq!((key, reason.as_str()), ("subject", "method HEAD has no body to judge: use GET"));
+        assert_eq!(
+            (key, reason.as_str()),
+            ("subject", "method HEAD has no body to judge: use GET")
+        );
         assert!(rule_for("subject = \"status\"\nop = \"==\"\nvalue = 200", false).is_ok());
     }
 
@@ -679,7 +701,10 @@ name = " ""#, "name", "is empty"),
         passes(&rule("$.threads", ">", "2"), &body);
         passes(&rule("$.threads", ">=", "3"), &body);
         passes(&rule("$.threads", "==", "3.0"), &body);
-        assert_eq!(fails(&rule("$.status", ">", "2"), &body), "$.status > 2: got a string of 4 characters");
+        assert_eq!(
+            fails(&rule("$.status", ">", "2"), &body),
+            "$.status > 2: got a string of 4 characters"
+        );
         passes(&rule("$.status", "one-of", r#"["UP", "DOWN"]"#), &body);
         assert_eq!(
             fails(&rule("$.ok", "one-of", "[true]"), &body),
@@ -712,7 +737,10 @@ name = " ""#, "name", "is empty"),
             "$.missing == 1: nothing at the path"
         );
         passes("subject = '$.none'\nop = \"exists\"", &body);
-        assert_eq!(fails("subject = '$.gone'\nop = \"exists\"", &body), "$.gone exists: nothing at the path");
+        assert_eq!(
+            fails("subject = '$.gone'\nop = \"exists\"", &body),
+            "$.gone exists: nothing at the path"
+        );
         passes("subject = '$.gone'\nop = \"absent\"", &body);
         assert_eq!(fails("subject = '$.none'\nop = \"absent\"", &body), "$.none absent: got null");
         // RFC 9535 filters and functions work in a subject.
@@ -740,7 +768,10 @@ name = " ""#, "name", "is empty"),
         answer.headers.insert("x-raw", HeaderValue::from_bytes(b"\xff\xfeok").unwrap());
         answer.elapsed = Duration::from_millis(400);
 
-        assert_eq!(fails("subject = \"status\"\nop = \"one-of\"\nvalue = [200, 204]", &answer), "status one-of [200, 204]: got HTTP 503");
+        assert_eq!(
+            fails("subject = \"status\"\nop = \"one-of\"\nvalue = [200, 204]", &answer),
+            "status one-of [200, 204]: got HTTP 503"
+        );
         passes("subject = \"status\"\nop = \">=\"\nvalue = 500", &answer);
         passes("subject = \"body\"\nop = \"matches\"\nvalue = \"(?m)^service ready$\"", &answer);
         assert_eq!(
@@ -753,7 +784,10 @@ name = " ""#, "name", "is empty"),
         );
         passes("subject = \"header X-Mode\"\nop = \"matches\"\nvalue = \"^standby$\"", &answer);
         assert_eq!(
-            fails("subject = \"header X-Mode\"\nop = \"not-matches\"\nvalue = \"standby\"", &answer),
+            fails(
+                "subject = \"header X-Mode\"\nop = \"not-matches\"\nvalue = \"standby\"",
+                &answer
+            ),
             r#"header X-Mode not-matches "standby": got 2 values, one matching"#
         );
         passes("subject = \"header X-Raw\"\nop = \"matches\"\nvalue = \"ok$\"", &answer);
@@ -776,7 +810,8 @@ name = " ""#, "name", "is empty"),
     #[test]
     fn the_worst_rule_is_shown_with_how_many_more_broke() {
         let answer = seen(r#"{"status":"UP","db":"DOWN","cache":"DOWN"}"#);
-        let warn_db = "subject = '$.db'\nop = \"==\"\nvalue = \"UP\"\nseverity = \"warn\"\nname = \"db\"";
+        let warn_db =
+            "subject = '$.db'\nop = \"==\"\nvalue = \"UP\"\nseverity = \"warn\"\nname = \"db\"";
         let fail_cache = "subject = '$.cache'\nop = \"==\"\nvalue = \"UP\"\nname = \"cache\"";
         let pass = "subject = '$.status'\nop = \"==\"\nvalue = \"UP\"";
         assert_eq!(
