@@ -495,9 +495,10 @@ impl Drop for Silent {
 }
 
 /// A TCP server that greets each connection with `greeting` (a banner, as
-/// SSH and SMTP servers send), then answers `reply` each time what it
-/// received ends with `request`. It keeps what it received, so a test can
-/// see the bytes a check sent.
+/// SSH and SMTP servers send); with an `exchange` (request, reply), it
+/// answers the reply once what it received ends with the request, and
+/// then closes, as an SMTP server does after `QUIT`. It keeps what it
+/// received, so a test can see the bytes a check sent.
 pub struct Banner {
     address: SocketAddr,
     received: Arc<Mutex<Vec<u8>>>,
@@ -507,8 +508,7 @@ pub struct Banner {
 impl Banner {
     pub async fn start(
         greeting: &'static [u8],
-        request: &'static [u8],
-        reply: &'static [u8],
+        exchange: Option<(&'static [u8], &'static [u8])>,
     ) -> Banner {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("binding 127.0.0.1:0");
         let address = listener.local_addr().expect("the listener's address");
@@ -518,28 +518,8 @@ impl Banner {
             let mut connections = JoinSet::new();
             loop {
                 tokio::select! {
-                    Ok((mut stream, _)) = listener.accept() => {
-                        let log = log.clone();
-                        connections.spawn(async move {
-                            if stream.write_all(greeting).await.is_err() {
-                                return;
-                            }
-                            let mut since_reply = Vec::new();
-                            let mut chunk = [0u8; 1024];
-                            while let Ok(read) = stream.read(&mut chunk).await {
-                                if read == 0 {
-                                    return;
-                                }
-                                log.lock().unwrap().extend_from_slice(&chunk[..read]);
-                                since_reply.extend_from_slice(&chunk[..read]);
-                                if !request.is_empty() && since_reply.ends_with(request) {
-                                    since_reply.clear();
-                                    if stream.write_all(reply).await.is_err() {
-                                        return;
-                                    }
-                                }
-                            }
-                        });
+                    Ok((stream, _)) = listener.accept() => {
+                        connections.spawn(converse(stream, greeting, exchange, log.clone()));
                     }
                     Some(_) = connections.join_next(), if !connections.is_empty() => {}
                 }
@@ -555,6 +535,33 @@ impl Banner {
     /// Every byte received so far, from every connection.
     pub fn received(&self) -> Vec<u8> {
         self.received.lock().unwrap().clone()
+    }
+}
+
+async fn converse(
+    mut stream: TcpStream,
+    greeting: &'static [u8],
+    exchange: Option<(&'static [u8], &'static [u8])>,
+    log: Arc<Mutex<Vec<u8>>>,
+) {
+    if stream.write_all(greeting).await.is_err() {
+        return;
+    }
+    let mut this_connection = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while let Ok(read) = stream.read(&mut chunk).await {
+        if read == 0 {
+            return;
+        }
+        log.lock().unwrap().extend_from_slice(&chunk[..read]);
+        this_connection.extend_from_slice(&chunk[..read]);
+        if let Some((request, reply)) = exchange {
+            if this_connection.ends_with(request) {
+                let _ = stream.write_all(reply).await;
+                let _ = stream.shutdown().await;
+                return;
+            }
+        }
     }
 }
 
