@@ -620,3 +620,131 @@ expect = "^SSH-2.0-("
         assert!(lines.lines().any(|line| line.starts_with(wanted)), "no {wanted:?} in:\n{lines}");
     }
 }
+
+/// The TOML block after `<!-- MARKER -->` in README.md.
+fn readme_block(marker: &str) -> String {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let after = readme
+        .split_once(&format!("<!-- {marker} -->"))
+        .unwrap_or_else(|| panic!("README.md has no <!-- {marker} -->"))
+        .1;
+    let block = after.split_once("```toml\n").expect("a TOML block after the marker").1;
+    block.split_once("```").expect("the block ends").0.to_string()
+}
+
+/// What Spring Boot Actuator answers with details shown.
+fn actuator(status: &str, db: &str, free: u64) -> Behaviour {
+    let body = format!(
+        r#"{{"status":"{status}","components":{{"db":{{"status":"{db}","details":{{"database":"PostgreSQL","validationQuery":"isValid()"}}}},"diskSpace":{{"status":"UP","details":{{"total":499963174912,"free":{free},"threshold":10485760,"path":"/app/.","exists":true}}}},"ping":{{"status":"UP"}}}}}}"#
+    );
+    let code = if status == "DOWN" { 503 } else { 200 };
+    Behaviour::Reply(
+        Reply::typed("application/vnd.spring-boot.actuator.v3+json", &body).status(code),
+    )
+}
+
+#[tokio::test]
+async fn the_readme_spring_boot_rules_pass_up_warn_on_a_hidden_component_and_low_disk_and_fail_down(
+) {
+    // Arrange: the README's block as written, pointed at a local Actuator.
+    let upstream = Upstream::start(actuator("UP", "UP", 200 << 30)).await;
+    let block = readme_block("conditions: spring-boot")
+        .replace("http://orders.internal:8080/actuator/health", &upstream.url());
+    assert!(block.contains(&upstream.url()), "the README's URL changed:\n{block}");
+    let app = spawn_app(&config(&format!(
+        "[defaults]\ninterval = \"300ms\"\ntimeout = \"200ms\"\nretries = 0\n{block}"
+    )))
+    .await;
+    let orders = key("orders");
+
+    // Act + Assert
+    app.wait_for("/health", None, DEADLINE, |a| status(a, &orders) == Some("pass")).await;
+
+    upstream.set(actuator("UP", "OUT_OF_SERVICE", 200 << 30));
+    let answer =
+        app.wait_for("/health", None, DEADLINE, |a| status(a, &orders) == Some("warn")).await;
+    assert_eq!(
+        output(&answer, &orders),
+        Some("every component UP: value 1 of 3: got a string of 14 characters")
+    );
+    assert_eq!(answer.status, StatusCode::OK);
+
+    upstream.set(actuator("UP", "UP", 512 << 20));
+    let answer = app
+        .wait_for("/health", None, DEADLINE, |a| {
+            output(a, &orders) == Some("disk space: got a number")
+        })
+        .await;
+    assert_eq!(status(&answer, &orders), Some("warn"));
+
+    upstream.set(actuator("OUT_OF_SERVICE", "UP", 200 << 30));
+    let answer =
+        app.wait_for("/health", None, DEADLINE, |a| status(a, &orders) == Some("fail")).await;
+    assert_eq!(
+        output(&answer, &orders),
+        Some(r#"$.status == "UP": got a string of 14 characters"#)
+    );
+
+    upstream.set(actuator("DOWN", "DOWN", 200 << 30));
+    let answer =
+        app.wait_for("/health", None, DEADLINE, |a| output(a, &orders) == Some("HTTP 503")).await;
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[tokio::test]
+async fn the_readme_gatus_like_rules_pass_a_good_answer_and_grade_each_break() {
+    // Arrange
+    let good = || {
+        Reply::json(r#"{"status":"UP","data":[{"sku":"A-1"}]}"#)
+            .header("x-served-by", b"catalog-blue-7f9c")
+    };
+    let upstream = Upstream::start(Behaviour::Reply(good())).await;
+    let block = readme_block("conditions: gatus")
+        .replace("http://catalog.internal/api/health", &upstream.url());
+    assert!(block.contains(&upstream.url()), "the README's URL changed:\n{block}");
+    let app =
+        spawn_app(&config(&format!("[defaults]\ninterval = \"2500ms\"\nretries = 0\n{block}")))
+            .await;
+    let catalog = key("catalog");
+
+    // Act + Assert
+    app.wait_for("/health", None, DEADLINE, |a| status(a, &catalog) == Some("pass")).await;
+    let cases = [
+        (good().status(503), "fail", "status == 200: got HTTP 503"),
+        (
+            Reply::json(r#"{"status":"UP","data":[]}"#).header("x-served-by", b"catalog-green-1"),
+            "fail",
+            "length($.data) > 0: got an array of 0 items",
+        ),
+        (
+            Reply::json(r#"{"status":"UP","data":[1],"note":"Maintenance at 2am"}"#)
+                .header("x-served-by", b"catalog-green-1"),
+            "warn",
+            r#"body not-matches "(?i)maintenance": the body matches"#,
+        ),
+        (
+            Reply::json(r#"{"status":"UP","data":[1]}"#).header("x-served-by", b"legacy-3"),
+            "warn",
+            r#"header X-Served-By matches "^catalog-(blue|green)-": got a value of 8 bytes, none matching"#,
+        ),
+        (good().delay(Duration::from_millis(500)), "warn", r#"response_time < "300ms": too slow"#),
+    ];
+    // Each answer breaks one rule (its output tells them apart).
+    for (reply, wanted, wanted_output) in cases {
+        upstream.set(Behaviour::Reply(reply));
+        app.wait_for("/health", None, DEADLINE, |a| {
+            status(a, &catalog) == Some(wanted) && output(a, &catalog) == Some(wanted_output)
+        })
+        .await;
+    }
+    upstream.set(Behaviour::Reply(good()));
+    app.wait_for("/health", None, DEADLINE, |a| status(a, &catalog) == Some("pass")).await;
+}
+
+#[tokio::test]
+async fn the_readme_tcp_examples_load() {
+    let block = readme_block("tcp: banners");
+    let settings = healthd::Settings::parse(&config(&block), "README.md", &BTreeMap::new());
+    assert!(settings.is_ok(), "{}", settings.err().unwrap());
+}
