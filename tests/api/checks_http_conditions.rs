@@ -426,12 +426,14 @@ value = "^[0-9]+$"
 }
 
 /// The hostile bodies, each against a check with a JSON rule, and the
-/// output each must show. The first three pass the cap (1 MiB), the last
-/// two are small but cannot be read as JSON.
+/// output each must show. The first three pass the cap (1 MiB); the next
+/// two are small but cannot be read as JSON; the last is under the cap
+/// but would take 16 MiB as parsed values (1 MiB of `0,0,0,...`).
 fn hostile() -> Vec<(&'static str, Reply, &'static str)> {
     let too_large = "body over max_body (1048576 bytes)";
     let not_json = "$.status exists: the body is not JSON";
     let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let wide = format!("[{}0]", "0,".repeat(524_000));
     let mut invalid_utf8 = br#"{"status":"UP","note":""#.to_vec();
     invalid_utf8.extend_from_slice(b"\xff\xfe\xc0\xaf");
     invalid_utf8.extend_from_slice(br#""}"#);
@@ -442,6 +444,11 @@ fn hostile() -> Vec<(&'static str, Reply, &'static str)> {
         ("endless", reply(Body::Chunked(None)), too_large),
         ("invalid-utf8", Reply::bytes(&invalid_utf8), not_json),
         ("deep-json", Reply::bytes(deep.as_bytes()), not_json),
+        (
+            "wide-json",
+            Reply::bytes(wide.as_bytes()),
+            "$.status exists: the body has more than 65536 JSON values",
+        ),
     ]
 }
 

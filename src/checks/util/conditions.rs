@@ -380,7 +380,11 @@ pub fn judge(conditions: &[Condition], answer: &Answer<'_>) -> Option<(HealthSta
 
 impl Rule {
     /// `Err` says what was seen, by type or length.
-    fn holds(&self, answer: &Answer<'_>, json: &OnceCell<Option<Value>>) -> Result<(), String> {
+    fn holds(
+        &self,
+        answer: &Answer<'_>,
+        json: &OnceCell<Result<Value, &'static str>>,
+    ) -> Result<(), String> {
         match self {
             Rule::Status(test) => {
                 let status = Value::from(answer.status);
@@ -404,14 +408,31 @@ impl Rule {
             }
             Rule::Header(name, test) => header_holds(answer.headers, name, test),
             Rule::Json { path, length, test } => {
-                // serde_json stops at 128 levels of nesting: a body nested
-                // deeper is "not JSON", never a stack overflow.
-                let parsed = json.get_or_init(|| serde_json::from_slice(answer.body).ok());
-                let Some(document) = parsed else { return Err("the body is not JSON".into()) };
+                let parsed = json.get_or_init(|| parse_json(answer.body));
+                let document = parsed.as_ref().map_err(|reason| reason.to_string())?;
                 json_holds(path, *length, test, document)
             }
         }
     }
+}
+
+/// A body parsed holds this many JSON values at most: each takes 32 bytes
+/// or more as a `serde_json::Value`, so 1 MiB of `0,0,0,...` would take 16
+/// MiB (and twice that while its array grows), far more than the body.
+const MAX_JSON_VALUES: usize = 1 << 16;
+
+/// The body as JSON, once for all the rules.
+fn parse_json(body: &[u8]) -> Result<Value, &'static str> {
+    // Every value but the first of an array follows a comma, every member's
+    // a colon: their count (strings included) bounds the values to about
+    // twice itself, before a byte is parsed.
+    let separators = body.iter().filter(|byte| matches!(byte, b',' | b':')).count();
+    if separators >= MAX_JSON_VALUES {
+        return Err("the body has more than 65536 JSON values");
+    }
+    // serde_json stops at 128 levels of nesting: a body nested deeper is
+    // "not JSON", never a stack overflow.
+    serde_json::from_slice(body).map_err(|_| "the body is not JSON")
 }
 
 fn header_holds(headers: &HeaderMap, name: &HeaderName, test: &Test) -> Result<(), String> {
@@ -757,6 +778,21 @@ name = " ""#, "name", "is empty"),
         // without overflowing the stack.
         let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
         assert_eq!(fails(rule, &seen(&deep)), "status present: the body is not JSON");
+        // A body too wide to parse within a few MiB is refused unparsed.
+        let wide = format!("[{}0]", "0,".repeat(MAX_JSON_VALUES));
+        assert_eq!(
+            fails(rule, &seen(&wide)),
+            "status present: the body has more than 65536 JSON values"
+        );
+        let members: Vec<String> =
+            (0..MAX_JSON_VALUES / 2).map(|n| format!("\"k{n}\":0")).collect();
+        let object = format!("{{\"status\":1,{}}}", members.join(","));
+        assert_eq!(
+            fails(rule, &seen(&object)),
+            "status present: the body has more than 65536 JSON values"
+        );
+        let wide_enough = format!("{{\"status\":[{}0]}}", "0,".repeat(MAX_JSON_VALUES - 2));
+        passes(rule, &seen(&wide_enough));
     }
 
     #[test]
