@@ -242,7 +242,7 @@ impl HttpCheck {
         if !self.expect_status.is_empty() {
             self.expect_status.contains(&status)
         } else {
-            conditions::judge_status(&self.conditions) || (200..400).contains(&status)
+            conditions::judges_status(&self.conditions) || (200..400).contains(&status)
         }
     }
 
@@ -324,7 +324,7 @@ impl Check for HttpCheck {
                     return Observation::fail_with(category, values(elapsed_ms(started)))
                 }
             };
-            let body = if is_health_json || conditions::need_body(&self.conditions) {
+            let body = if is_health_json || conditions::needs_body(&self.conditions) {
                 match self.read_body(&mut response).await {
                     Ok(body) => body,
                     Err(failed) => {

@@ -343,13 +343,13 @@ pub struct Answer<'a> {
 }
 
 /// Whether any rule reads the body, so that it is read at all.
-pub fn need_body(conditions: &[Condition]) -> bool {
+pub fn needs_body(conditions: &[Condition]) -> bool {
     conditions.iter().any(|condition| matches!(condition.rule, Rule::Body(..) | Rule::Json { .. }))
 }
 
 /// Whether any rule is on the status code, which then replaces the
 /// default rule (200 to 399).
-pub fn judge_status(conditions: &[Condition]) -> bool {
+pub fn judges_status(conditions: &[Condition]) -> bool {
     conditions.iter().any(|condition| matches!(condition.rule, Rule::Status(_)))
 }
 
