@@ -1,5 +1,6 @@
 //! Values as the config writes them: durations (`"500ms"`), percentages
-//! (`"10%"`) and path prefixes (`"/ops"`), each parsed in one place.
+//! (`"10%"`), sizes (`"1MiB"`) and path prefixes (`"/ops"`), each parsed in
+//! one place.
 
 use std::fmt;
 use std::time::Duration;
@@ -66,6 +67,50 @@ impl<'de> Deserialize<'de> for PercentText {
             Err(invalid())
         }
     }
+}
+
+/// A size in bytes: a whole number, or a string with a unit (`"10MiB"`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SizeText(pub u64);
+
+impl<'de> Deserialize<'de> for SizeText {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bytes(u64),
+            Text(String),
+        }
+        let invalid = |shown: String| {
+            serde::de::Error::custom(format!(
+                "invalid size {shown}: expected a whole number of bytes, or a number and a unit \
+                 (B, KB, MB, GB, KiB, MiB, GiB), such as \"10MiB\""
+            ))
+        };
+        let text = match Raw::deserialize(deserializer).map_err(|_| invalid("".into()))? {
+            Raw::Bytes(bytes) => return Ok(SizeText(bytes)),
+            Raw::Text(text) => text,
+        };
+        parse_size(&text).map(SizeText).ok_or_else(|| invalid(format!("{text:?}")))
+    }
+}
+
+/// `"512"`, `"10KB"`, `"1 MiB"`: bytes, with decimal or binary units.
+pub fn parse_size(text: &str) -> Option<u64> {
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    let factor: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => return None,
+    };
+    number.checked_mul(factor)
 }
 
 /// A path prefix healthd is reached under: `""` (the root) or a plain
@@ -145,6 +190,16 @@ fn plain_segment(segment: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_take_decimal_and_binary_units() {
+        assert_eq!(parse_size("512"), Some(512));
+        assert_eq!(parse_size("10KB"), Some(10_000));
+        assert_eq!(parse_size("1 MiB"), Some(1 << 20));
+        assert_eq!(parse_size("2GB"), Some(2_000_000_000));
+        assert_eq!(parse_size("ten"), None);
+        assert_eq!(parse_size("5 parsecs"), None);
+    }
 
     #[test]
     fn durations_parse_with_units() {

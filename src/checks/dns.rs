@@ -25,6 +25,7 @@ use serde::Deserialize;
 
 use crate::base::policy::Policy;
 use crate::checks::util::categories::{error_chain, io_category};
+use crate::checks::util::pattern::text_pattern;
 use crate::checks::{elapsed_ms, BoxFuture, Check, Kind, KindInput, KindSettings, Observation};
 
 pub const KIND: Kind = Kind::new(
@@ -154,13 +155,10 @@ fn parse(input: &mut KindInput<'_>) -> Option<Arc<dyn KindSettings>> {
     };
     let regex = match fields.expect_regex {
         None => None,
-        Some(text) => match regex::Regex::new(&text) {
+        Some(text) => match text_pattern(&text) {
             Ok(regex) => Some(regex),
-            Err(error) => {
-                let text = error.to_string();
-                let last = text.lines().last().unwrap_or("invalid").trim();
-                let reason = last.trim_start_matches("error: ");
-                input.report_at("expect_regex", format!("invalid regular expression: {reason}"));
+            Err(reason) => {
+                input.report_at("expect_regex", reason);
                 return None;
             }
         },

@@ -16,7 +16,7 @@ use healthd_models::ComponentType;
 use serde::Deserialize;
 
 use crate::base::policy::Policy;
-use crate::base::units::DurationText;
+use crate::base::units::{DurationText, SizeText};
 use crate::checks::util::categories::io_category;
 use crate::checks::{BoxFuture, Check, Kind, KindInput, KindSettings, Observation};
 
@@ -31,50 +31,6 @@ struct FileFields {
     warn_age: Option<DurationText>,
     min_size: Option<SizeText>,
     max_size: Option<SizeText>,
-}
-
-/// A size in bytes: a whole number, or a string with a unit (`"10MiB"`).
-#[derive(Clone, Copy, Debug)]
-struct SizeText(u64);
-
-impl<'de> Deserialize<'de> for SizeText {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Bytes(u64),
-            Text(String),
-        }
-        let invalid = |shown: String| {
-            serde::de::Error::custom(format!(
-                "invalid size {shown}: expected a whole number of bytes, or a number and a unit \
-                 (B, KB, MB, GB, KiB, MiB, GiB), such as \"10MiB\""
-            ))
-        };
-        let text = match Raw::deserialize(deserializer).map_err(|_| invalid("".into()))? {
-            Raw::Bytes(bytes) => return Ok(SizeText(bytes)),
-            Raw::Text(text) => text,
-        };
-        parse_size(&text).map(SizeText).ok_or_else(|| invalid(format!("{text:?}")))
-    }
-}
-
-/// `"512"`, `"10KB"`, `"1 MiB"`: bytes, with decimal or binary units.
-fn parse_size(text: &str) -> Option<u64> {
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number.parse().ok()?;
-    let factor: u64 = match unit.trim() {
-        "" | "B" => 1,
-        "KB" | "kB" => 1_000,
-        "MB" => 1_000_000,
-        "GB" => 1_000_000_000,
-        "KiB" => 1 << 10,
-        "MiB" => 1 << 20,
-        "GiB" => 1 << 30,
-        _ => return None,
-    };
-    number.checked_mul(factor)
 }
 
 #[derive(Debug, Clone)]
@@ -264,16 +220,6 @@ mod tests {
             },
             in_flight: Arc::default(),
         }
-    }
-
-    #[test]
-    fn sizes_take_decimal_and_binary_units() {
-        assert_eq!(parse_size("512"), Some(512));
-        assert_eq!(parse_size("10KB"), Some(10_000));
-        assert_eq!(parse_size("1 MiB"), Some(1 << 20));
-        assert_eq!(parse_size("2GB"), Some(2_000_000_000));
-        assert_eq!(parse_size("ten"), None);
-        assert_eq!(parse_size("5 parsecs"), None);
     }
 
     #[test]

@@ -1,5 +1,10 @@
 //! `kind = "http"`: a GET or HEAD with reqwest, one client per check; over
-//! TLS it also reports the leaf certificate's `daysRemaining`.
+//! TLS it also reports the leaf certificate's `daysRemaining`. What comes
+//! back is judged by the status code (`expect_status`), an upstream
+//! `application/health+json` report, and the check's conditions
+//! (`checks::util::conditions`); the body is read only when one of them
+//! needs it, up to `max_body`, chunk by chunk, so that a huge or endless
+//! body costs no more memory than the cap.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -13,12 +18,14 @@ use serde::Deserialize;
 
 use crate::base::policy::Policy;
 use crate::base::secret::Secret;
+use crate::base::units::SizeText;
 use crate::checks::tls::{days_remaining, DAYS_REMAINING};
 use crate::checks::util::categories::{error_chain, find_io_error, io_category, tls_category};
+use crate::checks::util::conditions::{self, Answer, Condition, ConditionFields};
 use crate::checks::util::trust;
 use crate::checks::{
-    elapsed_ms, BoxFuture, Check, Kind, KindInput, KindSettings, Observation, CREDENTIALS_IN_FILE,
-    RESPONSE_TIME,
+    duration_ms, elapsed_ms, BoxFuture, Check, Kind, KindInput, KindSettings, Observation,
+    CREDENTIALS_IN_FILE, RESPONSE_TIME,
 };
 
 pub const KIND: Kind = Kind::new(
@@ -32,6 +39,8 @@ pub const KIND: Kind = Kind::new(
         "headers_env",
         "follow_redirects",
         "ca_file",
+        "conditions",
+        "max_body",
     ],
     parse,
 );
@@ -47,6 +56,8 @@ struct HttpFields {
     headers_env: Option<BTreeMap<String, String>>,
     follow_redirects: Option<bool>,
     ca_file: Option<PathBuf>,
+    conditions: Option<Vec<ConditionFields>>,
+    max_body: Option<SizeText>,
 }
 
 /// `kind = "http"`, validated.
@@ -61,7 +72,13 @@ struct HttpSettings {
     follow_redirects: bool,
     /// Trusted instead of the built-in roots, for a private CA.
     ca_file: Option<PathBuf>,
+    conditions: Arc<[Condition]>,
+    /// The most of a body that is read; more fails the check.
+    max_body: u64,
 }
+
+/// `max_body` unless the check says otherwise.
+const DEFAULT_MAX_BODY: u64 = 1 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
@@ -124,14 +141,28 @@ fn parse(input: &mut KindInput<'_>) -> Option<Arc<dyn KindSettings>> {
             ok = false;
         }
     }
+    let method = fields.method.unwrap_or(HttpMethod::Get);
+    let conditions = conditions::parse_conditions(
+        input,
+        fields.conditions.unwrap_or_default(),
+        method == HttpMethod::Get,
+    );
+    let max_body = fields.max_body.map_or(DEFAULT_MAX_BODY, |size| size.0);
+    if max_body == 0 {
+        input.report_at("max_body", "must be above 0 bytes");
+        ok = false;
+    }
+    let conditions = conditions?;
     ok.then(|| {
         Arc::new(HttpSettings {
             url,
-            method: fields.method.unwrap_or(HttpMethod::Get),
+            method,
             expect_status: fields.expect_status.unwrap_or_default(),
             headers,
             follow_redirects: fields.follow_redirects.unwrap_or(false),
             ca_file: fields.ca_file,
+            conditions: conditions.into(),
+            max_body,
         }) as Arc<dyn KindSettings>
     })
 }
@@ -147,14 +178,13 @@ impl KindSettings for HttpSettings {
     }
 }
 
-/// A dependency's own health report is read up to this size.
-const MAX_HEALTH_BODY: usize = 64 * 1024;
-
 struct HttpCheck {
     client: Client,
     url: Url,
     method: Method,
     expect_status: Vec<u16>,
+    conditions: Arc<[Condition]>,
+    max_body: u64,
     timeout: Duration,
 }
 
@@ -200,15 +230,42 @@ impl HttpCheck {
             url,
             method,
             expect_status: settings.expect_status.clone(),
+            conditions: settings.conditions.clone(),
+            max_body: settings.max_body,
             timeout,
         })
     }
 
+    /// `expect_status`; without it, 200 to 399 unless a condition judges
+    /// the status instead.
     fn expected(&self, status: u16) -> bool {
-        if self.expect_status.is_empty() {
-            (200..400).contains(&status)
-        } else {
+        if !self.expect_status.is_empty() {
             self.expect_status.contains(&status)
+        } else {
+            conditions::judges_status(&self.conditions) || (200..400).contains(&status)
+        }
+    }
+
+    /// The body, chunk by chunk, up to `max_body`: a larger or endless one
+    /// fails as soon as it passes the cap, holding no more than the cap
+    /// and one chunk. The deadline (the client's timeout and the
+    /// monitor's) bounds a slow one.
+    async fn read_body(&self, response: &mut reqwest::Response) -> Result<Vec<u8>, Observation> {
+        let too_large =
+            || Observation::fail(format!("body over max_body ({} bytes)", self.max_body));
+        if response.content_length().is_some_and(|length| length > self.max_body) {
+            return Err(too_large());
+        }
+        let mut body = Vec::new();
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) if (body.len() + chunk.len()) as u64 <= self.max_body => {
+                    body.extend_from_slice(&chunk)
+                }
+                Ok(Some(_)) => return Err(too_large()),
+                Ok(None) => return Ok(body),
+                Err(error) => return Err(self.failed(error)),
+            }
         }
     }
 
@@ -262,36 +319,48 @@ impl Check for HttpCheck {
                 );
             }
             let is_health_json = match health_json(response.headers()) {
-                Ok(is_health_json) => is_health_json,
+                Ok(is_health_json) => is_health_json && self.method == Method::GET,
                 Err(category) => {
                     return Observation::fail_with(category, values(elapsed_ms(started)))
                 }
             };
-            if !is_health_json || self.method == Method::HEAD {
-                return Observation::pass(values(elapsed_ms(started)));
-            }
-            // The dependency reports its own health: carry its warn or fail.
-            let mut body = Vec::new();
-            loop {
-                match response.chunk().await {
-                    Ok(Some(chunk)) if body.len() + chunk.len() <= MAX_HEALTH_BODY => {
-                        body.extend_from_slice(&chunk)
+            let body = if is_health_json || conditions::needs_body(&self.conditions) {
+                match self.read_body(&mut response).await {
+                    Ok(body) => body,
+                    Err(failed) => {
+                        return Observation { values: values(elapsed_ms(started)), ..failed }
                     }
-                    Ok(Some(_)) => return Observation::fail("health report too large"),
-                    Ok(None) => break,
-                    Err(error) => return self.failed(error),
                 }
-            }
-            let elapsed = elapsed_ms(started);
-            match reported_status(&body) {
-                Some(HealthStatus::Pass) => Observation::pass(values(elapsed)),
-                Some(HealthStatus::Warn) => {
-                    Observation::warn("dependency reports warn", values(elapsed))
+            } else {
+                Vec::new()
+            };
+            let elapsed = started.elapsed();
+            let elapsed_ms = duration_ms(elapsed);
+            // The dependency reports its own health: carry its warn or fail.
+            let reported = if is_health_json {
+                match reported_status(&body) {
+                    Some(status) => Some(status),
+                    None => {
+                        return Observation::fail_with("invalid health report", values(elapsed_ms))
+                    }
                 }
-                Some(HealthStatus::Fail) => {
-                    Observation::fail_with("dependency reports fail", values(elapsed))
+            } else {
+                None
+            };
+            let answer = Answer { status, headers: response.headers(), body: &body, elapsed };
+            let judged = conditions::judge(&self.conditions, &answer);
+            match (reported, judged) {
+                (Some(HealthStatus::Fail), _) => {
+                    Observation::fail_with("dependency reports fail", values(elapsed_ms))
                 }
-                None => Observation::fail("invalid health report"),
+                (_, Some((HealthStatus::Fail, output))) => {
+                    Observation::fail_with(output, values(elapsed_ms))
+                }
+                (Some(HealthStatus::Warn), _) => {
+                    Observation::warn("dependency reports warn", values(elapsed_ms))
+                }
+                (_, Some((_, output))) => Observation::warn(output, values(elapsed_ms)),
+                _ => Observation::pass(values(elapsed_ms)),
             }
         })
     }

@@ -362,7 +362,12 @@ pub fn timed_out_output(after: Duration) -> String {
 
 /// Milliseconds since `started`, for `responseTime`.
 pub fn elapsed_ms(started: Instant) -> Option<f64> {
-    Some((started.elapsed().as_secs_f64() * 1_000.0 * 1_000.0).round() / 1_000.0)
+    duration_ms(started.elapsed())
+}
+
+/// Milliseconds, to the microsecond, for `responseTime`.
+pub fn duration_ms(duration: Duration) -> Option<f64> {
+    Some((duration.as_secs_f64() * 1_000.0 * 1_000.0).round() / 1_000.0)
 }
 
 /// The measurements of the kinds that observe only a response time.

@@ -394,7 +394,9 @@ mod tests {
         );
         assert_eq!(problem.key, "checks[0].adress");
         assert!(
-            problem.reason.contains("unknown field `adress`, expected `address`"),
+            problem
+                .reason
+                .contains("unknown field `adress`, expected one of `address`, `send`, `expect`"),
             "{}",
             problem.reason
         );

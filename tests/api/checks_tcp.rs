@@ -1,5 +1,7 @@
 //! `kind = "tcp"`: a connect within the deadline, against a listener, a
-//! closed port, and a port whose handshake never completes.
+//! closed port, and a port whose handshake never completes; `send` and
+//! `expect` against local banner servers (SSH, SMTP), and replies that do
+//! not match, never come, close at once or never end.
 
 use std::time::Instant;
 
@@ -7,7 +9,9 @@ use reqwest::StatusCode;
 
 use crate::support::app::spawn_app;
 use crate::support::checks::{config, failures, output, shows, status, DEADLINE};
-use crate::support::upstream::{refused_address, Behaviour, Unanswering, Upstream};
+use crate::support::upstream::{
+    refused_address, Banner, Behaviour, Body, Reply, Silent, Unanswering, Upstream,
+};
 
 const CACHE: &str = "cache:responseTime";
 
@@ -110,4 +114,102 @@ async fn a_non_critical_tcp_check_that_fails_makes_the_service_warn_and_stays_re
     // The check's own report is its own status.
     let own = app.get("/health/checks/cache").await;
     assert_eq!(own.status, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+const SMTP_GREETING: &[u8] = b"220 mail.test ESMTP ready\r\n";
+const SMTP_QUIT: (&[u8], &[u8]) = (b"QUIT\r\n", b"221 2.0.0 Bye\r\n");
+
+#[tokio::test]
+async fn a_banner_and_a_reply_to_what_was_sent_pass_expect() {
+    // Arrange: an SSH server's greeting, and an SMTP server that answers QUIT.
+    let ssh = Banner::start(b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n", None).await;
+    let smtp = Banner::start(SMTP_GREETING, Some(SMTP_QUIT)).await;
+    let app = spawn_app(&config(&format!(
+        r#"
+[defaults]
+interval = "300ms"
+timeout = "200ms"
+retries = 0
+
+[[checks]]
+name = "ssh"
+kind = "tcp"
+address = "{}"
+expect = "^SSH-2\\.0-"
+
+[[checks]]
+name = "smtp"
+kind = "tcp"
+address = "{}"
+send = "QUIT\r\n"
+expect = "^220 [\\s\\S]*\r\n221 "
+"#,
+        ssh.address(),
+        smtp.address()
+    )))
+    .await;
+
+    // Act
+    let answer = app
+        .wait_for("/health", None, DEADLINE, |a| {
+            shows(a, "ssh:responseTime", "pass", None)
+                && shows(a, "smtp:responseTime", "pass", None)
+        })
+        .await;
+
+    // Assert: TOML's escapes became the bytes sent.
+    assert_eq!(answer.status, StatusCode::OK);
+    assert!(answer.check("smtp:responseTime").unwrap()["observedValue"].is_number());
+    let sent = smtp.received();
+    assert!(sent.starts_with(b"QUIT\r\n"), "{sent:?}");
+    assert!(sent.chunks(6).all(|one| one == b"QUIT\r\n"), "{sent:?}");
+}
+
+#[tokio::test]
+async fn replies_that_do_not_match_close_at_once_never_come_or_never_end_fail_by_category() {
+    // Arrange
+    let smtp = Banner::start(SMTP_GREETING, Some(SMTP_QUIT)).await;
+    let closing = Upstream::start(Behaviour::Close).await;
+    let silent = Silent::start().await;
+    let endless = Upstream::start(Behaviour::Reply(Reply {
+        status: 200,
+        body: Body::Chunked(None),
+        ..Reply::default()
+    }))
+    .await;
+    let check = |name: &str, address: String| {
+        format!(
+            "[[checks]]\nname = \"{name}\"\nkind = \"tcp\"\naddress = \"{address}\"\nsend = \"GET / HTTP/1.1\\r\\nHost: test\\r\\n\\r\\n\"\nexpect = \"^SSH-2\\\\.0-\"\n\n"
+        )
+    };
+    let mut checks =
+        String::from("[defaults]\ninterval = \"300ms\"\ntimeout = \"200ms\"\nretries = 0\n\n");
+    checks.push_str(&check("closing", closing.address().to_string()));
+    checks.push_str(&check("silent", silent.address().to_string()));
+    checks.push_str(&check("endless", endless.address().to_string()));
+    checks.push_str(&format!(
+        "[[checks]]\nname = \"smtp\"\nkind = \"tcp\"\naddress = \"{}\"\nsend = \"QUIT\\r\\n\"\nexpect = \"^SSH-2\\\\.0-\"\n",
+        smtp.address()
+    ));
+    let app = spawn_app(&config(&checks)).await;
+
+    // Act
+    let wanted = [
+        ("smtp:responseTime", "the reply does not match expect"),
+        ("closing:responseTime", "connection closed"),
+        ("silent:responseTime", "timed out after 200 ms"),
+        ("endless:responseTime", "the reply does not match expect within 16384 bytes"),
+    ];
+    let answer = app
+        .wait_for("/health", None, DEADLINE, |a| {
+            wanted.iter().all(|(key, output)| shows(a, key, "fail", Some(output)))
+        })
+        .await;
+
+    // Assert: the server answered, so its time is shown; the reply is not.
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+    let smtp_reading = answer.check("smtp:responseTime").unwrap();
+    assert!(smtp_reading["observedValue"].is_number(), "{smtp_reading}");
+    assert!(!answer.text.contains("mail.test") && !answer.text.contains("Bye"), "{}", answer.text);
+    assert!(silent.accepted() >= 1);
 }

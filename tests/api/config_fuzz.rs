@@ -90,7 +90,8 @@ retries = 2
     let checks = [
         "[[checks]]\nname = \"db\"\nkind = \"postgres\"\nurl = \"postgres://app@127.0.0.1:1/db?sslmode=verify-full\"\nca_file = \"/etc/ssl/certs/ca-certificates.crt\"\n",
         "[[checks]]\nname = \"api\"\nkind = \"http\"\nurl = \"https://127.0.0.1:1/health\"\nexpect_status = [200]\nca_file = \"/etc/ssl/certs/ca-certificates.crt\"\n",
-        "[[checks]]\nname = \"cache\"\nkind = \"tcp\"\naddress = \"127.0.0.1:1\"\ncritical = false\n",
+        "[[checks]]\nname = \"cache\"\nkind = \"tcp\"\naddress = \"127.0.0.1:1\"\ncritical = false\nsend = \"PING\\r\\n\"\nexpect = \"^\\\\+PONG\"\n",
+        "[[checks]]\nname = \"judged\"\nkind = \"http\"\nurl = \"http://127.0.0.1:1/health\"\nmax_body = \"64KiB\"\n[[checks.conditions]]\nsubject = \"$.components[?@.status != 'UP'].name\"\nop = \"absent\"\n[[checks.conditions]]\nsubject = \"length($.items)\"\nop = \">=\"\nvalue = 1\nseverity = \"warn\"\n[[checks.conditions]]\nsubject = \"header X-Mode\"\nop = \"matches\"\nvalue = \"^(primary|replica)$\"\n[[checks.conditions]]\nsubject = \"response_time\"\nop = \"<\"\nvalue = \"300ms\"\n",
         "[[checks]]\nname = \"disk\"\nkind = \"disk\"\npath = \"/\"\nwarn_below = \"10%\"\nfail_below = \"5%\"\n",
         "[[checks]]\nname = \"cert\"\nkind = \"tls\"\naddress = \"127.0.0.1:1\"\nca_file = \"/etc/ssl/certs/ca-certificates.crt\"\nwarn_below = \"14d\"\n",
         "[[checks]]\nname = \"grpc\"\nkind = \"grpc\"\naddress = \"https://127.0.0.1:1\"\nca_file = \"/etc/ssl/certs/ca-certificates.crt\"\n",

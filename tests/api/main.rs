@@ -12,6 +12,7 @@ mod checks_file;
 #[cfg(feature = "grpc")]
 mod checks_grpc;
 mod checks_http;
+mod checks_http_conditions;
 #[cfg(feature = "icmp")]
 mod checks_icmp;
 #[cfg(feature = "mqtt")]

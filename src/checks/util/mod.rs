@@ -1,7 +1,10 @@
 //! What several kinds share: error categories, the SQL kinds' keys, the
-//! connection guard and TLS trust (roots and certificate verification).
+//! connection guard, TLS trust (roots and certificate verification),
+//! regular expressions from the config, and the conditions on an answer.
 
 pub mod categories;
+pub mod conditions;
 pub mod guard;
+pub mod pattern;
 pub mod sql;
 pub mod trust;

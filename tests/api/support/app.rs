@@ -509,6 +509,18 @@ impl RunningBinary {
         std::fs::write(self.config_path(), text).unwrap();
     }
 
+    /// The process's resident set size (`VmRSS` of /proc/PID/status), in bytes.
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("the process's /proc status");
+        let kib = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no VmRSS in /proc status:\n{status}"));
+        kib * 1024
+    }
+
     /// Sends `signal` (such as `libc::SIGTERM`) to the process.
     pub fn signal(&self, signal: i32) {
         let pid = i32::try_from(self.child.id()).unwrap();

@@ -1,8 +1,10 @@
 //! Small local HTTP dependencies for the check tests: a listener on
 //! 127.0.0.1 port 0 that answers with a `Behaviour` the test can change at
 //! any time (200, 500, slowly, never, alternately, fail-then-succeed, an
-//! `application/health+json` report, or closing at once), and a listener
-//! that accepts and stays silent, for the protocols that are not HTTP.
+//! `application/health+json` report, closing at once, or a `Reply` the
+//! test composes: headers and a body of any size, endless, or not UTF-8),
+//! a listener that accepts and stays silent, for the protocols that are not
+//! HTTP, and a `Banner` server that greets and answers like SSH or SMTP.
 //!
 //! It speaks just enough HTTP/1.1 for reqwest: it reads the request head,
 //! answers once with `Connection: close`, and closes. It counts the requests
@@ -11,6 +13,7 @@
 //! Plain answers echo the request head in their body on purpose: a
 //! dependency that repeats credentials back must not make healthd leak them.
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -46,6 +49,159 @@ pub enum Behaviour {
     /// Writes a plain HTTP answer as soon as it accepts, before reading: what
     /// a TLS client sees when it is pointed at a plain HTTP port.
     PlainAtOnce,
+    /// The reply the test composed.
+    Reply(Reply),
+}
+
+/// A composed answer: after `delay`, `status` with `headers` and `body`.
+#[derive(Clone, PartialEq, Default)]
+pub struct Reply {
+    pub status: u16,
+    /// Values as bytes: a header value need not be UTF-8.
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub body: Body,
+    pub delay: Duration,
+}
+
+impl Reply {
+    /// 200 with `body` as JSON.
+    pub fn json(body: &str) -> Reply {
+        Reply::typed("application/json", body)
+    }
+
+    /// 200 with `body` under this Content-Type.
+    pub fn typed(content_type: &str, body: &str) -> Reply {
+        Reply {
+            status: 200,
+            headers: vec![("content-type".into(), content_type.as_bytes().to_vec())],
+            body: Body::Bytes(Arc::from(body.as_bytes())),
+            delay: Duration::ZERO,
+        }
+    }
+
+    /// 200 with this body, sent whole with its Content-Length.
+    pub fn bytes(body: &[u8]) -> Reply {
+        Reply { status: 200, body: Body::Bytes(Arc::from(body)), ..Reply::default() }
+    }
+
+    pub fn status(self, status: u16) -> Reply {
+        Reply { status, ..self }
+    }
+
+    pub fn header(mut self, name: &str, value: &[u8]) -> Reply {
+        self.headers.push((name.into(), value.to_vec()));
+        self
+    }
+
+    pub fn delay(self, delay: Duration) -> Reply {
+        Reply { delay, ..self }
+    }
+}
+
+/// Hostile bodies print their size, never megabytes of bytes.
+impl fmt::Debug for Reply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self.headers.iter().map(|(name, _)| name.as_str()).collect();
+        write!(
+            f,
+            "Reply({}, headers {names:?}, {:?}, after {:?})",
+            self.status, self.body, self.delay
+        )
+    }
+}
+
+/// A composed body.
+#[derive(Clone, PartialEq)]
+pub enum Body {
+    /// These bytes, with their Content-Length.
+    Bytes(Arc<[u8]>),
+    /// This many bytes of filler with an honest Content-Length, written in
+    /// 64 KiB pieces and never held whole.
+    Sized(u64),
+    /// Filler in 64 KiB chunks (chunked transfer coding, no length): this
+    /// many bytes, or without end.
+    Chunked(Option<u64>),
+}
+
+impl Default for Body {
+    fn default() -> Body {
+        Body::Bytes(Arc::from(&b""[..]))
+    }
+}
+
+impl fmt::Debug for Body {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Body::Bytes(bytes) => write!(f, "{} bytes", bytes.len()),
+            Body::Sized(size) => write!(f, "{size} bytes with a length"),
+            Body::Chunked(Some(size)) => write!(f, "{size} bytes chunked"),
+            Body::Chunked(None) => write!(f, "an endless chunked body"),
+        }
+    }
+}
+
+/// Writes `reply` after the request head; stops at the first write error
+/// (the client gave up on a body it would not read).
+async fn write_reply(stream: &mut TcpStream, reply: Reply, head_only: bool) {
+    tokio::time::sleep(reply.delay).await;
+    let mut head = format!("HTTP/1.1 {} {}\r\n", reply.status, reason(reply.status)).into_bytes();
+    for (name, value) in &reply.headers {
+        head.extend_from_slice(format!("{name}: ").as_bytes());
+        head.extend_from_slice(value);
+        head.extend_from_slice(b"\r\n");
+    }
+    let length = match &reply.body {
+        Body::Bytes(bytes) => Some(bytes.len() as u64),
+        Body::Sized(size) => Some(*size),
+        Body::Chunked(_) => None,
+    };
+    match length {
+        Some(length) => head.extend_from_slice(format!("content-length: {length}\r\n").as_bytes()),
+        None => head.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    head.extend_from_slice(b"connection: close\r\n\r\n");
+    if stream.write_all(&head).await.is_err() || head_only {
+        return;
+    }
+    const PIECE: usize = 64 * 1024;
+    let filler = vec![b'x'; PIECE];
+    match reply.body {
+        Body::Bytes(bytes) => {
+            let _ = stream.write_all(&bytes).await;
+        }
+        Body::Sized(mut left) => {
+            while left > 0 {
+                let piece = left.min(PIECE as u64) as usize;
+                if stream.write_all(&filler[..piece]).await.is_err() {
+                    return;
+                }
+                left -= piece as u64;
+            }
+        }
+        Body::Chunked(size) => {
+            let mut left = size.unwrap_or(u64::MAX);
+            let mut chunk = format!("{PIECE:x}\r\n").into_bytes();
+            chunk.extend_from_slice(&filler);
+            chunk.extend_from_slice(b"\r\n");
+            while left > 0 {
+                let piece = left.min(PIECE as u64) as usize;
+                let written = if piece == PIECE {
+                    stream.write_all(&chunk).await
+                } else {
+                    let mut last = format!("{piece:x}\r\n").into_bytes();
+                    last.extend_from_slice(&filler[..piece]);
+                    last.extend_from_slice(b"\r\n");
+                    stream.write_all(&last).await
+                };
+                if written.is_err() {
+                    return;
+                }
+                left -= piece as u64;
+            }
+            let _ = stream.write_all(b"0\r\n\r\n").await;
+        }
+    }
+    let _ = stream.shutdown().await;
 }
 
 /// What the upstream saw of one request.
@@ -169,6 +325,10 @@ async fn answer(mut stream: TcpStream, shared: Arc<Shared>) {
     let echo = format!("{} {}\n{:?}\n", request.method, request.path, request.headers);
     *shared.last.lock().unwrap() = Some(request);
 
+    if let Behaviour::Reply(reply) = behaviour {
+        write_reply(&mut stream, reply, head_only).await;
+        return;
+    }
     let (status, content_type, body) = match behaviour {
         Behaviour::Status(status) => (status, &b"text/plain"[..], echo),
         Behaviour::Slow(delay, status) => {
@@ -182,7 +342,7 @@ async fn answer(mut stream: TcpStream, shared: Arc<Shared>) {
             while matches!(stream.read(&mut sink).await, Ok(read) if read > 0) {}
             return;
         }
-        Behaviour::Close | Behaviour::PlainAtOnce => return,
+        Behaviour::Close | Behaviour::PlainAtOnce | Behaviour::Reply(_) => return,
         Behaviour::Alternate(first, second) => {
             (if nth.is_multiple_of(2) { first } else { second }, &b"text/plain"[..], echo)
         }
@@ -329,6 +489,83 @@ impl Silent {
 }
 
 impl Drop for Silent {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A TCP server that greets each connection with `greeting` (a banner, as
+/// SSH and SMTP servers send); with an `exchange` (request, reply), it
+/// answers the reply once what it received ends with the request, and
+/// then closes, as an SMTP server does after `QUIT`. It keeps what it
+/// received, so a test can see the bytes a check sent.
+pub struct Banner {
+    address: SocketAddr,
+    received: Arc<Mutex<Vec<u8>>>,
+    task: JoinHandle<()>,
+}
+
+impl Banner {
+    pub async fn start(
+        greeting: &'static [u8],
+        exchange: Option<(&'static [u8], &'static [u8])>,
+    ) -> Banner {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("binding 127.0.0.1:0");
+        let address = listener.local_addr().expect("the listener's address");
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let log = received.clone();
+        let task = tokio::spawn(async move {
+            let mut connections = JoinSet::new();
+            loop {
+                tokio::select! {
+                    Ok((stream, _)) = listener.accept() => {
+                        connections.spawn(converse(stream, greeting, exchange, log.clone()));
+                    }
+                    Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                }
+            }
+        });
+        Banner { address, received, task }
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// Every byte received so far, from every connection.
+    pub fn received(&self) -> Vec<u8> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+async fn converse(
+    mut stream: TcpStream,
+    greeting: &'static [u8],
+    exchange: Option<(&'static [u8], &'static [u8])>,
+    log: Arc<Mutex<Vec<u8>>>,
+) {
+    if stream.write_all(greeting).await.is_err() {
+        return;
+    }
+    let mut this_connection = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while let Ok(read) = stream.read(&mut chunk).await {
+        if read == 0 {
+            return;
+        }
+        log.lock().unwrap().extend_from_slice(&chunk[..read]);
+        this_connection.extend_from_slice(&chunk[..read]);
+        if let Some((request, reply)) = exchange {
+            if this_connection.ends_with(request) {
+                let _ = stream.write_all(reply).await;
+                let _ = stream.shutdown().await;
+                return;
+            }
+        }
+    }
+}
+
+impl Drop for Banner {
     fn drop(&mut self) {
         self.task.abort();
     }
