@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use actix_web::http::header::{HeaderMap, AUTHORIZATION};
 
 use crate::base::net::Cidr;
-use crate::base::secret::sha256;
+use crate::base::secret::{digests_match, sha256};
 use crate::base::units::Prefix;
 use crate::config::{AccessSettings, ClientMatch, Details, ForwardedHeader};
 
@@ -180,7 +180,7 @@ impl Access {
         // Compare with every token, always, so timing tells nothing.
         let mut found = None;
         for (index, configured) in self.settings.tokens.iter().enumerate() {
-            if constant_time_eq(&digest, &configured.sha256) {
+            if digests_match(&digest, &configured.sha256) {
                 found = Some(index);
             }
         }
@@ -245,12 +245,6 @@ pub enum DetailsDenied {
     Disabled,
     Address,
     NeedsToken,
-}
-
-fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    let difference = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
-    // black_box keeps the optimiser from turning the fold into an early exit.
-    std::hint::black_box(difference) == 0
 }
 
 /// The hops of the forwarded header, oldest first: an address, or `None`

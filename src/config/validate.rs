@@ -10,7 +10,7 @@ use crate::base::name::{check_name_problem, duplicate_name};
 use crate::base::net::Cidr;
 use crate::base::policy::{Policy, RawPolicy, DEFAULT_POLICY, POLICY_KEYS};
 use crate::base::problem::{or_list, serde_reason, ConfigProblem};
-use crate::base::secret::{sha256, Environment};
+use crate::base::secret::{parse_sha256_hex, sha256, Environment};
 use crate::base::units::Prefix;
 use crate::checks::{self, KindInput};
 use crate::config::raw::RawClient;
@@ -278,22 +278,6 @@ fn check_settings(
         settings,
         definition,
     })
-}
-
-fn parse_sha256_hex(hex: &str) -> Result<[u8; 32], String> {
-    let invalid = || {
-        "expected 64 hex digits (the SHA-256 of the token; `healthd hash-token` prints it)"
-            .to_string()
-    };
-    if hex.len() != 64 {
-        return Err(invalid());
-    }
-    let mut digest = [0u8; 32];
-    for (index, byte) in digest.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(hex.get(index * 2..index * 2 + 2).ok_or_else(invalid)?, 16)
-            .map_err(|_| invalid())?;
-    }
-    Ok(digest)
 }
 
 /// Deserialises part of a check's table, reporting a problem at the key
