@@ -24,6 +24,7 @@ pub mod endpoint {
     pub const STARTUP: &str = "startup";
     pub const CHECK: &str = "check";
     pub const CHECK_HISTORY: &str = "check_history";
+    pub const PING: &str = "ping";
     pub const BADGE: &str = "badge";
     pub const STATUS_PAGE: &str = "status_page";
     pub const METRICS: &str = "metrics";
@@ -33,13 +34,14 @@ pub mod endpoint {
     pub const OTHER: &str = "other";
 }
 
-const ENDPOINTS: [&str; 13] = [
+const ENDPOINTS: [&str; 14] = [
     endpoint::HEALTH,
     endpoint::LIVENESS,
     endpoint::READINESS,
     endpoint::STARTUP,
     endpoint::CHECK,
     endpoint::CHECK_HISTORY,
+    endpoint::PING,
     endpoint::BADGE,
     endpoint::STATUS_PAGE,
     endpoint::METRICS,
@@ -48,7 +50,7 @@ const ENDPOINTS: [&str; 13] = [
     endpoint::SWAGGER_UI,
     endpoint::OTHER,
 ];
-const HTTP_STATUSES: [u16; 10] = [200, 301, 400, 401, 403, 404, 405, 431, 500, 503];
+const HTTP_STATUSES: [u16; 12] = [200, 301, 400, 401, 403, 404, 405, 409, 429, 431, 500, 503];
 
 const COLUMNS: usize = HTTP_STATUSES.len() + 1;
 const CELLS: usize = ENDPOINTS.len() * COLUMNS;

@@ -77,7 +77,11 @@ registry! {
     with_feature: [mysql = "mysql", redis = "redis", amqp = "amqp", nats = "nats", grpc = "grpc", dns = "dns", mqtt = "mqtt", icmp = "icmp"],
 }
 
-pub use heartbeat::{kept_body, Heartbeat, Outcome, PingState, Signal, MAX_PING_BODY};
+pub use heartbeat::{kept_body, Heartbeat, Signal, MAX_PING_BODY, PINGS_PER_SECOND, PING_BURST};
+// What the store saves of a heartbeat and gives back (`Heartbeat::state`,
+// `Heartbeat::restore`); unused until the store is wired to them.
+#[allow(unused_imports)]
+pub use heartbeat::{Outcome, PingState};
 
 /// The heartbeat a running check is, when it is one: what pings feed.
 pub fn heartbeat_of(check: &dyn Check) -> Option<&Heartbeat> {

@@ -142,12 +142,32 @@ pub enum Details {
 pub struct TokenSettings {
     pub name: String,
     pub sha256: [u8; 32],
+    pub scopes: Scopes,
 }
 
 impl fmt::Debug for TokenSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TokenSettings").field("name", &self.name).finish_non_exhaustive()
+        f.debug_struct("TokenSettings")
+            .field("name", &self.name)
+            .field("scopes", &self.scopes)
+            .finish_non_exhaustive()
     }
+}
+
+/// What a token may do (`scopes`): `read` (see details where `details`
+/// lets tokens) and `ping` (ping any heartbeat). Unset, a token reads and
+/// cannot ping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scopes {
+    pub read: bool,
+    pub ping: bool,
+}
+
+impl Scopes {
+    /// A token that sets no `scopes`.
+    pub const DEFAULT: Scopes = Scopes { read: true, ping: false };
+    /// The names a token's `scopes` may list.
+    pub const NAMES: &[&str] = &["read", "ping"];
 }
 
 /// One check: what to run and the policy it runs under.

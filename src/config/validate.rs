@@ -17,7 +17,7 @@ use crate::config::raw::RawClient;
 use crate::config::raw::{RawCheck, RawSettings, COMMON_CHECK_KEYS};
 use crate::config::{
     server_tls, AccessSettings, CheckSettings, ClientMatch, ClientSettings, Details,
-    ForwardedHeader, ServerSettings, Settings, TokenSettings,
+    ForwardedHeader, Scopes, ServerSettings, Settings, TokenSettings,
 };
 
 /// Every setting from what the file says, reporting each problem.
@@ -103,8 +103,9 @@ pub fn settings(
                 None
             }
         };
-        if let Some(sha256) = digest {
-            tokens.push(TokenSettings { name: token.name, sha256 });
+        let scopes = scopes(token.scopes, &key, &mut report);
+        if let (Some(sha256), Some(scopes)) = (digest, scopes) {
+            tokens.push(TokenSettings { name: token.name, sha256, scopes });
         }
     }
     let forwarded_prefix = raw.access.forwarded_prefix.as_deref().and_then(|text| {
@@ -158,6 +159,36 @@ pub fn settings(
         }
     }
     settings
+}
+
+/// A token's `scopes`: `Scopes::DEFAULT` when unset; each name one of
+/// `Scopes::NAMES`, and at least one.
+fn scopes(
+    names: Option<Vec<String>>,
+    key: &str,
+    report: &mut impl FnMut(String, String),
+) -> Option<Scopes> {
+    let Some(names) = names else { return Some(Scopes::DEFAULT) };
+    if names.is_empty() {
+        report(format!("{key}.scopes"), format!("lists no scope: expected {}", or_list(Scopes::NAMES)));
+        return None;
+    }
+    let mut scopes = Scopes { read: false, ping: false };
+    let mut valid = true;
+    for (index, name) in names.iter().enumerate() {
+        match name.as_str() {
+            "read" => scopes.read = true,
+            "ping" => scopes.ping = true,
+            _ => {
+                report(
+                    format!("{key}.scopes[{index}]"),
+                    format!("unknown scope {name:?}: expected {}", or_list(Scopes::NAMES)),
+                );
+                valid = false;
+            }
+        }
+    }
+    valid.then_some(scopes)
 }
 
 /// `server.idle_timeout` unless set: actix-web's own default keep-alive
