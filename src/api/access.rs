@@ -348,7 +348,11 @@ mod tests {
             forwarded_header,
             forwarded_prefix: None,
             tokens: vec![
-                TokenSettings { name: "ops".into(), sha256: sha256(b"s3cret"), scopes: Scopes::DEFAULT },
+                TokenSettings {
+                    name: "ops".into(),
+                    sha256: sha256(b"s3cret"),
+                    scopes: Scopes::DEFAULT,
+                },
                 TokenSettings {
                     name: "cron".into(),
                     sha256: sha256(b"p1ng"),

@@ -111,12 +111,14 @@ impl ResponseError for ApiError {
                 response.insert_header((header::ALLOW, HeaderValue::from_static("GET, HEAD")));
             }
             ApiErrorKind::PingMethodNotAllowed => {
-                response.insert_header((header::ALLOW, HeaderValue::from_static("GET, HEAD, POST")));
+                response
+                    .insert_header((header::ALLOW, HeaderValue::from_static("GET, HEAD, POST")));
             }
             ApiErrorKind::MissingScope(scope) => {
                 // RFC 6750, section 3: the scope the token would need.
-                let challenge =
-                    format!("Bearer realm=\"healthd\", error=\"insufficient_scope\", scope=\"{scope}\"");
+                let challenge = format!(
+                    "Bearer realm=\"healthd\", error=\"insufficient_scope\", scope=\"{scope}\""
+                );
                 if let Ok(value) = HeaderValue::from_str(&challenge) {
                     response.insert_header((header::WWW_AUTHENTICATE, value));
                 }

@@ -259,8 +259,7 @@ fn operation(path: &str, name: &str) -> OperationBuilder {
 /// A resource for POST, GET and HEAD (a heartbeat's pings) that answers
 /// 405 with `Allow` to the rest.
 fn ping_operation(path: &str, name: &str) -> OperationBuilder {
-    let resource =
-        web::resource(path).name(name).default_service(web::to(ping_method_not_allowed));
+    let resource = web::resource(path).name(name).default_service(web::to(ping_method_not_allowed));
     OperationBuilder { resource, takes_post: true }
 }
 

@@ -32,6 +32,8 @@ use crate::checks::{heartbeat_of, kept_body, Check, Signal, MAX_PING_BODY};
 
 /// How long a ping's body may take to arrive; what came by then is kept.
 const BODY_DEADLINE: Duration = Duration::from_secs(10);
+/// The most bytes of a body read at all (the first `MAX_PING_BODY` kept).
+const MAX_DRAINED: usize = 1024 * 1024;
 
 #[utoipa::path(
     method(post, get, head), path = "/health/checks/{name}/ping", operation_id = "postPing",
@@ -129,13 +131,14 @@ async fn take_ping(
 ) -> Result<HttpResponse, ApiError> {
     let state = state_of(request);
     let check = authorize(&state.access.load(), state, request, name)?;
-    let heartbeat = heartbeat_of(check.as_ref()).ok_or_else(|| not_a_heartbeat(state, request, name))?;
+    let heartbeat =
+        heartbeat_of(check.as_ref()).ok_or_else(|| not_a_heartbeat(state, request, name))?;
     heartbeat.admit(Instant::now()).map_err(|wait| {
         let retry_after = wait.as_secs_f64().ceil().max(1.0) as u64;
         ApiError::new(ApiErrorKind::TooManyPings { retry_after }, request.path())
     })?;
     let body = if request.method() == Method::POST { read_body(payload).await } else { Vec::new() };
-    let kept = kept_body(&body);
+    let kept = if signal.keeps_body() { kept_body(&body) } else { None };
     let body_bytes = kept.as_ref().map_or(0, String::len);
     let time = Utc::now();
     heartbeat.record(signal, kept, time);
@@ -195,15 +198,18 @@ fn not_a_heartbeat(state: &HealthState, request: &HttpRequest, name: &str) -> Ap
 }
 
 /// The body's first `MAX_PING_BODY` bytes, as many as came within
-/// `BODY_DEADLINE`; the rest is not read (actix-web then closes the
-/// connection rather than read it).
+/// `BODY_DEADLINE`. The rest is read and dropped, up to `MAX_DRAINED`
+/// bytes, so that a job posting its whole log still reads its answer;
+/// past that, actix-web closes the connection rather than read on.
 async fn read_body(mut payload: web::Payload) -> Vec<u8> {
     let mut kept = Vec::new();
     let read = async {
+        let mut seen = 0;
         while let Some(Ok(chunk)) = payload.next().await {
             let room = MAX_PING_BODY - kept.len();
             kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
-            if kept.len() == MAX_PING_BODY {
+            seen += chunk.len();
+            if seen > MAX_DRAINED {
                 break;
             }
         }

@@ -195,6 +195,14 @@ pub enum Signal {
     Exit(u8),
 }
 
+impl Signal {
+    /// Whether the ping's body is kept: what the job said when it ended,
+    /// not when it started.
+    pub fn keeps_body(self) -> bool {
+        self != Signal::Start
+    }
+}
+
 /// How a run of the job ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -220,8 +228,8 @@ pub struct PingState {
 }
 
 impl PingState {
-    /// Takes a ping that came `at` in. A start's body is not kept: the
-    /// body kept is what the job said when it ended.
+    /// Takes a ping that came `at` in (`Signal::keeps_body` says whether
+    /// its body is kept).
     pub fn record(&mut self, signal: Signal, body: Option<String>, at: DateTime<Utc>) {
         let outcome = match signal {
             Signal::Start => {
@@ -342,7 +350,11 @@ fn judge(
         let limit = rules.max_runtime.unwrap_or(rules.grace);
         if now > after(started, limit) {
             return Observation::fail_with(
-                format!("started at {} and not finished within {}", show(started), show_duration(limit)),
+                format!(
+                    "started at {} and not finished within {}",
+                    show(started),
+                    show_duration(limit)
+                ),
                 values,
             );
         }
@@ -370,7 +382,11 @@ fn judge(
                 None => format!("no ping since healthd started at {}", show(watching_since)),
             };
             return Observation::fail_with(
-                format!("late: {since}; the next was due at {} (grace {})", show(due), show_duration(rules.grace)),
+                format!(
+                    "late: {since}; the next was due at {} (grace {})",
+                    show(due),
+                    show_duration(rules.grace)
+                ),
                 values,
             );
         }
@@ -472,7 +488,11 @@ mod tests {
 
     /// Every 60 s, with 10 s of grace.
     fn every_minute() -> Rules {
-        Rules { due: Due::Every(Duration::from_secs(60)), grace: Duration::from_secs(10), max_runtime: None }
+        Rules {
+            due: Due::Every(Duration::from_secs(60)),
+            grace: Duration::from_secs(10),
+            max_runtime: None,
+        }
     }
 
     fn judged(rules: &Rules, pings: &[(i64, Signal, Option<&str>)], now: i64) -> Observation {
@@ -508,7 +528,10 @@ mod tests {
         assert_eq!(judged(&rules, &[], 70).status, Pass);
         let late = judged(&rules, &[], 71);
         assert_eq!(late.status, Fail);
-        assert!(late.output.unwrap().starts_with("late: no ping since healthd started at 2026-12-04T12:00:00Z"));
+        assert!(late
+            .output
+            .unwrap()
+            .starts_with("late: no ping since healthd started at 2026-12-04T12:00:00Z"));
         assert_eq!(late.values, vec![None, None]);
     }
 
@@ -610,7 +633,8 @@ mod tests {
         let env = std::collections::BTreeMap::<String, String>::new();
         let mut problems = Vec::new();
         let table: toml::Table = toml::from_str(table).unwrap();
-        let mut input = KindInput::new("checks[0]", "heartbeat", &policy, table, &env, &mut problems);
+        let mut input =
+            KindInput::new("checks[0]", "heartbeat", &policy, table, &env, &mut problems);
         let _ = parse(&mut input);
         problems.iter().map(|problem| format!("{}: {}", problem.key, problem.reason)).collect()
     }
@@ -618,19 +642,49 @@ mod tests {
     #[test]
     fn settings_name_their_problems() {
         assert!(problems("period = \"1m\"\ngrace = \"30s\"").is_empty());
-        assert!(problems("schedule = \"*/5 * * * *\"\ntimezone = \"Europe/Berlin\"\ngrace = \"1m\"").is_empty());
+        assert!(problems(
+            "schedule = \"*/5 * * * *\"\ntimezone = \"Europe/Berlin\"\ngrace = \"1m\""
+        )
+        .is_empty());
         let cases = [
             ("grace = \"1m\"", "checks[0].period: period (a duration) or schedule"),
             ("period = \"1m\"", "checks[0].grace: is required for kind \"heartbeat\""),
-            ("period = \"1m\"\nschedule = \"* * * * *\"\ngrace = \"1m\"", "checks[0].period: set period or schedule, not both"),
-            ("schedule = \"0 3 * *\"\ngrace = \"1m\"", "checks[0].schedule: \"0 3 * *\" is not a crontab schedule"),
-            ("schedule = \"0 0 30 2 *\"\ngrace = \"1m\"", "checks[0].schedule: \"0 0 30 2 *\" never fires"),
-            ("schedule = \"0 3 * * *\"\ntimezone = \"Mars/Olympus\"\ngrace = \"1m\"", "checks[0].timezone: unknown time zone"),
-            ("period = \"1m\"\ntimezone = \"UTC\"\ngrace = \"1m\"", "checks[0].timezone: applies only to schedule"),
-            ("period = \"1m\"\ngrace = \"5s\"", "checks[0].interval: 10s is longer than grace = 5s"),
-            ("period = \"1m\"\ngrace = \"1m\"\nmax_runtime = \"5s\"", "checks[0].interval: 10s is longer than max_runtime = 5s"),
-            ("period = \"1m\"\ngrace = \"1m\"\nping_key_sha256 = \"abc\"", "checks[0].ping_key_sha256: expected 64 hex digits"),
-            ("period = \"1m\"\ngrace = \"1m\"\nperiode = \"1m\"", "checks[0].periode: unknown field"),
+            (
+                "period = \"1m\"\nschedule = \"* * * * *\"\ngrace = \"1m\"",
+                "checks[0].period: set period or schedule, not both",
+            ),
+            (
+                "schedule = \"0 3 * *\"\ngrace = \"1m\"",
+                "checks[0].schedule: \"0 3 * *\" is not a crontab schedule",
+            ),
+            (
+                "schedule = \"0 0 30 2 *\"\ngrace = \"1m\"",
+                "checks[0].schedule: \"0 0 30 2 *\" never fires",
+            ),
+            (
+                "schedule = \"0 3 * * *\"\ntimezone = \"Mars/Olympus\"\ngrace = \"1m\"",
+                "checks[0].timezone: unknown time zone",
+            ),
+            (
+                "period = \"1m\"\ntimezone = \"UTC\"\ngrace = \"1m\"",
+                "checks[0].timezone: applies only to schedule",
+            ),
+            (
+                "period = \"1m\"\ngrace = \"5s\"",
+                "checks[0].interval: 10s is longer than grace = 5s",
+            ),
+            (
+                "period = \"1m\"\ngrace = \"1m\"\nmax_runtime = \"5s\"",
+                "checks[0].interval: 10s is longer than max_runtime = 5s",
+            ),
+            (
+                "period = \"1m\"\ngrace = \"1m\"\nping_key_sha256 = \"abc\"",
+                "checks[0].ping_key_sha256: expected 64 hex digits",
+            ),
+            (
+                "period = \"1m\"\ngrace = \"1m\"\nperiode = \"1m\"",
+                "checks[0].periode: unknown field",
+            ),
         ];
         for (table, wanted) in cases {
             let problems = problems(table);
@@ -641,7 +695,12 @@ mod tests {
 
     #[test]
     fn a_running_heartbeat_is_found_behind_its_check_and_only_a_heartbeat_is() {
-        let heartbeat = Heartbeat::new(every_minute(), Some(crate::base::secret::sha256(b"k")), at(0), Instant::now());
+        let heartbeat = Heartbeat::new(
+            every_minute(),
+            Some(crate::base::secret::sha256(b"k")),
+            at(0),
+            Instant::now(),
+        );
         let check: Arc<dyn Check> = Arc::new(HeartbeatCheck { heartbeat });
         let found = of(check.as_ref()).expect("a heartbeat");
         assert!(found.accepts_key(&crate::base::secret::sha256(b"k")));

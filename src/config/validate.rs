@@ -170,7 +170,10 @@ fn scopes(
 ) -> Option<Scopes> {
     let Some(names) = names else { return Some(Scopes::DEFAULT) };
     if names.is_empty() {
-        report(format!("{key}.scopes"), format!("lists no scope: expected {}", or_list(Scopes::NAMES)));
+        report(
+            format!("{key}.scopes"),
+            format!("lists no scope: expected {}", or_list(Scopes::NAMES)),
+        );
         return None;
     }
     let mut scopes = Scopes { read: false, ping: false };
