@@ -164,7 +164,7 @@ fn parse_schedule(text: &str, zone: Tz) -> Result<Cron, String> {
     let parser = CronParser::builder().seconds(Seconds::Disallowed).year(Year::Disallowed).build();
     let cron = parser
         .parse(text)
-        .map_err(|error| format!("{text:?} is not a crontab schedule of five fields: {error}"))?;
+        .map_err(|error| format!("{text:?} is not a crontab schedule: {error}"))?;
     if cron.find_next_occurrence(&Utc::now().with_timezone(&zone), false).is_err() {
         return Err(format!("{text:?} never fires"));
     }

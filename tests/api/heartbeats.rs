@@ -411,3 +411,105 @@ async fn a_flood_of_pings_is_held_to_the_checks_rate_and_every_ping_is_logged() 
     }
     assert_eq!((lines(200), lines(429)), (taken + 1, refused.len()));
 }
+
+/// The README's crontab lines and systemd units, run as written: only the
+/// host, the header file, the job and its log are put where the test has them.
+#[tokio::test]
+async fn the_readme_cron_lines_and_systemd_hooks_ping_as_written() {
+    // Arrange
+    healthd_testkit::debian::require_package("/usr/bin/curl", "curl");
+    let app = start("period = \"1h\"\ngrace = \"10m\"").await;
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = &readme
+        [readme.find("### `kind = \"heartbeat\"`").expect("the README's heartbeat section")..];
+    let block = |fence: &str| {
+        section.split(fence).nth(1).and_then(|rest| rest.split("```").next()).unwrap()
+    };
+    let crontab: Vec<&str> =
+        block("```crontab\n").lines().filter(|line| !line.starts_with('#')).collect();
+    assert_eq!(crontab.len(), 2, "{crontab:?}");
+    let unit = block("```ini\n");
+    let hook = |key: &str| {
+        let line = unit.lines().find_map(|line| line.strip_prefix(key)).unwrap();
+        // systemd reads `$$` as `$`; `-` only lets a failure pass.
+        line.trim_start_matches('-').replace("$$", "$")
+    };
+    let dir = std::env::temp_dir().join(crate::support::checks::unique("healthd-readme-cron-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let header = dir.join("backup.header");
+    std::fs::write(&header, format!("Authorization: Bearer {BACKUP_KEY}\n")).unwrap();
+    let job = dir.join("backup.sh");
+    std::fs::write(&job, "#!/bin/sh\necho \"$JOB_SAYS\"\nexit \"$JOB_EXIT\"\n").unwrap();
+    let executable = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+    std::fs::set_permissions(&job, executable).unwrap();
+    let here = |text: &str| {
+        text.replace("http://healthd.internal:8080", &app.base)
+            .replace("/etc/healthd/backup.header", &header.display().to_string())
+            .replace("/usr/local/bin/backup.sh", &job.display().to_string())
+            .replace("/var/tmp/backup.log", &dir.join("backup.log").display().to_string())
+    };
+    // On the test's runtime, which also serves healthd: never block it.
+    let run = |command: String, env: &'static [(&'static str, &'static str)]| {
+        let mut shell = tokio::process::Command::new("/bin/sh");
+        shell.arg("-c").arg(here(&command)).envs(env.iter().copied());
+        async move {
+            let output = shell.output().await.unwrap();
+            assert!(
+                output.status.success(),
+                "{command}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+    };
+    let cron = |line: &str| {
+        // The five time fields go; the rest is what cron hands to /bin/sh.
+        let mut rest = line;
+        for _ in 0..5 {
+            rest = rest.trim_start();
+            rest = &rest[rest.find(' ').unwrap()..];
+        }
+        rest.trim().to_string()
+    };
+    // Act + Assert: the first line pings success after a good run.
+    run(cron(crontab[0]), &[("JOB_SAYS", "copied"), ("JOB_EXIT", "0")]).await;
+    wait_for_backup(&app, |reading| {
+        status_is(reading, "pass") && reading["observedValue"].is_number()
+    })
+    .await;
+    // The second sends the exit status and the job's output.
+    run(cron(crontab[1]), &[("JOB_SAYS", "disk full"), ("JOB_EXIT", "3")]).await;
+    wait_shows(&app, "exit status 3\ndisk full\n").await;
+    // The unit's start, then its end as systemd reports it.
+    run(hook("ExecStartPre="), &[]).await;
+    let stop = hook("ExecStopPost=");
+    run(
+        stop.clone(),
+        &[("SERVICE_RESULT", "success"), ("EXIT_CODE", "exited"), ("EXIT_STATUS", "0")],
+    )
+    .await;
+    let done = wait_shows(&app, "").await;
+    assert!(done.check("backup:duration").is_some(), "{done:?}");
+    run(
+        stop.clone(),
+        &[("SERVICE_RESULT", "exit-code"), ("EXIT_CODE", "exited"), ("EXIT_STATUS", "2")],
+    )
+    .await;
+    wait_shows(&app, "exit status 2").await;
+    run(stop, &[("SERVICE_RESULT", "signal"), ("EXIT_CODE", "killed"), ("EXIT_STATUS", "TERM")])
+        .await;
+    wait_shows(&app, "the job reported failure").await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Waits until `backup` passes (`wanted` empty) or fails with `wanted` as its output.
+async fn wait_shows(app: &TestApp, wanted: &str) -> Answer {
+    wait_for_backup(app, |reading| {
+        if wanted.is_empty() {
+            status_is(reading, "pass")
+        } else {
+            status_is(reading, "fail") && reading["output"] == wanted
+        }
+    })
+    .await
+}
