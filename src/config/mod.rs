@@ -484,6 +484,22 @@ mod tests {
     }
 
     #[test]
+    fn a_token_reads_unless_its_scopes_say_otherwise() {
+        let token = |scopes: &str| {
+            let hash = "0".repeat(64);
+            format!("[[access.tokens]]\nname = \"t\"\nsha256 = \"{hash}\"\n{scopes}")
+        };
+        let scopes = |text: &str| parse(&token(text)).unwrap().access.tokens[0].scopes;
+        assert_eq!(scopes(""), Scopes { read: true, ping: false });
+        assert_eq!(scopes("scopes = [\"ping\"]"), Scopes { read: false, ping: true });
+        assert_eq!(scopes("scopes = [\"read\", \"ping\"]"), Scopes { read: true, ping: true });
+        let problem = only_problem(&token("scopes = [\"read\", \"write\"]"));
+        assert_eq!(problem.key, "access.tokens[0].scopes[1]");
+        assert_eq!(problem.reason, "unknown scope \"write\": expected read or ping");
+        assert_eq!(only_problem(&token("scopes = []")).key, "access.tokens[0].scopes");
+    }
+
+    #[test]
     fn secrets_do_not_show_in_debug_output() {
         let env = BTreeMap::from([("DB".to_string(), "postgres://u:hunter2@h/db".to_string())]);
         let settings = Settings::parse(
