@@ -38,7 +38,7 @@ const MAX_DRAINED: usize = 1024 * 1024;
 #[utoipa::path(
     method(post, get, head), path = "/health/checks/{name}/ping", operation_id = "postPing",
     params(("name" = String, Path, description = "The heartbeat check's `name` from the configuration.")),
-    request_body(content = String, content_type = "text/plain"),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses(
         (status = 200, body = healthd_models::PingReceipt, content_type = "application/json"),
         PingProblems,
@@ -57,7 +57,7 @@ pub async fn post_ping(
 #[utoipa::path(
     method(post, get, head), path = "/health/checks/{name}/ping/start", operation_id = "postPingStart",
     params(("name" = String, Path, description = "The heartbeat check's `name` from the configuration.")),
-    request_body(content = String, content_type = "text/plain"),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses(
         (status = 200, body = healthd_models::PingReceipt, content_type = "application/json"),
         PingProblems,
@@ -76,7 +76,7 @@ pub async fn post_ping_start(
 #[utoipa::path(
     method(post, get, head), path = "/health/checks/{name}/ping/fail", operation_id = "postPingFail",
     params(("name" = String, Path, description = "The heartbeat check's `name` from the configuration.")),
-    request_body(content = String, content_type = "text/plain"),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses(
         (status = 200, body = healthd_models::PingReceipt, content_type = "application/json"),
         PingProblems,
@@ -99,7 +99,7 @@ pub async fn post_ping_fail(
         ("name" = String, Path, description = "The heartbeat check's `name` from the configuration."),
         ("exitStatus" = u8, Path, description = "The job's exit status, 0 to 255; 0 is success."),
     ),
-    request_body(content = String, content_type = "text/plain"),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses(
         (status = 200, body = healthd_models::PingReceipt, content_type = "application/json"),
         PingProblems,
