@@ -239,7 +239,7 @@ pub struct HistoryEntry {
     #[doc = "The main measurement's value; absent when the run could not take it."]
     #[serde(rename = "observedValue", skip_serializing_if = "::std::option::Option::is_none")]
     pub observed_value: ::std::option::Option<f64>,
-    #[doc = "What was wrong, as a category (`connection refused`, `HTTP 500`). Absent on pass."]
+    #[doc = "What was wrong, as a category (`connection refused`, `HTTP 500`). Absent on pass, but for a heartbeat's, which holds the body of the ping that ended the job's last run."]
     #[serde(skip_serializing_if = "::std::option::Option::is_none")]
     pub output: ::std::option::Option<::std::string::String>,
     pub status: HealthStatus,
@@ -279,6 +279,81 @@ pub struct Incident {
 #[serde(deny_unknown_fields)]
 pub struct IncidentList {
     pub incidents: ::std::vec::Vec<Incident>,
+}
+#[doc = "A ping as healthd took it in."]
+#[derive(
+    :: serde :: Deserialize, :: serde :: Serialize, Clone, Debug, PartialEq, utoipa :: ToSchema,
+)]
+#[serde(deny_unknown_fields)]
+pub struct PingReceipt {
+    #[doc = "The bytes of the body kept as the check's output, at most 10240 (a longer body is cut there; 0 without one)."]
+    #[serde(rename = "bodyBytes")]
+    pub body_bytes: u32,
+    #[doc = "The heartbeat check's configured name."]
+    #[serde(rename = "componentId")]
+    pub component_id: ::std::string::String,
+    #[doc = "The exit status the ping gave, when it gave one."]
+    #[serde(rename = "exitStatus", skip_serializing_if = "::std::option::Option::is_none")]
+    pub exit_status: ::std::option::Option<u8>,
+    pub signal: PingSignal,
+    #[doc = "When healthd took the ping in."]
+    pub time: ::chrono::DateTime<::chrono::offset::Utc>,
+}
+#[doc = "What a ping says - the job succeeded, started or failed (an exit status other than 0 is a failure)."]
+#[derive(
+    :: serde :: Deserialize,
+    :: serde :: Serialize,
+    Clone,
+    Copy,
+    Debug,
+    Eq,
+    Hash,
+    Ord,
+    PartialEq,
+    PartialOrd,
+    utoipa :: ToSchema,
+)]
+pub enum PingSignal {
+    #[serde(rename = "success")]
+    Success,
+    #[serde(rename = "start")]
+    Start,
+    #[serde(rename = "fail")]
+    Fail,
+}
+impl ::std::fmt::Display for PingSignal {
+    fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+        match *self {
+            Self::Success => f.write_str("success"),
+            Self::Start => f.write_str("start"),
+            Self::Fail => f.write_str("fail"),
+        }
+    }
+}
+impl ::std::str::FromStr for PingSignal {
+    type Err = self::error::ConversionError;
+    fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
+        match value {
+            "success" => Ok(Self::Success),
+            "start" => Ok(Self::Start),
+            "fail" => Ok(Self::Fail),
+            _ => Err("invalid value".into()),
+        }
+    }
+}
+impl ::std::convert::TryFrom<&str> for PingSignal {
+    type Error = self::error::ConversionError;
+    fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
+        value.parse()
+    }
+}
+impl ::std::convert::TryFrom<::std::string::String> for PingSignal {
+    type Error = self::error::ConversionError;
+    fn try_from(
+        value: ::std::string::String,
+    ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        value.parse()
+    }
 }
 #[doc = "An error, as RFC 9457 problem details."]
 #[derive(

@@ -9,9 +9,9 @@ use std::net::IpAddr;
 use actix_web::http::header::{HeaderMap, AUTHORIZATION};
 
 use crate::base::net::Cidr;
-use crate::base::secret::sha256;
+use crate::base::secret::{digests_match, sha256};
 use crate::base::units::Prefix;
-use crate::config::{AccessSettings, ClientMatch, Details, ForwardedHeader};
+use crate::config::{AccessSettings, ClientMatch, Details, ForwardedHeader, Scopes};
 
 /// Where a request comes from.
 #[derive(Debug, Clone, Copy)]
@@ -165,26 +165,46 @@ impl Access {
         headers: &HeaderMap,
         peer: Option<&PeerIdentity>,
     ) -> Result<Principal, BadToken> {
-        let Some(value) = headers.get(AUTHORIZATION) else {
-            return Ok(peer.map_or(Principal::Anonymous, |peer| self.client(peer)));
-        };
-        let token = value.as_bytes();
-        let token = match token.get(..7) {
-            Some(scheme) if scheme.eq_ignore_ascii_case(b"bearer ") => token[7..].trim_ascii(),
-            _ => return Err(BadToken),
-        };
-        if token.is_empty() {
-            return Err(BadToken);
+        match bearer_digest(headers) {
+            None => Ok(peer.map_or(Principal::Anonymous, |peer| self.client(peer))),
+            Some(digest) => self.token(&digest?).ok_or(BadToken),
         }
-        let digest = sha256(token);
+    }
+
+    /// The configured token whose digest this is.
+    pub fn token(&self, digest: &[u8; 32]) -> Option<Principal> {
         // Compare with every token, always, so timing tells nothing.
         let mut found = None;
         for (index, configured) in self.settings.tokens.iter().enumerate() {
-            if constant_time_eq(&digest, &configured.sha256) {
+            if digests_match(digest, &configured.sha256) {
                 found = Some(index);
             }
         }
-        found.map(Principal::Token).ok_or(BadToken)
+        found.map(Principal::Token)
+    }
+
+    /// Whether the principal may ping every heartbeat: a token with the
+    /// `ping` scope.
+    pub fn may_ping(&self, principal: Principal) -> bool {
+        self.scopes(principal).is_some_and(|scopes| scopes.ping)
+    }
+
+    /// A token's scopes; `None` for other principals.
+    fn scopes(&self, principal: Principal) -> Option<Scopes> {
+        match principal {
+            Principal::Token(index) => self.settings.tokens.get(index).map(|token| token.scopes),
+            Principal::Anonymous | Principal::Client(_) => None,
+        }
+    }
+
+    /// Whether the principal may read details where `details` lets
+    /// principals: a token with the `read` scope, or a client certificate.
+    fn reads(&self, principal: Principal) -> bool {
+        match principal {
+            Principal::Anonymous => false,
+            Principal::Token(_) => self.scopes(principal).is_some_and(|scopes| scopes.read),
+            Principal::Client(_) => true,
+        }
     }
 
     /// The first `[[access.clients]]` entry the certificate matches.
@@ -201,7 +221,7 @@ impl Access {
     pub fn may_see_details(&self, principal: Principal) -> bool {
         match self.settings.details {
             Details::Never => false,
-            Details::Authorized => principal != Principal::Anonymous,
+            Details::Authorized => self.reads(principal),
             Details::Always => true,
         }
     }
@@ -220,7 +240,9 @@ impl Access {
             return Err(DetailsDenied::Address);
         }
         if !self.may_see_details(principal) {
-            return Err(DetailsDenied::NeedsToken);
+            // A token that may not read is refused as such, not asked for again.
+            let scoped = matches!(principal, Principal::Token(_));
+            return Err(if scoped { DetailsDenied::Scope } else { DetailsDenied::NeedsToken });
         }
         Ok(())
     }
@@ -245,12 +267,23 @@ pub enum DetailsDenied {
     Disabled,
     Address,
     NeedsToken,
+    /// A token without the `read` scope.
+    Scope,
 }
 
-fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    let difference = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
-    // black_box keeps the optimiser from turning the fold into an early exit.
-    std::hint::black_box(difference) == 0
+/// The SHA-256 of the bearer token sent, if one is; a malformed
+/// `Authorization` (another scheme, an empty token) is an error.
+pub fn bearer_digest(headers: &HeaderMap) -> Option<Result<[u8; 32], BadToken>> {
+    let value = headers.get(AUTHORIZATION)?;
+    let token = value.as_bytes();
+    let token = match token.get(..7) {
+        Some(scheme) if scheme.eq_ignore_ascii_case(b"bearer ") => token[7..].trim_ascii(),
+        _ => return Some(Err(BadToken)),
+    };
+    if token.is_empty() {
+        return Some(Err(BadToken));
+    }
+    Some(Ok(sha256(token)))
 }
 
 /// The hops of the forwarded header, oldest first: an address, or `None`
@@ -314,7 +347,18 @@ mod tests {
             trusted_proxies: trusted.iter().map(|t| t.parse().unwrap()).collect(),
             forwarded_header,
             forwarded_prefix: None,
-            tokens: vec![TokenSettings { name: "ops".into(), sha256: sha256(b"s3cret") }],
+            tokens: vec![
+                TokenSettings {
+                    name: "ops".into(),
+                    sha256: sha256(b"s3cret"),
+                    scopes: Scopes::DEFAULT,
+                },
+                TokenSettings {
+                    name: "cron".into(),
+                    sha256: sha256(b"p1ng"),
+                    scopes: Scopes { read: false, ping: true },
+                },
+            ],
             clients: vec![
                 ClientSettings {
                     name: "prometheus".into(),
@@ -467,6 +511,22 @@ mod tests {
         assert!(access.authenticate(&wrong, Some(&prometheus)).is_err());
         let right = headers(&[("authorization", "Bearer s3cret")]);
         assert_eq!(access.authenticate(&right, Some(&prometheus)).unwrap(), Principal::Token(0));
+    }
+
+    #[test]
+    fn scopes_decide_what_a_token_may_do() {
+        let access = access(&[]);
+        let local = ClientAddress { client: ip("127.0.0.1"), peer: ip("127.0.0.1") };
+        // The default: read, and no ping.
+        assert!(!access.may_ping(Principal::Token(0)));
+        assert!(access.may_see_details(Principal::Token(0)));
+        // Ping only: no details, refused as a token that may not read.
+        assert!(access.may_ping(Principal::Token(1)));
+        assert!(!access.may_see_details(Principal::Token(1)));
+        assert_eq!(access.sees_details(&local, Principal::Token(1)), Err(DetailsDenied::Scope));
+        assert!(!access.may_ping(Principal::Anonymous) && !access.may_ping(Principal::Client(0)));
+        assert_eq!(access.token(&sha256(b"p1ng")), Some(Principal::Token(1)));
+        assert_eq!(access.token(&sha256(b"nope")), None);
     }
 
     #[test]

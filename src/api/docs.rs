@@ -36,6 +36,19 @@ pub enum TokenProblems {
     Unauthorized(healthd_models::Problem),
 }
 
+/// 404, 409 and 429: what a ping answers for a name no check has, a check
+/// that is not a heartbeat, and pings beyond the check's rate.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // Read only by the derive, for the document.
+pub enum PingProblems {
+    #[response(status = 404, content_type = "application/problem+json")]
+    NotFound(healthd_models::Problem),
+    #[response(status = 409, content_type = "application/problem+json")]
+    NotAHeartbeat(healthd_models::Problem),
+    #[response(status = 429, content_type = "application/problem+json")]
+    TooManyPings(healthd_models::Problem),
+}
+
 /// 200 for pass or warn, 503 for fail, both a health report.
 #[derive(utoipa::IntoResponses)]
 #[allow(dead_code)] // Read only by the derive, for the document.

@@ -33,6 +33,20 @@ pub enum ApiErrorKind {
     NotFound,
     #[error("only GET and HEAD are allowed")]
     MethodNotAllowed,
+    #[error("only POST, GET and HEAD are allowed")]
+    PingMethodNotAllowed,
+    #[error("this token lacks the {0:?} scope")]
+    MissingScope(&'static str),
+    #[error("check {name:?} is a {kind} check, not a heartbeat: only heartbeats take pings")]
+    NotAHeartbeat { name: String, kind: &'static str },
+    #[error(
+        "too many pings for this check: {} at once, then {} a second; retry after {retry_after} s",
+        crate::checks::PING_BURST,
+        crate::checks::PINGS_PER_SECOND
+    )]
+    TooManyPings { retry_after: u64 },
+    #[error("an exit status is a whole number from 0 to 255")]
+    BadExitStatus,
     #[error("Swagger UI could not be served")]
     Internal,
     #[error("{0}")]
@@ -62,16 +76,22 @@ impl ResponseError for ApiError {
         match self.kind {
             ApiErrorKind::BadQuery
             | ApiErrorKind::BodyNotAllowed
+            | ApiErrorKind::BadExitStatus
             | ApiErrorKind::InvalidParameter(_) => StatusCode::BAD_REQUEST,
             ApiErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiErrorKind::AddressNotAllowed
             | ApiErrorKind::DetailsNotAllowed
-            | ApiErrorKind::DetailsDisabled => StatusCode::FORBIDDEN,
+            | ApiErrorKind::DetailsDisabled
+            | ApiErrorKind::MissingScope(_) => StatusCode::FORBIDDEN,
             ApiErrorKind::UnknownCheck(_) | ApiErrorKind::NotFound | ApiErrorKind::NoStore => {
                 StatusCode::NOT_FOUND
             }
             ApiErrorKind::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiErrorKind::MethodNotAllowed | ApiErrorKind::PingMethodNotAllowed => {
+                StatusCode::METHOD_NOT_ALLOWED
+            }
+            ApiErrorKind::NotAHeartbeat { .. } => StatusCode::CONFLICT,
+            ApiErrorKind::TooManyPings { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiErrorKind::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -99,6 +119,22 @@ impl ResponseError for ApiError {
             }
             ApiErrorKind::MethodNotAllowed => {
                 response.insert_header((header::ALLOW, HeaderValue::from_static("GET, HEAD")));
+            }
+            ApiErrorKind::PingMethodNotAllowed => {
+                response
+                    .insert_header((header::ALLOW, HeaderValue::from_static("GET, HEAD, POST")));
+            }
+            ApiErrorKind::MissingScope(scope) => {
+                // RFC 6750, section 3: the scope the token would need.
+                let challenge = format!(
+                    "Bearer realm=\"healthd\", error=\"insufficient_scope\", scope=\"{scope}\""
+                );
+                if let Ok(value) = HeaderValue::from_str(&challenge) {
+                    response.insert_header((header::WWW_AUTHENTICATE, value));
+                }
+            }
+            ApiErrorKind::TooManyPings { retry_after } => {
+                response.insert_header((header::RETRY_AFTER, retry_after.to_string()));
             }
             _ => {}
         }

@@ -30,6 +30,7 @@ pub mod endpoint {
     pub const CHECK_INCIDENTS: &str = "check_incidents";
     pub const INCIDENTS: &str = "incidents";
     pub const CHECK_SERIES: &str = "check_series";
+    pub const PING: &str = "ping";
     pub const BADGE: &str = "badge";
     pub const STATUS_PAGE: &str = "status_page";
     pub const METRICS: &str = "metrics";
@@ -39,7 +40,8 @@ pub mod endpoint {
     pub const OTHER: &str = "other";
 }
 
-const ENDPOINTS: [&str; 18] = [
+
+const ENDPOINTS: [&str; 19] = [
     endpoint::HEALTH,
     endpoint::LIVENESS,
     endpoint::READINESS,
@@ -51,6 +53,7 @@ const ENDPOINTS: [&str; 18] = [
     endpoint::CHECK_INCIDENTS,
     endpoint::INCIDENTS,
     endpoint::CHECK_SERIES,
+    endpoint::PING,
     endpoint::BADGE,
     endpoint::STATUS_PAGE,
     endpoint::METRICS,
@@ -59,7 +62,7 @@ const ENDPOINTS: [&str; 18] = [
     endpoint::SWAGGER_UI,
     endpoint::OTHER,
 ];
-const HTTP_STATUSES: [u16; 10] = [200, 301, 400, 401, 403, 404, 405, 431, 500, 503];
+const HTTP_STATUSES: [u16; 12] = [200, 301, 400, 401, 403, 404, 405, 409, 429, 431, 500, 503];
 
 const COLUMNS: usize = HTTP_STATUSES.len() + 1;
 const CELLS: usize = ENDPOINTS.len() * COLUMNS;

@@ -15,6 +15,7 @@ pub mod error;
 pub mod log;
 mod metrics;
 mod records;
+mod pings;
 mod status;
 
 use std::any::Any;
@@ -64,6 +65,10 @@ pub use metrics::{ClientConnections, ReloadCounters, RequestCounters};
         records::get_check_incidents,
         records::get_incidents,
         records::get_check_series,
+        pings::post_ping,
+        pings::post_ping_start,
+        pings::post_ping_fail,
+        pings::post_ping_exit_status,
         status::get_badge,
         status::get_status_page,
         get_metrics,
@@ -87,6 +92,8 @@ pub use metrics::{ClientConnections, ReloadCounters, RequestCounters};
         healthd_models::HealthStatus,
         healthd_models::ComponentType,
         healthd_models::Problem,
+        healthd_models::PingReceipt,
+        healthd_models::PingSignal,
     ))
 )]
 pub struct ApiDoc;
@@ -245,6 +252,20 @@ pub fn scope(
             operation("/health/checks/{name}/series", endpoint::CHECK_SERIES)
                 .to(records::get_check_series),
         )
+        // `start` and `fail` before `{exit_status}`, which would match them too.
+        .service(
+            ping_operation("/health/checks/{name}/ping/start", endpoint::PING)
+                .to(pings::post_ping_start),
+        )
+        .service(
+            ping_operation("/health/checks/{name}/ping/fail", endpoint::PING)
+                .to(pings::post_ping_fail),
+        )
+        .service(
+            ping_operation("/health/checks/{name}/ping/{exit_status}", endpoint::PING)
+                .to(pings::post_ping_exit_status),
+        )
+        .service(ping_operation("/health/checks/{name}/ping", endpoint::PING).to(pings::post_ping))
         .service(operation("/health/badge.svg", endpoint::BADGE).to(status::get_badge))
         .service(operation("/status", endpoint::STATUS_PAGE).to(status::get_status_page))
         .service(operation("/metrics", endpoint::METRICS).to(get_metrics))
@@ -286,10 +307,21 @@ pub fn scope(
 
 /// A resource for GET and HEAD that answers 405 with `Allow` to the rest.
 fn operation(path: &str, name: &str) -> OperationBuilder {
-    OperationBuilder(web::resource(path).name(name).default_service(web::to(method_not_allowed)))
+    let resource = web::resource(path).name(name).default_service(web::to(method_not_allowed));
+    OperationBuilder { resource, takes_post: false }
 }
 
-struct OperationBuilder(Resource);
+/// A resource for POST, GET and HEAD (a heartbeat's pings) that answers
+/// 405 with `Allow` to the rest.
+fn ping_operation(path: &str, name: &str) -> OperationBuilder {
+    let resource = web::resource(path).name(name).default_service(web::to(ping_method_not_allowed));
+    OperationBuilder { resource, takes_post: true }
+}
+
+struct OperationBuilder {
+    resource: Resource,
+    takes_post: bool,
+}
 
 impl OperationBuilder {
     fn to<F, Args>(self, handler: F) -> Resource
@@ -301,9 +333,16 @@ impl OperationBuilder {
         // A plain function guard: actix's method guards record the allowed
         // methods in every request's extensions, an allocation per probe,
         // for an `Allow` header healthd writes itself.
-        let reads =
-            guard::fn_guard(|context| matches!(context.head().method, Method::GET | Method::HEAD));
-        self.0.route(web::route().guard(reads).to(handler))
+        let route = if self.takes_post {
+            web::route().guard(guard::fn_guard(|context| {
+                matches!(context.head().method, Method::GET | Method::HEAD | Method::POST)
+            }))
+        } else {
+            web::route().guard(guard::fn_guard(|context| {
+                matches!(context.head().method, Method::GET | Method::HEAD)
+            }))
+        };
+        self.resource.route(route.to(handler))
     }
 }
 
@@ -461,6 +500,7 @@ fn require_details(access: &Access, request: &HttpRequest) -> Result<(), ApiErro
             DetailsDenied::Disabled => ApiErrorKind::DetailsDisabled,
             DetailsDenied::Address => ApiErrorKind::DetailsNotAllowed,
             DetailsDenied::NeedsToken => ApiErrorKind::Unauthorized,
+            DetailsDenied::Scope => ApiErrorKind::MissingScope("read"),
         };
         ApiError::new(kind, request.path())
     })
@@ -644,6 +684,10 @@ pub async fn not_found(request: HttpRequest) -> Result<HttpResponse, ApiError> {
 
 async fn method_not_allowed(request: HttpRequest) -> Result<HttpResponse, ApiError> {
     Err(ApiError::new(ApiErrorKind::MethodNotAllowed, request.path()))
+}
+
+async fn ping_method_not_allowed(request: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::new(ApiErrorKind::PingMethodNotAllowed, request.path()))
 }
 
 #[cfg(test)]

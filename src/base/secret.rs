@@ -71,3 +71,29 @@ pub fn sha256(bytes: &[u8]) -> [u8; 32] {
 pub fn sha256_hex(bytes: &[u8]) -> String {
     sha256(bytes).iter().map(|byte| format!("{byte:02x}")).collect()
 }
+
+/// A digest as the config writes it (`sha256` of a token, a heartbeat's
+/// `ping_key_sha256`): 64 hex digits, either case.
+pub fn parse_sha256_hex(hex: &str) -> Result<[u8; 32], String> {
+    let invalid = || {
+        "expected 64 hex digits (the SHA-256 of the token; `healthd hash-token` prints it)"
+            .to_string()
+    };
+    if hex.len() != 64 {
+        return Err(invalid());
+    }
+    let mut digest = [0u8; 32];
+    for (index, byte) in digest.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(index * 2..index * 2 + 2).ok_or_else(invalid)?, 16)
+            .map_err(|_| invalid())?;
+    }
+    Ok(digest)
+}
+
+/// Whether two digests are equal, in time that does not depend on where
+/// they differ.
+pub fn digests_match(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    let difference = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    // black_box keeps the optimiser from turning the fold into an early exit.
+    std::hint::black_box(difference) == 0
+}

@@ -49,6 +49,16 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     millis.map(Duration::from_millis).ok_or_else(invalid)
 }
 
+/// A duration as the config writes it: `26h`, `90m`, `30s`, `500ms`.
+pub fn show_duration(duration: Duration) -> String {
+    let ms = duration.as_millis();
+    let units = [(3_600_000, "h"), (60_000, "m"), (1_000, "s")];
+    units
+        .iter()
+        .find(|(size, _)| ms >= *size && ms.is_multiple_of(*size))
+        .map_or_else(|| format!("{ms}ms"), |(size, unit)| format!("{}{unit}", ms / size))
+}
+
 /// A percentage written as `"10%"`.
 #[derive(Clone, Copy, Debug)]
 pub struct PercentText(pub f64);

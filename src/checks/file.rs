@@ -16,7 +16,7 @@ use healthd_models::ComponentType;
 use serde::Deserialize;
 
 use crate::base::policy::Policy;
-use crate::base::units::{DurationText, SizeText};
+use crate::base::units::{show_duration, DurationText, SizeText};
 use crate::checks::util::categories::io_category;
 use crate::checks::{BoxFuture, Check, Kind, KindInput, KindSettings, Observation};
 
@@ -187,16 +187,6 @@ fn look_at(path: &Path) -> std::io::Result<Found> {
 
 fn entry(metadata: &Metadata) -> std::io::Result<Found> {
     Ok(Found::Entry { modified: metadata.modified()?, size: metadata.len() })
-}
-
-/// A duration as the config writes it: `26h`, `90m`, `30s`, `500ms`.
-fn show_duration(duration: Duration) -> String {
-    let ms = duration.as_millis();
-    let units = [(3_600_000, "h"), (60_000, "m"), (1_000, "s")];
-    units
-        .iter()
-        .find(|(size, _)| ms >= *size && ms.is_multiple_of(*size))
-        .map_or_else(|| format!("{ms}ms"), |(size, unit)| format!("{}{unit}", ms / size))
 }
 
 #[cfg(test)]

@@ -56,6 +56,7 @@ mod exec;
 mod file;
 #[cfg(feature = "grpc")]
 mod grpc;
+mod heartbeat;
 mod http;
 #[cfg(feature = "icmp")]
 mod icmp;
@@ -72,8 +73,19 @@ mod tcp;
 mod tls;
 
 registry! {
-    built_in: [disk, exec, file, http, postgres, tcp, tls],
+    built_in: [disk, exec, file, heartbeat, http, postgres, tcp, tls],
     with_feature: [mysql = "mysql", redis = "redis", amqp = "amqp", nats = "nats", grpc = "grpc", dns = "dns", mqtt = "mqtt", icmp = "icmp"],
+}
+
+pub use heartbeat::{kept_body, Heartbeat, Signal, MAX_PING_BODY, PINGS_PER_SECOND, PING_BURST};
+// What the store saves of a heartbeat and gives back (`Heartbeat::state`,
+// `Heartbeat::restore`); unused until the store is wired to them.
+#[allow(unused_imports)]
+pub use heartbeat::{Outcome, PingState};
+
+/// The heartbeat a running check is, when it is one: what pings feed.
+pub fn heartbeat_of(check: &dyn Check) -> Option<&Heartbeat> {
+    heartbeat::of(check)
 }
 
 /// Every kind healthd knows, including those built without their feature.
@@ -248,7 +260,9 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// history, metrics. Implementations never block a thread (use
 /// [`blocking_check_fn`](crate::blocking_check_fn) for code that does): the
 /// monitor drops the future at the deadline, and that must cancel the
-/// work. A panic fails the attempt with output `check panicked`.
+/// work. A panic fails the attempt with output `check panicked`. (`Any`
+/// lets healthd find its own kinds, such as heartbeats, behind the trait;
+/// every `'static` type has it.)
 ///
 /// ```
 /// use healthd::{BoxFuture, Check, ComponentType, Observation};
@@ -274,7 +288,7 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// }
 /// # let _ = CacheWarm(Default::default());
 /// ```
-pub trait Check: Send + Sync + 'static {
+pub trait Check: std::any::Any + Send + Sync {
     /// `componentType` in reports.
     fn component_type(&self) -> ComponentType;
     /// The measurements `attempt` reports, as (name, unit), at least one:

@@ -147,12 +147,32 @@ pub enum Details {
 pub struct TokenSettings {
     pub name: String,
     pub sha256: [u8; 32],
+    pub scopes: Scopes,
 }
 
 impl fmt::Debug for TokenSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TokenSettings").field("name", &self.name).finish_non_exhaustive()
+        f.debug_struct("TokenSettings")
+            .field("name", &self.name)
+            .field("scopes", &self.scopes)
+            .finish_non_exhaustive()
     }
+}
+
+/// What a token may do (`scopes`): `read` (see details where `details`
+/// lets tokens) and `ping` (ping any heartbeat). Unset, a token reads and
+/// cannot ping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scopes {
+    pub read: bool,
+    pub ping: bool,
+}
+
+impl Scopes {
+    /// A token that sets no `scopes`.
+    pub const DEFAULT: Scopes = Scopes { read: true, ping: false };
+    /// The names a token's `scopes` may list.
+    pub const NAMES: &[&str] = &["read", "ping"];
 }
 
 /// One check: what to run and the policy it runs under.
@@ -468,6 +488,22 @@ mod tests {
         // Without a known limit only the service can tell (at start); 0 is always wrong.
         assert!(parse(&config(100_000)).is_ok());
         assert_eq!(only_problem(&config(0)).key, "server.max_connections");
+    }
+
+    #[test]
+    fn a_token_reads_unless_its_scopes_say_otherwise() {
+        let token = |scopes: &str| {
+            let hash = "0".repeat(64);
+            format!("[[access.tokens]]\nname = \"t\"\nsha256 = \"{hash}\"\n{scopes}")
+        };
+        let scopes = |text: &str| parse(&token(text)).unwrap().access.tokens[0].scopes;
+        assert_eq!(scopes(""), Scopes { read: true, ping: false });
+        assert_eq!(scopes("scopes = [\"ping\"]"), Scopes { read: false, ping: true });
+        assert_eq!(scopes("scopes = [\"read\", \"ping\"]"), Scopes { read: true, ping: true });
+        let problem = only_problem(&token("scopes = [\"read\", \"write\"]"));
+        assert_eq!(problem.key, "access.tokens[0].scopes[1]");
+        assert_eq!(problem.reason, "unknown scope \"write\": expected read or ping");
+        assert_eq!(only_problem(&token("scopes = []")).key, "access.tokens[0].scopes");
     }
 
     #[test]

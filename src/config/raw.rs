@@ -109,6 +109,7 @@ pub struct RawToken {
     pub name: String,
     pub sha256: Option<String>,
     pub env: Option<String>,
+    pub scopes: Option<Vec<String>>,
 }
 
 /// The keys every check has; the rest of its table belongs to its kind.

@@ -10,14 +10,14 @@ use crate::base::name::{check_name_problem, duplicate_name};
 use crate::base::net::Cidr;
 use crate::base::policy::{Policy, RawPolicy, DEFAULT_POLICY, POLICY_KEYS};
 use crate::base::problem::{or_list, serde_reason, ConfigProblem};
-use crate::base::secret::{sha256, Environment};
+use crate::base::secret::{parse_sha256_hex, sha256, Environment};
 use crate::base::units::Prefix;
 use crate::checks::{self, KindInput};
 use crate::config::raw::RawClient;
 use crate::config::raw::{RawCheck, RawSettings, COMMON_CHECK_KEYS};
 use crate::config::{
     server_tls, storage, AccessSettings, CheckSettings, ClientMatch, ClientSettings, Details,
-    ForwardedHeader, ServerSettings, Settings, TokenSettings,
+    ForwardedHeader, Scopes, ServerSettings, Settings, TokenSettings,
 };
 
 /// Every setting from what the file says, reporting each problem.
@@ -103,8 +103,9 @@ pub fn settings(
                 None
             }
         };
-        if let Some(sha256) = digest {
-            tokens.push(TokenSettings { name: token.name, sha256 });
+        let scopes = scopes(token.scopes, &key, &mut report);
+        if let (Some(sha256), Some(scopes)) = (digest, scopes) {
+            tokens.push(TokenSettings { name: token.name, sha256, scopes });
         }
     }
     let forwarded_prefix = raw.access.forwarded_prefix.as_deref().and_then(|text| {
@@ -159,6 +160,39 @@ pub fn settings(
         }
     }
     settings
+}
+
+/// A token's `scopes`: `Scopes::DEFAULT` when unset; each name one of
+/// `Scopes::NAMES`, and at least one.
+fn scopes(
+    names: Option<Vec<String>>,
+    key: &str,
+    report: &mut impl FnMut(String, String),
+) -> Option<Scopes> {
+    let Some(names) = names else { return Some(Scopes::DEFAULT) };
+    if names.is_empty() {
+        report(
+            format!("{key}.scopes"),
+            format!("lists no scope: expected {}", or_list(Scopes::NAMES)),
+        );
+        return None;
+    }
+    let mut scopes = Scopes { read: false, ping: false };
+    let mut valid = true;
+    for (index, name) in names.iter().enumerate() {
+        match name.as_str() {
+            "read" => scopes.read = true,
+            "ping" => scopes.ping = true,
+            _ => {
+                report(
+                    format!("{key}.scopes[{index}]"),
+                    format!("unknown scope {name:?}: expected {}", or_list(Scopes::NAMES)),
+                );
+                valid = false;
+            }
+        }
+    }
+    valid.then_some(scopes)
 }
 
 /// `server.idle_timeout` unless set: actix-web's own default keep-alive
@@ -279,22 +313,6 @@ fn check_settings(
         settings,
         definition,
     })
-}
-
-fn parse_sha256_hex(hex: &str) -> Result<[u8; 32], String> {
-    let invalid = || {
-        "expected 64 hex digits (the SHA-256 of the token; `healthd hash-token` prints it)"
-            .to_string()
-    };
-    if hex.len() != 64 {
-        return Err(invalid());
-    }
-    let mut digest = [0u8; 32];
-    for (index, byte) in digest.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(hex.get(index * 2..index * 2 + 2).ok_or_else(invalid)?, 16)
-            .map_err(|_| invalid())?;
-    }
-    Ok(digest)
 }
 
 /// Deserialises part of a check's table, reporting a problem at the key

@@ -102,6 +102,9 @@ struct Roster {
 struct Slot {
     /// What the check was started from, for a reload to compare.
     settings: CheckSettings,
+    /// The check itself, for what reaches it from outside its runs
+    /// (a heartbeat's pings).
+    check: Arc<dyn Check>,
     piece: ArcSwap<Piece>,
     task: Mutex<Option<JoinHandle<()>>>,
 }
@@ -109,16 +112,17 @@ struct Slot {
 impl Slot {
     fn new(
         settings: &CheckSettings,
-        check: &dyn Check,
+        check: &Arc<dyn Check>,
         renderer: &Renderer,
         remembered: Option<Remembered>,
     ) -> Arc<Slot> {
-        let mut state = CheckState::new(settings, check);
+        let mut state = CheckState::new(settings, check.as_ref());
         if let Some(remembered) = remembered {
             state.remember(remembered);
         }
         Arc::new(Slot {
             settings: settings.clone(),
+            check: check.clone(),
             piece: ArcSwap::from_pointee(renderer.piece(state, Instant::now())),
             task: Mutex::new(None),
         })
@@ -151,7 +155,7 @@ impl Monitor {
         let mut slots = Vec::with_capacity(checks.len());
         for (settings, check) in checks {
             let memory = remembered.remove(&settings.name);
-            let slot = Slot::new(settings, check.as_ref(), &renderer, memory);
+            let slot = Slot::new(settings, &check, &renderer, memory);
             slots.push(slot.clone());
             pending.push((check, settings.policy, slot));
         }
@@ -219,7 +223,7 @@ impl Monitor {
             match entry {
                 RosterChange::Keep(slot) => slots.push(slot),
                 RosterChange::Start(settings, check) => {
-                    let slot = Slot::new(&settings, check.as_ref(), &renderer, None);
+                    let slot = Slot::new(&settings, &check, &renderer, None);
                     self.core.spawn(check, settings.policy, slot.clone());
                     first_reading_by = first_reading_by
                         .max(Instant::now() + settings.policy.worst_case() + FIRST_READING_MARGIN);
@@ -315,6 +319,16 @@ impl SnapshotReader {
             return snapshot;
         }
         arc_swap::Guard::from_inner(self.core.render_again(&snapshot, now))
+    }
+}
+
+impl SnapshotReader {
+    /// The running check of that name, as the checks in the latest
+    /// snapshot are (a reload swaps them in at once).
+    pub fn running_check(&self, name: &str) -> Option<Arc<dyn Check>> {
+        let roster = self.core.roster.load();
+        let index = roster.layout.index_of(name)?;
+        roster.slots.get(index).map(|slot| slot.check.clone())
     }
 }
 

@@ -356,6 +356,11 @@ pub struct Layout {
 }
 
 impl Layout {
+    /// Where the check of that name is among the pieces.
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.names.get(name).copied()
+    }
+
     /// `checks` in the order of the pieces: each check's name and measurements.
     pub fn new<'a>(
         checks: impl IntoIterator<Item = (&'a str, &'a [(&'static str, &'static str)])>,

@@ -78,22 +78,30 @@ async fn other_methods_are_405_with_allow_on_every_path_of_the_contract() {
         .as_object()
         .unwrap()
         .keys()
-        .map(|path| path.replace("{name}", "disk"))
+        .map(|path| path.replace("{name}", "disk").replace("{exitStatus}", "3"))
         .collect();
     paths.push("/swagger-ui".into());
     paths.push("/health/checks/nope".into());
     for path in &paths {
+        // A heartbeat's pings take POST too.
+        let takes_post = path.contains("/ping");
+        let allow = if takes_post { "GET, HEAD, POST" } else { "GET, HEAD" };
         for method in ["POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "PURGE"] {
+            if takes_post && method == "POST" {
+                continue;
+            }
             let method = Method::from_bytes(method.as_bytes()).unwrap();
             let answer = app.request(method.clone(), path, None).await;
             assert_eq!(answer.status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
-            assert_eq!(answer.headers["allow"], "GET, HEAD", "{method} {path}");
+            assert_eq!(answer.headers["allow"], allow, "{method} {path}");
             assert_eq!(answer.content_type(), "application/problem+json", "{method} {path}");
             assert_eq!(answer.json["instance"], path.as_str());
         }
         // A body does not change why a POST fails.
-        let post = app.send(app.client.post(app.url(path)).body("{\"a\":1}")).await;
-        assert_eq!(post.status, StatusCode::METHOD_NOT_ALLOWED, "POST {path} with a body");
+        if !takes_post {
+            let post = app.send(app.client.post(app.url(path)).body("{\"a\":1}")).await;
+            assert_eq!(post.status, StatusCode::METHOD_NOT_ALLOWED, "POST {path} with a body");
+        }
     }
     // A path that does not exist is 404 whatever the method.
     let answer = app.request(Method::DELETE, "/nowhere", None).await;

@@ -85,17 +85,30 @@ async fn every_operation_answers_a_status_the_contract_lists() {
         [[access.tokens]]
         name = "ci"
         env = "TOKEN"
+        [[access.tokens]]
+        name = "cron"
+        env = "PING_TOKEN"
+        scopes = ["ping"]
         [[checks]]
         name = "disk"
         kind = "disk"
         path = "/"
+        [[checks]]
+        name = "backup"
+        kind = "heartbeat"
+        period = "1h"
+        grace = "10m"
     "#;
-    let env = BTreeMap::from([("TOKEN".to_string(), "contract-token".to_string())]);
+    let env = BTreeMap::from([
+        ("TOKEN".to_string(), "contract-token".to_string()),
+        ("PING_TOKEN".to_string(), "contract-ping-token".to_string()),
+    ]);
     let app = spawn_app_with_env(config, env).await;
     for ((path, method), statuses) in operations(&CONTRACT) {
-        for name in ["disk", "missing"] {
-            let concrete = path.replace("{name}", name);
-            for token in [None, Some("contract-token"), Some("wrong")] {
+        for name in ["disk", "backup", "missing"] {
+            let concrete = path.replace("{name}", name).replace("{exitStatus}", "3");
+            let tokens = [None, Some("contract-token"), Some("contract-ping-token"), Some("wrong")];
+            for token in tokens {
                 let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
                 let answer = app.request(method.clone(), &concrete, token).await;
                 let status = answer.status.as_u16().to_string();
