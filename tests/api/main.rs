@@ -43,5 +43,6 @@ mod history;
 mod lifecycle;
 mod metrics;
 mod reload;
+mod store_postgres;
 mod support;
 mod tls_server;
