@@ -90,12 +90,8 @@ impl PostgresCheck {
         config.connect_timeout(timeout);
         config.application_name("healthd");
         let recycling = ManagerConfig { recycling_method: RecyclingMethod::Fast };
-        let manager = postgres_tls::manager(
-            config,
-            settings.verify,
-            settings.ca_file.as_deref(),
-            recycling,
-        )?;
+        let manager =
+            postgres_tls::manager(config, settings.verify, settings.ca_file.as_deref(), recycling)?;
         let pool = Pool::builder(manager)
             .max_size(settings.pool_size)
             .runtime(Runtime::Tokio1)

@@ -189,8 +189,12 @@ mod tests {
         let unset = problems("[storage]\nurl_env = \"NOT_SET\"\n");
         assert!(unset[0].contains("storage.url_env") && unset[0].contains("NOT_SET"), "{unset:?}");
         let bad = problems("[storage]\nurl_env = \"NOT_A_URL\"\n");
-        assert!(bad[0].contains("storage.url_env") && bad[0].contains("not a PostgreSQL"), "{bad:?}");
-        let ca_for_sqlite = problems("[storage]\npath = \"x.db\"\nca_file = \"/nonexistent.pem\"\n");
+        assert!(
+            bad[0].contains("storage.url_env") && bad[0].contains("not a PostgreSQL"),
+            "{bad:?}"
+        );
+        let ca_for_sqlite =
+            problems("[storage]\npath = \"x.db\"\nca_file = \"/nonexistent.pem\"\n");
         assert!(ca_for_sqlite[0].contains("storage.ca_file"), "{ca_for_sqlite:?}");
     }
 

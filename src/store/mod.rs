@@ -25,6 +25,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use healthd_models::HealthStatus;
 
+use crate::checks::util::categories::error_chain;
 use crate::config::{StorageBackend, StorageSettings};
 use crate::engine::state::{FinishedRun, Remembered, RunSink};
 
@@ -50,7 +51,9 @@ pub enum StoreError {
     Refused(String),
     #[error("SQLite: {0}")]
     Sqlite(#[from] rusqlite::Error),
-    #[error("PostgreSQL: {0}")]
+    /// With its causes: tokio-postgres says "error connecting to server"
+    /// and keeps the why in its source. Its errors never hold the URL.
+    #[error("PostgreSQL: {}", error_chain(.0))]
     Postgres(#[from] tokio_postgres::Error),
     #[error("migration: {0}")]
     Migration(#[from] refinery::Error),

@@ -22,6 +22,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
 use crate::base::secret::Secret;
+use crate::checks::util::categories::error_chain;
 use crate::checks::util::guard::AbandonUnlessFinished;
 use crate::checks::util::postgres_tls::{self, split_sslmode};
 use crate::store::rollup::{day_of, hour_of, Rollup};
@@ -119,12 +120,13 @@ pub fn open(
         .build()
         .map_err(|error| StoreError::Other(format!("cannot make the connection pool: {error}")))?;
     let database = Database { pool, runtime: Arc::new(OwnRuntime(Some(runtime))) };
-    database
-        .call(OPEN_DEADLINE, || database.migrate(&shown))
-        .map_err(|error| match error {
-            StoreError::Refused(reason) => StoreError::Refused(reason),
-            other => StoreError::Refused(format!("{shown}: {other}")),
-        })?;
+    database.call(OPEN_DEADLINE, || database.migrate(&shown)).map_err(|error| match error {
+        StoreError::Refused(reason) => StoreError::Refused(reason),
+        StoreError::Postgres(error) => {
+            StoreError::Refused(format!("{shown}: {}", error_chain(&error)))
+        }
+        other => StoreError::Refused(format!("{shown}: {other}")),
+    })?;
     Ok((PostgresWriter { database: database.clone() }, PostgresReader { database }))
 }
 
@@ -187,7 +189,9 @@ impl Database {
         let mut held = self.connection().await?;
         let client = held.connection();
         client.batch_execute(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK})")).await?;
-        inspect(client).await.map_err(|reason| StoreError::Refused(format!("{shown}: {reason}")))?;
+        inspect(client)
+            .await
+            .map_err(|reason| StoreError::Refused(format!("{shown}: {reason}")))?;
         let migrations = MIGRATIONS
             .iter()
             .map(|(name, sql)| Migration::unapplied(name, sql))
@@ -631,7 +635,9 @@ impl Backend for PostgresWriter {
                      RETURNING *",
                 )
                 .await?;
-            let row = check_row(&client.query_one(&upsert, &[&instance, &name, &i64::from(keep)]).await?)?;
+            let row = check_row(
+                &client.query_one(&upsert, &[&instance, &name, &i64::from(keep)]).await?,
+            )?;
             // Slots past a smaller `history` are no longer written: their runs go.
             let forget = client
                 .prepare_cached("DELETE FROM runs WHERE check_id = $1 AND slot >= $2")
@@ -698,7 +704,8 @@ impl Backend for PostgresWriter {
         database.call(WRITE_DEADLINE, || async move {
             let mut held = database.connection().await?;
             let client = held.connection();
-            let statement = client.prepare_cached("SELECT id FROM checks WHERE instance = $1").await?;
+            let statement =
+                client.prepare_cached("SELECT id FROM checks WHERE instance = $1").await?;
             let rows = client.query(&statement, &[&instance]).await?;
             let ids = rows.iter().map(|row| row.try_get(0)).collect::<Result<_, _>>()?;
             drop(held.finish());
@@ -855,5 +862,86 @@ impl Reader for PostgresReader {
             &[&instance, &i64::from(limit), &names],
         )?;
         Ok(rows.iter().map(incident_row).collect::<Result<_, _>>()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use healthd_models::HealthStatus;
+
+    use super::*;
+
+    fn run(seq: i64, keep: i64, status: HealthStatus) -> RunRow {
+        RunRow {
+            seq,
+            slot: seq % keep,
+            time: from_micros(seq * 1_000_000),
+            observed: status,
+            status,
+            value: Some(1.0),
+            output: None,
+            duration: Duration::from_millis(2),
+        }
+    }
+
+    fn rollup(runs: u64, min: f64, max: f64) -> Rollup {
+        Rollup {
+            runs,
+            duration_sum_ms: min + max,
+            duration_min_ms: min,
+            duration_max_ms: max,
+            ..Rollup::default()
+        }
+    }
+
+    #[test]
+    fn a_batch_that_grew_while_writes_failed_holds_each_row_once() {
+        // Three runs of a check keeping two: slot 0 twice, the newer wins.
+        // Two changes of one check; one period's roll-up added twice; the
+        // check's row twice.
+        let incident = |to, at| IncidentRow {
+            check: "api".into(),
+            from: None,
+            to,
+            started: from_micros(at),
+            ended: None,
+            output: None,
+        };
+        let batch = Batch {
+            runs: vec![
+                (7, run(0, 2, HealthStatus::Pass)),
+                (7, run(1, 2, HealthStatus::Fail)),
+                (7, run(2, 2, HealthStatus::Pass)),
+            ],
+            incidents: vec![
+                (7, incident(HealthStatus::Fail, 10)),
+                (7, incident(HealthStatus::Pass, 20)),
+            ],
+            rollups: vec![
+                (Resolution::Hourly, 7, 100, rollup(2, 1.0, 5.0)),
+                (Resolution::Hourly, 7, 100, rollup(1, 0.5, 2.0)),
+                (Resolution::Daily, 7, 4, rollup(3, 0.5, 5.0)),
+            ],
+            checks: vec![
+                CheckRow { id: 7, next_seq: 2, ..CheckRow::default() },
+                CheckRow { id: 7, next_seq: 3, ..CheckRow::default() },
+            ],
+        };
+
+        let columns = Columns::of(&batch);
+
+        assert_eq!(columns.runs.slot, vec![0, 1]);
+        assert_eq!(columns.runs.seq, vec![2, 1]);
+        // The first change ends the stored one; the second ends the first.
+        assert_eq!(columns.ended, (vec![7], vec![10]));
+        assert_eq!(columns.incidents.started, vec![10, 20]);
+        assert_eq!(columns.incidents.ended, vec![Some(20), None]);
+        assert_eq!(columns.hourly.period, vec![100]);
+        assert_eq!(columns.hourly.counts[0], vec![3]);
+        assert_eq!(columns.hourly.durations[1], vec![0.5]);
+        assert_eq!(columns.hourly.durations[2], vec![5.0]);
+        assert_eq!(columns.daily.counts[0], vec![3]);
+        assert_eq!(columns.checks.id, vec![7]);
+        assert_eq!(columns.checks.next_seq, vec![3]);
     }
 }

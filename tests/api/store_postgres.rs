@@ -229,8 +229,8 @@ async fn stop_cleanly(binary: &mut RunningBinary) {
 }
 
 #[tokio::test]
-async fn a_run_is_recorded_in_postgresql_and_a_restart_shows_the_same_history_incidents_and_uptime(
-) {
+async fn a_run_is_recorded_in_postgresql_and_a_restart_shows_the_same_history_incidents_and_uptime()
+{
     // Arrange: healthd (the binary) storing into PostgreSQL, its check on
     // an upstream that passes, fails and passes again.
     let pg = TestPostgres::start().await;
@@ -242,8 +242,7 @@ async fn a_run_is_recorded_in_postgresql_and_a_restart_shows_the_same_history_in
     let base = first.base();
     let status_is = |wanted: &'static str| {
         move |answer: &Answer| {
-            answer.check("api:responseTime").and_then(|r| r.get("status")?.as_str())
-                == Some(wanted)
+            answer.check("api:responseTime").and_then(|r| r.get("status")?.as_str()) == Some(wanted)
                 && answer.check("api:responseTime").and_then(|r| r.get("output")?.as_str())
                     != Some("no reading yet")
         }
@@ -261,11 +260,10 @@ async fn a_run_is_recorded_in_postgresql_and_a_restart_shows_the_same_history_in
         })
         .await,
     );
-    let before =
-        history(&wait_for(&base, "/health/checks/api/history", DEADLINE, |a| {
-            history(a).entries.len() >= 5
-        })
-        .await);
+    let before = history(
+        &wait_for(&base, "/health/checks/api/history", DEADLINE, |a| history(a).entries.len() >= 5)
+            .await,
+    );
     stop_cleanly(&mut first).await;
 
     // Assert 1: every run counted, in the check's row and in its roll-ups.
@@ -292,8 +290,10 @@ async fn a_run_is_recorded_in_postgresql_and_a_restart_shows_the_same_history_in
     let after = history(&get(&reqwest::Client::new(), &base, "/health/checks/api/history").await);
     let after_incidents =
         incidents(&get(&reqwest::Client::new(), &base, "/health/checks/api/incidents").await);
-    let uptime: CheckUptime =
-        model(&get(&reqwest::Client::new(), &base, "/health/checks/api/uptime").await, "CheckUptime");
+    let uptime: CheckUptime = model(
+        &get(&reqwest::Client::new(), &base, "/health/checks/api/uptime").await,
+        "CheckUptime",
+    );
 
     // Assert 2: the ring as it was (newer runs after it), the status since
     // the same time, the same incidents (the restart announced nothing),
@@ -324,16 +324,14 @@ async fn probes_and_checks_stay_fast_while_postgresql_is_stopped_or_frozen_and_w
     let upstream = Upstream::start(Behaviour::Status(200)).await;
     let text = store_config("pg-faults", "", &http_check("api", &upstream.url(), 300));
     let app = spawn_app_with_env(&text, env_with(&pg.url())).await;
-    let written = wait_for_metric_above(
-        &app,
-        "healthd_store_written_total",
-        0.0,
-        DEADLINE,
-        "PostgreSQL up",
-    )
-    .await;
+    let written =
+        wait_for_metric_above(&app, "healthd_store_written_total", 0.0, DEADLINE, "PostgreSQL up")
+            .await;
 
-    // Act 1: PostgreSQL stopped.
+    // Act 1: PostgreSQL stopped. The test cluster runs without
+    // `synchronous_commit`: a checkpoint first, or the kill could take the
+    // store's tables back with it.
+    pg.client().await.batch_execute("CHECKPOINT").await.unwrap();
     pg.kill();
     let failures = metric(&app.get("/metrics").await.text, "healthd_store_write_failures_total");
     // Assert 1: writes fail and are counted; probes and the check go on.
@@ -456,11 +454,8 @@ async fn two_instances_writing_to_one_database_keep_their_own_series() {
     let [west_runs, west_failed, ..] = stored_totals(&pg, "west", "api").await;
     assert!(east_runs >= 5 && east_failed == 0, "east: {east_runs} runs, {east_failed} failed");
     assert!(west_runs >= 5 && west_failed == west_runs, "west: {west_runs}, {west_failed}");
-    let migrations: i64 = client
-        .query_one("SELECT count(*) FROM healthd_migrations", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let migrations: i64 =
+        client.query_one("SELECT count(*) FROM healthd_migrations", &[]).await.unwrap().get(0);
     assert_eq!(migrations, 1, "the schema was made once");
 }
 
@@ -487,10 +482,7 @@ async fn refused_start(text: &str, url: &str) -> String {
 /// show a refusal changed nothing.
 async fn database_state(client: &tokio_postgres::Client) -> (Vec<String>, Vec<(i32, String)>) {
     let tables = client
-        .query(
-            "SELECT tablename::text FROM pg_tables WHERE schemaname = 'public' ORDER BY 1",
-            &[],
-        )
+        .query("SELECT tablename::text FROM pg_tables WHERE schemaname = 'public' ORDER BY 1", &[])
         .await
         .unwrap()
         .iter()
@@ -537,7 +529,10 @@ async fn a_newer_healthd_schema_or_someone_elses_tables_stop_the_start_and_chang
     let (other, connection) =
         tokio_postgres::connect(&other_url, tokio_postgres::NoTls).await.unwrap();
     tokio::spawn(connection);
-    other.batch_execute("CREATE TABLE checks (id int); CREATE TABLE orders (id int)").await.unwrap();
+    other
+        .batch_execute("CREATE TABLE checks (id int); CREATE TABLE orders (id int)")
+        .await
+        .unwrap();
     let foreign = database_state(&other).await;
 
     // Act
