@@ -245,6 +245,15 @@ async fn inspect(client: &Object) -> Result<(), String> {
         Some(version) if version > known => Err(format!(
             "its healthd schema is version {version}, newer than this healthd knows ({known}): run a newer healthd, or point [storage] url_env at another database"
         )),
+        // Migrated, yet tables are gone: writing would fail forever.
+        Some(version) if version == known && found.len() < TABLES.len() => {
+            let missing: Vec<&str> =
+                TABLES.iter().copied().filter(|table| !found.iter().any(|f| f == table)).collect();
+            Err(format!(
+                "a healthd store missing its tables {}: restore it, or point [storage] url_env at another database",
+                missing.join(", ")
+            ))
+        }
         _ => Ok(()),
     }
 }

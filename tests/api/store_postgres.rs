@@ -478,17 +478,24 @@ async fn refused_start(text: &str, url: &str) -> String {
     binary.stderr()
 }
 
-/// The tables of the database and the rows of `healthd_migrations`, to
-/// show a refusal changed nothing.
-async fn database_state(client: &tokio_postgres::Client) -> (Vec<String>, Vec<(i32, String)>) {
-    let tables = client
+/// The tables of the database with their number of rows, and the rows of
+/// `healthd_migrations`: to show a refusal changed nothing.
+async fn database_state(
+    client: &tokio_postgres::Client,
+) -> (Vec<(String, i64)>, Vec<(i32, String)>) {
+    let names: Vec<String> = client
         .query("SELECT tablename::text FROM pg_tables WHERE schemaname = 'public' ORDER BY 1", &[])
         .await
         .unwrap()
         .iter()
         .map(|row| row.get(0))
-        .collect::<Vec<String>>();
-    let migrations = if tables.iter().any(|table| table == "healthd_migrations") {
+        .collect();
+    let mut tables = Vec::new();
+    for name in names {
+        let count = client.query_one(&format!("SELECT count(*) FROM {name}"), &[]).await.unwrap();
+        tables.push((name, count.get(0)));
+    }
+    let migrations = if tables.iter().any(|(table, _)| table == "healthd_migrations") {
         client
             .query("SELECT version, name FROM healthd_migrations ORDER BY version", &[])
             .await
@@ -503,7 +510,8 @@ async fn database_state(client: &tokio_postgres::Client) -> (Vec<String>, Vec<(i
 }
 
 #[tokio::test]
-async fn a_newer_healthd_schema_or_someone_elses_tables_stop_the_start_and_change_nothing() {
+async fn a_newer_schema_someone_elses_tables_or_a_damaged_store_stop_the_start_and_change_nothing()
+{
     // Arrange: a healthd store, then a version 2 recorded in it as a newer
     // healthd would; and another database with a table named `checks`.
     let pg = TestPostgres::start().await;
@@ -537,7 +545,13 @@ async fn a_newer_healthd_schema_or_someone_elses_tables_stop_the_start_and_chang
 
     // Act
     let newer_error = refused_start(&text, &pg.url()).await;
+    let after_newer = database_state(&client).await;
     let foreign_error = refused_start(&text, &other_url).await;
+    // And a store whose table was dropped: writing there would fail forever.
+    client.batch_execute("DELETE FROM healthd_migrations WHERE version = 2").await.unwrap();
+    client.batch_execute("DROP TABLE runs").await.unwrap();
+    let damaged = database_state(&client).await;
+    let damaged_error = refused_start(&text, &pg.url()).await;
 
     // Assert: a clear error naming the database and the reason; nothing changed.
     assert!(
@@ -551,9 +565,14 @@ async fn a_newer_healthd_schema_or_someone_elses_tables_stop_the_start_and_chang
             && foreign_error.contains("checks"),
         "{foreign_error}"
     );
-    assert_eq!(database_state(&client).await, newer);
+    assert_eq!(after_newer, newer);
+    assert!(damaged_error.contains("a healthd store missing its tables runs"), "{damaged_error}");
+    assert_eq!(database_state(&client).await, damaged);
+    assert_eq!(newer.1.len(), 2, "{newer:?}");
+    assert_eq!(damaged.1.len(), 1, "{damaged:?}");
     assert_eq!(database_state(&other).await, foreign);
-    assert_eq!(foreign.0, vec!["checks".to_string(), "orders".to_string()]);
+    assert_eq!(foreign.0, vec![("checks".to_string(), 0), ("orders".to_string(), 0)]);
+    assert!(newer.0.iter().any(|(table, rows)| table == "checks" && *rows == 1), "{newer:?}");
 }
 
 #[tokio::test]
