@@ -5,19 +5,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use deadpool_postgres::{
-    Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
-};
+use deadpool_postgres::{ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime};
 use healthd_models::ComponentType;
-use tokio_postgres::config::SslMode;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::NoTls;
-use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::base::policy::Policy;
 use crate::base::secret::Secret;
 use crate::checks::util::categories::{error_chain, find_io_error, io_category, tls_category};
 use crate::checks::util::guard::AbandonUnlessFinished;
+use crate::checks::util::postgres_tls::{self, split_sslmode};
 use crate::checks::util::sql::{SqlFields, SQL_KEYS};
 use crate::checks::util::trust::{self, Verify};
 use crate::checks::{
@@ -60,13 +56,7 @@ fn parse(input: &mut KindInput<'_>) -> Option<Arc<dyn KindSettings>> {
             return None;
         }
     }
-    // As libpq: `require` with a CA file verifies the chain.
-    let verify = match asked {
-        Some(VerifyMode::Full) => Verify::Full,
-        Some(VerifyMode::Ca) => Verify::Chain,
-        None if fields.ca_file.is_some() => Verify::Chain,
-        None => Verify::Nothing,
-    };
+    let verify = postgres_tls::verify_for(asked, fields.ca_file.is_some());
     let (pool_size, query) = fields.pool_and_query(input)?;
     Some(Arc::new(PostgresSettings { dsn, verify, ca_file: fields.ca_file, query, pool_size }))
 }
@@ -81,45 +71,6 @@ impl KindSettings for PostgresSettings {
     fn build(&self, name: &str, policy: &Policy) -> anyhow::Result<Arc<dyn Check>> {
         Ok(Arc::new(PostgresCheck::new(name, self, policy.timeout)?))
     }
-}
-
-/// The `sslmode` values libpq has and tokio-postgres does not.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum VerifyMode {
-    Ca,
-    Full,
-}
-
-/// Finds `sslmode=verify-ca` or `verify-full` in a URL or key-value DSN and
-/// spells it `require`, which tokio-postgres reads; verification is ours.
-fn split_sslmode(dsn: &str) -> (String, Option<VerifyMode>) {
-    let mut search = 0;
-    while let Some(found) = dsn[search..].find("sslmode") {
-        let key_end = search + found + "sslmode".len();
-        let rest = &dsn[key_end..];
-        let after_key = rest.len() - rest.trim_start().len();
-        let Some(value) = rest.trim_start().strip_prefix('=') else {
-            search = key_end;
-            continue;
-        };
-        let value_start = key_end + after_key + 1 + (value.len() - value.trim_start().len());
-        let value = dsn[value_start..]
-            .split(|c: char| c == '&' || c.is_whitespace())
-            .next()
-            .unwrap_or_default();
-        let mode = match value {
-            "verify-ca" => VerifyMode::Ca,
-            "verify-full" => VerifyMode::Full,
-            _ => {
-                search = key_end;
-                continue;
-            }
-        };
-        let rewritten =
-            format!("{}require{}", &dsn[..value_start], &dsn[value_start + value.len()..]);
-        return (rewritten, Some(mode));
-    }
-    (dsn.to_string(), None)
 }
 
 struct PostgresCheck {
@@ -139,13 +90,8 @@ impl PostgresCheck {
         config.connect_timeout(timeout);
         config.application_name("healthd");
         let recycling = ManagerConfig { recycling_method: RecyclingMethod::Fast };
-        let manager = if config.get_ssl_mode() == SslMode::Disable {
-            Manager::from_config(config, NoTls, recycling)
-        } else {
-            let roots = trust::roots(settings.ca_file.as_deref())?;
-            let tls = MakeRustlsConnect::new(trust::client_config(settings.verify, roots)?);
-            Manager::from_config(config, tls, recycling)
-        };
+        let manager =
+            postgres_tls::manager(config, settings.verify, settings.ca_file.as_deref(), recycling)?;
         let pool = Pool::builder(manager)
             .max_size(settings.pool_size)
             .runtime(Runtime::Tokio1)
@@ -234,26 +180,4 @@ fn postgres_category(error: &tokio_postgres::Error) -> String {
         return "connection closed".into();
     }
     "connection failed".into()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn verify_modes_are_spelled_require_for_tokio_postgres() {
-        assert_eq!(
-            split_sslmode("postgres://h/db?sslmode=verify-full&connect_timeout=3"),
-            ("postgres://h/db?sslmode=require&connect_timeout=3".into(), Some(VerifyMode::Full))
-        );
-        assert_eq!(
-            split_sslmode("host=h sslmode = verify-ca dbname=x"),
-            ("host=h sslmode = require dbname=x".into(), Some(VerifyMode::Ca))
-        );
-        assert_eq!(
-            split_sslmode("postgres://h/db?sslmode=require"),
-            ("postgres://h/db?sslmode=require".into(), None)
-        );
-        assert_eq!(split_sslmode("postgres://h/sslmode"), ("postgres://h/sslmode".into(), None));
-    }
 }

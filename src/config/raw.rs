@@ -50,6 +50,8 @@ pub struct RawSettings {
 pub struct RawStorage {
     pub path: Option<String>,
     pub url_env: Option<String>,
+    /// The CA that signed the PostgreSQL server's certificate (PEM).
+    pub ca_file: Option<std::path::PathBuf>,
     pub instance: Option<String>,
     pub hourly_retention: Option<DurationText>,
     pub daily_retention: Option<DurationText>,

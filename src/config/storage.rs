@@ -7,6 +7,8 @@ use std::time::Duration;
 use crate::base::name::check_name_problem;
 use crate::base::problem::ConfigProblem;
 use crate::base::secret::{Environment, Secret};
+use crate::checks::util::postgres_tls::split_sslmode;
+use crate::checks::util::trust;
 use crate::config::raw::RawStorage;
 
 /// `[storage]`, validated.
@@ -28,8 +30,9 @@ pub struct StorageSettings {
 pub enum StorageBackend {
     /// A SQLite file, created when missing.
     Sqlite { path: PathBuf },
-    /// A PostgreSQL database, by URL (with the postgres kind's `sslmode`s).
-    Postgres { url: Secret },
+    /// A PostgreSQL database, by URL (with the postgres kind's `sslmode`s
+    /// and `ca_file`).
+    Postgres { url: Secret, ca_file: Option<PathBuf> },
 }
 
 impl StorageSettings {
@@ -37,9 +40,10 @@ impl StorageSettings {
     pub fn is_same_as(&self, other: &StorageSettings) -> bool {
         let backends_match = match (&self.backend, &other.backend) {
             (StorageBackend::Sqlite { path: a }, StorageBackend::Sqlite { path: b }) => a == b,
-            (StorageBackend::Postgres { url: a }, StorageBackend::Postgres { url: b }) => {
-                a.expose() == b.expose()
-            }
+            (
+                StorageBackend::Postgres { url: a, ca_file: ca_a },
+                StorageBackend::Postgres { url: b, ca_file: ca_b },
+            ) => a.expose() == b.expose() && ca_a == ca_b,
             _ => false,
         };
         backends_match
@@ -65,13 +69,34 @@ pub fn settings(
     problems: &mut Vec<ConfigProblem>,
 ) -> Option<StorageSettings> {
     let count = problems.len();
+    if raw.ca_file.is_some() && raw.url_env.is_none() {
+        problems.push(ConfigProblem::new("storage.ca_file", "is for PostgreSQL: set url_env too"));
+    }
+    if let Some(path) = &raw.ca_file {
+        if let Err(reason) = trust::check_ca_file(path) {
+            problems.push(ConfigProblem::new("storage.ca_file", reason));
+        }
+    }
     let backend = match (raw.path, raw.url_env) {
         (Some(path), None) if !path.trim().is_empty() => {
             Some(StorageBackend::Sqlite { path: PathBuf::from(path) })
         }
         (None, Some(var)) => match env.var(&var) {
             Some(url) if !url.is_empty() => {
-                Some(StorageBackend::Postgres { url: Secret::new(url) })
+                // The parser's message never repeats the URL.
+                match split_sslmode(&url).0.parse::<tokio_postgres::Config>() {
+                    Ok(_) => Some(StorageBackend::Postgres {
+                        url: Secret::new(url),
+                        ca_file: raw.ca_file.clone(),
+                    }),
+                    Err(error) => {
+                        problems.push(ConfigProblem::new(
+                            "storage.url_env",
+                            format!("{var} is not a PostgreSQL connection string: {error}"),
+                        ));
+                        None
+                    }
+                }
             }
             _ => {
                 problems.push(ConfigProblem::new(
@@ -163,7 +188,10 @@ mod tests {
     use crate::config::Settings;
 
     fn problems(text: &str) -> Vec<String> {
-        let env = BTreeMap::from([("STORE_URL".to_string(), "postgres://h/db".to_string())]);
+        let env = BTreeMap::from([
+            ("STORE_URL".to_string(), "postgres://h/db".to_string()),
+            ("NOT_A_URL".to_string(), "postgres://h:port/db".to_string()),
+        ]);
         match Settings::parse(text, "test.toml", &env) {
             Ok(_) => Vec::new(),
             Err(error) => {
@@ -180,6 +208,14 @@ mod tests {
         assert!(both[0].contains("set exactly one of path"), "{both:?}");
         let unset = problems("[storage]\nurl_env = \"NOT_SET\"\n");
         assert!(unset[0].contains("storage.url_env") && unset[0].contains("NOT_SET"), "{unset:?}");
+        let bad = problems("[storage]\nurl_env = \"NOT_A_URL\"\n");
+        assert!(
+            bad[0].contains("storage.url_env") && bad[0].contains("not a PostgreSQL"),
+            "{bad:?}"
+        );
+        let ca_for_sqlite =
+            problems("[storage]\npath = \"x.db\"\nca_file = \"/nonexistent.pem\"\n");
+        assert!(ca_for_sqlite[0].contains("storage.ca_file"), "{ca_for_sqlite:?}");
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! current hour's and day's roll-ups in memory and adds them to the store
 //! every `ROLLUP_EVERY`, and prunes past the retention in small steps.
 
+mod postgresql;
 pub mod report;
 mod rollup;
 mod sqlite;
@@ -24,6 +25,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use healthd_models::HealthStatus;
 
+use crate::checks::util::categories::error_chain;
 use crate::config::{StorageBackend, StorageSettings};
 use crate::engine::state::{FinishedRun, Remembered, RunSink};
 
@@ -49,6 +51,10 @@ pub enum StoreError {
     Refused(String),
     #[error("SQLite: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// With its causes: tokio-postgres says "error connecting to server"
+    /// and keeps the why in its source. Its errors never hold the URL.
+    #[error("PostgreSQL: {}", error_chain(.0))]
+    Postgres(#[from] tokio_postgres::Error),
     #[error("migration: {0}")]
     Migration(#[from] refinery::Error),
     #[error("{0}")]
@@ -165,7 +171,7 @@ pub struct IncidentRow {
 }
 
 /// Which roll-ups.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Resolution {
     Hourly,
     Daily,
@@ -268,8 +274,9 @@ impl Store {
                 let (backend, reader) = sqlite::open(path)?;
                 (Box::new(backend), Box::new(reader))
             }
-            StorageBackend::Postgres { .. } => {
-                return Err(StoreError::Other("the PostgreSQL store is not built yet".into()))
+            StorageBackend::Postgres { url, ca_file } => {
+                let (backend, reader) = postgresql::open(url, ca_file.as_deref())?;
+                (Box::new(backend), Box::new(reader))
             }
         };
         let retention = Retention {

@@ -46,5 +46,6 @@ mod lifecycle;
 mod metrics;
 mod reload;
 mod store_sqlite;
+mod store_postgres;
 mod support;
 mod tls_server;
