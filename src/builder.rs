@@ -146,7 +146,8 @@ impl Builder {
             settings.server.service_id.clone(),
             settings.server.description.clone(),
         );
-        let monitor = Monitor::start(service, &checks)?;
+        let monitor =
+            Monitor::start(service, &checks, &settings.groups, settings.server.warn_status)?;
         let state =
             HealthState::new(monitor.reader(), Access::new(settings.access), &prefix, access_log);
         Ok((monitor, state, prefix))

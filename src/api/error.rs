@@ -29,6 +29,12 @@ pub enum ApiErrorKind {
     DetailsDisabled,
     #[error("no check is named {0:?}")]
     UnknownCheck(String),
+    #[error("no group is named {0:?}")]
+    UnknownGroup(String),
+    #[error("exclude={0:?}: no check is named so")]
+    UnknownExclude(String),
+    #[error("verbose takes no value, or true or false")]
+    BadVerbose,
     #[error("no such path; see /openapi.yaml for the paths healthd serves")]
     NotFound,
     #[error("only GET and HEAD are allowed")]
@@ -54,12 +60,17 @@ impl ApiError {
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self.kind {
-            ApiErrorKind::BadQuery | ApiErrorKind::BodyNotAllowed => StatusCode::BAD_REQUEST,
+            ApiErrorKind::BadQuery
+            | ApiErrorKind::BodyNotAllowed
+            | ApiErrorKind::UnknownExclude(_)
+            | ApiErrorKind::BadVerbose => StatusCode::BAD_REQUEST,
             ApiErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiErrorKind::AddressNotAllowed
             | ApiErrorKind::DetailsNotAllowed
             | ApiErrorKind::DetailsDisabled => StatusCode::FORBIDDEN,
-            ApiErrorKind::UnknownCheck(_) | ApiErrorKind::NotFound => StatusCode::NOT_FOUND,
+            ApiErrorKind::UnknownCheck(_) | ApiErrorKind::UnknownGroup(_) | ApiErrorKind::NotFound => {
+                StatusCode::NOT_FOUND
+            }
             ApiErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiErrorKind::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,

@@ -24,6 +24,7 @@ pub mod endpoint {
     pub const STARTUP: &str = "startup";
     pub const CHECK: &str = "check";
     pub const CHECK_HISTORY: &str = "check_history";
+    pub const GROUP: &str = "group";
     pub const BADGE: &str = "badge";
     pub const STATUS_PAGE: &str = "status_page";
     pub const METRICS: &str = "metrics";
@@ -33,13 +34,14 @@ pub mod endpoint {
     pub const OTHER: &str = "other";
 }
 
-const ENDPOINTS: [&str; 13] = [
+const ENDPOINTS: [&str; 14] = [
     endpoint::HEALTH,
     endpoint::LIVENESS,
     endpoint::READINESS,
     endpoint::STARTUP,
     endpoint::CHECK,
     endpoint::CHECK_HISTORY,
+    endpoint::GROUP,
     endpoint::BADGE,
     endpoint::STATUS_PAGE,
     endpoint::METRICS,

@@ -45,6 +45,8 @@ pub struct Settings {
     pub(crate) defaults: Policy,
     /// `[[checks]]`.
     pub(crate) checks: Vec<CheckSettings>,
+    /// `[[groups]]`, their members resolved to check names.
+    pub(crate) groups: Vec<GroupSettings>,
 }
 
 /// `[server]`: where to listen and who we are.
@@ -67,6 +69,42 @@ pub struct ServerSettings {
     /// How long a client connection may sit without a request (before its
     /// first, or between two) before it is closed.
     pub idle_timeout: Duration,
+    /// What `warn` answers on `/health`, and on groups that do not say.
+    pub warn_status: WarnStatus,
+}
+
+/// The HTTP status a report whose status is `warn` answers with (Spring's
+/// `http-mapping`): 200 by default, since a degraded service still serves;
+/// 503 for callers that must route around it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum WarnStatus {
+    #[default]
+    Ok,
+    Unavailable,
+}
+
+impl WarnStatus {
+    /// `warn_status = 200` or `503`; anything else is refused with the reason.
+    pub fn from_code(code: u16) -> Result<WarnStatus, String> {
+        match code {
+            200 => Ok(WarnStatus::Ok),
+            503 => Ok(WarnStatus::Unavailable),
+            _ => Err(format!("warn_status = {code}: use 200 (warn is served) or 503 (warn is unavailable)")),
+        }
+    }
+}
+
+/// A `[[groups]]` entry, validated: its members resolved to check names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupSettings {
+    pub name: String,
+    /// Check names, in the order of `[[checks]]`; never empty.
+    pub members: Vec<String>,
+    /// The group's own `details`: it may show less than `[access]` does,
+    /// never more. `None`: as `[access]` says.
+    pub details: Option<Details>,
+    /// The group's `warn_status`, else the server's.
+    pub warn_status: WarnStatus,
 }
 
 impl ServerSettings {
@@ -160,6 +198,8 @@ pub struct CheckSettings {
     /// is left out of readiness.
     pub critical: bool,
     pub policy: Policy,
+    /// `tags`: labels `[[groups]]` pick members by; a check may have none.
+    pub tags: Vec<String>,
     /// The kind's own settings, validated.
     pub settings: Arc<dyn KindSettings>,
     /// The kind's keys as written, so a reload can tell an unchanged check.
@@ -173,6 +213,8 @@ impl CheckSettings {
     }
 
     /// Whether `other` describes the same check under the same policy.
+    /// Tags are left out: they change which groups show the check, not
+    /// how it runs, so a reload that changes them keeps its readings.
     pub fn is_same_as(&self, other: &CheckSettings) -> bool {
         self.name == other.name
             && self.kind == other.kind
@@ -209,6 +251,7 @@ impl CheckSettings {
             kind: CODE_KIND,
             critical: policy.is_critical(),
             policy: resolved,
+            tags: Vec::new(),
             settings: Arc::new(Prebuilt(check)),
             definition: toml::Table::new(),
         })

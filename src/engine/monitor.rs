@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 
 use crate::base::policy::Policy;
 use crate::checks::{Check, Observation};
-use crate::config::CheckSettings;
+use crate::config::{CheckSettings, GroupSettings, WarnStatus};
 use crate::engine::render::{Layout, Piece, Renderer, ServiceInfo, Snapshot};
 use crate::engine::state::{CheckState, RunResult};
 
@@ -45,6 +45,8 @@ pub struct CheckChanges {
 pub struct Prepared {
     entries: Vec<RosterChange>,
     changes: CheckChanges,
+    groups: Vec<GroupSettings>,
+    warn_status: WarnStatus,
 }
 
 enum RosterChange {
@@ -126,17 +128,25 @@ impl Slot {
 }
 
 impl Monitor {
-    /// Builds every check and starts one task each. Must run inside a tokio runtime.
-    pub fn start(service: ServiceInfo, settings: &[CheckSettings]) -> anyhow::Result<Monitor> {
+    /// Builds every check and starts one task each, with `groups` and what
+    /// `warn` answers on `/health`. Must run inside a tokio runtime.
+    pub fn start(
+        service: ServiceInfo,
+        settings: &[CheckSettings],
+        groups: &[GroupSettings],
+        warn_status: WarnStatus,
+    ) -> anyhow::Result<Monitor> {
         let built: Vec<Arc<dyn Check>> =
             settings.iter().map(CheckSettings::build).collect::<anyhow::Result<_>>()?;
-        Ok(Monitor::start_with(service, settings.iter().zip(built).collect()))
+        Ok(Monitor::start_with(service, settings.iter().zip(built).collect(), groups, warn_status))
     }
 
     /// Starts the given checks; each pairs its settings with its implementation.
     pub fn start_with(
         service: ServiceInfo,
         checks: Vec<(&CheckSettings, Arc<dyn Check>)>,
+        groups: &[GroupSettings],
+        warn_status: WarnStatus,
     ) -> Monitor {
         let renderer = Renderer::new(service, 0);
         let mut pending = Vec::with_capacity(checks.len());
@@ -146,7 +156,7 @@ impl Monitor {
             slots.push(slot.clone());
             pending.push((check, settings.policy, slot));
         }
-        let core = Core::new(renderer, Roster::new(slots), Instant::now());
+        let core = Core::new(renderer, Roster::new(slots, groups, warn_status), Instant::now());
         *lock(&core.publisher) = Some(tokio::spawn(publish_forever(core.clone())));
         for (check, policy, slot) in pending {
             core.spawn(check, policy, slot);
@@ -160,9 +170,15 @@ impl Monitor {
 
     /// Compares `settings` with the running checks by name, and builds the
     /// checks that are new or changed (a check that cannot be built refuses
-    /// the reload: the error names it by its index in `settings`). Nothing
+    /// the reload: the error names it by its index in `settings`). The
+    /// groups and what `warn` answers switch with the checks. Nothing
     /// changes until `apply`.
-    pub fn prepare(&self, settings: &[CheckSettings]) -> Result<Prepared, (usize, anyhow::Error)> {
+    pub fn prepare(
+        &self,
+        settings: &[CheckSettings],
+        groups: &[GroupSettings],
+        warn_status: WarnStatus,
+    ) -> Result<Prepared, (usize, anyhow::Error)> {
         let roster = self.core.roster.load();
         let running: HashMap<&str, &Arc<Slot>> =
             roster.slots.iter().map(|slot| (slot.settings.name.as_str(), slot)).collect();
@@ -188,7 +204,7 @@ impl Monitor {
             }
         }
         changes.removed = running.keys().filter(|name| !named.contains(*name)).count();
-        Ok(Prepared { entries, changes })
+        Ok(Prepared { entries, changes, groups: groups.to_vec(), warn_status })
     }
 
     /// Puts a prepared set of checks in place of the running one. New and
@@ -225,7 +241,8 @@ impl Monitor {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let kept: HashSet<*const Slot> = slots.iter().map(Arc::as_ptr).collect();
-        let previous = self.core.roster.swap(Arc::new(Roster::new(slots)));
+        let roster = Roster::new(slots, &prepared.groups, prepared.warn_status);
+        let previous = self.core.roster.swap(Arc::new(roster));
         starting.0.clear();
         self.core.publish_now();
         for slot in previous.slots.iter().filter(|slot| !kept.contains(&Arc::as_ptr(slot))) {
@@ -285,10 +302,12 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Roster {
-    fn new(slots: Vec<Arc<Slot>>) -> Roster {
+    fn new(slots: Vec<Arc<Slot>>, groups: &[GroupSettings], warn_status: WarnStatus) -> Roster {
         let pieces: Vec<Arc<Piece>> = slots.iter().map(|slot| slot.piece.load_full()).collect();
-        let layout = Arc::new(Layout::new(
+        let layout = Arc::new(Layout::with_groups(
             pieces.iter().map(|piece| (piece.state.name.as_str(), piece.state.measurements)),
+            groups,
+            warn_status,
         ));
         Roster { slots, layout }
     }
@@ -522,7 +541,7 @@ mod tests {
     #[test]
     fn a_probe_never_puts_older_readings_back_over_a_newer_snapshot() {
         let renderer = Renderer::new(ServiceInfo::new("svc".into(), None), 0);
-        let core = Core::new(renderer, Roster::new(Vec::new()), Instant::now());
+        let core = Core::new(renderer, Roster::new(Vec::new(), &[], WarnStatus::Ok), Instant::now());
         let seen = core.snapshot.load_full();
         // A run publishes after the probe loaded `seen` and before it renders.
         let newer = Arc::new(core.assemble(Instant::now()));
