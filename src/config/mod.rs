@@ -517,4 +517,83 @@ mod tests {
         .unwrap();
         assert!(!format!("{settings:?}").contains("hunter2"));
     }
+
+    const TAGGED: &str = r#"
+[[checks]]
+name = "db"
+kind = "disk"
+tags = ["payments", "core"]
+[[checks]]
+name = "cache"
+kind = "disk"
+tags = ["payments"]
+critical = false
+[[checks]]
+name = "search"
+kind = "disk"
+"#;
+
+    #[test]
+    fn groups_resolve_members_by_name_and_tag_less_exclusions() {
+        let text = format!(
+            "[server]\nwarn_status = 503\n{TAGGED}\n[[groups]]\nname = \"payments\"\ntags = [\"payments\"]\nmembers = [\"search\"]\nexclude = [\"cache\"]\n\n[[groups]]\nname = \"lenient\"\nmembers = [\"cache\"]\ndetails = \"never\"\nwarn_status = 200\n"
+        );
+        let settings = parse(&text).unwrap();
+        assert_eq!(settings.checks[0].tags, ["core", "payments"]);
+        assert_eq!(settings.server.warn_status, WarnStatus::Unavailable);
+        assert_eq!(
+            settings.groups,
+            [
+                GroupSettings {
+                    name: "payments".into(),
+                    members: vec!["db".into(), "search".into()],
+                    details: None,
+                    warn_status: WarnStatus::Unavailable,
+                },
+                GroupSettings {
+                    name: "lenient".into(),
+                    members: vec!["cache".into()],
+                    details: Some(Details::Never),
+                    warn_status: WarnStatus::Ok,
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn every_group_problem_names_its_key() {
+        let cases = [
+            ("name = \"bad name\"\nmembers = [\"db\"]", "groups[0].name", "invalid name"),
+            ("name = \"g\"\nmembers = [\"dbx\"]", "groups[0].members[0]", "no check is named \"dbx\""),
+            ("name = \"g\"\ntags = [\"nope\"]", "groups[0].tags[0]", "no check has the tag \"nope\""),
+            ("name = \"g\"\nmembers = [\"db\"]\nexclude = [\"x\"]", "groups[0].exclude[0]", "no check is named \"x\""),
+            ("name = \"g\"", "groups[0]", "needs members (check names) or tags"),
+            ("name = \"g\"\nmembers = [\"db\"]\nexclude = [\"db\"]", "groups[0]", "no members once exclude"),
+            ("name = \"g\"\nmembers = [\"db\"]\nwarn_status = 500", "groups[0].warn_status", "use 200"),
+            ("name = \"g\"\nmembers = [\"db\"]\ndetails = \"some\"", "groups[0].details", "unknown variant"),
+            ("name = \"g\"\nmember = [\"db\"]", "groups[0].member", "unknown field `member`"),
+        ];
+        for (group, key, reason) in cases {
+            let problem = only_problem(&format!("{TAGGED}\n[[groups]]\n{group}\n"));
+            assert_eq!(problem.key, key, "{group}: {problem:?}");
+            assert!(problem.reason.contains(reason), "{group}: {problem:?}");
+        }
+        let twice = format!(
+            "{TAGGED}\n[[groups]]\nname = \"g\"\nmembers = [\"db\"]\n[[groups]]\nname = \"g\"\nmembers = [\"db\"]\n"
+        );
+        let problem = only_problem(&twice);
+        assert_eq!(problem.key, "groups[1].name");
+        assert_eq!(problem.reason, "duplicate group name \"g\"");
+        let problem = only_problem("[[checks]]\nname = \"db\"\nkind = \"disk\"\ntags = [\"a b\"]\n");
+        assert_eq!(problem.key, "checks[0].tags[0]");
+        assert!(problem.reason.starts_with("invalid tag"), "{problem:?}");
+        assert_eq!(only_problem("[server]\nwarn_status = 404\n").key, "server.warn_status");
+    }
+
+    #[test]
+    fn a_change_of_tags_alone_keeps_the_check_as_it_runs() {
+        let before = parse("[[checks]]\nname = \"db\"\nkind = \"disk\"\ntags = [\"a\"]\n").unwrap();
+        let after = parse("[[checks]]\nname = \"db\"\nkind = \"disk\"\ntags = [\"b\"]\n").unwrap();
+        assert!(before.checks[0].is_same_as(&after.checks[0]));
+    }
 }

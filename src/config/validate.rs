@@ -331,11 +331,14 @@ fn groups(
             report(&format!(".exclude[{at}]"), format!("no check is named {name:?}"));
         }
         let tags = group.tags.unwrap_or_default();
+        let mut chosen_exist = members.iter().all(|name| !unknown(name));
         for (at, tag) in tags.iter().enumerate() {
             if let Some(reason) = tag_problem(tag) {
                 report(&format!(".tags[{at}]"), reason);
+                chosen_exist = false;
             } else if !checks.iter().any(|check| check.tags.contains(tag)) {
                 report(&format!(".tags[{at}]"), format!("no check has the tag {tag:?}"));
+                chosen_exist = false;
             }
         }
         if members.is_empty() && tags.is_empty() {
@@ -350,7 +353,7 @@ fn groups(
             .filter(|check| !exclude.contains(&check.name))
             .map(|check| check.name.clone())
             .collect();
-        let chosen_exist = members.iter().all(|name| !unknown(name));
+        // Said only when what the group chose exists: else it is the typo.
         if resolved.is_empty() && chosen_exist {
             report("", "has no members once exclude is taken away".into());
         }

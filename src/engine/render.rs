@@ -1026,6 +1026,128 @@ mod tests {
         assert_eq!(snapshot.startup.http_status(), StatusCode::OK);
     }
 
+    fn group(name: &str, members: &[&str], warn_status: WarnStatus) -> GroupSettings {
+        GroupSettings {
+            name: name.into(),
+            members: members.iter().map(|member| member.to_string()).collect(),
+            details: None,
+            warn_status,
+        }
+    }
+
+    fn render_grouped(
+        states: Vec<CheckState>,
+        groups: &[GroupSettings],
+        warn_status: WarnStatus,
+    ) -> Snapshot {
+        let renderer = Renderer::new(ServiceInfo::new("svc".into(), None), 0);
+        let now = Instant::now();
+        let layout = Arc::new(Layout::with_groups(
+            states.iter().map(|state| (state.name.as_str(), state.measurements)),
+            groups,
+            warn_status,
+        ));
+        let pieces = states.into_iter().map(|state| Arc::new(renderer.piece(state, now))).collect();
+        renderer.assemble(layout, pieces, now, false)
+    }
+
+    #[test]
+    fn a_group_reports_only_its_members_and_maps_warn_as_it_says() {
+        let states = vec![
+            state("db", true, Some(HealthStatus::Pass)),
+            state("disk", true, Some(HealthStatus::Warn)),
+            state("cache", true, Some(HealthStatus::Fail)),
+        ];
+        let groups = [
+            group("core", &["db", "disk"], WarnStatus::Unavailable),
+            group("lenient", &["disk"], WarnStatus::Ok),
+            group("cache", &["cache"], WarnStatus::Ok),
+        ];
+        let snapshot = render_grouped(states, &groups, WarnStatus::Ok);
+        let core = snapshot.group("core").unwrap();
+        assert_eq!(core.detailed.status, HealthStatus::Warn);
+        assert_eq!(core.detailed.http_status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(core.anonymous.http_status(), StatusCode::SERVICE_UNAVAILABLE);
+        let keys: Vec<String> =
+            body(core.detailed)["checks"].as_object().unwrap().keys().cloned().collect();
+        assert_eq!(keys, ["db:connections", "db:responseTime", "disk:responseTime"]);
+        assert!(body(core.anonymous).get("checks").is_none());
+        let lenient = snapshot.group("lenient").unwrap();
+        assert_eq!(lenient.detailed.http_status(), StatusCode::OK);
+        let cache = snapshot.group("cache").unwrap();
+        assert_eq!(cache.detailed.http_status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(snapshot.group("nope").is_none());
+        // The service as a whole: a critical check fails.
+        assert_eq!(snapshot.health.http_status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[test]
+    fn the_service_maps_warn_to_503_when_told() {
+        let states = vec![state("disk", true, Some(HealthStatus::Warn))];
+        let snapshot = render_grouped(states.clone(), &[], WarnStatus::Unavailable);
+        assert_eq!(snapshot.health.http_status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(snapshot.health_anonymous.http_status(), StatusCode::SERVICE_UNAVAILABLE);
+        // Readiness follows its own rule: a critical check that warns is ready.
+        assert!(snapshot.is_ready(false));
+        let snapshot = render_grouped(states, &[], WarnStatus::Ok);
+        assert_eq!(snapshot.health.http_status(), StatusCode::OK);
+    }
+
+    #[test]
+    fn excluding_checks_answers_as_if_they_were_not_configured() {
+        let all = vec![
+            state("db", true, Some(HealthStatus::Pass)),
+            state("cache", true, Some(HealthStatus::Fail)),
+            state("disk", false, Some(HealthStatus::Warn)),
+        ];
+        let snapshot = render(all.clone());
+        let excluded = snapshot.excluded(["cache", "cache"]).unwrap();
+        let without = snapshot.health_without(&excluded, true);
+        let reference = render(vec![all[0].clone(), all[2].clone()]);
+        assert_eq!(without.body, reference.health.body);
+        assert_eq!(without.http_status(), StatusCode::OK);
+        let anonymous = snapshot.health_without(&excluded, false);
+        assert_eq!(anonymous.body, reference.health_anonymous.body);
+        assert_eq!(snapshot.readiness_without(false, &excluded).http_status(), StatusCode::OK);
+        assert!(!snapshot.is_ready(false));
+        assert_eq!(
+            snapshot.readiness_without(true, &excluded).http_status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(snapshot.excluded(["db", "nope"]).unwrap_err(), "nope");
+    }
+
+    #[test]
+    fn verbose_lines_follow_kube_apiserver_and_withhold_outputs_without_details() {
+        let snapshot = render(vec![
+            state("db", true, Some(HealthStatus::Pass)),
+            state("cache", false, Some(HealthStatus::Fail)),
+            state("disk", true, Some(HealthStatus::Warn)),
+        ]);
+        let none = Excluded::default();
+        let (code, text) = snapshot.verbose(Probe::Health, &none, true, false);
+        assert_eq!(code, StatusCode::OK);
+        assert_eq!(
+            text,
+            "[+]db ok\n[-]cache failed: connection refused\n[+]disk warn: free space below 10%\nhealth check passed\n"
+        );
+        let (_, text) = snapshot.verbose(Probe::Health, &none, false, false);
+        assert_eq!(
+            text,
+            "[+]db ok\n[-]cache failed: reason withheld\n[+]disk warn: reason withheld\nhealth check passed\n"
+        );
+        // Readiness lists the critical checks only.
+        let excluded = snapshot.excluded(["disk"]).unwrap();
+        let (code, text) = snapshot.verbose(Probe::Ready, &excluded, false, false);
+        assert_eq!(code, StatusCode::OK);
+        assert_eq!(text, "[+]db ok\n[+]disk excluded: ok\nready check passed\n");
+        let (code, text) = snapshot.verbose(Probe::Ready, &excluded, false, true);
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(text.ends_with("ready check failed: draining\n"), "{text}");
+        let (code, text) = snapshot.verbose(Probe::Live, &excluded, true, true);
+        assert_eq!((code, text.as_str()), (StatusCode::OK, "live check passed\n"));
+    }
+
     /// Every body as rendered all at once through serde: how bodies were
     /// made before pieces, kept as the reference the assembly must match.
     fn full_render(
