@@ -68,9 +68,9 @@ impl ResponseError for ApiError {
             ApiErrorKind::AddressNotAllowed
             | ApiErrorKind::DetailsNotAllowed
             | ApiErrorKind::DetailsDisabled => StatusCode::FORBIDDEN,
-            ApiErrorKind::UnknownCheck(_) | ApiErrorKind::UnknownGroup(_) | ApiErrorKind::NotFound => {
-                StatusCode::NOT_FOUND
-            }
+            ApiErrorKind::UnknownCheck(_)
+            | ApiErrorKind::UnknownGroup(_)
+            | ApiErrorKind::NotFound => StatusCode::NOT_FOUND,
             ApiErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiErrorKind::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,

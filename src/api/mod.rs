@@ -569,11 +569,8 @@ pub async fn get_health(request: HttpRequest) -> Result<HttpResponse, ApiError> 
     let state = state_of(&request);
     let access = state.access.load();
     let principal = authenticate(&access, &request)?;
-    let query = if request.query_string().is_empty() {
-        None
-    } else {
-        Some(ProbeQuery::parse(&request)?)
-    };
+    let query =
+        if request.query_string().is_empty() { None } else { Some(ProbeQuery::parse(&request)?) };
     let snapshot = state.reader.current();
     // Most probes are anonymous: they skip working out the client address.
     let sees_details = access.may_see_details(principal)
@@ -671,8 +668,8 @@ pub async fn get_group(
     let Some(group) = snapshot.group(&name) else {
         return Err(ApiError::new(ApiErrorKind::UnknownGroup(name.into_inner()), request.path()));
     };
-    let sees_details = access
-        .sees_details_within(group.details, principal, || client_address(&access, &request));
+    let sees_details =
+        access.sees_details_within(group.details, principal, || client_address(&access, &request));
     Ok(health_response(if sees_details { group.detailed } else { group.anonymous }))
 }
 

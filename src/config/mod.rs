@@ -89,7 +89,9 @@ impl WarnStatus {
         match code {
             200 => Ok(WarnStatus::Ok),
             503 => Ok(WarnStatus::Unavailable),
-            _ => Err(format!("warn_status = {code}: use 200 (warn is served) or 503 (warn is unavailable)")),
+            _ => Err(format!(
+                "warn_status = {code}: use 200 (warn is served) or 503 (warn is unavailable)"
+            )),
         }
     }
 }
@@ -564,13 +566,37 @@ kind = "disk"
     fn every_group_problem_names_its_key() {
         let cases = [
             ("name = \"bad name\"\nmembers = [\"db\"]", "groups[0].name", "invalid name"),
-            ("name = \"g\"\nmembers = [\"dbx\"]", "groups[0].members[0]", "no check is named \"dbx\""),
-            ("name = \"g\"\ntags = [\"nope\"]", "groups[0].tags[0]", "no check has the tag \"nope\""),
-            ("name = \"g\"\nmembers = [\"db\"]\nexclude = [\"x\"]", "groups[0].exclude[0]", "no check is named \"x\""),
+            (
+                "name = \"g\"\nmembers = [\"dbx\"]",
+                "groups[0].members[0]",
+                "no check is named \"dbx\"",
+            ),
+            (
+                "name = \"g\"\ntags = [\"nope\"]",
+                "groups[0].tags[0]",
+                "no check has the tag \"nope\"",
+            ),
+            (
+                "name = \"g\"\nmembers = [\"db\"]\nexclude = [\"x\"]",
+                "groups[0].exclude[0]",
+                "no check is named \"x\"",
+            ),
             ("name = \"g\"", "groups[0]", "needs members (check names) or tags"),
-            ("name = \"g\"\nmembers = [\"db\"]\nexclude = [\"db\"]", "groups[0]", "no members once exclude"),
-            ("name = \"g\"\nmembers = [\"db\"]\nwarn_status = 500", "groups[0].warn_status", "use 200"),
-            ("name = \"g\"\nmembers = [\"db\"]\ndetails = \"some\"", "groups[0].details", "unknown variant"),
+            (
+                "name = \"g\"\nmembers = [\"db\"]\nexclude = [\"db\"]",
+                "groups[0]",
+                "no members once exclude",
+            ),
+            (
+                "name = \"g\"\nmembers = [\"db\"]\nwarn_status = 500",
+                "groups[0].warn_status",
+                "use 200",
+            ),
+            (
+                "name = \"g\"\nmembers = [\"db\"]\ndetails = \"some\"",
+                "groups[0].details",
+                "unknown variant",
+            ),
             ("name = \"g\"\nmember = [\"db\"]", "groups[0].member", "unknown field `member`"),
         ];
         for (group, key, reason) in cases {
@@ -584,7 +610,8 @@ kind = "disk"
         let problem = only_problem(&twice);
         assert_eq!(problem.key, "groups[1].name");
         assert_eq!(problem.reason, "duplicate group name \"g\"");
-        let problem = only_problem("[[checks]]\nname = \"db\"\nkind = \"disk\"\ntags = [\"a b\"]\n");
+        let problem =
+            only_problem("[[checks]]\nname = \"db\"\nkind = \"disk\"\ntags = [\"a b\"]\n");
         assert_eq!(problem.key, "checks[0].tags[0]");
         assert!(problem.reason.starts_with("invalid tag"), "{problem:?}");
         assert_eq!(only_problem("[server]\nwarn_status = 404\n").key, "server.warn_status");

@@ -13,8 +13,8 @@ use crate::base::problem::{or_list, serde_reason, ConfigProblem};
 use crate::base::secret::{sha256, Environment};
 use crate::base::units::Prefix;
 use crate::checks::{self, KindInput};
-use crate::config::raw::{RawClient, RawGroup};
 use crate::config::raw::{RawCheck, RawSettings, COMMON_CHECK_KEYS};
+use crate::config::raw::{RawClient, RawGroup};
 use crate::config::{
     server_tls, AccessSettings, CheckSettings, ClientMatch, ClientSettings, Details,
     ForwardedHeader, GroupSettings, ServerSettings, Settings, TokenSettings, WarnStatus,
@@ -314,8 +314,9 @@ fn groups(
     let mut groups = Vec::new();
     for (index, group) in raw.into_iter().enumerate() {
         let key = format!("groups[{index}]");
-        let mut report =
-            |at: &str, reason: String| problems.push(ConfigProblem::new(format!("{key}{at}"), reason));
+        let mut report = |at: &str, reason: String| {
+            problems.push(ConfigProblem::new(format!("{key}{at}"), reason))
+        };
         if let Some(reason) = check_name_problem(&group.name) {
             report(".name", reason);
         } else if !seen.insert(group.name.clone()) {

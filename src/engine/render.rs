@@ -373,8 +373,7 @@ impl Renderer {
             .collect();
         Snapshot {
             health: health.answering(layout.warn_status),
-            health_anonymous: frames.anonymous[status_index(overall)]
-                .answering(layout.warn_status),
+            health_anonymous: frames.anonymous[status_index(overall)].answering(layout.warn_status),
             liveness: frames.pass.clone(),
             readiness: tally.readiness(started, false).rendered(frames).clone(),
             draining: frames.draining.clone(),
@@ -651,7 +650,10 @@ impl Snapshot {
 
     /// The checks `names` (`?exclude=`) leaves out; the first name no check
     /// has is the error.
-    pub fn excluded<'n>(&self, names: impl IntoIterator<Item = &'n str>) -> Result<Excluded, &'n str> {
+    pub fn excluded<'n>(
+        &self,
+        names: impl IntoIterator<Item = &'n str>,
+    ) -> Result<Excluded, &'n str> {
         let mut excluded = Vec::new();
         for name in names {
             excluded.push(*self.layout.names.get(name).ok_or(name)?);

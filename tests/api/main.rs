@@ -39,6 +39,7 @@ mod endpoints;
     feature = "icmp"
 ))]
 mod every_kind;
+mod groups;
 mod history;
 mod lifecycle;
 mod metrics;
