@@ -129,8 +129,7 @@ tags = ["team-pay"]
 
     // A critical member that fails makes the group fail: 503, and back.
     upstream.set(Behaviour::Status(500));
-    let failing =
-        app.wait_for("/health/groups/pay", Some(TOKEN), DEADLINE, |a| is_unavailable(a)).await;
+    let failing = app.wait_for("/health/groups/pay", Some(TOKEN), DEADLINE, is_unavailable).await;
     assert_eq!(failing.json["status"], "fail");
     assert_eq!(failing.check("payments:responseTime").unwrap()["output"], "HTTP 500");
     upstream.set(Behaviour::Status(200));
@@ -342,7 +341,7 @@ async fn a_draining_service_says_so_in_verbose_readiness() {
     let app = start("drain_delay = \"30s\"", &disk("db", "pass", "")).await;
     started(&app).await;
     let _drain = app.drain();
-    let ready = app.wait_for("/health/ready?verbose", None, DEADLINE, |a| is_unavailable(a)).await;
+    let ready = app.wait_for("/health/ready?verbose", None, DEADLINE, is_unavailable).await;
     assert_eq!(ready.text, "[+]db ok\nready check failed: draining\n");
     assert_eq!(app.get("/health/live?verbose").await.status, StatusCode::OK);
 }
@@ -404,7 +403,7 @@ async fn a_reload_rebuilds_the_groups() {
 
     // A group naming a check that does not exist refuses the reload: the running groups stay.
     binary.write_config(&config(
-        &"",
+        "",
         &[disk("db", "pass", ""), "[[groups]]\nname = \"x\"\nmembers = [\"nope\"]\n".into()]
             .concat(),
     ));
