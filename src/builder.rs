@@ -161,6 +161,8 @@ impl Builder {
         let monitor = Monitor::start(
             service,
             checks.iter().zip(built).collect(),
+            &settings.groups,
+            settings.server.warn_status,
             store.as_ref().map(Store::sink),
             remembered,
         );

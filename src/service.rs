@@ -308,7 +308,8 @@ impl Reloader {
             })?;
             // Checks are built before anything changes: one that cannot be
             // built refuses the reload like a problem in the file.
-            match monitor.prepare(&settings.checks) {
+            let warn_status = settings.server.warn_status;
+            match monitor.prepare(&settings.checks, &settings.groups, warn_status) {
                 Ok(prepared) => Ok((settings, prepared)),
                 Err((index, error)) => {
                     Err(vec![format!("{}: checks[{index}]: {error:#}", path.display())])

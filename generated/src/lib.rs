@@ -387,7 +387,6 @@ pub struct Series {
     pub from: ::chrono::DateTime<::chrono::offset::Utc>,
     #[doc = "Oldest first; steps without runs are left out."]
     pub points: ::std::vec::Vec<SeriesPoint>,
-    #[doc = "What the points were summed from."]
     pub source: SeriesSource,
     #[doc = "The length of a point in seconds, after rounding to the source's resolution."]
     #[serde(rename = "stepSeconds")]
@@ -418,7 +417,7 @@ pub struct SeriesPoint {
     #[serde(rename = "warnedRuns")]
     pub warned_runs: u64,
 }
-#[doc = "What the points were summed from."]
+#[doc = "What a series' points were summed from."]
 #[derive(
     :: serde :: Deserialize,
     :: serde :: Serialize,
@@ -536,10 +535,9 @@ pub struct UptimeWindow {
     #[doc = "Runs whose status (after thresholds) was `warn`."]
     #[serde(rename = "warnedRuns")]
     pub warned_runs: u64,
-    #[doc = "The window's length, ending now."]
-    pub window: UptimeWindowWindow,
+    pub window: UptimeWindowName,
 }
-#[doc = "The window's length, ending now."]
+#[doc = "An uptime window's length, ending now."]
 #[derive(
     :: serde :: Deserialize,
     :: serde :: Serialize,
@@ -553,7 +551,7 @@ pub struct UptimeWindow {
     PartialOrd,
     utoipa :: ToSchema,
 )]
-pub enum UptimeWindowWindow {
+pub enum UptimeWindowName {
     #[serde(rename = "24h")]
     X24h,
     #[serde(rename = "7d")]
@@ -565,7 +563,7 @@ pub enum UptimeWindowWindow {
     #[serde(rename = "365d")]
     X365d,
 }
-impl ::std::fmt::Display for UptimeWindowWindow {
+impl ::std::fmt::Display for UptimeWindowName {
     fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
         match *self {
             Self::X24h => f.write_str("24h"),
@@ -576,7 +574,7 @@ impl ::std::fmt::Display for UptimeWindowWindow {
         }
     }
 }
-impl ::std::str::FromStr for UptimeWindowWindow {
+impl ::std::str::FromStr for UptimeWindowName {
     type Err = self::error::ConversionError;
     fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
         match value {
@@ -589,13 +587,13 @@ impl ::std::str::FromStr for UptimeWindowWindow {
         }
     }
 }
-impl ::std::convert::TryFrom<&str> for UptimeWindowWindow {
+impl ::std::convert::TryFrom<&str> for UptimeWindowName {
     type Error = self::error::ConversionError;
     fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
         value.parse()
     }
 }
-impl ::std::convert::TryFrom<::std::string::String> for UptimeWindowWindow {
+impl ::std::convert::TryFrom<::std::string::String> for UptimeWindowName {
     type Error = self::error::ConversionError;
     fn try_from(
         value: ::std::string::String,

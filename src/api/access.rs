@@ -247,6 +247,25 @@ impl Access {
         Ok(())
     }
 
+    /// Whether this caller sees the checks of a group whose own `details`
+    /// is `cap`: a group may show less than `[access]` allows, never more.
+    /// `address` is worked out only when it matters.
+    pub fn sees_details_within(
+        &self,
+        cap: Option<Details>,
+        principal: Principal,
+        address: impl FnOnce() -> ClientAddress,
+    ) -> bool {
+        let cap_allows = match cap {
+            None | Some(Details::Always) => true,
+            Some(Details::Authorized) => principal != Principal::Anonymous,
+            Some(Details::Never) => false,
+        };
+        cap_allows
+            && self.may_see_details(principal)
+            && self.sees_details(&address(), principal).is_ok()
+    }
+
     /// The token's or the client's configured name, for the access log.
     pub fn principal_name(&self, principal: Principal) -> &str {
         match principal {

@@ -29,6 +29,12 @@ pub enum ApiErrorKind {
     DetailsDisabled,
     #[error("no check is named {0:?}")]
     UnknownCheck(String),
+    #[error("no group is named {0:?}")]
+    UnknownGroup(String),
+    #[error("exclude={0:?}: no check is named so")]
+    UnknownExclude(String),
+    #[error("verbose takes no value, or true or false")]
+    BadVerbose,
     #[error("no such path; see /openapi.yaml for the paths healthd serves")]
     NotFound,
     #[error("only GET and HEAD are allowed")]
@@ -77,15 +83,18 @@ impl ResponseError for ApiError {
             ApiErrorKind::BadQuery
             | ApiErrorKind::BodyNotAllowed
             | ApiErrorKind::BadExitStatus
+            | ApiErrorKind::UnknownExclude(_)
+            | ApiErrorKind::BadVerbose
             | ApiErrorKind::InvalidParameter(_) => StatusCode::BAD_REQUEST,
             ApiErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiErrorKind::AddressNotAllowed
             | ApiErrorKind::DetailsNotAllowed
             | ApiErrorKind::DetailsDisabled
             | ApiErrorKind::MissingScope(_) => StatusCode::FORBIDDEN,
-            ApiErrorKind::UnknownCheck(_) | ApiErrorKind::NotFound | ApiErrorKind::NoStore => {
-                StatusCode::NOT_FOUND
-            }
+            ApiErrorKind::UnknownCheck(_)
+            | ApiErrorKind::UnknownGroup(_)
+            | ApiErrorKind::NotFound
+            | ApiErrorKind::NoStore => StatusCode::NOT_FOUND,
             ApiErrorKind::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiErrorKind::MethodNotAllowed | ApiErrorKind::PingMethodNotAllowed => {
                 StatusCode::METHOD_NOT_ALLOWED

@@ -31,6 +31,7 @@ pub mod endpoint {
     pub const INCIDENTS: &str = "incidents";
     pub const CHECK_SERIES: &str = "check_series";
     pub const PING: &str = "ping";
+    pub const GROUP: &str = "group";
     pub const BADGE: &str = "badge";
     pub const STATUS_PAGE: &str = "status_page";
     pub const METRICS: &str = "metrics";
@@ -41,7 +42,7 @@ pub mod endpoint {
 }
 
 
-const ENDPOINTS: [&str; 19] = [
+const ENDPOINTS: [&str; 20] = [
     endpoint::HEALTH,
     endpoint::LIVENESS,
     endpoint::READINESS,
@@ -54,6 +55,7 @@ const ENDPOINTS: [&str; 19] = [
     endpoint::INCIDENTS,
     endpoint::CHECK_SERIES,
     endpoint::PING,
+    endpoint::GROUP,
     endpoint::BADGE,
     endpoint::STATUS_PAGE,
     endpoint::METRICS,

@@ -44,7 +44,7 @@ use crate::api::error::{ApiError, ApiErrorKind};
 use crate::api::log::AccessRecord;
 use crate::base::units::Prefix;
 use crate::engine::monitor::SnapshotReader;
-use crate::engine::render::{Piece, Rendered};
+use crate::engine::render::{Excluded, Piece, Probe, Rendered, Snapshot};
 use crate::store::Store;
 
 use metrics::endpoint;
@@ -59,6 +59,7 @@ pub use metrics::{ClientConnections, ReloadCounters, RequestCounters};
         get_readiness,
         get_startup,
         get_check,
+        get_group,
         status::get_check_history,
         records::get_check_uptime,
         records::get_uptime,
@@ -89,6 +90,8 @@ pub use metrics::{ClientConnections, ReloadCounters, RequestCounters};
         healthd_models::Incident,
         healthd_models::Series,
         healthd_models::SeriesPoint,
+        healthd_models::SeriesSource,
+        healthd_models::UptimeWindowName,
         healthd_models::HealthStatus,
         healthd_models::ComponentType,
         healthd_models::Problem,
@@ -234,6 +237,7 @@ pub fn scope(
         .service(operation("/health/ready", endpoint::READINESS).to(get_readiness))
         .service(operation("/health/startup", endpoint::STARTUP).to(get_startup))
         .service(operation("/health/checks/{name}", endpoint::CHECK).to(get_check))
+        .service(operation("/health/groups/{name}", endpoint::GROUP).to(get_group))
         .service(
             operation("/health/checks/{name}/history", endpoint::CHECK_HISTORY)
                 .to(status::get_check_history),
@@ -393,7 +397,8 @@ fn screen(access: &Access, address: &ClientAddress, request: &HttpRequest) -> Re
     Ok(())
 }
 
-/// healthd takes no query parameters, but tolerates them when they are
+/// Query parameters are tolerated where an operation takes none (and
+/// parameters an operation does not know are ignored) when they are
 /// well-formed: every `%` starts a valid escape and the result is UTF-8.
 fn query_is_well_formed(query: &str) -> bool {
     if !query.contains('%') {
@@ -565,6 +570,76 @@ fn health_response(rendered: &Rendered) -> HttpResponse {
     uncached(rendered.http_status(), "application/health+json", sliced(rendered.body.clone()))
 }
 
+/// `?exclude=NAME` (repeatable) and `?verbose`, as kube-apiserver's
+/// `/livez` and `/readyz` take them. Parameters of other names are ignored.
+#[derive(Debug, Default)]
+struct ProbeQuery {
+    exclude: Vec<String>,
+    verbose: bool,
+}
+
+impl ProbeQuery {
+    /// A malformed `verbose` is 400; `screen` has refused malformed escapes.
+    fn parse(request: &HttpRequest) -> Result<ProbeQuery, ApiError> {
+        let mut query = ProbeQuery::default();
+        for (key, value) in form_urlencoded::parse(request.query_string().as_bytes()) {
+            match &*key {
+                "exclude" => query.exclude.push(value.into_owned()),
+                "verbose" => {
+                    query.verbose = match &*value {
+                        "" | "true" => true,
+                        "false" => false,
+                        _ => return Err(ApiError::new(ApiErrorKind::BadVerbose, request.path())),
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(query)
+    }
+
+    /// The checks excluded; a name no check has is 400, so that a typo in
+    /// a probe does not pass silently.
+    fn excluded(&self, snapshot: &Snapshot, request: &HttpRequest) -> Result<Excluded, ApiError> {
+        snapshot.excluded(self.exclude.iter().map(String::as_str)).map_err(|name| {
+            ApiError::new(ApiErrorKind::UnknownExclude(name.to_string()), request.path())
+        })
+    }
+}
+
+fn verbose_response((code, text): (StatusCode, String)) -> HttpResponse {
+    uncached(code, "text/plain; charset=utf-8", sliced(Bytes::from(text)))
+}
+
+/// Whether a caller of a probe that answers everyone alike (readiness,
+/// liveness) sees the outputs in `?verbose` lines: a token only adds that,
+/// so a missing or wrong one reads as anonymous there, never as 401.
+fn probe_sees_details(access: &Access, request: &HttpRequest) -> bool {
+    authenticate(access, request).is_ok_and(|principal| {
+        access.may_see_details(principal)
+            && access.sees_details(&client_address(access, request), principal).is_ok()
+    })
+}
+
+/// `/health/ready` and `/health/live` with a query string: `?exclude=`
+/// and `?verbose`, answered from the snapshot's pieces.
+fn probe_with_query(
+    request: &HttpRequest,
+    probe: Probe,
+    plain: impl FnOnce(&Snapshot, &Excluded, bool) -> HttpResponse,
+) -> Result<HttpResponse, ApiError> {
+    let state = state_of(request);
+    let query = ProbeQuery::parse(request)?;
+    let snapshot = state.reader.current();
+    let excluded = query.excluded(&snapshot, request)?;
+    let draining = state.is_draining();
+    if !query.verbose {
+        return Ok(plain(&snapshot, &excluded, draining));
+    }
+    let details = probe_sees_details(&state.access.load(), request);
+    Ok(verbose_response(snapshot.verbose(probe, &excluded, details, draining)))
+}
+
 /// What the operations about one check share: they need details, and a
 /// name no check has is 404.
 fn about_check(
@@ -591,11 +666,22 @@ pub async fn get_health(request: HttpRequest) -> Result<HttpResponse, ApiError> 
     let state = state_of(&request);
     let access = state.access.load();
     let principal = authenticate(&access, &request)?;
+    let query =
+        if request.query_string().is_empty() { None } else { Some(ProbeQuery::parse(&request)?) };
     let snapshot = state.reader.current();
     // Most probes are anonymous: they skip working out the client address.
     let sees_details = access.may_see_details(principal)
         && access.sees_details(&client_address(&access, &request), principal).is_ok();
-    Ok(health_response(if sees_details { &snapshot.health } else { &snapshot.health_anonymous }))
+    let Some(query) = query.filter(|query| query.verbose || !query.exclude.is_empty()) else {
+        let rendered = if sees_details { &snapshot.health } else { &snapshot.health_anonymous };
+        return Ok(health_response(rendered));
+    };
+    let excluded = query.excluded(&snapshot, &request)?;
+    if query.verbose {
+        let answer = snapshot.verbose(Probe::Health, &excluded, sees_details, false);
+        return Ok(verbose_response(answer));
+    }
+    Ok(health_response(&snapshot.health_without(&excluded, sees_details)))
 }
 
 #[utoipa::path(
@@ -605,8 +691,13 @@ pub async fn get_health(request: HttpRequest) -> Result<HttpResponse, ApiError> 
         CommonProblems,
     )
 )]
-pub async fn get_liveness(request: HttpRequest) -> HttpResponse {
-    health_response(&state_of(&request).reader.current().liveness)
+pub async fn get_liveness(request: HttpRequest) -> Result<HttpResponse, ApiError> {
+    if request.query_string().is_empty() {
+        return Ok(health_response(&state_of(&request).reader.current().liveness));
+    }
+    // Liveness counts no check: names are checked all the same, so that
+    // one probe spec with `?exclude=` fits liveness and readiness alike.
+    probe_with_query(&request, Probe::Live, |snapshot, _, _| health_response(&snapshot.liveness))
 }
 
 #[utoipa::path(
@@ -615,10 +706,15 @@ pub async fn get_liveness(request: HttpRequest) -> HttpResponse {
     operation_id = "getReadiness",
     responses(HealthAnswers, CommonProblems,)
 )]
-pub async fn get_readiness(request: HttpRequest) -> HttpResponse {
-    let state = state_of(&request);
-    let snapshot = state.reader.current();
-    health_response(snapshot.readiness_answer(state.is_draining()))
+pub async fn get_readiness(request: HttpRequest) -> Result<HttpResponse, ApiError> {
+    if request.query_string().is_empty() {
+        let state = state_of(&request);
+        let snapshot = state.reader.current();
+        return Ok(health_response(snapshot.readiness_answer(state.is_draining())));
+    }
+    probe_with_query(&request, Probe::Ready, |snapshot, excluded, draining| {
+        health_response(snapshot.readiness_without(draining, excluded))
+    })
 }
 
 #[utoipa::path(
@@ -646,6 +742,32 @@ pub async fn get_check(
     name: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     about_check(&request, name, |check| health_response(&check.body))
+}
+
+#[utoipa::path(
+    method(get, head), path = "/health/groups/{name}", operation_id = "getGroup",
+    params(("name" = String, Path, description = "The group's `name` from `[[groups]]`.")),
+    responses(
+        (status = 404, body = healthd_models::Problem, content_type = "application/problem+json"),
+        HealthAnswers,
+        CommonProblems,
+        TokenProblems,
+    )
+)]
+pub async fn get_group(
+    request: HttpRequest,
+    name: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let state = state_of(&request);
+    let access = state.access.load();
+    let principal = authenticate(&access, &request)?;
+    let snapshot = state.reader.current();
+    let Some(group) = snapshot.group(&name) else {
+        return Err(ApiError::new(ApiErrorKind::UnknownGroup(name.into_inner()), request.path()));
+    };
+    let sees_details =
+        access.sees_details_within(group.details, principal, || client_address(&access, &request));
+    Ok(health_response(if sees_details { group.detailed } else { group.anonymous }))
 }
 
 #[utoipa::path(

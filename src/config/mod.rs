@@ -50,6 +50,8 @@ pub struct Settings {
     pub(crate) checks: Vec<CheckSettings>,
     /// `[storage]`: none keeps everything in memory, as long as the process lives.
     pub(crate) storage: Option<StorageSettings>,
+    /// `[[groups]]`, their members resolved to check names.
+    pub(crate) groups: Vec<GroupSettings>,
 }
 
 /// `[server]`: where to listen and who we are.
@@ -72,6 +74,44 @@ pub struct ServerSettings {
     /// How long a client connection may sit without a request (before its
     /// first, or between two) before it is closed.
     pub idle_timeout: Duration,
+    /// What `warn` answers on `/health`, and on groups that do not say.
+    pub warn_status: WarnStatus,
+}
+
+/// The HTTP status a report whose status is `warn` answers with (Spring's
+/// `http-mapping`): 200 by default, since a degraded service still serves;
+/// 503 for callers that must route around it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum WarnStatus {
+    #[default]
+    Ok,
+    Unavailable,
+}
+
+impl WarnStatus {
+    /// `warn_status = 200` or `503`; anything else is refused with the reason.
+    pub fn from_code(code: u16) -> Result<WarnStatus, String> {
+        match code {
+            200 => Ok(WarnStatus::Ok),
+            503 => Ok(WarnStatus::Unavailable),
+            _ => Err(format!(
+                "warn_status = {code}: use 200 (warn is served) or 503 (warn is unavailable)"
+            )),
+        }
+    }
+}
+
+/// A `[[groups]]` entry, validated: its members resolved to check names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupSettings {
+    pub name: String,
+    /// Check names, in the order of `[[checks]]`; never empty.
+    pub members: Vec<String>,
+    /// The group's own `details`: it may show less than `[access]` does,
+    /// never more. `None`: as `[access]` says.
+    pub details: Option<Details>,
+    /// The group's `warn_status`, else the server's.
+    pub warn_status: WarnStatus,
 }
 
 impl ServerSettings {
@@ -185,6 +225,8 @@ pub struct CheckSettings {
     /// is left out of readiness.
     pub critical: bool,
     pub policy: Policy,
+    /// `tags`: labels `[[groups]]` pick members by; a check may have none.
+    pub tags: Vec<String>,
     /// The kind's own settings, validated.
     pub settings: Arc<dyn KindSettings>,
     /// The kind's keys as written, so a reload can tell an unchanged check.
@@ -198,6 +240,8 @@ impl CheckSettings {
     }
 
     /// Whether `other` describes the same check under the same policy.
+    /// Tags are left out: they change which groups show the check, not
+    /// how it runs, so a reload that changes them keeps its readings.
     pub fn is_same_as(&self, other: &CheckSettings) -> bool {
         self.name == other.name
             && self.kind == other.kind
@@ -234,6 +278,7 @@ impl CheckSettings {
             kind: CODE_KIND,
             critical: policy.is_critical(),
             policy: resolved,
+            tags: Vec::new(),
             settings: Arc::new(Prebuilt(check)),
             definition: toml::Table::new(),
         })
@@ -516,5 +561,109 @@ mod tests {
         )
         .unwrap();
         assert!(!format!("{settings:?}").contains("hunter2"));
+    }
+
+    const TAGGED: &str = r#"
+[[checks]]
+name = "db"
+kind = "disk"
+tags = ["payments", "core"]
+[[checks]]
+name = "cache"
+kind = "disk"
+tags = ["payments"]
+critical = false
+[[checks]]
+name = "search"
+kind = "disk"
+"#;
+
+    #[test]
+    fn groups_resolve_members_by_name_and_tag_less_exclusions() {
+        let text = format!(
+            "[server]\nwarn_status = 503\n{TAGGED}\n[[groups]]\nname = \"payments\"\ntags = [\"payments\"]\nmembers = [\"search\"]\nexclude = [\"cache\"]\n\n[[groups]]\nname = \"lenient\"\nmembers = [\"cache\"]\ndetails = \"never\"\nwarn_status = 200\n"
+        );
+        let settings = parse(&text).unwrap();
+        assert_eq!(settings.checks[0].tags, ["core", "payments"]);
+        assert_eq!(settings.server.warn_status, WarnStatus::Unavailable);
+        assert_eq!(
+            settings.groups,
+            [
+                GroupSettings {
+                    name: "payments".into(),
+                    members: vec!["db".into(), "search".into()],
+                    details: None,
+                    warn_status: WarnStatus::Unavailable,
+                },
+                GroupSettings {
+                    name: "lenient".into(),
+                    members: vec!["cache".into()],
+                    details: Some(Details::Never),
+                    warn_status: WarnStatus::Ok,
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn every_group_problem_names_its_key() {
+        let cases = [
+            ("name = \"bad name\"\nmembers = [\"db\"]", "groups[0].name", "invalid name"),
+            (
+                "name = \"g\"\nmembers = [\"dbx\"]",
+                "groups[0].members[0]",
+                "no check is named \"dbx\"",
+            ),
+            (
+                "name = \"g\"\ntags = [\"nope\"]",
+                "groups[0].tags[0]",
+                "no check has the tag \"nope\"",
+            ),
+            (
+                "name = \"g\"\nmembers = [\"db\"]\nexclude = [\"x\"]",
+                "groups[0].exclude[0]",
+                "no check is named \"x\"",
+            ),
+            ("name = \"g\"", "groups[0]", "needs members (check names) or tags"),
+            (
+                "name = \"g\"\nmembers = [\"db\"]\nexclude = [\"db\"]",
+                "groups[0]",
+                "no members once exclude",
+            ),
+            (
+                "name = \"g\"\nmembers = [\"db\"]\nwarn_status = 500",
+                "groups[0].warn_status",
+                "use 200",
+            ),
+            (
+                "name = \"g\"\nmembers = [\"db\"]\ndetails = \"some\"",
+                "groups[0].details",
+                "unknown variant",
+            ),
+            ("name = \"g\"\nmember = [\"db\"]", "groups[0].member", "unknown field `member`"),
+        ];
+        for (group, key, reason) in cases {
+            let problem = only_problem(&format!("{TAGGED}\n[[groups]]\n{group}\n"));
+            assert_eq!(problem.key, key, "{group}: {problem:?}");
+            assert!(problem.reason.contains(reason), "{group}: {problem:?}");
+        }
+        let twice = format!(
+            "{TAGGED}\n[[groups]]\nname = \"g\"\nmembers = [\"db\"]\n[[groups]]\nname = \"g\"\nmembers = [\"db\"]\n"
+        );
+        let problem = only_problem(&twice);
+        assert_eq!(problem.key, "groups[1].name");
+        assert_eq!(problem.reason, "duplicate group name \"g\"");
+        let problem =
+            only_problem("[[checks]]\nname = \"db\"\nkind = \"disk\"\ntags = [\"a b\"]\n");
+        assert_eq!(problem.key, "checks[0].tags[0]");
+        assert!(problem.reason.starts_with("invalid tag"), "{problem:?}");
+        assert_eq!(only_problem("[server]\nwarn_status = 404\n").key, "server.warn_status");
+    }
+
+    #[test]
+    fn a_change_of_tags_alone_keeps_the_check_as_it_runs() {
+        let before = parse("[[checks]]\nname = \"db\"\nkind = \"disk\"\ntags = [\"a\"]\n").unwrap();
+        let after = parse("[[checks]]\nname = \"db\"\nkind = \"disk\"\ntags = [\"b\"]\n").unwrap();
+        assert!(before.checks[0].is_same_as(&after.checks[0]));
     }
 }

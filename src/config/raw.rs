@@ -41,6 +41,8 @@ pub struct RawSettings {
     pub defaults: RawPolicy,
     #[serde(default)]
     pub checks: Vec<toml::Table>,
+    #[serde(default)]
+    pub groups: Vec<RawGroup>,
     pub storage: Option<RawStorage>,
 }
 
@@ -70,6 +72,7 @@ pub struct RawServer {
     pub max_connections: Option<usize>,
     pub idle_timeout: Option<DurationText>,
     pub tls: Option<RawTls>,
+    pub warn_status: Option<u16>,
 }
 
 #[derive(Deserialize)]
@@ -121,7 +124,20 @@ pub struct RawCheck {
     pub name: String,
     pub kind: String,
     pub critical: Option<bool>,
+    pub tags: Option<Vec<String>>,
 }
 
 /// The keys every check has besides its policy's (`POLICY_KEYS`).
-pub const COMMON_CHECK_KEYS: &[&str] = &["name", "kind", "critical"];
+pub const COMMON_CHECK_KEYS: &[&str] = &["name", "kind", "critical", "tags"];
+
+/// A `[[groups]]` table: its members by name or by tag, less `exclude`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGroup {
+    pub name: String,
+    pub members: Option<Vec<String>>,
+    pub tags: Option<Vec<String>>,
+    pub exclude: Option<Vec<String>>,
+    pub details: Option<Details>,
+    pub warn_status: Option<u16>,
+}

@@ -6,18 +6,18 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::base::budget::Budget;
-use crate::base::name::{check_name_problem, duplicate_name};
+use crate::base::name::{check_name_problem, duplicate_name, tag_problem};
 use crate::base::net::Cidr;
 use crate::base::policy::{Policy, RawPolicy, DEFAULT_POLICY, POLICY_KEYS};
 use crate::base::problem::{or_list, serde_reason, ConfigProblem};
 use crate::base::secret::{parse_sha256_hex, sha256, Environment};
 use crate::base::units::Prefix;
 use crate::checks::{self, KindInput};
-use crate::config::raw::RawClient;
 use crate::config::raw::{RawCheck, RawSettings, COMMON_CHECK_KEYS};
+use crate::config::raw::{RawClient, RawGroup};
 use crate::config::{
     server_tls, storage, AccessSettings, CheckSettings, ClientMatch, ClientSettings, Details,
-    ForwardedHeader, Scopes, ServerSettings, Settings, TokenSettings,
+    ForwardedHeader, GroupSettings, Scopes, ServerSettings, Settings, TokenSettings, WarnStatus,
 };
 
 /// Every setting from what the file says, reporting each problem.
@@ -44,6 +44,12 @@ pub fn settings(
     if raw.server.max_connections == Some(0) {
         report("server.max_connections".into(), "must be at least 1".into());
     }
+    let warn_status = raw.server.warn_status.map_or(WarnStatus::Ok, |code| {
+        WarnStatus::from_code(code).unwrap_or_else(|reason| {
+            report("server.warn_status".into(), reason);
+            WarnStatus::Ok
+        })
+    });
     let server = ServerSettings {
         listen,
         service_id: raw.server.service_id.unwrap_or_else(|| "healthd".into()),
@@ -53,6 +59,7 @@ pub fn settings(
         max_connections: raw.server.max_connections,
         idle_timeout: raw.server.idle_timeout.map_or(DEFAULT_IDLE_TIMEOUT, |d| d.0),
         tls,
+        warn_status,
     };
     if server.idle_timeout.is_zero() || server.idle_timeout > MAX_IDLE_TIMEOUT {
         report(
@@ -143,7 +150,8 @@ pub fn settings(
     }
 
     let storage = raw.storage.and_then(|raw| storage::settings(raw, env, problems));
-    let settings = Settings { server, access, defaults, checks, storage };
+    let groups = groups(raw.groups, &checks, &names, warn_status, problems);
+    let settings = Settings { server, access, defaults, checks, storage, groups };
     // A cap set in the file must leave the checks their descriptors; a
     // derived one always does (the service works it out at start).
     if let (Some(wanted), Some(limit)) =
@@ -264,6 +272,14 @@ fn check_settings(
     } else if !names.insert(check.name.clone()) {
         report("name", duplicate_name(&check.name));
     }
+    let mut tags = check.tags.unwrap_or_default();
+    for (index, tag) in tags.iter().enumerate() {
+        if let Some(reason) = tag_problem(tag) {
+            report(&format!("tags[{index}]"), reason);
+        }
+    }
+    tags.sort();
+    tags.dedup();
     let policy = defaults.under(&raw_policy);
     for reason in policy.problems() {
         report("", reason);
@@ -310,9 +326,89 @@ fn check_settings(
         kind: kind.name,
         critical: check.critical.unwrap_or(true),
         policy,
+        tags,
         settings,
         definition,
     })
+}
+
+/// `[[groups]]`: each with a valid, unique name and at least one member
+/// once its `members` and `tags` are resolved to checks and its `exclude`
+/// taken away. A name or a tag that matches no check is a problem: a typo
+/// would otherwise leave a group silently smaller. `names` holds every
+/// check name the file declares, also of checks with other problems, so
+/// that those are not reported twice.
+fn groups(
+    raw: Vec<RawGroup>,
+    checks: &[CheckSettings],
+    names: &HashSet<String>,
+    server_warn_status: WarnStatus,
+    problems: &mut Vec<ConfigProblem>,
+) -> Vec<GroupSettings> {
+    let mut seen = HashSet::new();
+    let mut groups = Vec::new();
+    for (index, group) in raw.into_iter().enumerate() {
+        let key = format!("groups[{index}]");
+        let mut report = |at: &str, reason: String| {
+            problems.push(ConfigProblem::new(format!("{key}{at}"), reason))
+        };
+        if let Some(reason) = check_name_problem(&group.name) {
+            report(".name", reason);
+        } else if !seen.insert(group.name.clone()) {
+            report(".name", format!("duplicate group name {:?}", group.name));
+        }
+        let unknown = |name: &str| !names.contains(name);
+        let members = group.members.unwrap_or_default();
+        for (at, name) in members.iter().enumerate().filter(|(_, name)| unknown(name)) {
+            report(&format!(".members[{at}]"), format!("no check is named {name:?}"));
+        }
+        let exclude = group.exclude.unwrap_or_default();
+        for (at, name) in exclude.iter().enumerate().filter(|(_, name)| unknown(name)) {
+            report(&format!(".exclude[{at}]"), format!("no check is named {name:?}"));
+        }
+        let tags = group.tags.unwrap_or_default();
+        let mut chosen_exist = members.iter().all(|name| !unknown(name));
+        for (at, tag) in tags.iter().enumerate() {
+            if let Some(reason) = tag_problem(tag) {
+                report(&format!(".tags[{at}]"), reason);
+                chosen_exist = false;
+            } else if !checks.iter().any(|check| check.tags.contains(tag)) {
+                report(&format!(".tags[{at}]"), format!("no check has the tag {tag:?}"));
+                chosen_exist = false;
+            }
+        }
+        if members.is_empty() && tags.is_empty() {
+            report("", "a group needs members (check names) or tags".into());
+            continue;
+        }
+        let resolved: Vec<String> = checks
+            .iter()
+            .filter(|check| {
+                members.contains(&check.name) || check.tags.iter().any(|tag| tags.contains(tag))
+            })
+            .filter(|check| !exclude.contains(&check.name))
+            .map(|check| check.name.clone())
+            .collect();
+        // Said only when what the group chose exists: else it is the typo.
+        if resolved.is_empty() && chosen_exist {
+            report("", "has no members once exclude is taken away".into());
+        }
+        let warn_status = match group.warn_status.map(WarnStatus::from_code) {
+            None => server_warn_status,
+            Some(Ok(warn_status)) => warn_status,
+            Some(Err(reason)) => {
+                report(".warn_status", reason);
+                server_warn_status
+            }
+        };
+        groups.push(GroupSettings {
+            name: group.name,
+            members: resolved,
+            details: group.details,
+            warn_status,
+        });
+    }
+    groups
 }
 
 /// Deserialises part of a check's table, reporting a problem at the key

@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 
 use crate::base::policy::Policy;
 use crate::checks::{Check, Observation};
-use crate::config::CheckSettings;
+use crate::config::{CheckSettings, GroupSettings, WarnStatus};
 use crate::engine::render::{Layout, Piece, Renderer, ServiceInfo, Snapshot};
 use crate::engine::state::{CheckState, Remembered, RunResult, RunSink};
 
@@ -45,6 +45,8 @@ pub struct CheckChanges {
 pub struct Prepared {
     entries: Vec<RosterChange>,
     changes: CheckChanges,
+    groups: Vec<GroupSettings>,
+    warn_status: WarnStatus,
 }
 
 enum RosterChange {
@@ -141,12 +143,15 @@ impl Slot {
 
 impl Monitor {
     /// Starts one task per check (each pairs its settings with its
-    /// implementation), handing each finished run to `sink` and taking
-    /// back what it remembered of each check (by name) from before a
-    /// restart. Must run inside a tokio runtime.
+    /// implementation), with `groups` and what `warn` answers on
+    /// `/health`, handing each finished run to `sink` and taking back what
+    /// it remembered of each check (by name) from before a restart. Must
+    /// run inside a tokio runtime.
     pub fn start(
         service: ServiceInfo,
         checks: Vec<(&CheckSettings, Arc<dyn Check>)>,
+        groups: &[GroupSettings],
+        warn_status: WarnStatus,
         sink: Option<Arc<dyn RunSink>>,
         mut remembered: HashMap<String, Remembered>,
     ) -> Monitor {
@@ -159,7 +164,8 @@ impl Monitor {
             slots.push(slot.clone());
             pending.push((check, settings.policy, slot));
         }
-        let core = Core::new(renderer, Roster::new(slots), Instant::now(), sink);
+        let core =
+            Core::new(renderer, Roster::new(slots, groups, warn_status), Instant::now(), sink);
         *lock(&core.publisher) = Some(tokio::spawn(publish_forever(core.clone())));
         for (check, policy, slot) in pending {
             core.spawn(check, policy, slot);
@@ -173,9 +179,15 @@ impl Monitor {
 
     /// Compares `settings` with the running checks by name, and builds the
     /// checks that are new or changed (a check that cannot be built refuses
-    /// the reload: the error names it by its index in `settings`). Nothing
+    /// the reload: the error names it by its index in `settings`). The
+    /// groups and what `warn` answers switch with the checks. Nothing
     /// changes until `apply`.
-    pub fn prepare(&self, settings: &[CheckSettings]) -> Result<Prepared, (usize, anyhow::Error)> {
+    pub fn prepare(
+        &self,
+        settings: &[CheckSettings],
+        groups: &[GroupSettings],
+        warn_status: WarnStatus,
+    ) -> Result<Prepared, (usize, anyhow::Error)> {
         let roster = self.core.roster.load();
         let running: HashMap<&str, &Arc<Slot>> =
             roster.slots.iter().map(|slot| (slot.settings.name.as_str(), slot)).collect();
@@ -201,7 +213,7 @@ impl Monitor {
             }
         }
         changes.removed = running.keys().filter(|name| !named.contains(*name)).count();
-        Ok(Prepared { entries, changes })
+        Ok(Prepared { entries, changes, groups: groups.to_vec(), warn_status })
     }
 
     /// Puts a prepared set of checks in place of the running one. New and
@@ -238,7 +250,8 @@ impl Monitor {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let kept: HashSet<*const Slot> = slots.iter().map(Arc::as_ptr).collect();
-        let previous = self.core.roster.swap(Arc::new(Roster::new(slots)));
+        let roster = Roster::new(slots, &prepared.groups, prepared.warn_status);
+        let previous = self.core.roster.swap(Arc::new(roster));
         starting.0.clear();
         self.core.publish_now();
         for slot in previous.slots.iter().filter(|slot| !kept.contains(&Arc::as_ptr(slot))) {
@@ -298,10 +311,12 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Roster {
-    fn new(slots: Vec<Arc<Slot>>) -> Roster {
+    fn new(slots: Vec<Arc<Slot>>, groups: &[GroupSettings], warn_status: WarnStatus) -> Roster {
         let pieces: Vec<Arc<Piece>> = slots.iter().map(|slot| slot.piece.load_full()).collect();
-        let layout = Arc::new(Layout::new(
+        let layout = Arc::new(Layout::with_groups(
             pieces.iter().map(|piece| (piece.state.name.as_str(), piece.state.measurements)),
+            groups,
+            warn_status,
         ));
         Roster { slots, layout }
     }
@@ -554,7 +569,12 @@ mod tests {
     #[test]
     fn a_probe_never_puts_older_readings_back_over_a_newer_snapshot() {
         let renderer = Renderer::new(ServiceInfo::new("svc".into(), None), 0);
-        let core = Core::new(renderer, Roster::new(Vec::new()), Instant::now(), None);
+        let core = Core::new(
+            renderer,
+            Roster::new(Vec::new(), &[], WarnStatus::Ok),
+            Instant::now(),
+            None,
+        );
         let seen = core.snapshot.load_full();
         // A run publishes after the probe loaded `seen` and before it renders.
         let newer = Arc::new(core.assemble(Instant::now()));

@@ -3,12 +3,18 @@
 //!
 //! A run renders only its own check: a `Piece` holds the check's own body
 //! (`/health/checks/{name}`) and its entries of `/health`'s `checks` map as
-//! JSON text. The bodies over all checks are assembled from the pieces by
-//! concatenation, inside envelopes rendered once per status, so that a
-//! run's cost does not grow with the number of checks. The tests render
-//! everything through serde at once, as a reference, and compare bytes.
+//! JSON text. The bodies over all checks (and over each group's members)
+//! are assembled from the pieces by concatenation, inside envelopes
+//! rendered once per status, so that a run's cost does not grow with the
+//! number of checks. The tests render everything through serde at once, as
+//! a reference, and compare bytes.
+//!
+//! A probe with `?exclude=` or `?verbose` is answered from the same pieces
+//! per request: one pass over the checks and one copy of the entries kept
+//! (see `Snapshot::health_without` and `Snapshot::verbose`).
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::Instant;
@@ -19,6 +25,7 @@ use chrono::{DateTime, Utc};
 use healthd_models::{CheckResult, HealthReport, HealthStatus};
 
 use crate::base::severity::{self, rank};
+use crate::config::{Details, GroupSettings, WarnStatus};
 use crate::engine::state::CheckState;
 
 /// Who this service is, as reports say it.
@@ -64,25 +71,43 @@ impl ServiceInfo {
     }
 }
 
-/// A ready-to-send body and the status it reports.
+/// A ready-to-send body, the status it reports and the HTTP status it
+/// answers with.
 #[derive(Debug, Clone)]
 pub struct Rendered {
     pub status: HealthStatus,
     pub body: Bytes,
+    code: StatusCode,
 }
 
 impl Rendered {
     fn new(report: &HealthReport) -> Self {
         let body = serde_json::to_vec(report).expect("a report always serialises");
-        Rendered { status: report.status, body: Bytes::from(body) }
+        Rendered::of(report.status, Bytes::from(body), WarnStatus::Ok)
     }
 
-    /// pass and warn answer 200, fail answers 503.
+    fn of(status: HealthStatus, body: Bytes, warn: WarnStatus) -> Self {
+        Rendered { status, body, code: answer_code(status, warn) }
+    }
+
+    /// The same body, answering `warn` as `warn` says.
+    fn answering(&self, warn: WarnStatus) -> Rendered {
+        Rendered::of(self.status, self.body.clone(), warn)
+    }
+
+    /// pass answers 200 and fail 503; warn answers 200 unless this body
+    /// was made for a `warn_status = 503` (`/health`, a group).
     pub fn http_status(&self) -> StatusCode {
-        if self.status == HealthStatus::Fail {
+        self.code
+    }
+}
+
+/// The one mapping of a report's status to an HTTP status.
+fn answer_code(status: HealthStatus, warn: WarnStatus) -> StatusCode {
+    match (status, warn) {
+        (HealthStatus::Pass, _) | (HealthStatus::Warn, WarnStatus::Ok) => StatusCode::OK,
+        (HealthStatus::Fail, _) | (HealthStatus::Warn, WarnStatus::Unavailable) => {
             StatusCode::SERVICE_UNAVAILABLE
-        } else {
-            StatusCode::OK
         }
     }
 }
@@ -95,6 +120,7 @@ fn status_index(status: HealthStatus) -> usize {
 /// The detailed `/health` of one status around its `checks` map: the
 /// text before the map's first entry and after its last, and the whole
 /// body for when there is no entry at all (serde leaves an empty map out).
+#[derive(Debug)]
 struct Envelope {
     empty: Rendered,
     prefix: Vec<u8>,
@@ -121,6 +147,19 @@ impl Envelope {
     }
 }
 
+/// The bodies and envelopes that depend on nothing but a status: rendered
+/// once per identity, and shared by every snapshot, which assembles the
+/// per-request answers (`?exclude=`) from them.
+#[derive(Debug)]
+struct Frames {
+    full: [Envelope; 3],
+    anonymous: [Rendered; 3],
+    pass: Rendered,
+    starting: Rendered,
+    critical_failing: Rendered,
+    draining: Rendered,
+}
+
 /// Renders pieces and assembles snapshots for one identity of the service.
 /// The bodies that depend on nothing but a status are rendered here, once.
 pub struct Renderer {
@@ -128,14 +167,85 @@ pub struct Renderer {
     /// Tells pieces rendered for another identity (before a reload changed
     /// `service_id` or `description`) from those rendered for this one.
     epoch: u64,
-    full: [Envelope; 3],
     /// `/health/checks/{name}`: no `version`, as before pieces.
     check: [Envelope; 3],
-    anonymous: [Rendered; 3],
-    pass: Rendered,
-    starting: Rendered,
-    critical_failing: Rendered,
-    draining: Rendered,
+    frames: Arc<Frames>,
+}
+
+/// The one rule for the status of a report over some checks: `fail` when
+/// a critical one fails, `warn` when any other does not pass, else `pass`;
+/// and what readiness needs besides.
+#[derive(Debug, Default)]
+struct Tally {
+    critical_failing: bool,
+    concerns: bool,
+    /// Some check has no reading yet.
+    waiting: bool,
+}
+
+impl Tally {
+    fn add(&mut self, piece: &Piece) {
+        match (piece.status, piece.state.critical) {
+            (HealthStatus::Fail, true) => self.critical_failing = true,
+            (HealthStatus::Pass, _) => {}
+            _ => self.concerns = true,
+        }
+        self.waiting |= piece.state.reading.is_none();
+    }
+
+    fn status(&self) -> HealthStatus {
+        if self.critical_failing {
+            HealthStatus::Fail
+        } else if self.concerns {
+            HealthStatus::Warn
+        } else {
+            HealthStatus::Pass
+        }
+    }
+
+    /// The one "ready" rule: not draining, startup over (or `started`
+    /// already), and no critical check failing.
+    fn readiness(&self, started: bool, draining: bool) -> Readiness {
+        if draining {
+            Readiness::Draining
+        } else if self.waiting && !started {
+            Readiness::Starting
+        } else if self.critical_failing {
+            Readiness::CriticalFailing
+        } else {
+            Readiness::Ready
+        }
+    }
+}
+
+/// What readiness says, and why not when it is not ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Readiness {
+    Ready,
+    Starting,
+    CriticalFailing,
+    Draining,
+}
+
+impl Readiness {
+    /// The readiness body's `output`, which every caller sees.
+    fn output(self) -> Option<&'static str> {
+        match self {
+            Readiness::Ready => None,
+            Readiness::Starting => Some("starting"),
+            Readiness::CriticalFailing => Some("a critical check fails"),
+            Readiness::Draining => Some("draining"),
+        }
+    }
+
+    fn rendered(self, frames: &Frames) -> &Rendered {
+        match self {
+            Readiness::Ready => &frames.pass,
+            Readiness::Starting => &frames.starting,
+            Readiness::CriticalFailing => &frames.critical_failing,
+            Readiness::Draining => &frames.draining,
+        }
+    }
 }
 
 impl Renderer {
@@ -145,15 +255,18 @@ impl Renderer {
             report.version = Some(service.version.clone());
             Envelope::new(report)
         });
-        Renderer {
+        let frames = Frames {
             full,
-            check: severity::ALL.map(|status| Envelope::new(service.report(status))),
             anonymous: severity::ALL.map(|status| Rendered::new(&service.report(status))),
-            pass: service.with_output(HealthStatus::Pass, None),
-            starting: service.with_output(HealthStatus::Fail, Some("starting")),
+            pass: service.with_output(HealthStatus::Pass, Readiness::Ready.output()),
+            starting: service.with_output(HealthStatus::Fail, Readiness::Starting.output()),
             critical_failing: service
-                .with_output(HealthStatus::Fail, Some("a critical check fails")),
-            draining: service.with_output(HealthStatus::Fail, Some("draining")),
+                .with_output(HealthStatus::Fail, Readiness::CriticalFailing.output()),
+            draining: service.with_output(HealthStatus::Fail, Readiness::Draining.output()),
+        };
+        Renderer {
+            check: severity::ALL.map(|status| Envelope::new(service.report(status))),
+            frames: Arc::new(frames),
             service,
             epoch,
         }
@@ -207,8 +320,9 @@ impl Renderer {
         };
         Piece {
             status: effective.status,
+            output: effective.output.clone(),
             stale: is_stale(&state, now),
-            body: Rendered { status: effective.status, body },
+            body: Rendered::of(effective.status, body, WarnStatus::Ok),
             ranges,
             epoch: self.epoch,
             state,
@@ -227,18 +341,11 @@ impl Renderer {
         started: bool,
     ) -> Snapshot {
         debug_assert!(pieces.iter().all(|piece| piece.is_current(self, now)));
-        let mut critical_failing = false;
-        let mut concerns = false;
-        let mut waiting = false;
+        let mut tally = Tally::default();
         let mut stale_at: Option<Instant> = None;
         let mut length = 0;
         for piece in &pieces {
-            match (piece.status, piece.state.critical) {
-                (HealthStatus::Fail, true) => critical_failing = true,
-                (HealthStatus::Pass, _) => {}
-                _ => concerns = true,
-            }
-            waiting |= piece.state.reading.is_none();
+            tally.add(piece);
             // The next moment a reading turns stale; readings already stale
             // are rendered as such and need nothing until a run ends.
             if let Some(at) = piece.stale_at().filter(|at| *at >= now) {
@@ -246,65 +353,74 @@ impl Renderer {
             }
             length += piece.body.body.len();
         }
-        let overall = if critical_failing {
-            HealthStatus::Fail
-        } else if concerns {
-            HealthStatus::Warn
-        } else {
-            HealthStatus::Pass
-        };
-        let starting = waiting && !started;
-        let readiness = if starting {
-            &self.starting
-        } else if critical_failing {
-            &self.critical_failing
-        } else {
-            &self.pass
-        };
+        let overall = tally.status();
+        let frames = &self.frames;
+        let starting = tally.waiting && !started;
+        let health = report(frames, &layout.keys, &pieces, |_| true, overall, length);
+        let groups = layout
+            .groups
+            .iter()
+            .map(|group| {
+                let mut tally = Tally::default();
+                group.members.iter().for_each(|&member| tally.add(&pieces[member]));
+                let status = tally.status();
+                let detailed = report(frames, &group.keys, &pieces, |_| true, status, 0);
+                GroupBodies {
+                    detailed: detailed.answering(group.warn_status),
+                    anonymous: frames.anonymous[status_index(status)].answering(group.warn_status),
+                }
+            })
+            .collect();
         Snapshot {
-            health: self.health(&layout, &pieces, overall, length),
-            health_anonymous: self.anonymous[status_index(overall)].clone(),
-            liveness: self.pass.clone(),
-            readiness: readiness.clone(),
-            draining: self.draining.clone(),
-            startup: if starting { self.starting.clone() } else { self.pass.clone() },
-            starting: waiting,
+            health: health.answering(layout.warn_status),
+            health_anonymous: frames.anonymous[status_index(overall)].answering(layout.warn_status),
+            liveness: frames.pass.clone(),
+            readiness: tally.readiness(started, false).rendered(frames).clone(),
+            draining: frames.draining.clone(),
+            startup: if starting { frames.starting.clone() } else { frames.pass.clone() },
+            starting: tally.waiting,
+            started,
+            groups,
+            frames: frames.clone(),
             stale_at,
             layout,
             pieces,
         }
     }
+}
 
-    /// The detailed `/health`: the pieces' entries in the order of their keys.
-    fn health(
-        &self,
-        layout: &Layout,
-        pieces: &[Arc<Piece>],
-        overall: HealthStatus,
-        length: usize,
-    ) -> Rendered {
-        let envelope = &self.full[status_index(overall)];
-        let mut body = Vec::with_capacity(envelope.prefix.len() + length + envelope.suffix.len());
-        body.extend_from_slice(&envelope.prefix);
-        let mut empty = true;
-        for candidates in &layout.keys {
-            let entry = candidates
-                .iter()
-                .find_map(|&(check, measurement)| pieces[check].entry(measurement));
-            if let Some(entry) = entry {
-                if !empty {
-                    body.push(b',');
-                }
-                body.extend_from_slice(entry);
-                empty = false;
+/// A detailed report of `status`: the entries of `keys` (in their order)
+/// from the pieces `keep` admits, in the envelope of `status`.
+fn report(
+    frames: &Frames,
+    keys: &[Vec<(usize, usize)>],
+    pieces: &[Arc<Piece>],
+    keep: impl Fn(usize) -> bool,
+    status: HealthStatus,
+    length: usize,
+) -> Rendered {
+    let envelope = &frames.full[status_index(status)];
+    let mut body = Vec::with_capacity(envelope.prefix.len() + length + envelope.suffix.len());
+    body.extend_from_slice(&envelope.prefix);
+    let mut empty = true;
+    for candidates in keys {
+        let entry = candidates
+            .iter()
+            .filter(|&&(check, _)| keep(check))
+            .find_map(|&(check, measurement)| pieces[check].entry(measurement));
+        if let Some(entry) = entry {
+            if !empty {
+                body.push(b',');
             }
+            body.extend_from_slice(entry);
+            empty = false;
         }
-        if empty {
-            return envelope.empty.clone();
-        }
-        body.extend_from_slice(&envelope.suffix);
-        Rendered { status: overall, body: Bytes::from(body) }
     }
+    if empty {
+        return envelope.empty.clone();
+    }
+    body.extend_from_slice(&envelope.suffix);
+    Rendered::of(status, Bytes::from(body), WarnStatus::Ok)
 }
 
 /// One check, rendered as it read when its latest run ended (or when it
@@ -315,6 +431,8 @@ pub struct Piece {
     /// What the check reports: its reading's status, or fail when it has
     /// none or the reading went stale.
     pub status: HealthStatus,
+    /// The output its entries show (`?verbose` lines show it too).
+    output: Option<String>,
     /// `/health/checks/{name}`.
     pub body: Rendered,
     /// Where in `body` each measurement's entry (`"name:measurement":[{...}]`) is, if taken.
@@ -342,9 +460,10 @@ impl Piece {
     }
 }
 
-/// Where each check's entries go in `/health`, and which check a name
-/// means: fixed for a set of checks, so that it is worked out when the set
-/// changes (at start and on reload), not on every run.
+/// Where each check's entries go in `/health`, which check a name means,
+/// and the groups: fixed for a set of checks and groups, so that it is
+/// worked out when the set changes (at start and on reload), not on every
+/// run.
 #[derive(Debug)]
 pub struct Layout {
     /// Every `name:measurement` key in the order of `/health`'s map, each
@@ -353,6 +472,20 @@ pub struct Layout {
     /// from code may): like a map built from all entries, the last one taken wins.
     keys: Vec<Vec<(usize, usize)>>,
     names: HashMap<String, usize>,
+    groups: Vec<GroupLayout>,
+    group_names: HashMap<String, usize>,
+    /// What `warn` answers on `/health`.
+    warn_status: WarnStatus,
+}
+
+/// One `[[groups]]` entry over the checks of a layout.
+#[derive(Debug)]
+struct GroupLayout {
+    members: Vec<usize>,
+    /// `Layout::keys`, kept to the members' pairs.
+    keys: Vec<Vec<(usize, usize)>>,
+    details: Option<Details>,
+    warn_status: WarnStatus,
 }
 
 impl Layout {
@@ -362,13 +495,27 @@ impl Layout {
     }
 
     /// `checks` in the order of the pieces: each check's name and measurements.
+    #[cfg(test)]
     pub fn new<'a>(
         checks: impl IntoIterator<Item = (&'a str, &'a [(&'static str, &'static str)])>,
     ) -> Layout {
+        Layout::with_groups(checks, &[], WarnStatus::Ok)
+    }
+
+    /// As `new`, with `[[groups]]` (members named by check names) and what
+    /// `warn` answers on `/health`. A member name no check has is left out
+    /// (the config refuses it).
+    pub fn with_groups<'a>(
+        checks: impl IntoIterator<Item = (&'a str, &'a [(&'static str, &'static str)])>,
+        groups: &[GroupSettings],
+        warn_status: WarnStatus,
+    ) -> Layout {
         let mut keyed = Vec::new();
         let mut names = HashMap::new();
+        let mut check_names = Vec::new();
         for (check, (name, measurements)) in checks.into_iter().enumerate() {
             names.insert(name.to_string(), check);
+            check_names.push(name);
             for (measurement, (label, _)) in measurements.iter().enumerate() {
                 keyed.push((format!("{name}:{label}"), check, measurement));
             }
@@ -386,8 +533,77 @@ impl Layout {
             }
             previous = Some(key);
         }
-        Layout { keys, names }
+        let mut group_names = HashMap::new();
+        let groups = groups
+            .iter()
+            .enumerate()
+            .map(|(index, group)| {
+                group_names.insert(group.name.clone(), index);
+                let members: Vec<usize> = (0..check_names.len())
+                    .filter(|&check| group.members.iter().any(|name| name == check_names[check]))
+                    .collect();
+                let keys = keys
+                    .iter()
+                    .map(|candidates| {
+                        candidates
+                            .iter()
+                            .filter(|(check, _)| members.contains(check))
+                            .copied()
+                            .collect::<Vec<_>>()
+                    })
+                    .filter(|candidates| !candidates.is_empty())
+                    .collect();
+                GroupLayout {
+                    members,
+                    keys,
+                    details: group.details,
+                    warn_status: group.warn_status,
+                }
+            })
+            .collect();
+        Layout { keys, names, groups, group_names, warn_status }
     }
+}
+
+/// A group's bodies, per disclosure tier.
+#[derive(Debug)]
+struct GroupBodies {
+    detailed: Rendered,
+    anonymous: Rendered,
+}
+
+/// What `/health/groups/{name}` answers with.
+#[derive(Debug, Clone, Copy)]
+pub struct Group<'a> {
+    /// The group's own `details`: it may show less than `[access]`.
+    pub details: Option<Details>,
+    /// For callers who see details: the members' readings.
+    pub detailed: &'a Rendered,
+    /// For everyone else: status and identity only.
+    pub anonymous: &'a Rendered,
+}
+
+/// Checks a probe's `?exclude=` leaves out, as indexes into the pieces,
+/// sorted: a long `?exclude=` list costs a probe a binary search per check.
+#[derive(Debug, Default)]
+pub struct Excluded(Vec<usize>);
+
+impl Excluded {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn contains(&self, check: usize) -> bool {
+        self.0.binary_search(&check).is_ok()
+    }
+}
+
+/// The probes that take `?exclude=` and `?verbose`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probe {
+    Health,
+    Ready,
+    Live,
 }
 
 /// Everything a probe can be answered with, at one moment.
@@ -404,6 +620,11 @@ pub struct Snapshot {
     pub startup: Rendered,
     /// Some check has not reported yet.
     pub starting: bool,
+    /// Every check had reported once before this snapshot.
+    started: bool,
+    /// Each group's bodies, in the order of `layout.groups`.
+    groups: Vec<GroupBodies>,
+    frames: Arc<Frames>,
     layout: Arc<Layout>,
     pieces: Vec<Arc<Piece>>,
     /// When the oldest reading turns stale, so the snapshot must be assembled again.
@@ -419,6 +640,32 @@ impl Snapshot {
     /// The check of that name.
     pub fn check(&self, name: &str) -> Option<&Piece> {
         self.layout.names.get(name).map(|&index| self.pieces[index].as_ref())
+    }
+
+    /// The group of that name.
+    pub fn group(&self, name: &str) -> Option<Group<'_>> {
+        let &index = self.layout.group_names.get(name)?;
+        let bodies = &self.groups[index];
+        Some(Group {
+            details: self.layout.groups[index].details,
+            detailed: &bodies.detailed,
+            anonymous: &bodies.anonymous,
+        })
+    }
+
+    /// The checks `names` (`?exclude=`) leaves out; the first name no check
+    /// has is the error.
+    pub fn excluded<'n>(
+        &self,
+        names: impl IntoIterator<Item = &'n str>,
+    ) -> Result<Excluded, &'n str> {
+        let mut excluded = Vec::new();
+        for name in names {
+            excluded.push(*self.layout.names.get(name).ok_or(name)?);
+        }
+        excluded.sort_unstable();
+        excluded.dedup();
+        Ok(Excluded(excluded))
     }
 
     /// Whether some reading has aged past staleness since this was assembled.
@@ -442,6 +689,105 @@ impl Snapshot {
     pub fn is_ready(&self, draining: bool) -> bool {
         self.readiness_answer(draining).status != HealthStatus::Fail
     }
+
+    /// `/health/ready?exclude=...`: readiness by the same rule, over the
+    /// checks not excluded.
+    pub fn readiness_without(&self, draining: bool, excluded: &Excluded) -> &Rendered {
+        if excluded.is_empty() {
+            return self.readiness_answer(draining);
+        }
+        self.tally(excluded).readiness(self.started, draining).rendered(&self.frames)
+    }
+
+    /// `/health?exclude=...`: the report over the checks not excluded,
+    /// with their entries for callers who see details. Costs one pass over
+    /// the checks and, with details, one copy of the entries kept.
+    pub fn health_without(&self, excluded: &Excluded, details: bool) -> Rendered {
+        let status = self.tally(excluded).status();
+        let warn = self.layout.warn_status;
+        if !details {
+            return self.frames.anonymous[status_index(status)].answering(warn);
+        }
+        let keep = |check| !excluded.contains(check);
+        let length = self.health.body.len();
+        report(&self.frames, &self.layout.keys, &self.pieces, keep, status, length).answering(warn)
+    }
+
+    fn tally(&self, excluded: &Excluded) -> Tally {
+        let mut tally = Tally::default();
+        for (check, piece) in self.pieces.iter().enumerate() {
+            if !excluded.contains(check) {
+                tally.add(piece);
+            }
+        }
+        tally
+    }
+
+    /// `?verbose`: one line per check the probe counts, as kube-apiserver
+    /// writes them (`[+]db ok`, `[-]cache failed: connection refused`,
+    /// `[+]search excluded: ok`), then whether the probe passed. Callers
+    /// who do not see details read `reason withheld` for each output.
+    /// Answers with the status code the probe answers without it.
+    pub fn verbose(
+        &self,
+        probe: Probe,
+        excluded: &Excluded,
+        details: bool,
+        draining: bool,
+    ) -> (StatusCode, String) {
+        let (label, code, reason) = match probe {
+            Probe::Health => {
+                let status = self.tally(excluded).status();
+                ("health", answer_code(status, self.layout.warn_status), None)
+            }
+            Probe::Ready => {
+                let readiness = self.tally(excluded).readiness(self.started, draining);
+                ("ready", readiness.rendered(&self.frames).http_status(), readiness.output())
+            }
+            Probe::Live => ("live", self.liveness.http_status(), None),
+        };
+        let mut text = String::with_capacity(32 * self.pieces.len() + 32);
+        for (check, piece) in self.pieces.iter().enumerate() {
+            let counts = match probe {
+                Probe::Health => true,
+                Probe::Ready => piece.state.critical,
+                Probe::Live => false,
+            };
+            if !counts {
+                continue;
+            }
+            let name = &piece.state.name;
+            if excluded.contains(check) {
+                let _ = writeln!(text, "[+]{name} excluded: ok");
+                continue;
+            }
+            let reason = || {
+                if details {
+                    one_line(piece.output.as_deref().unwrap_or("no output"))
+                } else {
+                    "reason withheld".to_string()
+                }
+            };
+            let _ = match piece.status {
+                HealthStatus::Pass => writeln!(text, "[+]{name} ok"),
+                HealthStatus::Warn => writeln!(text, "[+]{name} warn: {}", reason()),
+                HealthStatus::Fail => writeln!(text, "[-]{name} failed: {}", reason()),
+            };
+        }
+        // Readiness' own reasons (starting, draining, a critical check
+        // fails) are in every caller's readiness body already.
+        let _ = match (code == StatusCode::OK, reason) {
+            (true, _) => writeln!(text, "{label} check passed"),
+            (false, Some(reason)) => writeln!(text, "{label} check failed: {reason}"),
+            (false, None) => writeln!(text, "{label} check failed"),
+        };
+        (code, text)
+    }
+}
+
+/// An output on one line of `?verbose` text: control characters become spaces.
+fn one_line(output: &str) -> String {
+    output.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
 }
 
 fn is_stale(state: &CheckState, now: Instant) -> bool {
@@ -686,6 +1032,128 @@ mod tests {
         assert_eq!(health["status"], "pass");
         assert!(health.get("checks").is_none());
         assert_eq!(snapshot.startup.http_status(), StatusCode::OK);
+    }
+
+    fn group(name: &str, members: &[&str], warn_status: WarnStatus) -> GroupSettings {
+        GroupSettings {
+            name: name.into(),
+            members: members.iter().map(|member| member.to_string()).collect(),
+            details: None,
+            warn_status,
+        }
+    }
+
+    fn render_grouped(
+        states: Vec<CheckState>,
+        groups: &[GroupSettings],
+        warn_status: WarnStatus,
+    ) -> Snapshot {
+        let renderer = Renderer::new(ServiceInfo::new("svc".into(), None), 0);
+        let now = Instant::now();
+        let layout = Arc::new(Layout::with_groups(
+            states.iter().map(|state| (state.name.as_str(), state.measurements)),
+            groups,
+            warn_status,
+        ));
+        let pieces = states.into_iter().map(|state| Arc::new(renderer.piece(state, now))).collect();
+        renderer.assemble(layout, pieces, now, false)
+    }
+
+    #[test]
+    fn a_group_reports_only_its_members_and_maps_warn_as_it_says() {
+        let states = vec![
+            state("db", true, Some(HealthStatus::Pass)),
+            state("disk", true, Some(HealthStatus::Warn)),
+            state("cache", true, Some(HealthStatus::Fail)),
+        ];
+        let groups = [
+            group("core", &["db", "disk"], WarnStatus::Unavailable),
+            group("lenient", &["disk"], WarnStatus::Ok),
+            group("cache", &["cache"], WarnStatus::Ok),
+        ];
+        let snapshot = render_grouped(states, &groups, WarnStatus::Ok);
+        let core = snapshot.group("core").unwrap();
+        assert_eq!(core.detailed.status, HealthStatus::Warn);
+        assert_eq!(core.detailed.http_status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(core.anonymous.http_status(), StatusCode::SERVICE_UNAVAILABLE);
+        let keys: Vec<String> =
+            body(core.detailed)["checks"].as_object().unwrap().keys().cloned().collect();
+        assert_eq!(keys, ["db:connections", "db:responseTime", "disk:responseTime"]);
+        assert!(body(core.anonymous).get("checks").is_none());
+        let lenient = snapshot.group("lenient").unwrap();
+        assert_eq!(lenient.detailed.http_status(), StatusCode::OK);
+        let cache = snapshot.group("cache").unwrap();
+        assert_eq!(cache.detailed.http_status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(snapshot.group("nope").is_none());
+        // The service as a whole: a critical check fails.
+        assert_eq!(snapshot.health.http_status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[test]
+    fn the_service_maps_warn_to_503_when_told() {
+        let states = vec![state("disk", true, Some(HealthStatus::Warn))];
+        let snapshot = render_grouped(states.clone(), &[], WarnStatus::Unavailable);
+        assert_eq!(snapshot.health.http_status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(snapshot.health_anonymous.http_status(), StatusCode::SERVICE_UNAVAILABLE);
+        // Readiness follows its own rule: a critical check that warns is ready.
+        assert!(snapshot.is_ready(false));
+        let snapshot = render_grouped(states, &[], WarnStatus::Ok);
+        assert_eq!(snapshot.health.http_status(), StatusCode::OK);
+    }
+
+    #[test]
+    fn excluding_checks_answers_as_if_they_were_not_configured() {
+        let all = vec![
+            state("db", true, Some(HealthStatus::Pass)),
+            state("cache", true, Some(HealthStatus::Fail)),
+            state("disk", false, Some(HealthStatus::Warn)),
+        ];
+        let snapshot = render(all.clone());
+        let excluded = snapshot.excluded(["cache", "cache"]).unwrap();
+        let without = snapshot.health_without(&excluded, true);
+        let reference = render(vec![all[0].clone(), all[2].clone()]);
+        assert_eq!(without.body, reference.health.body);
+        assert_eq!(without.http_status(), StatusCode::OK);
+        let anonymous = snapshot.health_without(&excluded, false);
+        assert_eq!(anonymous.body, reference.health_anonymous.body);
+        assert_eq!(snapshot.readiness_without(false, &excluded).http_status(), StatusCode::OK);
+        assert!(!snapshot.is_ready(false));
+        assert_eq!(
+            snapshot.readiness_without(true, &excluded).http_status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(snapshot.excluded(["db", "nope"]).unwrap_err(), "nope");
+    }
+
+    #[test]
+    fn verbose_lines_follow_kube_apiserver_and_withhold_outputs_without_details() {
+        let snapshot = render(vec![
+            state("db", true, Some(HealthStatus::Pass)),
+            state("cache", false, Some(HealthStatus::Fail)),
+            state("disk", true, Some(HealthStatus::Warn)),
+        ]);
+        let none = Excluded::default();
+        let (code, text) = snapshot.verbose(Probe::Health, &none, true, false);
+        assert_eq!(code, StatusCode::OK);
+        assert_eq!(
+            text,
+            "[+]db ok\n[-]cache failed: connection refused\n[+]disk warn: free space below 10%\nhealth check passed\n"
+        );
+        let (_, text) = snapshot.verbose(Probe::Health, &none, false, false);
+        assert_eq!(
+            text,
+            "[+]db ok\n[-]cache failed: reason withheld\n[+]disk warn: reason withheld\nhealth check passed\n"
+        );
+        // Readiness lists the critical checks only.
+        let excluded = snapshot.excluded(["disk"]).unwrap();
+        let (code, text) = snapshot.verbose(Probe::Ready, &excluded, false, false);
+        assert_eq!(code, StatusCode::OK);
+        assert_eq!(text, "[+]db ok\n[+]disk excluded: ok\nready check passed\n");
+        let (code, text) = snapshot.verbose(Probe::Ready, &excluded, false, true);
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(text.ends_with("ready check failed: draining\n"), "{text}");
+        let (code, text) = snapshot.verbose(Probe::Live, &excluded, true, true);
+        assert_eq!((code, text.as_str()), (StatusCode::OK, "live check passed\n"));
     }
 
     /// Every body as rendered all at once through serde: how bodies were

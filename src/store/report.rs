@@ -3,19 +3,19 @@
 
 use chrono::{DateTime, TimeDelta, Utc};
 use healthd_models::{
-    CheckUptime, Incident, Series, SeriesPoint, SeriesSource, UptimeWindow, UptimeWindowWindow,
+    CheckUptime, Incident, Series, SeriesPoint, SeriesSource, UptimeWindow, UptimeWindowName,
 };
 
 use crate::store::rollup::{day_of, hour_of, Rollup, DAY_SECONDS, HOUR_SECONDS};
 use crate::store::{IncidentRow, Resolution, RunRow, Store, StoreError};
 
 /// The windows every uptime answer has, and their length in hours.
-const WINDOWS: [(UptimeWindowWindow, i64); 5] = [
-    (UptimeWindowWindow::X24h, 24),
-    (UptimeWindowWindow::X7d, 7 * 24),
-    (UptimeWindowWindow::X30d, 30 * 24),
-    (UptimeWindowWindow::X90d, 90 * 24),
-    (UptimeWindowWindow::X365d, 365 * 24),
+const WINDOWS: [(UptimeWindowName, i64); 5] = [
+    (UptimeWindowName::X24h, 24),
+    (UptimeWindowName::X7d, 7 * 24),
+    (UptimeWindowName::X30d, 30 * 24),
+    (UptimeWindowName::X90d, 90 * 24),
+    (UptimeWindowName::X365d, 365 * 24),
 ];
 /// Windows up to this many hours are summed from hourly roll-ups; longer
 /// ones from daily ones (whole UTC days, today's included).
@@ -54,7 +54,7 @@ pub fn uptime(store: &Store, names: &[&str]) -> Result<Vec<CheckUptime>, StoreEr
         .collect())
 }
 
-fn window_of(window: UptimeWindowWindow, rollup: Option<&Rollup>) -> UptimeWindow {
+fn window_of(window: UptimeWindowName, rollup: Option<&Rollup>) -> UptimeWindow {
     let rollup = rollup.copied().unwrap_or_default();
     UptimeWindow {
         window,

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
-use healthd_models::{HealthStatus, SeriesSource, UptimeWindowWindow};
+use healthd_models::{HealthStatus, SeriesSource, UptimeWindowName};
 use HealthStatus::{Fail, Pass, Warn};
 
 use crate::config::{StorageBackend, StorageSettings};
@@ -135,11 +135,11 @@ fn uptime_windows_sum_the_runs_recorded_at_the_times_the_test_chose() {
     assert_eq!(
         counts,
         [
-            (UptimeWindowWindow::X24h, 6, 0, 1),
-            (UptimeWindowWindow::X7d, 16, 4, 1),
-            (UptimeWindowWindow::X30d, 16, 4, 1),
-            (UptimeWindowWindow::X90d, 26, 4, 1),
-            (UptimeWindowWindow::X365d, 26, 4, 1),
+            (UptimeWindowName::X24h, 6, 0, 1),
+            (UptimeWindowName::X7d, 16, 4, 1),
+            (UptimeWindowName::X30d, 16, 4, 1),
+            (UptimeWindowName::X90d, 26, 4, 1),
+            (UptimeWindowName::X365d, 26, 4, 1),
         ]
     );
     let week = &uptime[0].windows[1];

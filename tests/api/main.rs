@@ -40,6 +40,7 @@ mod endpoints;
     feature = "icmp"
 ))]
 mod every_kind;
+mod groups;
 mod heartbeats;
 mod history;
 mod lifecycle;

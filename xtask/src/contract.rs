@@ -29,8 +29,11 @@ pub fn run() -> anyhow::Result<()> {
     let log = std::fs::File::create(root.join("target/xtask/contract-healthd.log"))?;
     // A port nothing listens on: connection refused on every run.
     let refused = free_port()?;
+    // A group named like the check the fuzz stage's dictionary holds
+    // (HEALTHD_CHECK), so that GET /health/groups/{name} reaches 200 too,
+    // not only 404.
     let failing = format!(
-        "\n[[checks]]\nname = \"{FAILING_CHECK}\"\nkind = \"tcp\"\naddress = \"127.0.0.1:{refused}\"\ncritical = false\n"
+        "\n[[checks]]\nname = \"{FAILING_CHECK}\"\nkind = \"tcp\"\naddress = \"127.0.0.1:{refused}\"\ncritical = false\n\n[[groups]]\nname = \"db\"\nmembers = [\"db\", \"{FAILING_CHECK}\"]\n"
     );
     let _healthd = start_healthd_with(
         &root,

@@ -172,7 +172,7 @@ pub struct Variant<'a> {
     pub details: Details,
     /// Off: `RUST_LOG` filters out `healthd::access`, the rest of the log stays.
     pub access_log: bool,
-    /// TOML `[[checks]]` tables after the realistic ones.
+    /// TOML `[[checks]]` (and `[[groups]]`) tables after the realistic ones.
     pub extra_checks: &'a str,
 }
 
