@@ -66,7 +66,7 @@ pub struct Service {
     state: Data<HealthState>,
     /// Milliseconds; a reload may change it.
     drain_delay: Arc<AtomicU64>,
-    running: Settings,
+    running: ServerSettings,
     config_file: Option<PathBuf>,
     budget: Budget,
     /// With `[server.tls]`: the certificate and client CA new handshakes use.
@@ -98,11 +98,14 @@ impl Service {
             tracing::warn!(error = %std::io::Error::last_os_error(), "cannot enlarge the listen backlog");
         }
         let budget = descriptor_budget(&settings)?;
-        let (monitor, state, _) = Healthd::builder(settings.clone()).start_parts()?;
+        // The checks' settings live in the monitor alone: a reload compares
+        // with those, and with the running server settings kept here.
+        let running = settings.server.clone();
+        let (monitor, state, _) = Healthd::builder(settings).start_parts()?;
         state.connections().set_max(budget.cap);
         let server_state = state.clone();
         let counted = state.clone();
-        let idle = settings.server.idle_timeout;
+        let idle = running.idle_timeout;
         let server = HttpServer::new(move || {
             App::new()
                 .service(api::scope(server_state.clone(), &Prefix::root()))
@@ -129,7 +132,7 @@ impl Service {
         // idle timeout is closed.
         .client_request_timeout(idle)
         .keep_alive(idle);
-        let (server, tls) = match &settings.server.tls {
+        let (server, tls) = match &running.tls {
             Some(tls_settings) => {
                 let (tls, config) = ServerTls::new(tls_settings)?;
                 (server.listen_rustls_0_23(listener, config)?.run(), Some(tls))
@@ -141,8 +144,8 @@ impl Service {
             server,
             monitor,
             state,
-            drain_delay: Arc::new(AtomicU64::new(millis(settings.server.drain_delay))),
-            running: settings,
+            drain_delay: Arc::new(AtomicU64::new(millis(running.drain_delay))),
+            running,
             config_file: None,
             budget,
             tls,
@@ -280,8 +283,9 @@ pub const RELOAD_BOUND: Duration = Duration::from_secs(10);
 /// invalid) nothing.
 struct Reloader {
     config_file: Option<PathBuf>,
-    /// What runs now: what a reload compares with.
-    running: Settings,
+    /// The server settings that run now: what a reload compares with (the
+    /// checks it compares with the monitor's).
+    running: ServerSettings,
     monitor: Monitor,
     state: Data<HealthState>,
     drain_delay: Arc<AtomicU64>,
@@ -333,7 +337,7 @@ impl Reloader {
         if let (Some(tls), Some(wanted)) = (&self.tls, &settings.server.tls) {
             tls.apply(wanted);
         }
-        keep_what_needs_a_restart(&self.running.server, &mut settings.server);
+        keep_what_needs_a_restart(&self.running, &mut settings.server);
         let checks = settings.check_descriptors();
         if checks > self.budget.room_for_checks() {
             tracing::warn!(
@@ -359,7 +363,7 @@ impl Reloader {
             unchanged = changes.unchanged,
             "config reloaded"
         );
-        self.running = settings;
+        self.running = settings.server;
     }
 
     /// Logs each problem as it is (`FILE: KEY: REASON`); nothing changes.

@@ -4,7 +4,7 @@
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use actix_web::web::Bytes;
@@ -191,9 +191,10 @@ pub struct Rendered {
 /// The checks' part of the last snapshot rendered. 10,000 checks make 16 MB
 /// of text: rendered once per snapshot, however many scrape it at once
 /// (64 callers each rendering their own held over 1 GB), and cheaper per
-/// scrape too.
+/// scrape too. It holds its snapshot weakly: the pieces of a snapshot
+/// that is no longer current are not kept for the cache's sake.
 #[derive(Default)]
-pub struct ChecksCache(tokio::sync::Mutex<Option<(Arc<Snapshot>, Bytes)>>);
+pub struct ChecksCache(tokio::sync::Mutex<Option<(Weak<Snapshot>, Bytes)>>);
 
 impl ChecksCache {
     /// The checks' series of `snapshot`, rendered now unless they were for
@@ -201,13 +202,21 @@ impl ChecksCache {
     pub async fn checks(&self, snapshot: &Arc<Snapshot>) -> Bytes {
         let mut cached = self.0.lock().await;
         if let Some((rendered_for, checks)) = cached.as_ref() {
-            // The cache holds its snapshot, so no newer one can take its address.
-            if Arc::ptr_eq(rendered_for, snapshot) {
+            // A weak reference keeps its snapshot's allocation (not what the
+            // snapshot holds), so no newer one can take its address.
+            if std::ptr::eq(rendered_for.as_ptr(), Arc::as_ptr(snapshot)) {
                 return checks.clone();
             }
         }
-        let checks = Bytes::from(render_checks(snapshot));
-        *cached = Some((snapshot.clone(), checks.clone()));
+        // The old text goes first (unless a response still sends it), so
+        // that two are not held at once for the cache's sake.
+        *cached = None;
+        let mut text = render_checks(snapshot);
+        // Rendered into room for about 2 KB a check: what was not used
+        // goes back.
+        text.shrink_to_fit();
+        let checks = Bytes::from(text);
+        *cached = Some((Arc::downgrade(snapshot), checks.clone()));
         checks
     }
 }
