@@ -189,35 +189,45 @@ pub struct Rendered {
 }
 
 /// The checks' part of the last snapshot rendered. 10,000 checks make 16 MB
-/// of text: rendered once per snapshot, however many scrape it at once
+/// of text: rendered once per snapshot for all who scrape it meanwhile
 /// (64 callers each rendering their own held over 1 GB), and cheaper per
-/// scrape too. It holds its snapshot weakly: the pieces of a snapshot
-/// that is no longer current are not kept for the cache's sake.
+/// scrape too. It holds both weakly: the text lives while a response
+/// sends it (a new caller then shares it), the snapshot's pieces are not
+/// kept for the cache's sake, and an idle healthd holds neither.
 #[derive(Default)]
-pub struct ChecksCache(tokio::sync::Mutex<Option<(Weak<Snapshot>, Bytes)>>);
+pub struct ChecksCache(tokio::sync::Mutex<Option<(Weak<Snapshot>, Weak<String>)>>);
+
+/// The checks' text as a response's body holds it.
+struct SharedText(Arc<String>);
+
+impl AsRef<[u8]> for SharedText {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
 
 impl ChecksCache {
-    /// The checks' series of `snapshot`, rendered now unless they were for
-    /// it already. Callers that come meanwhile wait for the one rendering.
+    /// The checks' series of `snapshot`: the text a response is sending
+    /// already, or rendered now. Callers that come meanwhile wait for the
+    /// one rendering.
     pub async fn checks(&self, snapshot: &Arc<Snapshot>) -> Bytes {
         let mut cached = self.0.lock().await;
-        if let Some((rendered_for, checks)) = cached.as_ref() {
+        if let Some((rendered_for, text)) = cached.as_ref() {
             // A weak reference keeps its snapshot's allocation (not what the
             // snapshot holds), so no newer one can take its address.
             if std::ptr::eq(rendered_for.as_ptr(), Arc::as_ptr(snapshot)) {
-                return checks.clone();
+                if let Some(text) = text.upgrade() {
+                    return Bytes::from_owner(SharedText(text));
+                }
             }
         }
-        // The old text goes first (unless a response still sends it), so
-        // that two are not held at once for the cache's sake.
-        *cached = None;
         let mut text = render_checks(snapshot);
         // Rendered into room for about 2 KB a check: what was not used
         // goes back.
         text.shrink_to_fit();
-        let checks = Bytes::from(text);
-        *cached = Some((Arc::downgrade(snapshot), checks.clone()));
-        checks
+        let text = Arc::new(text);
+        *cached = Some((Arc::downgrade(snapshot), Arc::downgrade(&text)));
+        Bytes::from_owner(SharedText(text))
     }
 }
 
