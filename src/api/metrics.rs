@@ -451,3 +451,34 @@ fn render_requests(requests: &RequestCounters) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+    use crate::engine::render::{Layout, Renderer, ServiceInfo};
+
+    fn snapshot(renderer: &Renderer) -> Arc<Snapshot> {
+        let layout = Arc::new(Layout::new(std::iter::empty()));
+        Arc::new(renderer.assemble(layout, Vec::new(), Instant::now(), true))
+    }
+
+    #[tokio::test]
+    async fn callers_share_the_text_while_it_is_sent_and_an_idle_cache_holds_none() {
+        let renderer = Renderer::new(ServiceInfo::new("svc".into(), None), 0);
+        let cache = ChecksCache::default();
+        let first = snapshot(&renderer);
+        let sending = cache.checks(&first).await;
+        let again = cache.checks(&first).await;
+        assert_eq!(sending.as_ptr(), again.as_ptr(), "rendered twice for one snapshot");
+        assert_eq!(Arc::strong_count(&first), 1, "the cache keeps the snapshot");
+        let newer = snapshot(&renderer);
+        let other = cache.checks(&newer).await;
+        assert_ne!(other.as_ptr(), sending.as_ptr());
+        assert!(std::str::from_utf8(&other).unwrap().contains("# TYPE healthd_check_status gauge"));
+        drop((sending, again, other));
+        let kept = cache.0.lock().await.as_ref().map(|(_, text)| text.clone()).unwrap();
+        assert!(kept.upgrade().is_none(), "no response sends the text, yet it is kept");
+    }
+}

@@ -153,7 +153,9 @@ impl History {
         let output = match output {
             None => NO_OUTPUT,
             Some(text) => match previous.map(|entry| entry.output) {
-                Some(index) if index != NO_OUTPUT && *self.outputs[usize::from(index)].text == *text => {
+                Some(index)
+                    if index != NO_OUTPUT && *self.outputs[usize::from(index)].text == *text =>
+                {
                     self.outputs[usize::from(index)].entries += 1;
                     index
                 }
@@ -327,7 +329,10 @@ mod tests {
         push(&mut history, 2, Fail, Some("HTTP 500"));
         push(&mut history, 3, Pass, None);
         let outputs: Vec<_> = history.entries().map(|entry| entry.output).collect();
-        assert_eq!(outputs, [Some("connection refused"), Some("connection refused"), Some("HTTP 500"), None]);
+        assert_eq!(
+            outputs,
+            [Some("connection refused"), Some("connection refused"), Some("HTTP 500"), None]
+        );
         assert_eq!(history.outputs.len(), 2);
     }
 
