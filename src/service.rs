@@ -30,7 +30,7 @@ use crate::base::budget::{self, Budget};
 use crate::base::secret::{sha256_hex, ProcessEnv};
 use crate::base::units::Prefix;
 use crate::builder::Healthd;
-use crate::config::{ServerSettings, Settings};
+use crate::config::{ServerSettings, Settings, StorageSettings};
 use crate::engine::monitor::Monitor;
 
 mod https;
@@ -66,7 +66,9 @@ pub struct Service {
     state: Data<HealthState>,
     /// Milliseconds; a reload may change it.
     drain_delay: Arc<AtomicU64>,
-    running: Settings,
+    running: ServerSettings,
+    /// `[storage]` as at start: a reload cannot change the store.
+    storage: Option<StorageSettings>,
     config_file: Option<PathBuf>,
     budget: Budget,
     /// With `[server.tls]`: the certificate and client CA new handshakes use.
@@ -98,11 +100,15 @@ impl Service {
             tracing::warn!(error = %std::io::Error::last_os_error(), "cannot enlarge the listen backlog");
         }
         let budget = descriptor_budget(&settings)?;
-        let (monitor, state, _) = Healthd::builder(settings.clone()).start_parts()?;
+        // The checks' settings live in the monitor alone: a reload compares
+        // with those, and with the running server settings kept here.
+        let running = settings.server.clone();
+        let storage = settings.storage.clone();
+        let (monitor, state, _) = Healthd::builder(settings).start_parts()?;
         state.connections().set_max(budget.cap);
         let server_state = state.clone();
         let counted = state.clone();
-        let idle = settings.server.idle_timeout;
+        let idle = running.idle_timeout;
         let server = HttpServer::new(move || {
             App::new()
                 .service(api::scope(server_state.clone(), &Prefix::root()))
@@ -129,7 +135,7 @@ impl Service {
         // idle timeout is closed.
         .client_request_timeout(idle)
         .keep_alive(idle);
-        let (server, tls) = match &settings.server.tls {
+        let (server, tls) = match &running.tls {
             Some(tls_settings) => {
                 let (tls, config) = ServerTls::new(tls_settings)?;
                 (server.listen_rustls_0_23(listener, config)?.run(), Some(tls))
@@ -141,8 +147,9 @@ impl Service {
             server,
             monitor,
             state,
-            drain_delay: Arc::new(AtomicU64::new(millis(settings.server.drain_delay))),
-            running: settings,
+            drain_delay: Arc::new(AtomicU64::new(millis(running.drain_delay))),
+            running,
+            storage,
             config_file: None,
             budget,
             tls,
@@ -183,6 +190,7 @@ impl Service {
         let mut reloader = Reloader {
             config_file: self.config_file,
             running: self.running,
+            storage: self.storage,
             monitor: self.monitor.clone(),
             state: self.state.clone(),
             drain_delay: self.drain_delay.clone(),
@@ -281,8 +289,10 @@ pub const RELOAD_BOUND: Duration = Duration::from_secs(10);
 /// invalid) nothing.
 struct Reloader {
     config_file: Option<PathBuf>,
-    /// What runs now: what a reload compares with.
-    running: Settings,
+    /// The server settings that run now: what a reload compares with (the
+    /// checks it compares with the monitor's).
+    running: ServerSettings,
+    storage: Option<StorageSettings>,
     monitor: Monitor,
     state: Data<HealthState>,
     drain_delay: Arc<AtomicU64>,
@@ -335,15 +345,14 @@ impl Reloader {
         if let (Some(tls), Some(wanted)) = (&self.tls, &settings.server.tls) {
             tls.apply(wanted);
         }
-        keep_what_needs_a_restart(&self.running.server, &mut settings.server);
-        let same_store = match (&self.running.storage, &settings.storage) {
+        keep_what_needs_a_restart(&self.running, &mut settings.server);
+        let same_store = match (&self.storage, &settings.storage) {
             (Some(running), Some(wanted)) => running.is_same_as(wanted),
             (None, None) => true,
             _ => false,
         };
         if !same_store {
             tracing::warn!("[storage] changed: that needs a restart; the running store stays");
-            settings.storage = self.running.storage.clone();
         }
         let checks = settings.check_descriptors();
         if checks > self.budget.room_for_checks() {
@@ -370,7 +379,7 @@ impl Reloader {
             unchanged = changes.unchanged,
             "config reloaded"
         );
-        self.running = settings;
+        self.running = settings.server;
     }
 
     /// Logs each problem as it is (`FILE: KEY: REASON`); nothing changes.

@@ -4,7 +4,7 @@
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use actix_web::web::Bytes;
@@ -205,26 +205,45 @@ pub struct Rendered {
 }
 
 /// The checks' part of the last snapshot rendered. 10,000 checks make 16 MB
-/// of text: rendered once per snapshot, however many scrape it at once
+/// of text: rendered once per snapshot for all who scrape it meanwhile
 /// (64 callers each rendering their own held over 1 GB), and cheaper per
-/// scrape too.
+/// scrape too. It holds both weakly: the text lives while a response
+/// sends it (a new caller then shares it), the snapshot's pieces are not
+/// kept for the cache's sake, and an idle healthd holds neither.
 #[derive(Default)]
-pub struct ChecksCache(tokio::sync::Mutex<Option<(Arc<Snapshot>, Bytes)>>);
+pub struct ChecksCache(tokio::sync::Mutex<Option<(Weak<Snapshot>, Weak<String>)>>);
+
+/// The checks' text as a response's body holds it.
+struct SharedText(Arc<String>);
+
+impl AsRef<[u8]> for SharedText {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
 
 impl ChecksCache {
-    /// The checks' series of `snapshot`, rendered now unless they were for
-    /// it already. Callers that come meanwhile wait for the one rendering.
+    /// The checks' series of `snapshot`: the text a response is sending
+    /// already, or rendered now. Callers that come meanwhile wait for the
+    /// one rendering.
     pub async fn checks(&self, snapshot: &Arc<Snapshot>) -> Bytes {
         let mut cached = self.0.lock().await;
-        if let Some((rendered_for, checks)) = cached.as_ref() {
-            // The cache holds its snapshot, so no newer one can take its address.
-            if Arc::ptr_eq(rendered_for, snapshot) {
-                return checks.clone();
+        if let Some((rendered_for, text)) = cached.as_ref() {
+            // A weak reference keeps its snapshot's allocation (not what the
+            // snapshot holds), so no newer one can take its address.
+            if std::ptr::eq(rendered_for.as_ptr(), Arc::as_ptr(snapshot)) {
+                if let Some(text) = text.upgrade() {
+                    return Bytes::from_owner(SharedText(text));
+                }
             }
         }
-        let checks = Bytes::from(render_checks(snapshot));
-        *cached = Some((snapshot.clone(), checks.clone()));
-        checks
+        let mut text = render_checks(snapshot);
+        // Rendered into room for about 2 KB a check: what was not used
+        // goes back.
+        text.shrink_to_fit();
+        let text = Arc::new(text);
+        *cached = Some((Arc::downgrade(snapshot), Arc::downgrade(&text)));
+        Bytes::from_owner(SharedText(text))
     }
 }
 
@@ -503,4 +522,35 @@ fn render_requests(requests: &RequestCounters) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+    use crate::engine::render::{Layout, Renderer, ServiceInfo};
+
+    fn snapshot(renderer: &Renderer) -> Arc<Snapshot> {
+        let layout = Arc::new(Layout::new(std::iter::empty()));
+        Arc::new(renderer.assemble(layout, Vec::new(), Instant::now(), true))
+    }
+
+    #[tokio::test]
+    async fn callers_share_the_text_while_it_is_sent_and_an_idle_cache_holds_none() {
+        let renderer = Renderer::new(ServiceInfo::new("svc".into(), None), 0);
+        let cache = ChecksCache::default();
+        let first = snapshot(&renderer);
+        let sending = cache.checks(&first).await;
+        let again = cache.checks(&first).await;
+        assert_eq!(sending.as_ptr(), again.as_ptr(), "rendered twice for one snapshot");
+        assert_eq!(Arc::strong_count(&first), 1, "the cache keeps the snapshot");
+        let newer = snapshot(&renderer);
+        let other = cache.checks(&newer).await;
+        assert_ne!(other.as_ptr(), sending.as_ptr());
+        assert!(std::str::from_utf8(&other).unwrap().contains("# TYPE healthd_check_status gauge"));
+        drop((sending, again, other));
+        let kept = cache.0.lock().await.as_ref().map(|(_, text)| text.clone()).unwrap();
+        assert!(kept.upgrade().is_none(), "no response sends the text, yet it is kept");
+    }
 }

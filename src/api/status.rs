@@ -68,10 +68,10 @@ fn history_of(check: &CheckState) -> CheckHistory {
                 .map(|entry| HistoryEntry {
                     time: entry.time,
                     status: entry.status,
-                    observed_value: entry.value(),
-                    output: entry.output.as_deref().map(str::to_string),
+                    observed_value: entry.value,
+                    output: entry.output.map(str::to_string),
                     // Whole microseconds, so the milliseconds print short.
-                    duration_ms: f64::from(entry.duration_micros) / 1000.0,
+                    duration_ms: entry.duration.as_micros() as f64 / 1000.0,
                 })
                 .collect(),
         }

@@ -315,7 +315,7 @@ fn check_settings(
             false
         });
     }
-    let definition = table.clone();
+    let definition = table.clone().into_iter().collect();
     let mut input = KindInput::new(key, kind.name, &policy, table, env, problems);
     let settings = kind.parse(&mut input)?;
     if misplaced {

@@ -7,6 +7,11 @@
 //! A check's task is the only writer; `/health/checks/{name}/history`
 //! reads a copy under the same short lock, so a ring is shared (`Arc`)
 //! rather than copied with the check's state into every snapshot.
+//!
+//! An entry is 24 bytes, since the rings are most of what healthd holds
+//! (10,000 checks keeping 120 runs each are 1.2 million entries): the time
+//! as nanoseconds, the output as an index into the ring's own table of
+//! texts, which a streak of runs saying the same thing shares.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -17,37 +22,58 @@ use healthd_models::HealthStatus;
 
 use crate::base::policy::MAX_HISTORY;
 
-/// One run, as the history keeps it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PastRun {
+/// One kept run, as `History::entries` reads it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PastRun<'a> {
     /// When the run ended.
     pub time: DateTime<Utc>,
-    /// The main measurement's value; NaN when the run did not take it
-    /// (half the size of an `Option<f64>`; see `value`).
-    value: f64,
-    /// Shared with the entry before when it says the same: a check that
-    /// keeps failing the same way keeps one copy of the text.
-    pub output: Option<Arc<str>>,
-    /// Microseconds, saturating at about 71 minutes (a run is bounded by
-    /// its interval, and `check-config` refuses intervals that long with
-    /// a run that long).
-    pub duration_micros: u32,
     /// After thresholds.
     pub status: HealthStatus,
+    /// The main measurement's value, when the run took it.
+    pub value: Option<f64>,
+    pub output: Option<&'a str>,
+    /// Whole microseconds, at most about 71 minutes (a run is bounded by
+    /// its interval, and `check-config` refuses intervals that long with
+    /// a run that long).
+    pub duration: Duration,
 }
 
-impl PastRun {
-    /// The main measurement's value, when the run took it (and it is a number).
-    pub fn value(&self) -> Option<f64> {
-        (!self.value.is_nan()).then_some(self.value)
-    }
+/// One run as the ring stores it.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    /// Since the Unix epoch; times outside 1677 to 2262 are held at the
+    /// nearest end.
+    time_nanos: i64,
+    /// NaN when the run did not take it (half the size of an `Option<f64>`).
+    value: f64,
+    duration_micros: u32,
+    /// Where the output is in `History::outputs`, or `NO_OUTPUT`.
+    output: u16,
+    status: HealthStatus,
+}
+
+const NO_OUTPUT: u16 = u16::MAX;
+
+// A table slot per kept run at most, so every index fits below NO_OUTPUT.
+const _: () = assert!(MAX_HISTORY < NO_OUTPUT as u32);
+
+/// A text some kept runs said, and how many of them.
+#[derive(Debug)]
+struct Output {
+    text: Box<str>,
+    /// 0: the slot is free (listed in `History::free`).
+    entries: u16,
 }
 
 /// The ring and the uptime counters of one check.
 #[derive(Debug)]
 pub struct History {
     capacity: usize,
-    entries: VecDeque<PastRun>,
+    entries: VecDeque<Entry>,
+    /// The outputs `entries` refer to; never more slots than entries.
+    outputs: Vec<Output>,
+    /// Slots of `outputs` no entry refers to, taken before the table grows.
+    free: Vec<u16>,
     /// Entries in the ring whose status is `fail`.
     failed_in_window: u32,
     runs_since_start: u64,
@@ -91,6 +117,8 @@ impl History {
         History {
             capacity,
             entries: VecDeque::with_capacity(capacity),
+            outputs: Vec::new(),
+            free: Vec::new(),
             failed_in_window: 0,
             runs_since_start: 0,
             failed_since_start: 0,
@@ -110,7 +138,7 @@ impl History {
         let failed = status == HealthStatus::Fail;
         self.runs_since_start += 1;
         self.failed_since_start += u64::from(failed);
-        let previous = self.entries.back();
+        let previous = self.entries.back().copied();
         if self.status_since.is_none() || previous.is_some_and(|entry| entry.status != status) {
             self.status_since = Some(time);
         }
@@ -120,19 +148,74 @@ impl History {
             self.status_since = Some(time);
             return;
         }
-        let output = output.map(|text| match previous.and_then(|entry| entry.output.as_ref()) {
-            Some(shared) if shared.as_ref() == text => shared.clone(),
-            _ => Arc::from(text),
-        });
+        // Taken before the oldest entry leaves: with room for one run, the
+        // entry to share with is the one leaving.
+        let output = match output {
+            None => NO_OUTPUT,
+            Some(text) => match previous.map(|entry| entry.output) {
+                Some(index)
+                    if index != NO_OUTPUT && *self.outputs[usize::from(index)].text == *text =>
+                {
+                    self.outputs[usize::from(index)].entries += 1;
+                    index
+                }
+                _ => self.store_output(text),
+            },
+        };
         if self.entries.len() == self.capacity {
             if let Some(oldest) = self.entries.pop_front() {
                 self.failed_in_window -= u32::from(oldest.status == HealthStatus::Fail);
+                self.release_output(oldest.output);
             }
         }
         self.failed_in_window += u32::from(failed);
-        let duration_micros = u32::try_from(duration.as_micros()).unwrap_or(u32::MAX);
-        let value = value.unwrap_or(f64::NAN);
-        self.entries.push_back(PastRun { time, value, output, duration_micros, status });
+        self.entries.push_back(Entry {
+            time_nanos: time.timestamp_nanos_opt().unwrap_or(if time.timestamp() < 0 {
+                i64::MIN
+            } else {
+                i64::MAX
+            }),
+            value: value.unwrap_or(f64::NAN),
+            duration_micros: u32::try_from(duration.as_micros()).unwrap_or(u32::MAX),
+            output,
+            status,
+        });
+    }
+
+    /// A new slot holding `text`, referred to by one entry.
+    fn store_output(&mut self, text: &str) -> u16 {
+        let output = Output { text: text.into(), entries: 1 };
+        match self.free.pop() {
+            Some(index) => {
+                self.outputs[usize::from(index)] = output;
+                index
+            }
+            None => {
+                self.outputs.push(output);
+                // Below NO_OUTPUT: a slot per kept entry at most.
+                u16::try_from(self.outputs.len() - 1).unwrap_or(NO_OUTPUT)
+            }
+        }
+    }
+
+    /// One entry referring to slot `index` has left.
+    fn release_output(&mut self, index: u16) {
+        let Some(output) = self.outputs.get_mut(usize::from(index)) else { return };
+        output.entries -= 1;
+        if output.entries == 0 {
+            output.text = Box::default();
+            self.free.push(index);
+        }
+    }
+
+    fn read(&self, entry: &Entry) -> PastRun<'_> {
+        PastRun {
+            time: DateTime::from_timestamp_nanos(entry.time_nanos),
+            status: entry.status,
+            value: (!entry.value.is_nan()).then_some(entry.value),
+            output: self.outputs.get(usize::from(entry.output)).map(|output| &*output.text),
+            duration: Duration::from_micros(u64::from(entry.duration_micros)),
+        }
     }
 
     /// The most runs kept.
@@ -142,8 +225,8 @@ impl History {
     }
 
     /// The kept runs, oldest first.
-    pub fn entries(&self) -> impl ExactSizeIterator<Item = &PastRun> {
-        self.entries.iter()
+    pub fn entries(&self) -> impl ExactSizeIterator<Item = PastRun<'_>> {
+        self.entries.iter().map(|entry| self.read(entry))
     }
 
     pub fn uptime(&self) -> Uptime {
@@ -159,10 +242,6 @@ impl History {
         self.status_since
     }
 
-    /// The latest kept run's output, shared with the ring.
-    pub fn latest_output(&self) -> Option<Arc<str>> {
-        self.entries.back().and_then(|entry| entry.output.clone())
-    }
 
     /// Puts back the counts a store remembered (after its runs were
     /// pushed back): runs and failures since the check was first
@@ -213,11 +292,12 @@ mod tests {
         }
         let times: Vec<_> = history.entries().map(|entry| entry.time).collect();
         assert_eq!(times, [at(2), at(3), at(4)]);
-        assert_eq!(history.entries().next().unwrap().value(), Some(2.0));
-        assert_eq!(history.entries().next().unwrap().duration_micros, 3_000);
+        assert_eq!(history.entries().next().unwrap().value, Some(2.0));
+        assert_eq!(history.entries().next().unwrap().duration, Duration::from_millis(3));
         assert_eq!(history.capacity(), 3);
         history.push(at(5), Fail, None, Some("HTTP 500"), Duration::ZERO);
-        assert_eq!(history.entries().last().unwrap().value(), None);
+        let last = history.entries().last().unwrap();
+        assert_eq!((last.value, last.output, last.status), (None, Some("HTTP 500"), Fail));
     }
 
     #[test]
@@ -259,10 +339,55 @@ mod tests {
         push(&mut history, 0, Fail, Some("connection refused"));
         push(&mut history, 1, Fail, Some("connection refused"));
         push(&mut history, 2, Fail, Some("HTTP 500"));
-        let outputs: Vec<_> =
-            history.entries().map(|entry| entry.output.clone().unwrap()).collect();
-        assert!(Arc::ptr_eq(&outputs[0], &outputs[1]));
-        assert_eq!(outputs[2].as_ref(), "HTTP 500");
+        push(&mut history, 3, Pass, None);
+        let outputs: Vec<_> = history.entries().map(|entry| entry.output).collect();
+        assert_eq!(
+            outputs,
+            [Some("connection refused"), Some("connection refused"), Some("HTTP 500"), None]
+        );
+        assert_eq!(history.outputs.len(), 2);
+    }
+
+    #[test]
+    fn outputs_that_left_the_ring_free_their_room() {
+        let mut history = History::new(2);
+        for second in 0..1000 {
+            let output = format!("HTTP {}", 500 + second % 3);
+            push(&mut history, second, Fail, Some(&output));
+        }
+        // Two kept runs refer to two texts; a third slot is the one freed
+        // by the run that left before the newest came in.
+        assert!(history.outputs.len() <= 3, "{}", history.outputs.len());
+        let outputs: Vec<_> = history.entries().map(|entry| entry.output.unwrap()).collect();
+        assert_eq!(outputs, ["HTTP 502", "HTTP 500"]);
+        let referred: u32 = history.outputs.iter().map(|output| u32::from(output.entries)).sum();
+        assert_eq!(referred, 2);
+    }
+
+    #[test]
+    fn a_ring_of_one_shares_the_output_of_the_run_it_replaces() {
+        let mut history = History::new(1);
+        push(&mut history, 0, Fail, Some("connection refused"));
+        push(&mut history, 1, Fail, Some("connection refused"));
+        push(&mut history, 2, Fail, Some("connection refused"));
+        assert_eq!(history.entries().next().unwrap().output, Some("connection refused"));
+        assert_eq!(history.outputs.len(), 1);
+        assert_eq!(history.outputs[0].entries, 1);
+    }
+
+    #[test]
+    fn times_keep_their_nanoseconds_and_far_ones_are_held_at_the_ends() {
+        let mut history = History::new(3);
+        let precise = DateTime::from_timestamp(1_800_000_000, 123_456_789).unwrap();
+        let far = DateTime::from_timestamp(20_000_000_000, 0).unwrap();
+        let early = DateTime::from_timestamp(-20_000_000_000, 0).unwrap();
+        for time in [precise, far, early] {
+            history.push(time, Pass, None, None, Duration::ZERO);
+        }
+        let times: Vec<_> = history.entries().map(|entry| entry.time).collect();
+        assert_eq!(times[0], precise);
+        assert_eq!(times[1], DateTime::from_timestamp_nanos(i64::MAX));
+        assert_eq!(times[2], DateTime::from_timestamp_nanos(i64::MIN));
     }
 
     #[test]
@@ -294,7 +419,7 @@ mod tests {
 
     /// The figure the README states for the memory of one kept run.
     #[test]
-    fn an_entry_is_48_bytes() {
-        assert_eq!(std::mem::size_of::<PastRun>(), 48);
+    fn an_entry_is_24_bytes() {
+        assert_eq!(std::mem::size_of::<Entry>(), 24);
     }
 }

@@ -207,10 +207,9 @@ impl CheckState {
         // Microseconds, as a store keeps them: a restart gives back the same times.
         let observed_at = Utc::now().trunc_subsecs(6);
         let value = run.observation.values.first().copied().flatten();
-        let kept_output = self.history.with(|history| {
+        self.history.with(|history| {
             let output = run.observation.output.as_deref();
             history.push(observed_at, status, value, output, run.duration);
-            history.latest_output()
         });
         let finished = FinishedRun {
             check: Arc::from(self.name.as_str()),
@@ -219,7 +218,7 @@ impl CheckState {
             status,
             previous,
             value,
-            output: kept_output.or_else(|| run.observation.output.as_deref().map(Arc::from)),
+            output: run.observation.output.as_deref().map(Arc::from),
             duration: run.duration,
             keep: self.policy.history,
         };

@@ -289,6 +289,12 @@ fn measure(
     let metrics_rate =
         wrk(port, &METRICS, PROBE_CONNECTIONS, plan.wrk_seconds, pid, Expect::Success)?
             .requests_per_second;
+    // wrk stops with its callers' answers half sent (a 16 MB `/metrics`
+    // takes seconds to 64 callers): the figure is taken once healthd has
+    // seen them go, not while it still holds what it was sending them.
+    wait_until("healthd closing wrk's connections", Duration::from_secs(10), || {
+        open_connections(port).is_ok_and(|open| open == 0)
+    })?;
     let rss_after_mib = rss_kib(pid, "VmRSS:")? as f64 / 1024.0;
     let peak_rss_mib = rss_kib(pid, "VmHWM:")? as f64 / 1024.0;
     let net_ns = (cpu_ns - idle_ns_per_second * window.as_secs_f64()).max(0.0);
@@ -316,6 +322,22 @@ pub(crate) fn rss_kib(pid: u32, line: &str) -> anyhow::Result<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
     let found = status.lines().find_map(|text| text.strip_prefix(line)).context("no such line")?;
     Ok(found.split_whitespace().next().context("an empty line")?.parse()?)
+}
+
+/// Connections on healthd's side of `port` that are open or that the
+/// caller has closed and healthd not yet (ESTABLISHED, CLOSE_WAIT).
+fn open_connections(port: u16) -> anyhow::Result<usize> {
+    let mut open = 0;
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        for line in fs::read_to_string(table)?.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(state)) = (fields.get(1), fields.get(3)) else { continue };
+            let local_port =
+                local.rsplit(':').next().and_then(|hex| u16::from_str_radix(hex, 16).ok());
+            open += usize::from(local_port == Some(port) && matches!(*state, "01" | "08"));
+        }
+    }
+    Ok(open)
 }
 
 /// The sum of `healthd_check_runs_total` over every check.
@@ -402,7 +424,7 @@ fn section(plan: &Plan, idle_ns_per_second: f64, rows: &[Row]) -> anyhow::Result
         chrono_free_date(),
     )?;
     writeln!(out, "- CPU: healthd's time on CPU (/proc/PID/task/*/schedstat) over whole intervals covering {} s or more, from half an interval after a burst of runs and 2 s or more after start-up; runs counted from `/metrics`. Per run: net of what healthd with no checks spends meanwhile ({:.3}% of a core); below 1,000 checks the interval is shorter so that the runs stand out of that (a run costs the same whatever its interval)", plan.window.as_secs(), idle_ns_per_second / 1e7)?;
-    writeln!(out, "- startup: from exec to `/health/startup` 200; RSS: before the probes, the peak (VmHWM) after them, and once `/health` and `/metrics` have each been served to {PROBE_CONNECTIONS} callers at once")?;
+    writeln!(out, "- startup: from exec to `/health/startup` 200; RSS: before the probes, the peak (VmHWM) after them, and once `/health` and `/metrics` have each been served to {PROBE_CONNECTIONS} callers at once (read when healthd has closed their connections)")?;
     writeln!(out, "- probes: wrk, {PROBE_CONNECTIONS} connections, {} s, on the same 2 cores; liveness and readiness take turns with a reference healthd of {REFERENCE_CHECKS} checks within each of {} rounds; rates and ratios are medians over the rounds\n", plan.wrk_seconds, plan.rounds)?;
     writeln!(out, "| checks | interval | runs/s | healthd CPU, % of one core | CPU µs per run | startup | RSS (peak) | `/health` bytes | `/health/ready` bytes | `/health/live` req/s (× ref.) | `/health/ready` req/s (× ref.) | `/health` req/s | `/metrics` req/s | RSS after `/health` and `/metrics` |")?;
     writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")?;
