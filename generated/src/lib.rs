@@ -153,7 +153,7 @@ pub struct HealthPage {
     #[doc = "A human description of the service."]
     #[serde(skip_serializing_if = "::std::option::Option::is_none")]
     pub description: ::std::option::Option<::std::string::String>,
-    #[doc = "Where the checks' history comes from: `store` (roll-ups kept past restarts) or `memory` (the kept runs). Present with details."]
+    #[doc = "Where the checks' history comes from. Present with details."]
     #[serde(skip_serializing_if = "::std::option::Option::is_none")]
     pub history: ::std::option::Option<HealthPageHistory>,
     #[doc = "Why the history comes from memory although a store is configured (it did not answer in time, or failed)."]
@@ -200,7 +200,7 @@ pub struct HealthPageCheck {
     #[serde(default, skip_serializing_if = "::std::vec::Vec::is_empty")]
     pub windows: ::std::vec::Vec<UptimeWindow>,
 }
-#[doc = "Where the checks' history comes from: `store` (roll-ups kept past restarts) or `memory` (the kept runs). Present with details."]
+#[doc = "`store` (roll-ups kept past restarts, `[storage]`) or `memory` (the kept runs)."]
 #[derive(
     :: serde :: Deserialize,
     :: serde :: Serialize,

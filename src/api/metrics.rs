@@ -32,6 +32,7 @@ pub mod endpoint {
     pub const CHECK_SERIES: &str = "check_series";
     pub const BADGE: &str = "badge";
     pub const STATUS_PAGE: &str = "status_page";
+    pub const HEALTH_PAGE: &str = "health_page";
     pub const METRICS: &str = "metrics";
     pub const OPENAPI_YAML: &str = "openapi_yaml";
     pub const OPENAPI_JSON: &str = "openapi_json";
@@ -39,7 +40,7 @@ pub mod endpoint {
     pub const OTHER: &str = "other";
 }
 
-const ENDPOINTS: [&str; 18] = [
+const ENDPOINTS: [&str; 19] = [
     endpoint::HEALTH,
     endpoint::LIVENESS,
     endpoint::READINESS,
@@ -53,13 +54,14 @@ const ENDPOINTS: [&str; 18] = [
     endpoint::CHECK_SERIES,
     endpoint::BADGE,
     endpoint::STATUS_PAGE,
+    endpoint::HEALTH_PAGE,
     endpoint::METRICS,
     endpoint::OPENAPI_YAML,
     endpoint::OPENAPI_JSON,
     endpoint::SWAGGER_UI,
     endpoint::OTHER,
 ];
-const HTTP_STATUSES: [u16; 10] = [200, 301, 400, 401, 403, 404, 405, 431, 500, 503];
+const HTTP_STATUSES: [u16; 11] = [200, 301, 304, 400, 401, 403, 404, 405, 431, 500, 503];
 
 const COLUMNS: usize = HTTP_STATUSES.len() + 1;
 const CELLS: usize = ENDPOINTS.len() * COLUMNS;

@@ -5,7 +5,8 @@
 //!
 //! `access` decides who may see what, `docs` serves the contract and
 //! Swagger UI (and holds the responses every operation shares), `status`
-//! the history, badge and status page, `metrics` the Prometheus text,
+//! the history, badge and status page, `page` the status page's data,
+//! `records` what the store keeps, `metrics` the Prometheus text,
 //! `error` the problem+json answers, and `log` the access log and the
 //! writer every log line goes through.
 
@@ -14,6 +15,7 @@ mod docs;
 pub mod error;
 pub mod log;
 mod metrics;
+mod page;
 mod records;
 mod status;
 
@@ -64,6 +66,7 @@ pub use metrics::{ClientConnections, ReloadCounters, RequestCounters};
         records::get_check_incidents,
         records::get_incidents,
         records::get_check_series,
+        page::get_health_page,
         status::get_badge,
         status::get_status_page,
         get_metrics,
@@ -84,6 +87,11 @@ pub use metrics::{ClientConnections, ReloadCounters, RequestCounters};
         healthd_models::Incident,
         healthd_models::Series,
         healthd_models::SeriesPoint,
+        healthd_models::HealthPage,
+        healthd_models::HealthPageCheck,
+        healthd_models::HealthPageHistory,
+        healthd_models::StatusCounts,
+        healthd_models::RecentRuns,
         healthd_models::HealthStatus,
         healthd_models::ComponentType,
         healthd_models::Problem,
@@ -245,6 +253,7 @@ pub fn scope(
             operation("/health/checks/{name}/series", endpoint::CHECK_SERIES)
                 .to(records::get_check_series),
         )
+        .service(operation("/health/page", endpoint::HEALTH_PAGE).to(page::get_health_page))
         .service(operation("/health/badge.svg", endpoint::BADGE).to(status::get_badge))
         .service(operation("/status", endpoint::STATUS_PAGE).to(status::get_status_page))
         .service(operation("/metrics", endpoint::METRICS).to(get_metrics))

@@ -42,6 +42,7 @@ mod every_kind;
 mod history;
 mod lifecycle;
 mod metrics;
+mod page;
 mod reload;
 mod support;
 mod tls_server;
