@@ -243,7 +243,7 @@ fn nearest_rank(sorted: &[u32], q: f64) -> Option<f64> {
     Some(f64::from(sorted[rank - 1]))
 }
 
-type Days = Vec<Vec<Option<f64>>>;
+type Days = Vec<report::DailyUptime>;
 type Windows = Vec<Vec<UptimeWindow>>;
 
 /// The shown checks' days and windows, from the store on the blocking

@@ -182,14 +182,16 @@ fn ceil_div(a: i64, b: i64) -> i64 {
     (a + b - 1).div_euclid(b)
 }
 
+/// One check's daily uptime, oldest first; `None` for a day without runs.
+pub type DailyUptime = Vec<Option<f64>>;
+
 /// Each named check's daily uptime over the `days` UTC days ending today,
-/// oldest first (`None` for a day without runs), and today's date: a
-/// query per check, each over at most `days` rows.
+/// and today's date: a query per check, each over at most `days` rows.
 pub fn daily_uptime(
     store: &Store,
     names: &[&str],
     days: i64,
-) -> Result<(NaiveDate, Vec<Vec<Option<f64>>>), StoreError> {
+) -> Result<(NaiveDate, Vec<DailyUptime>), StoreError> {
     let now = store.now();
     let today = day_of(now.timestamp());
     let first = today - days + 1;
