@@ -561,10 +561,16 @@ pub async fn get_health(request: HttpRequest) -> Result<HttpResponse, ApiError> 
     let access = state.access.load();
     let principal = authenticate(&access, &request)?;
     let snapshot = state.reader.current();
+    let details = sees_details(&access, &request, principal);
+    Ok(health_response(if details { &snapshot.health } else { &snapshot.health_anonymous }))
+}
+
+/// Whether this caller sees the checks in `/health` and `/health/page`
+/// (the other tier gets the status and the identity only).
+fn sees_details(access: &Access, request: &HttpRequest, principal: Principal) -> bool {
     // Most probes are anonymous: they skip working out the client address.
-    let sees_details = access.may_see_details(principal)
-        && access.sees_details(&client_address(&access, &request), principal).is_ok();
-    Ok(health_response(if sees_details { &snapshot.health } else { &snapshot.health_anonymous }))
+    access.may_see_details(principal)
+        && access.sees_details(&client_address(access, request), principal).is_ok()
 }
 
 #[utoipa::path(

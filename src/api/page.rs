@@ -18,11 +18,10 @@ use healthd_models::{
 };
 use serde::Deserialize;
 
-use crate::api::access::Access;
 use crate::api::docs::{CommonProblems, TokenProblems};
 use crate::api::error::ApiError;
 use crate::api::records::{bad, limit, query};
-use crate::api::{authenticate, client_address, state_of};
+use crate::api::{authenticate, sees_details, state_of};
 use crate::engine::render::Piece;
 use crate::store::{report, Store, QUERY_DEADLINE};
 
@@ -165,16 +164,6 @@ pub async fn get_health_page(request: HttpRequest) -> Result<HttpResponse, ApiEr
             Ok(respond(&request, &tag, &answer))
         }
     }
-}
-
-/// Whether this caller sees the checks, as `/health` decides.
-fn sees_details(
-    access: &Access,
-    request: &HttpRequest,
-    principal: crate::api::access::Principal,
-) -> bool {
-    access.may_see_details(principal)
-        && access.sees_details(&client_address(access, request), principal).is_ok()
 }
 
 /// A check's row as the snapshot has it; its history comes after.

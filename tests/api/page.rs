@@ -21,6 +21,16 @@ fn disk(name: &str, extra: &str) -> String {
     format!("[[checks]]\nname = \"{name}\"\nkind = \"disk\"\npath = \"/\"\n{QUICK}\n{extra}\n")
 }
 
+/// A disk check that warns whatever the machine's free space.
+fn warning(name: &str) -> String {
+    disk(name, "warn_below = \"100%\"\nfail_below = \"0%\"")
+}
+
+/// A tcp check on a listener: it passes.
+fn listening(name: &str, address: &str) -> String {
+    format!("[[checks]]\nname = \"{name}\"\nkind = \"tcp\"\naddress = \"{address}\"\n{QUICK}\n")
+}
+
 fn refused(name: &str, address: &str) -> String {
     format!(
         "[[checks]]\nname = \"{name}\"\nkind = \"tcp\"\naddress = \"{address}\"\ncritical = false\n{QUICK}\n"
@@ -73,13 +83,15 @@ async fn get_if_none_match(app: &TestApp, path: &str, tag: &str) -> Answer {
 async fn failing_then_warning_then_passing_checks_come_a_page_at_a_time() {
     // Arrange: the configured order mixes them up.
     let address = refused_address().await.to_string();
+    let listener = Upstream::start(Behaviour::Never).await;
+    let up = listener.address().to_string();
     let checks = [
-        disk("pass-a", ""),
+        listening("pass-a", &up),
         refused("fail-a", &address),
-        disk("warn-a", "warn_below = \"100%\""),
-        disk("pass-b", ""),
+        warning("warn-a"),
+        listening("pass-b", &up),
         refused("fail-b", &address),
-        disk("pass-c", ""),
+        listening("pass-c", &up),
     ]
     .concat();
     let app = spawn_app(&config(&checks)).await;
@@ -259,11 +271,12 @@ async fn with_a_store_the_page_has_the_days_and_windows_across_a_restart() {
     let dir = std::env::temp_dir().join(unique("healthd-page-"));
     std::fs::create_dir_all(&dir).unwrap();
     let upstream = Upstream::start(Behaviour::Status(200)).await;
+    let listener = Upstream::start(Behaviour::Never).await;
     let checks = format!(
         "[storage]\npath = \"{}\"\n{}{}",
         dir.join("store.db").display(),
         http("flaky", &upstream.url()),
-        disk("steady", "")
+        listening("steady", &listener.address().to_string())
     );
     let config = config(&checks);
     let app = spawn_app(&config).await;

@@ -1,7 +1,8 @@
 //! A healthd with a large estate, for the status page: N checks with a
 //! fresh SQLite store, most of them tcp checks against a local listener,
 //! some failing (a refused port; non-critical, so `/health` stays 200) and
-//! some warning (a disk check with `warn_below = "100%"`), spread through
+//! some warning (a disk check with `warn_below = "100%"`, `fail_below = "0%"`:
+//! a warning whatever the machine's free space), spread through
 //! the configured order so that "failing first" is the page's doing. The
 //! contract stage drives `/status` over 1,000 of them (contract/estate.mjs);
 //! `cargo xtask bench --page` measures it over 10,000 (contract/page-bench.mjs).
@@ -115,7 +116,8 @@ retries = 0
             format!("kind = \"tcp\"\naddress = \"127.0.0.1:{refused}\"\ncritical = false\n")
         } else if warns {
             warning.push(name.clone());
-            "kind = \"disk\"\npath = \"/\"\nwarn_below = \"100%\"\n".to_string()
+            "kind = \"disk\"\npath = \"/\"\nwarn_below = \"100%\"\nfail_below = \"0%\"\n"
+                .to_string()
         } else {
             format!("kind = \"tcp\"\naddress = \"127.0.0.1:{listener}\"\n")
         };
