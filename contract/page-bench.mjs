@@ -51,15 +51,20 @@ for (let load = 0; load < loads; load += 1) {
     results.loads.push(timing);
     if (!last) return "measured";
     const requests = [];
-    page.on("requestfinished", async (request) => {
-      const response = await request.response();
-      const sizes = await request.sizes();
-      requests.push({ path: new URL(request.url()).pathname, status: response?.status(), bytes: sizes.responseHeadersSize + sizes.responseBodySize });
-    });
-    const started = requests.length;
-    await page.waitForFunction((count) => performance.getEntriesByType("resource").length >= count, 1 + refreshes, { timeout: (refreshes + 4) * 5000 });
-    await page.waitForTimeout(200);
-    results.refreshes = requests.slice(started);
+    page.on("response", (response) => requests.push(response));
+    // Polled here, where the responses are recorded, with a deadline.
+    const deadline = Date.now() + (refreshes + 4) * 5000;
+    while (requests.length < refreshes) {
+      if (Date.now() > deadline) throw new Error(`${requests.length} refreshes within the deadline, not ${refreshes}`);
+      await page.waitForTimeout(500);
+    }
+    await page.waitForTimeout(500);
+    const measured = [];
+    for (const response of requests.slice(0, refreshes)) {
+      const sizes = await response.request().sizes();
+      measured.push({ path: new URL(response.url()).pathname, status: response.status(), bytes: sizes.responseHeadersSize + sizes.responseBodySize });
+    }
+    results.refreshes = measured;
     return "measured";
   });
 }
