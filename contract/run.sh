@@ -12,6 +12,12 @@
 #   HEALTHD_DETAILS  the server's `details` setting (default "authorized")
 #   STATUS_FAILING_CHECK  a configured check that fails, which the status page
 #                    must show as fail (default "broken"; the browser stage)
+#   STATUS_ESTATE_URL, STATUS_ESTATE_FAILING, STATUS_ESTATE_WARNING
+#                    a second healthd with many checks and a store, and its
+#                    failing and warning checks in configured order (comma-
+#                    separated): the browser stage drives its status page
+#                    (contract/estate.mjs); without it, that part is skipped
+#                    and the summary says so
 #   CONTRACT_SPEC    the contract to test against (default: openapi.yaml)
 #   CONTRACT_OUT     where stages write (default: target/contract; the fuzz
 #                    stage's dictionary path in schemathesis.toml assumes it)
@@ -198,7 +204,7 @@ stage_sdk() {
 stage_browser() {
   "$VENV/bin/python" -c 'import json, sys, yaml; json.dump(yaml.safe_load(open(sys.argv[1])), open(sys.argv[2], "w"))' \
     "$SPEC" "$OUT/openapi.json"
-  rm -f "$OUT/swagger-ui.png" "$OUT/status.png" "$OUT/status-phone.png"
+  rm -f "$OUT/swagger-ui.png" "$OUT/status.png" "$OUT/status-phone.png" "$OUT/status-estate.png"
   local rc=0 swagger status
   echo "== Swagger UI (contract/swagger.mjs)"
   CONTRACT_SPEC_JSON="$OUT/openapi.json" SWAGGER_SCREENSHOT="$OUT/swagger-ui.png" show node "$HERE/swagger.mjs" || rc=$?
@@ -211,6 +217,13 @@ stage_browser() {
     echo "== the status page (contract/status.mjs)"
     STATUS_SCREENSHOT="$OUT/status.png" show node "$HERE/status.mjs" || rc=$?
     status=$last
+    if [ -n "${STATUS_ESTATE_URL:-}" ]; then
+      echo "== the status page over an estate (contract/estate.mjs)"
+      ESTATE_SCREENSHOT="$OUT/status-estate.png" show node "$HERE/estate.mjs" || rc=$?
+      status="$status | ${last#status-estate: }"
+    else
+      status="$status | estate: not asked (STATUS_ESTATE_URL is not set)"
+    fi
   fi
   local shots=""
   [ -f "$OUT/swagger-ui.png" ] && shots="; screenshots ${OUT#"$ROOT"/}/swagger-ui.png"

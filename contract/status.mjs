@@ -7,7 +7,8 @@
 //     token, and no check;
 //   - with $HEALTHD_TOKEN typed in, it lists every check GET /health names
 //     (with the token), and $STATUS_FAILING_CHECK reads `fail` in its row
-//     and in the latest mark of its strip;
+//     and in the latest mark of its strip (this healthd keeps no store: the
+//     strip shows the runs kept in memory);
 //   - the token is in sessionStorage only (not localStorage, not a cookie);
 //   - every request the page makes goes to healthd, and there is no script
 //     error;
@@ -107,10 +108,11 @@ await inBrowser({ label: "status-page", timeout: TIMEOUT, screenshot }, async (p
   if (storage.session !== token) problems.push("the token is not in sessionStorage");
   if (storage.local !== 0 || storage.cookie !== "") problems.push("the page stored something outside sessionStorage");
 
-  // A refresh comes by itself, and the page stays the same shape.
-  const before = requests.filter((url) => url.endsWith("/health")).length;
+  // A refresh comes by itself (one request, to health/page), and the page
+  // stays the same shape.
+  const before = requests.filter((url) => new URL(url).pathname.endsWith("/health/page")).length;
   await page.waitForFunction(
-    ([count]) => performance.getEntriesByType("resource").filter((entry) => entry.name.endsWith("/health")).length > count,
+    ([count]) => performance.getEntriesByType("resource").filter((entry) => new URL(entry.name).pathname.endsWith("/health/page")).length > count,
     [before],
   );
   await page.waitForFunction((count) => document.querySelectorAll("li.check").length === count, expected.length);

@@ -139,6 +139,119 @@ impl ::std::convert::TryFrom<::std::string::String> for ComponentType {
         value.parse()
     }
 }
+#[doc = "What the status page shows in one refresh."]
+#[derive(
+    :: serde :: Deserialize, :: serde :: Serialize, Clone, Debug, PartialEq, utoipa :: ToSchema,
+)]
+#[serde(deny_unknown_fields)]
+pub struct HealthPage {
+    #[doc = "Failing checks first, then warning ones, then the rest, each group in the configured order. Present with details."]
+    #[serde(default, skip_serializing_if = "::std::vec::Vec::is_empty")]
+    pub checks: ::std::vec::Vec<HealthPageCheck>,
+    #[serde(skip_serializing_if = "::std::option::Option::is_none")]
+    pub counts: ::std::option::Option<StatusCounts>,
+    #[doc = "A human description of the service."]
+    #[serde(skip_serializing_if = "::std::option::Option::is_none")]
+    pub description: ::std::option::Option<::std::string::String>,
+    #[doc = "Where the checks' history comes from. Present with details."]
+    #[serde(skip_serializing_if = "::std::option::Option::is_none")]
+    pub history: ::std::option::Option<HealthPageHistory>,
+    #[doc = "Why the history comes from memory although a store is configured (it did not answer in time, or failed)."]
+    #[serde(rename = "historyProblem", skip_serializing_if = "::std::option::Option::is_none")]
+    pub history_problem: ::std::option::Option<::std::string::String>,
+    #[doc = "The UTC day the checks' `days` end with (today). Present with a store."]
+    #[serde(rename = "lastDay", skip_serializing_if = "::std::option::Option::is_none")]
+    pub last_day: ::std::option::Option<::chrono::naive::NaiveDate>,
+    #[doc = "The first check's position among them."]
+    #[serde(skip_serializing_if = "::std::option::Option::is_none")]
+    pub offset: ::std::option::Option<u64>,
+    #[doc = "The service this page is about (`server.service_id`)."]
+    #[serde(rename = "serviceId", skip_serializing_if = "::std::option::Option::is_none")]
+    pub service_id: ::std::option::Option<::std::string::String>,
+    pub status: HealthStatus,
+    #[doc = "Checks that match `name`. Present with details."]
+    #[serde(skip_serializing_if = "::std::option::Option::is_none")]
+    pub total: ::std::option::Option<u64>,
+}
+#[doc = "One check as the status page shows it."]
+#[derive(
+    :: serde :: Deserialize, :: serde :: Serialize, Clone, Debug, PartialEq, utoipa :: ToSchema,
+)]
+#[serde(deny_unknown_fields)]
+pub struct HealthPageCheck {
+    #[doc = "The check's configured name."]
+    #[serde(rename = "componentId")]
+    pub component_id: ::std::string::String,
+    #[doc = "Whether the check counts for readiness (a failure of a non-critical check is a warn for the service)."]
+    pub critical: bool,
+    #[doc = "With a store: the daily uptime (the share of the day's runs that\nwere not `fail`, rounded down to 4 decimals, so that any failure\nshows) of the 90 UTC days ending with `lastDay`, oldest first;\n`null` for a day without runs.\n"]
+    #[serde(default, skip_serializing_if = "::std::vec::Vec::is_empty")]
+    pub days: ::std::vec::Vec<::std::option::Option<f64>>,
+    #[doc = "What is wrong, as in `/health`. Absent on pass."]
+    #[serde(skip_serializing_if = "::std::option::Option::is_none")]
+    pub output: ::std::option::Option<::std::string::String>,
+    #[serde(skip_serializing_if = "::std::option::Option::is_none")]
+    pub recent: ::std::option::Option<RecentRuns>,
+    pub status: HealthStatus,
+    #[doc = "When the current status began. Absent before the first run."]
+    #[serde(rename = "statusSince", skip_serializing_if = "::std::option::Option::is_none")]
+    pub status_since: ::std::option::Option<::chrono::DateTime<::chrono::offset::Utc>>,
+    #[doc = "With a store, `24h`, `7d` and `30d`, in that order (see `UptimeWindow`)."]
+    #[serde(default, skip_serializing_if = "::std::vec::Vec::is_empty")]
+    pub windows: ::std::vec::Vec<UptimeWindow>,
+}
+#[doc = "`store` (roll-ups kept past restarts, `[storage]`) or `memory` (the kept runs)."]
+#[derive(
+    :: serde :: Deserialize,
+    :: serde :: Serialize,
+    Clone,
+    Copy,
+    Debug,
+    Eq,
+    Hash,
+    Ord,
+    PartialEq,
+    PartialOrd,
+    utoipa :: ToSchema,
+)]
+pub enum HealthPageHistory {
+    #[serde(rename = "store")]
+    Store,
+    #[serde(rename = "memory")]
+    Memory,
+}
+impl ::std::fmt::Display for HealthPageHistory {
+    fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+        match *self {
+            Self::Store => f.write_str("store"),
+            Self::Memory => f.write_str("memory"),
+        }
+    }
+}
+impl ::std::str::FromStr for HealthPageHistory {
+    type Err = self::error::ConversionError;
+    fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
+        match value {
+            "store" => Ok(Self::Store),
+            "memory" => Ok(Self::Memory),
+            _ => Err("invalid value".into()),
+        }
+    }
+}
+impl ::std::convert::TryFrom<&str> for HealthPageHistory {
+    type Error = self::error::ConversionError;
+    fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
+        value.parse()
+    }
+}
+impl ::std::convert::TryFrom<::std::string::String> for HealthPageHistory {
+    type Error = self::error::ConversionError;
+    fn try_from(
+        value: ::std::string::String,
+    ) -> ::std::result::Result<Self, self::error::ConversionError> {
+        value.parse()
+    }
+}
 #[doc = "A health report in the IETF health-check response format."]
 #[derive(
     :: serde :: Deserialize, :: serde :: Serialize, Clone, Debug, PartialEq, utoipa :: ToSchema,
@@ -375,6 +488,35 @@ pub struct Problem {
     #[serde(rename = "type")]
     pub type_: ::std::string::String,
 }
+#[doc = "Without a store, the check's kept runs (its `history` setting) from memory."]
+#[derive(
+    :: serde :: Deserialize, :: serde :: Serialize, Clone, Debug, PartialEq, utoipa :: ToSchema,
+)]
+#[serde(deny_unknown_fields)]
+pub struct RecentRuns {
+    #[doc = "The most runs kept."]
+    pub capacity: u32,
+    #[doc = "How often the check runs, in milliseconds."]
+    #[serde(rename = "intervalMs")]
+    pub interval_ms: u64,
+    #[doc = "The median duration of the kept runs, in milliseconds."]
+    #[serde(rename = "p50Ms", skip_serializing_if = "::std::option::Option::is_none")]
+    pub p50_ms: ::std::option::Option<f64>,
+    #[doc = "The 95th percentile of the kept runs' duration, in milliseconds."]
+    #[serde(rename = "p95Ms", skip_serializing_if = "::std::option::Option::is_none")]
+    pub p95_ms: ::std::option::Option<f64>,
+    #[doc = "The 99th percentile of the kept runs' duration, in milliseconds."]
+    #[serde(rename = "p99Ms", skip_serializing_if = "::std::option::Option::is_none")]
+    pub p99_ms: ::std::option::Option<f64>,
+    #[doc = "The kept runs' statuses after thresholds, oldest first, a letter each - `p` pass, `w` warn, `f` fail."]
+    pub runs: ::std::string::String,
+    #[doc = "The share of every run since healthd started (or since the store first recorded the check) that was not `fail`."]
+    #[serde(rename = "sinceStart", skip_serializing_if = "::std::option::Option::is_none")]
+    pub since_start: ::std::option::Option<f64>,
+    #[doc = "The share of the kept runs that were not `fail`; absent when none is kept."]
+    #[serde(skip_serializing_if = "::std::option::Option::is_none")]
+    pub uptime: ::std::option::Option<f64>,
+}
 #[doc = "A check's runs over a time range, a point per step."]
 #[derive(
     :: serde :: Deserialize, :: serde :: Serialize, Clone, Debug, PartialEq, utoipa :: ToSchema,
@@ -472,6 +614,16 @@ impl ::std::convert::TryFrom<::std::string::String> for SeriesSource {
     ) -> ::std::result::Result<Self, self::error::ConversionError> {
         value.parse()
     }
+}
+#[doc = "How many checks report each status now (all of them, whatever `name` filters)."]
+#[derive(
+    :: serde :: Deserialize, :: serde :: Serialize, Clone, Debug, PartialEq, utoipa :: ToSchema,
+)]
+#[serde(deny_unknown_fields)]
+pub struct StatusCounts {
+    pub fail: u64,
+    pub pass: u64,
+    pub warn: u64,
 }
 #[doc = "The share of runs whose status (after thresholds) was not `fail`, from 0 to 1."]
 #[derive(

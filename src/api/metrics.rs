@@ -34,6 +34,7 @@ pub mod endpoint {
     pub const GROUP: &str = "group";
     pub const BADGE: &str = "badge";
     pub const STATUS_PAGE: &str = "status_page";
+    pub const HEALTH_PAGE: &str = "health_page";
     pub const METRICS: &str = "metrics";
     pub const OPENAPI_YAML: &str = "openapi_yaml";
     pub const OPENAPI_JSON: &str = "openapi_json";
@@ -41,8 +42,7 @@ pub mod endpoint {
     pub const OTHER: &str = "other";
 }
 
-
-const ENDPOINTS: [&str; 20] = [
+const ENDPOINTS: [&str; 21] = [
     endpoint::HEALTH,
     endpoint::LIVENESS,
     endpoint::READINESS,
@@ -58,13 +58,14 @@ const ENDPOINTS: [&str; 20] = [
     endpoint::GROUP,
     endpoint::BADGE,
     endpoint::STATUS_PAGE,
+    endpoint::HEALTH_PAGE,
     endpoint::METRICS,
     endpoint::OPENAPI_YAML,
     endpoint::OPENAPI_JSON,
     endpoint::SWAGGER_UI,
     endpoint::OTHER,
 ];
-const HTTP_STATUSES: [u16; 12] = [200, 301, 400, 401, 403, 404, 405, 409, 429, 431, 500, 503];
+const HTTP_STATUSES: [u16; 13] = [200, 301, 304, 400, 401, 403, 404, 405, 409, 429, 431, 500, 503];
 
 const COLUMNS: usize = HTTP_STATUSES.len() + 1;
 const CELLS: usize = ENDPOINTS.len() * COLUMNS;

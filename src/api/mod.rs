@@ -5,7 +5,8 @@
 //!
 //! `access` decides who may see what, `docs` serves the contract and
 //! Swagger UI (and holds the responses every operation shares), `status`
-//! the history, badge and status page, `metrics` the Prometheus text,
+//! the history, badge and status page, `page` the status page's data,
+//! `records` what the store keeps, `metrics` the Prometheus text,
 //! `error` the problem+json answers, and `log` the access log and the
 //! writer every log line goes through.
 
@@ -14,8 +15,9 @@ mod docs;
 pub mod error;
 pub mod log;
 mod metrics;
-mod records;
+mod page;
 mod pings;
+mod records;
 mod status;
 
 use std::any::Any;
@@ -70,6 +72,7 @@ pub use metrics::{ClientConnections, ReloadCounters, RequestCounters};
         pings::post_ping_start,
         pings::post_ping_fail,
         pings::post_ping_exit_status,
+        page::get_health_page,
         status::get_badge,
         status::get_status_page,
         get_metrics,
@@ -92,6 +95,11 @@ pub use metrics::{ClientConnections, ReloadCounters, RequestCounters};
         healthd_models::SeriesPoint,
         healthd_models::SeriesSource,
         healthd_models::UptimeWindowName,
+        healthd_models::HealthPage,
+        healthd_models::HealthPageCheck,
+        healthd_models::HealthPageHistory,
+        healthd_models::StatusCounts,
+        healthd_models::RecentRuns,
         healthd_models::HealthStatus,
         healthd_models::ComponentType,
         healthd_models::Problem,
@@ -270,6 +278,7 @@ pub fn scope(
                 .to(pings::post_ping_exit_status),
         )
         .service(ping_operation("/health/checks/{name}/ping", endpoint::PING).to(pings::post_ping))
+        .service(operation("/health/page", endpoint::HEALTH_PAGE).to(page::get_health_page))
         .service(operation("/health/badge.svg", endpoint::BADGE).to(status::get_badge))
         .service(operation("/status", endpoint::STATUS_PAGE).to(status::get_status_page))
         .service(operation("/metrics", endpoint::METRICS).to(get_metrics))
@@ -669,9 +678,7 @@ pub async fn get_health(request: HttpRequest) -> Result<HttpResponse, ApiError> 
     let query =
         if request.query_string().is_empty() { None } else { Some(ProbeQuery::parse(&request)?) };
     let snapshot = state.reader.current();
-    // Most probes are anonymous: they skip working out the client address.
-    let sees_details = access.may_see_details(principal)
-        && access.sees_details(&client_address(&access, &request), principal).is_ok();
+    let sees_details = sees_details(&access, &request, principal);
     let Some(query) = query.filter(|query| query.verbose || !query.exclude.is_empty()) else {
         let rendered = if sees_details { &snapshot.health } else { &snapshot.health_anonymous };
         return Ok(health_response(rendered));
@@ -682,6 +689,14 @@ pub async fn get_health(request: HttpRequest) -> Result<HttpResponse, ApiError> 
         return Ok(verbose_response(answer));
     }
     Ok(health_response(&snapshot.health_without(&excluded, sees_details)))
+}
+
+/// Whether this caller sees the checks in `/health` and `/health/page`
+/// (the other tier gets the status and the identity only).
+fn sees_details(access: &Access, request: &HttpRequest, principal: Principal) -> bool {
+    // Most probes are anonymous: they skip working out the client address.
+    access.may_see_details(principal)
+        && access.sees_details(&client_address(access, request), principal).is_ok()
 }
 
 #[utoipa::path(

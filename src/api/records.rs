@@ -37,17 +37,17 @@ struct RangeQuery {
     step: Option<u32>,
 }
 
-fn query<T: serde::de::DeserializeOwned>(request: &HttpRequest) -> Result<T, ApiError> {
+pub(super) fn query<T: serde::de::DeserializeOwned>(request: &HttpRequest) -> Result<T, ApiError> {
     web::Query::<T>::from_query(request.query_string())
         .map(web::Query::into_inner)
         .map_err(|error| bad(request, format!("invalid query parameter: {error}")))
 }
 
-fn bad(request: &HttpRequest, reason: String) -> ApiError {
+pub(super) fn bad(request: &HttpRequest, reason: String) -> ApiError {
     ApiError::new(ApiErrorKind::InvalidParameter(reason), request.path())
 }
 
-fn limit(request: &HttpRequest, limit: Option<u32>) -> Result<u32, ApiError> {
+pub(super) fn limit(request: &HttpRequest, limit: Option<u32>) -> Result<u32, ApiError> {
     match limit.unwrap_or(DEFAULT_LIMIT) {
         limit @ 1..=MAX_LIMIT => Ok(limit),
         _ => Err(bad(request, format!("limit must be between 1 and {MAX_LIMIT}"))),

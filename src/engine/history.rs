@@ -242,7 +242,6 @@ impl History {
         self.status_since
     }
 
-
     /// Puts back the counts a store remembered (after its runs were
     /// pushed back): runs and failures since the check was first
     /// recorded, and since when its status holds, when known.

@@ -569,12 +569,8 @@ mod tests {
     #[test]
     fn a_probe_never_puts_older_readings_back_over_a_newer_snapshot() {
         let renderer = Renderer::new(ServiceInfo::new("svc".into(), None), 0);
-        let core = Core::new(
-            renderer,
-            Roster::new(Vec::new(), &[], WarnStatus::Ok),
-            Instant::now(),
-            None,
-        );
+        let core =
+            Core::new(renderer, Roster::new(Vec::new(), &[], WarnStatus::Ok), Instant::now(), None);
         let seen = core.snapshot.load_full();
         // A run publishes after the probe loaded `seen` and before it renders.
         let newer = Arc::new(core.assemble(Instant::now()));

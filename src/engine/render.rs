@@ -449,6 +449,11 @@ impl Piece {
         self.epoch == renderer.epoch && self.stale == is_stale(&self.state, now)
     }
 
+    /// The output this piece was rendered with: what `/health` says of it.
+    pub fn output(&self) -> Option<String> {
+        effective_as(&self.state, self.stale).output
+    }
+
     fn stale_at(&self) -> Option<Instant> {
         let reading = self.state.reading.as_ref()?;
         Some(reading.observed_instant + self.state.policy.stale_after())
@@ -805,6 +810,11 @@ struct Effective<'a> {
 }
 
 fn effective(state: &CheckState, now: Instant) -> Effective<'_> {
+    effective_as(state, is_stale(state, now))
+}
+
+/// As `effective`, for a reading known to be `stale` or not.
+fn effective_as(state: &CheckState, stale: bool) -> Effective<'_> {
     let Some(reading) = &state.reading else {
         return Effective {
             status: HealthStatus::Fail,
@@ -812,7 +822,7 @@ fn effective(state: &CheckState, now: Instant) -> Effective<'_> {
             state,
         };
     };
-    if is_stale(state, now) {
+    if stale {
         // Rendered once when it turns stale, so it names the limit passed
         // rather than an age that would be wrong a moment later.
         let output = format!(

@@ -35,7 +35,8 @@ fn a_year_of_roll_ups() {
     };
     let now = Utc::now();
     let store = Store::open(&settings).unwrap();
-    let names: Vec<Arc<str>> = (0..checks).map(|index| Arc::from(format!("tcp-{index:05}"))).collect();
+    let names: Vec<Arc<str>> =
+        (0..checks).map(|index| Arc::from(format!("tcp-{index:05}"))).collect();
     let seeding = Instant::now();
     let mut runs = 0u64;
     // Oldest first, as time goes: a run a day for 335 days, then a run an hour.
@@ -53,7 +54,11 @@ fn a_year_of_roll_ups() {
                 time,
                 observed: status,
                 status,
-                previous: Some(if index % 50 == 0 && step % 100 == 1 { HealthStatus::Fail } else { HealthStatus::Pass }),
+                previous: Some(if index % 50 == 0 && step % 100 == 1 {
+                    HealthStatus::Fail
+                } else {
+                    HealthStatus::Pass
+                }),
                 value: Some(1.0 + (step % 7) as f64),
                 output: failing.then(|| Arc::from("connection refused")),
                 duration: Duration::from_micros(500 + (step as u64 % 40) * 100),
@@ -95,7 +100,9 @@ fn a_year_of_roll_ups() {
     connection.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);").unwrap();
     let bytes = std::fs::metadata(&path).unwrap().len();
     let count = |table: &str| -> i64 {
-        connection.query_row(&format!("SELECT count(*) FROM {table}"), [], |row| row.get(0)).unwrap()
+        connection
+            .query_row(&format!("SELECT count(*) FROM {table}"), [], |row| row.get(0))
+            .unwrap()
     };
     println!(
         "MEASURED a simulated year for {checks} checks: file {:.1} MiB ({} bytes per check; {:.0} bytes per check per day of the year): {} runs kept, {} hourly, {} daily roll-ups, {} incidents",

@@ -82,6 +82,9 @@ pub struct StoreStats {
     /// Sum and count of batch writes, for a mean.
     pub write_micros_sum: AtomicU64,
     pub writes: AtomicU64,
+    /// Writes that carried roll-ups: what the uptime answers read changes
+    /// only with these (the status page's `ETag` holds this count).
+    pub rollup_writes: AtomicU64,
     /// When the drop was last logged (seconds since the epoch).
     dropped_logged_at: AtomicU64,
 }

@@ -1,7 +1,7 @@
 //! What the store answers, as the contract's models: uptime over the
 //! standard windows, incidents, a series over a time range.
 
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 use healthd_models::{
     CheckUptime, Incident, Series, SeriesPoint, SeriesSource, UptimeWindow, UptimeWindowName,
 };
@@ -23,17 +23,30 @@ const HOURLY_UP_TO: i64 = 7 * 24;
 /// The most points a series answers.
 pub const MAX_POINTS: i64 = 2_000;
 
-/// Each named check's uptime over 24 h, 7, 30, 90 and 365 days: two
-/// queries, however many checks.
+/// Each named check's uptime over 24 h, 7, 30, 90 and 365 days: a query
+/// per window, however many checks.
 pub fn uptime(store: &Store, names: &[&str]) -> Result<Vec<CheckUptime>, StoreError> {
+    uptime_over(store, names, &WINDOWS)
+}
+
+/// As `uptime`, over 24 h, 7 and 30 days only (what the status page shows).
+pub fn recent_uptime(store: &Store, names: &[&str]) -> Result<Vec<CheckUptime>, StoreError> {
+    uptime_over(store, names, &WINDOWS[..3])
+}
+
+fn uptime_over(
+    store: &Store,
+    names: &[&str],
+    windows: &[(UptimeWindowName, i64)],
+) -> Result<Vec<CheckUptime>, StoreError> {
     let now = store.now().timestamp();
     let instance = store.instance();
     let hour = hour_of(now);
     let day = day_of(now);
     // Per window, per check: one sum per query, then the windows from the per-window sums.
     let mut sums: Vec<std::collections::HashMap<String, Rollup>> =
-        Vec::with_capacity(WINDOWS.len());
-    for (_, hours) in WINDOWS {
+        Vec::with_capacity(windows.len());
+    for &(_, hours) in windows {
         let found = if hours <= HOURLY_UP_TO {
             store.reader().rollup_sums(instance, names, Resolution::Hourly, hour - hours + 1)?
         } else {
@@ -45,7 +58,7 @@ pub fn uptime(store: &Store, names: &[&str]) -> Result<Vec<CheckUptime>, StoreEr
         .iter()
         .map(|name| CheckUptime {
             component_id: (*name).to_string(),
-            windows: WINDOWS
+            windows: windows
                 .iter()
                 .zip(&sums)
                 .map(|((window, _), sums)| window_of(*window, sums.get(*name)))
@@ -167,4 +180,33 @@ pub fn series(
 /// `a / b` rounded up, for positive `b`.
 fn ceil_div(a: i64, b: i64) -> i64 {
     (a + b - 1).div_euclid(b)
+}
+
+/// One check's daily uptime, oldest first; `None` for a day without runs.
+pub type DailyUptime = Vec<Option<f64>>;
+
+/// Each named check's daily uptime over the `days` UTC days ending today,
+/// and today's date: a query per check, each over at most `days` rows.
+pub fn daily_uptime(
+    store: &Store,
+    names: &[&str],
+    days: i64,
+) -> Result<(NaiveDate, Vec<DailyUptime>), StoreError> {
+    let now = store.now();
+    let today = day_of(now.timestamp());
+    let first = today - days + 1;
+    let mut found = Vec::with_capacity(names.len());
+    for name in names {
+        let mut uptime = vec![None; usize::try_from(days).unwrap_or(0)];
+        let rollups =
+            store.reader().rollups(store.instance(), name, Resolution::Daily, first, today)?;
+        for (day, rollup) in rollups {
+            if let Some(slot) = usize::try_from(day - first).ok().and_then(|at| uptime.get_mut(at))
+            {
+                *slot = rollup.uptime();
+            }
+        }
+        found.push(uptime);
+    }
+    Ok((now.date_naive(), found))
 }

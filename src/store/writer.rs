@@ -242,6 +242,9 @@ impl Writer {
                 self.stats.write_micros_sum.fetch_add(micros, Ordering::Relaxed);
                 self.stats.writes.fetch_add(1, Ordering::Relaxed);
                 self.stats.written.fetch_add(self.pending_runs, Ordering::Relaxed);
+                if !self.pending.rollups.is_empty() {
+                    self.stats.rollup_writes.fetch_add(1, Ordering::Relaxed);
+                }
                 if self.retry_at.take().is_some() {
                     tracing::info!("the store takes writes again");
                 }

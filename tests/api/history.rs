@@ -271,7 +271,7 @@ async fn the_status_page_is_one_self_contained_file_served_to_anyone_allowed() {
         assert_eq!(outside, 0, "the page refers to {reference}");
     }
     // Its data comes from relative paths, so it works under a prefix.
-    assert!(html.contains(r#"get("health")"#) && html.contains("/history`"));
+    assert!(html.contains("return `health/page?${query}`;"));
     assert!(html.contains("sessionStorage") && !html.contains("localStorage"));
     assert_eq!(head.status, StatusCode::OK);
 }

@@ -112,8 +112,17 @@ pub fn run(args: &[&str]) -> anyhow::Result<()> {
     let smoke = args.contains(&"--smoke");
     let root = project_root();
     Profile::Release.build(&root)?;
-    ensure_installed("wrk", "wrk")?;
     let benchmarks = root.join("BENCHMARKS.md");
+    if args.contains(&"--page") {
+        let section = crate::page_bench::run(&root, smoke)?;
+        println!("{section}");
+        if !smoke {
+            write_section(&benchmarks, PAGE_SECTION, &section)?;
+            eprintln!("wrote {}", benchmarks.display());
+        }
+        return Ok(());
+    }
+    ensure_installed("wrk", "wrk")?;
     if args.contains(&"--soak") {
         let section = crate::soak::run(&root, smoke)?;
         println!("{section}");
@@ -195,6 +204,7 @@ const PROBE_SECTION: &str = "probe paths (cargo xtask bench)";
 const SCALE_SECTION: &str = "scale (cargo xtask bench --scale)";
 const STORE_SECTION: &str = "store (cargo xtask bench --scale, or --store alone)";
 const SOAK_SECTION: &str = "log volume (cargo xtask bench --soak)";
+const PAGE_SECTION: &str = "status page (cargo xtask bench --page)";
 
 /// Replaces the text between `<!-- begin NAME -->` and `<!-- end NAME -->`
 /// in `path` (appending the section when it is missing), leaving the rest.

@@ -1,13 +1,16 @@
 //! `cargo xtask contract`: the contract checked by the tools our users run
 //! (spec lint, schemathesis, generated Python and TypeScript clients,
-//! Swagger UI in headless Chromium), against a live healthd with real
-//! checks and a token. The stages themselves are `contract/run.sh`.
+//! Swagger UI and the status page in headless Chromium), against a live
+//! healthd with real checks and a token, and a second one with 1,000
+//! checks and a store for the status page. The stages themselves are
+//! `contract/run.sh`.
 
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use anyhow::{bail, Context};
 
+use crate::estate::{Estate, Shape};
 use crate::project_root;
 use crate::services::{
     free_port, start_healthd_with, Dependencies, Details, Launch, Profile, Variant, TOKEN,
@@ -16,6 +19,10 @@ use crate::services::{
 /// The check the status page must show as failing: non-critical, so
 /// `/health` still answers 200 (warn) for the other stages.
 const FAILING_CHECK: &str = "broken";
+/// The estate the status page is driven over (contract/estate.mjs).
+const ESTATE_CHECKS: usize = 1_000;
+const ESTATE_FAILING: usize = 20;
+const ESTATE_WARNING: usize = 10;
 
 pub fn run() -> anyhow::Result<()> {
     let root = project_root();
@@ -44,6 +51,12 @@ pub fn run() -> anyhow::Result<()> {
         log.into(),
         Variant { details: Details::Authorized, access_log: true, extra_checks: &failing },
     )?;
+    // The status page over a real estate: one request per refresh, failing first.
+    let estate = Estate::start(
+        &root,
+        Profile::Debug,
+        &Shape { checks: ESTATE_CHECKS, failing: ESTATE_FAILING, warning: ESTATE_WARNING },
+    )?;
     let status = Command::new("bash")
         .arg(root.join("contract/run.sh"))
         .current_dir(&root)
@@ -51,6 +64,9 @@ pub fn run() -> anyhow::Result<()> {
         .env("HEALTHD_TOKEN", TOKEN)
         .env("HEALTHD_CHECK", "db")
         .env("STATUS_FAILING_CHECK", FAILING_CHECK)
+        .env("STATUS_ESTATE_URL", format!("http://127.0.0.1:{}", estate.port))
+        .env("STATUS_ESTATE_FAILING", estate.failing.join(","))
+        .env("STATUS_ESTATE_WARNING", estate.warning.join(","))
         .stdin(Stdio::null())
         .status()
         .context("running contract/run.sh")?;

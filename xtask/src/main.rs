@@ -1,14 +1,16 @@
 //! Project tasks that need more than cargo: `cargo xtask codegen [--check]`,
-//! `cargo xtask layers`, `cargo xtask bench [--smoke | --scale | --instructions | --soak]`,
+//! `cargo xtask layers`, `cargo xtask bench [--smoke | --scale | --instructions | --soak | --page]`,
 //! `cargo xtask contract`, `cargo xtask gateway`.
 
 mod bench;
 mod callgrind;
 mod codegen;
 mod contract;
+mod estate;
 mod gateway;
 mod layers;
 mod load;
+mod page_bench;
 mod scale;
 mod services;
 mod soak;
@@ -27,7 +29,7 @@ fn main() -> anyhow::Result<()> {
         Some("layers") => layers::run(),
         _ => {
             eprintln!(
-                "usage: cargo xtask <codegen [--check] | layers | bench [--smoke | --scale | --instructions | --soak] | contract | gateway>"
+                "usage: cargo xtask <codegen [--check] | layers | bench [--smoke | --scale | --instructions | --soak | --page] | contract | gateway>"
             );
             std::process::exit(2);
         }

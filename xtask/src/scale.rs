@@ -9,8 +9,6 @@
 
 use std::fmt::Write as _;
 use std::fs;
-use std::net::TcpListener;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -18,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 use crate::load::{chrono_free_date, wrk, Expect, Server, Target};
-use crate::services::{fetch, free_port, wait_until, Process, Profile, WORKERS};
+use crate::services::{fetch, free_port, wait_until, AcceptingListener, Process, Profile, WORKERS};
 
 /// What the scale bench runs.
 struct Plan {
@@ -105,7 +103,7 @@ pub fn run(root: &Path, smoke: bool) -> anyhow::Result<String> {
             rounds: 3,
         }
     };
-    let listener = Listener::start()?;
+    let listener = AcceptingListener::start()?;
     let idle = Instance::start(root, 0, Duration::from_secs(10), listener.port, None)?;
     idle.settle();
     let (idle_ns, idle_window) = idle.cpu_over(plan.window)?;
@@ -388,32 +386,6 @@ retries = 0
     text
 }
 
-/// The checks' dependency: a listener that accepts and closes at once,
-/// with a backlog deep enough for 10,000 checks connecting together.
-pub(crate) struct Listener {
-    pub(crate) port: u16,
-}
-
-impl Listener {
-    pub(crate) fn start() -> anyhow::Result<Listener> {
-        let listener = TcpListener::bind("127.0.0.1:0")?;
-        // std listens with a backlog of 128; listening again raises it
-        // (up to net.core.somaxconn).
-        // SAFETY: listen(2) on a socket this function owns; no memory is involved.
-        if unsafe { libc::listen(listener.as_raw_fd(), 65_535) } != 0 {
-            bail!("listen: {}", std::io::Error::last_os_error());
-        }
-        let port = listener.local_addr()?.port();
-        // The thread ends with the xtask process.
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                drop(stream);
-            }
-        });
-        Ok(Listener { port })
-    }
-}
-
 fn section(plan: &Plan, idle_ns_per_second: f64, rows: &[Row]) -> anyhow::Result<String> {
     let mut out = String::new();
     writeln!(out, "## Scale: checks against one core\n")?;
@@ -499,7 +471,7 @@ fn section(plan: &Plan, idle_ns_per_second: f64, rows: &[Row]) -> anyhow::Result
     Ok(out)
 }
 
-fn thousands(value: usize) -> String {
+pub fn thousands(value: usize) -> String {
     let digits = value.to_string();
     let mut out = String::new();
     for (index, digit) in digits.chars().enumerate() {

@@ -4,6 +4,7 @@
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -324,4 +325,30 @@ pub fn wait_until(
         std::thread::sleep(Duration::from_millis(50));
     }
     Ok(())
+}
+
+/// The checks' dependency: a listener that accepts and closes at once,
+/// with a backlog deep enough for 10,000 checks connecting together.
+pub struct AcceptingListener {
+    pub port: u16,
+}
+
+impl AcceptingListener {
+    pub fn start() -> anyhow::Result<AcceptingListener> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        // std listens with a backlog of 128; listening again raises it
+        // (up to net.core.somaxconn).
+        // SAFETY: listen(2) on a socket this function owns; no memory is involved.
+        if unsafe { libc::listen(listener.as_raw_fd(), 65_535) } != 0 {
+            bail!("listen: {}", std::io::Error::last_os_error());
+        }
+        let port = listener.local_addr()?.port();
+        // The thread ends with the xtask process.
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                drop(stream);
+            }
+        });
+        Ok(AcceptingListener { port })
+    }
 }

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 
-use crate::scale::{median, rss_kib, runs_total, Instance, Listener};
+use crate::scale::{median, rss_kib, runs_total, Instance};
+use crate::services::AcceptingListener;
 
 const CHECKS: usize = 10_000;
 const INTERVAL: Duration = Duration::from_secs(10);
@@ -24,9 +25,12 @@ struct Measured {
 }
 
 pub fn run(root: &Path, smoke: bool) -> anyhow::Result<String> {
-    let (checks, rounds, window) =
-        if smoke { (100, 1, Duration::from_secs(10)) } else { (CHECKS, 2, Duration::from_secs(30)) };
-    let listener = Listener::start()?;
+    let (checks, rounds, window) = if smoke {
+        (100, 1, Duration::from_secs(10))
+    } else {
+        (CHECKS, 2, Duration::from_secs(30))
+    };
+    let listener = AcceptingListener::start()?;
     let store = root.join("target/xtask/bench-store.db");
     let mut without = Vec::new();
     let mut with = Vec::new();
@@ -48,7 +52,11 @@ pub fn run(root: &Path, smoke: bool) -> anyhow::Result<String> {
                 "{checks} checks, store {stored}: {:.2}% of a core, {:.0} runs/s, {:.1} MiB, {} written",
                 measured.cpu_percent, measured.runs_per_second, measured.rss_mib, measured.written
             );
-            if stored { with.push(measured) } else { without.push(measured) }
+            if stored {
+                with.push(measured)
+            } else {
+                without.push(measured)
+            }
         }
     }
     let cpu = |rows: &[Measured]| median(rows.iter().map(|row| row.cpu_percent).collect());
@@ -80,7 +88,10 @@ pub fn run(root: &Path, smoke: bool) -> anyhow::Result<String> {
         cpu(&with) / cpu(&without),
         rss(&with)
     )?;
-    writeln!(out, "A year of roll-ups, seeded through the store's queue and writer (`store::bench`):\n")?;
+    writeln!(
+        out,
+        "A year of roll-ups, seeded through the store's queue and writer (`store::bench`):\n"
+    )?;
     for line in year {
         writeln!(out, "- {line}")?;
     }
@@ -112,7 +123,17 @@ fn measure(instance: &Instance, window: Duration) -> anyhow::Result<Measured> {
 fn year_of_rollups(root: &Path, checks: usize) -> anyhow::Result<Vec<String>> {
     let output = Command::new(env!("CARGO"))
         .current_dir(root)
-        .args(["test", "--release", "-p", "healthd", "--lib", "store::bench", "--", "--ignored", "--nocapture"])
+        .args([
+            "test",
+            "--release",
+            "-p",
+            "healthd",
+            "--lib",
+            "store::bench",
+            "--",
+            "--ignored",
+            "--nocapture",
+        ])
         .env("HEALTHD_BENCH_CHECKS", checks.to_string())
         .output()
         .context("running store::bench")?;
