@@ -90,8 +90,11 @@ fn a_year_of_roll_ups() {
         took[took.len() / 2]
     };
     let one = time(&["tcp-00042"]);
-    let page: Vec<String> = (5_000..5_100).map(|index| format!("tcp-{index:05}")).collect();
-    let page: Vec<&str> = page.iter().map(String::as_str).take(checks).collect();
+    // A page from the middle of the estate.
+    let first = (checks / 2).min(checks.saturating_sub(100));
+    let page: Vec<String> =
+        (first..checks.min(first + 100)).map(|index| format!("tcp-{index:05}")).collect();
+    let page: Vec<&str> = page.iter().map(String::as_str).collect();
     let hundred = time(&page);
     println!("MEASURED uptime over 365 days (5 windows): one check {:.2} ms, a page of 100 checks {:.2} ms (median of 21)", one.as_secs_f64() * 1e3, hundred.as_secs_f64() * 1e3);
 
