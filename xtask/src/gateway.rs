@@ -242,6 +242,10 @@ details_allow = ["{OPS}/32"]
 [[access.tokens]]
 name = "ops"
 env = "HEALTHD_TOKEN"
+scopes = ["read", "ping"]
+
+[storage]
+path = "{store}"
 
 [[checks]]
 name = "disk"
@@ -249,7 +253,18 @@ kind = "disk"
 path = "/"
 warn_below = "0%"
 fail_below = "0%"
-"#
+
+[[checks]]
+name = "nightly"
+kind = "heartbeat"
+period = "1h"
+grace = "1h"
+
+[[groups]]
+name = "disk"
+members = ["disk"]
+"#,
+        store = std::env::temp_dir().join(format!("healthd-gateway-{port}.db")).display()
     )
 }
 
@@ -288,7 +303,10 @@ fn nginx(stage: &Stage) -> anyhow::Result<String> {
             if item.get(method).is_none() {
                 continue;
             }
-            let target = format!("/ops{}", path.replace("{name}", "disk"));
+            // Pings go to the heartbeat; every other {name} is the disk check (or its group).
+            let name = if path.contains("/ping") { "nightly" } else { "disk" };
+            let target =
+                format!("/ops{}", path.replace("{name}", name).replace("{exitStatus}", "0"));
             let method = method.to_uppercase();
             let answer = http(gateway, Some(OPS), &method, &target, &with_token)?;
             ensure!(answer.status == 200, "{method} {target} through nginx: {}", answer.status);
