@@ -15,16 +15,18 @@ use actix_web::Scope;
 use anyhow::Context;
 use healthd_models::{HealthReport, HealthStatus};
 
+use crate::alerts::{self, Alerts, Identity};
 use crate::api::access::Access;
 use crate::api::{self, HealthState};
 use crate::base::name::duplicate_name;
 use crate::base::policy::CheckPolicy;
 use crate::base::problem::{ConfigError, ConfigProblem};
 use crate::base::units::Prefix;
-use crate::checks::Check;
+use crate::checks::{heartbeat_of, Check};
 use crate::config::{CheckSettings, Settings};
 use crate::engine::monitor::{Monitor, SnapshotReader};
 use crate::engine::render::ServiceInfo;
+use crate::engine::state::FanOut;
 use crate::store::Store;
 
 /// Where problems with checks from code are said to be, in a `ConfigError`.
@@ -142,6 +144,7 @@ impl Builder {
         if !problems.is_empty() {
             return Err(ConfigError { source_name: FROM_CODE.into(), problems }.into());
         }
+        let instance = settings.instance();
         let mut checks = settings.checks;
         checks.extend(from_code);
         let service = ServiceInfo::new(
@@ -158,12 +161,27 @@ impl Builder {
         };
         let built: Vec<Arc<dyn Check>> =
             checks.iter().map(CheckSettings::build).collect::<anyhow::Result<_>>()?;
+        if let Some(store) = &store {
+            keep_pings(store, &checks, &built)?;
+        }
+        let alerts = Alerts::start(
+            Identity { service: settings.server.service_id.clone(), instance },
+            alerts::Prepared::new(&settings.alerts)?,
+            &checks,
+            store.as_ref().map(Store::outbox),
+            remembered
+                .iter()
+                .filter_map(|(name, memory)| Some((name.clone(), memory.status?)))
+                .collect(),
+        );
+        let mut sinks = vec![alerts.sink()];
+        sinks.extend(store.as_ref().map(Store::sink));
         let monitor = Monitor::start(
             service,
             checks.iter().zip(built).collect(),
             &settings.groups,
             settings.server.warn_status,
-            store.as_ref().map(Store::sink),
+            Some(Arc::new(FanOut(sinks))),
             remembered,
         );
         let state = HealthState::new(
@@ -172,8 +190,40 @@ impl Builder {
             &prefix,
             access_log,
             store,
+            alerts,
         );
         Ok((monitor, state, prefix))
+    }
+}
+
+/// Gives each heartbeat what its pings said before the restart, as rings
+/// are given back, and has each ping from now on queued for the store.
+fn keep_pings(
+    store: &Store,
+    checks: &[CheckSettings],
+    built: &[Arc<dyn Check>],
+) -> anyhow::Result<()> {
+    let mut saved = store.pings().context("storage: cannot read what the pings said")?;
+    for (settings, check) in checks.iter().zip(built) {
+        let Some(heartbeat) = heartbeat_of(check.as_ref()) else { continue };
+        if let Some(state) = saved.remove(&settings.name) {
+            heartbeat.restore(state);
+        }
+    }
+    save_pings(store, checks.iter().zip(built));
+    Ok(())
+}
+
+/// Each heartbeat among `checks` saves what its pings say in `store`: at
+/// start, and for the heartbeats a reload starts.
+pub(crate) fn save_pings<'a>(
+    store: &Store,
+    checks: impl Iterator<Item = (&'a CheckSettings, &'a Arc<dyn Check>)>,
+) {
+    for (settings, check) in checks {
+        let Some(heartbeat) = heartbeat_of(check.as_ref()) else { continue };
+        let (store, name) = (store.clone(), Arc::<str>::from(settings.name.as_str()));
+        heartbeat.save_with(move |state| store.save_pings(&name, state.clone()));
     }
 }
 
@@ -273,6 +323,7 @@ impl Healthd {
             self.inner.monitor.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
         if let Some(monitor) = monitor {
             monitor.stop().await;
+            self.inner.state.alerts().stop();
             self.inner.state.close_store().await;
         }
     }

@@ -75,6 +75,7 @@
 
 // Layers, each importing only from those above it in this list (a test in
 // `tests/api/layers.rs` holds it): see ARCHITECTURE.md.
+mod alerts;
 mod api;
 mod base;
 mod builder;

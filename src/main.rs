@@ -1,4 +1,5 @@
-//! The healthd command: run the service, check a config, hash a token.
+//! The healthd command: run the service, check a config, hash a token,
+//! send a test alert.
 //! The command line is clap's (derive): help for each subcommand, the
 //! environment variables in it, and exit code 2 for usage errors.
 
@@ -7,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use healthd::service::{self, LogFormat, Service};
+use healthd::service::{self, LogFormat, Service, TestAlertError};
 use healthd::{ProcessEnv, Settings};
 
 /// Health checks for an application's dependencies, answered over HTTP.
@@ -35,8 +36,8 @@ Environment:
   RUST_LOG         filters the log (default: info)
   Checks and tokens name further variables for their secrets (url_env, headers_env, env).";
 
-/// Where the config comes from: for the service and for check-config, not
-/// for hash-token, which reads none.
+/// Where the config comes from: for the service, check-config and test-alert,
+/// not for hash-token, which reads none.
 #[derive(Args)]
 struct ConfigFile {
     /// The config file (TOML); without one, the built-in default.
@@ -56,6 +57,17 @@ enum Command {
     /// Read a token on stdin and print its hex SHA-256, for the `sha256` of
     /// an [[access.tokens]] entry (the token itself never sits in the file).
     HashToken,
+    /// Send one test notification through a receiver of the config: exit 0
+    /// when it was delivered, 1 when the delivery failed, 2 when the config
+    /// or the receiver's name is wrong.
+    #[command(after_help = ENVIRONMENT)]
+    TestAlert {
+        /// The [[receivers]] entry to send through.
+        #[arg(long, value_name = "NAME")]
+        receiver: String,
+        #[command(flatten)]
+        config: ConfigFile,
+    },
 }
 
 fn main() -> ExitCode {
@@ -67,6 +79,9 @@ fn main() -> ExitCode {
         Some(Command::CheckConfig { config }) => {
             // `healthd --config F check-config` as well as `healthd check-config --config F`.
             check_config(config.config.or(cli.config.config).as_deref())
+        }
+        Some(Command::TestAlert { receiver, config }) => {
+            test_alert(config.config.or(cli.config.config).as_deref(), &receiver)
         }
         None => serve(cli.config.config.as_deref(), cli.log_format),
     }
@@ -91,16 +106,50 @@ fn check_config(path: Option<&Path>) -> ExitCode {
     }
 }
 
-fn serve(path: Option<&Path>, log_format: LogFormat) -> ExitCode {
-    // Before the config is read: a `server.max_connections` is checked
-    // against the raised limit.
+/// The config as the service reads it, or exit code 2 with its problems
+/// printed. The open files limit is raised first: `server.max_connections`
+/// is checked against it.
+fn load(path: Option<&Path>) -> Result<Settings, ExitCode> {
     service::raise_open_files_limit();
-    let settings = match Settings::load(path, &ProcessEnv) {
+    Settings::load(path, &ProcessEnv).map_err(|error| {
+        eprintln!("{error}");
+        ExitCode::from(2)
+    })
+}
+
+fn test_alert(path: Option<&Path>, receiver: &str) -> ExitCode {
+    // As check-config: the config is read as the service would read it.
+    let settings = match load(path) {
         Ok(settings) => settings,
+        Err(code) => return code,
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
         Err(error) => {
-            eprintln!("{error}");
-            return ExitCode::from(2);
+            eprintln!("healthd: cannot start a runtime: {error}");
+            return ExitCode::FAILURE;
         }
+    };
+    match runtime.block_on(service::send_test_alert(&settings, receiver)) {
+        Ok(()) => {
+            println!("sent to {receiver}");
+            ExitCode::SUCCESS
+        }
+        Err(error @ TestAlertError::Delivery(_)) => {
+            eprintln!("healthd: test-alert: {error}");
+            ExitCode::FAILURE
+        }
+        Err(error) => {
+            eprintln!("healthd: test-alert: {error}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn serve(path: Option<&Path>, log_format: LogFormat) -> ExitCode {
+    let settings = match load(path) {
+        Ok(settings) => settings,
+        Err(code) => return code,
     };
     service::init_logging(log_format);
     let result = run(settings, path.map(Path::to_path_buf));

@@ -4,7 +4,7 @@
 //! draining -> stopped; SIGHUP reloads the config file meanwhile. With
 //! `[server.tls]` it serves HTTPS, and follows its certificate files
 //! (`tls`). Also the process-wide logging the binary installs
-//! ([`init_logging`]).
+//! ([`init_logging`]), and `healthd test-alert` ([`send_test_alert`]).
 //!
 //! An app that embeds healthd needs none of this: it mounts
 //! [`Healthd::scope`](crate::Healthd::scope) in its own server and drains
@@ -22,8 +22,10 @@ use actix_web::web::{self, Data};
 use actix_web::{App, HttpServer};
 use anyhow::Context;
 
+pub use crate::alerts::test_alert::{send_test_alert, TestAlertError};
 pub use crate::api::log::LogFormat;
 
+use crate::alerts;
 use crate::api::access::Access;
 use crate::api::{self, HealthState};
 use crate::base::budget::{self, Budget};
@@ -228,6 +230,7 @@ impl Service {
         reloads.abort();
         let _ = reloads.await;
         self.monitor.stop().await;
+        self.state.alerts().stop();
         self.state.close_store().await;
         tracing::info!("checks stopped; healthd stopped");
         result.context("the server failed")
@@ -319,27 +322,32 @@ impl Reloader {
             // Checks are built before anything changes: one that cannot be
             // built refuses the reload like a problem in the file.
             let warn_status = settings.server.warn_status;
-            match monitor.prepare(&settings.checks, &settings.groups, warn_status) {
-                Ok(prepared) => Ok((settings, prepared)),
+            let prepared = match monitor.prepare(&settings.checks, &settings.groups, warn_status) {
+                Ok(prepared) => prepared,
                 Err((index, error)) => {
-                    Err(vec![format!("{}: checks[{index}]: {error:#}", path.display())])
+                    return Err(vec![format!("{}: checks[{index}]: {error:#}", path.display())])
                 }
+            };
+            match alerts::Prepared::new(&settings.alerts) {
+                Ok(alerts) => Ok((settings, prepared, alerts)),
+                Err(error) => Err(vec![format!("{}: {error:#}", path.display())]),
             }
         });
-        let (mut settings, prepared) = match tokio::time::timeout(RELOAD_BOUND, loading).await {
-            Ok(Ok(Ok(loaded))) => loaded,
-            Ok(Ok(Err(problems))) => return self.refuse(problems),
-            Ok(Err(_panicked)) => {
-                return self.refuse(vec![format!("{}: reading it failed", file.display())])
-            }
-            Err(_) => {
-                return self.refuse(vec![format!(
-                    "{}: reading and checking it took longer than {} s: reload abandoned",
-                    file.display(),
-                    RELOAD_BOUND.as_secs()
-                )])
-            }
-        };
+        let (mut settings, prepared, alerts) =
+            match tokio::time::timeout(RELOAD_BOUND, loading).await {
+                Ok(Ok(Ok(loaded))) => loaded,
+                Ok(Ok(Err(problems))) => return self.refuse(problems),
+                Ok(Err(_panicked)) => {
+                    return self.refuse(vec![format!("{}: reading it failed", file.display())])
+                }
+                Err(_) => {
+                    return self.refuse(vec![format!(
+                        "{}: reading and checking it took longer than {} s: reload abandoned",
+                        file.display(),
+                        RELOAD_BOUND.as_secs()
+                    )])
+                }
+            };
         // Before the restart rules: they may put the running TLS settings
         // back, whose certificate the watch may have replaced since.
         if let (Some(tls), Some(wanted)) = (&self.tls, &settings.server.tls) {
@@ -370,7 +378,12 @@ impl Reloader {
         self.monitor
             .set_service(&settings.server.service_id, settings.server.description.as_deref());
         self.drain_delay.store(millis(settings.server.drain_delay), Ordering::Relaxed);
+        if let Some(store) = self.state.store() {
+            // A heartbeat the reload starts saves its pings from its first.
+            crate::builder::save_pings(store, prepared.started());
+        }
         let changes = self.monitor.apply(prepared).await;
+        self.state.alerts().apply(alerts, &settings.checks);
         self.state.reloads().count_ok();
         tracing::info!(
             added = changes.added,

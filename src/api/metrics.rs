@@ -9,8 +9,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use actix_web::web::Bytes;
 
-use healthd_models::HealthStatus;
+use healthd_models::{AlertPhase, HealthStatus};
 
+use crate::alerts::{Alerts, DeliveryStats};
 use crate::base::severity::rank;
 use crate::engine::render::Snapshot;
 use crate::engine::state::{Counters, LATENCY_BUCKETS};
@@ -35,6 +36,7 @@ pub mod endpoint {
     pub const BADGE: &str = "badge";
     pub const STATUS_PAGE: &str = "status_page";
     pub const HEALTH_PAGE: &str = "health_page";
+    pub const ALERTS: &str = "alerts";
     pub const METRICS: &str = "metrics";
     pub const OPENAPI_YAML: &str = "openapi_yaml";
     pub const OPENAPI_JSON: &str = "openapi_json";
@@ -42,7 +44,7 @@ pub mod endpoint {
     pub const OTHER: &str = "other";
 }
 
-const ENDPOINTS: [&str; 21] = [
+const ENDPOINTS: [&str; 22] = [
     endpoint::HEALTH,
     endpoint::LIVENESS,
     endpoint::READINESS,
@@ -59,6 +61,7 @@ const ENDPOINTS: [&str; 21] = [
     endpoint::BADGE,
     endpoint::STATUS_PAGE,
     endpoint::HEALTH_PAGE,
+    endpoint::ALERTS,
     endpoint::METRICS,
     endpoint::OPENAPI_YAML,
     endpoint::OPENAPI_JSON,
@@ -248,22 +251,25 @@ impl ChecksCache {
     }
 }
 
-pub async fn render(
-    snapshot: &Arc<Snapshot>,
-    cache: &ChecksCache,
-    requests: &RequestCounters,
-    reloads: &ReloadCounters,
-    connections: &ClientConnections,
-    store: Option<&StoreStats>,
-    draining: bool,
-) -> Rendered {
-    let mut head = render_head(snapshot, reloads, connections, draining);
-    if let Some(store) = store {
+/// What `/metrics` reports besides the checks.
+pub struct Sources<'a> {
+    pub requests: &'a RequestCounters,
+    pub reloads: &'a ReloadCounters,
+    pub connections: &'a ClientConnections,
+    pub store: Option<&'a StoreStats>,
+    pub alerts: &'a Alerts,
+    pub draining: bool,
+}
+
+pub async fn render(snapshot: &Arc<Snapshot>, cache: &ChecksCache, from: Sources<'_>) -> Rendered {
+    let mut head = render_head(snapshot, from.reloads, from.connections, from.draining);
+    if let Some(store) = from.store {
         render_store(&mut head, store);
     }
+    render_alerts(&mut head, from.alerts);
     let head = Bytes::from(head);
     let checks = cache.checks(snapshot).await;
-    let tail = Bytes::from(render_requests(requests));
+    let tail = Bytes::from(render_requests(from.requests));
     Rendered { head, checks, tail }
 }
 
@@ -326,6 +332,56 @@ fn render_head(
     let ready = snapshot.is_ready(draining);
     let _ = writeln!(out, "healthd_ready {}", u8::from(ready));
     out
+}
+
+/// The alerts by phase, and each receiver's deliveries.
+fn render_alerts(out: &mut String, alerts: &Alerts) {
+    let list = alerts.list();
+    header(out, "healthd_alerts", "gauge", "Alerts by phase: pending (waiting out `for`), firing, suppressed (a failing dependency or a maintenance window).");
+    for phase in [AlertPhase::Pending, AlertPhase::Firing, AlertPhase::Suppressed] {
+        let count = list.alerts.iter().filter(|alert| alert.phase == phase).count();
+        let _ = writeln!(out, "healthd_alerts{{phase=\"{phase}\"}} {count}");
+    }
+    header(
+        out,
+        "healthd_alerts_dropped_total",
+        "counter",
+        "Changes of status the alerts never saw because their queue was full.",
+    );
+    let _ = writeln!(out, "healthd_alerts_dropped_total {}", alerts.dropped());
+    let stats = alerts.stats();
+    type Series = (&'static str, &'static str, &'static str, fn(&DeliveryStats) -> &AtomicU64);
+    let series: [Series; 4] = [
+        ("healthd_notifications_sent_total", "counter", "Notifications delivered.", |s| &s.sent),
+        (
+            "healthd_notifications_failed_total",
+            "counter",
+            "Notifications given up: refused by the receiver, or failing past give_up_after.",
+            |s| &s.failed,
+        ),
+        (
+            "healthd_notification_retries_total",
+            "counter",
+            "Delivery attempts that failed and are tried again.",
+            |s| &s.retried,
+        ),
+        (
+            "healthd_notifications_pending",
+            "gauge",
+            "Notifications in the outbox, not yet delivered nor given up.",
+            |s| &s.pending,
+        ),
+    ];
+    for (name, kind, help, value) in series {
+        header(out, name, kind, help);
+        for (receiver, counters) in &stats {
+            let _ = writeln!(
+                out,
+                "{name}{{receiver=\"{receiver}\"}} {}",
+                value(counters).load(Ordering::Relaxed)
+            );
+        }
+    }
 }
 
 /// The store's queue and writes.

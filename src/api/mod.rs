@@ -11,6 +11,7 @@
 //! writer every log line goes through.
 
 pub mod access;
+mod alert_list;
 mod docs;
 pub mod error;
 pub mod log;
@@ -40,6 +41,7 @@ use actix_web::{guard, HttpMessage, HttpRequest, HttpResponse, Resource, Scope};
 use arc_swap::ArcSwap;
 use utoipa::OpenApi;
 
+use crate::alerts::Alerts;
 use crate::api::access::{Access, ClientAddress, DetailsDenied, PeerIdentity, Principal};
 use crate::api::docs::{CommonProblems, HealthAnswers, TokenProblems};
 use crate::api::error::{ApiError, ApiErrorKind};
@@ -68,6 +70,7 @@ pub use metrics::{ClientConnections, ReloadCounters, RequestCounters};
         records::get_check_incidents,
         records::get_incidents,
         records::get_check_series,
+        alert_list::get_alerts,
         pings::post_ping,
         pings::post_ping_start,
         pings::post_ping_fail,
@@ -105,6 +108,10 @@ pub use metrics::{ClientConnections, ReloadCounters, RequestCounters};
         healthd_models::Problem,
         healthd_models::PingReceipt,
         healthd_models::PingSignal,
+        // The body of the contract's `notification` webhook (no operation answers it).
+        healthd_models::Notification,
+        healthd_models::NotificationAlert,
+        healthd_models::NotificationState,
     ))
 )]
 pub struct ApiDoc;
@@ -130,6 +137,7 @@ pub struct HealthState {
     access_log: bool,
     /// Where runs are kept past a restart, when `[storage]` says.
     store: Option<Store>,
+    alerts: Alerts,
 }
 
 impl HealthState {
@@ -141,6 +149,7 @@ impl HealthState {
         prefix: &Prefix,
         access_log: bool,
         store: Option<Store>,
+        alerts: Alerts,
     ) -> Data<HealthState> {
         Data::new(HealthState {
             reader,
@@ -154,7 +163,13 @@ impl HealthState {
             mount: prefix.to_string(),
             access_log,
             store,
+            alerts,
         })
+    }
+
+    /// The routes, their alerts and receivers.
+    pub fn alerts(&self) -> &Alerts {
+        &self.alerts
     }
 
     /// The store, when `[storage]` configures one.
@@ -260,6 +275,7 @@ pub fn scope(
                 .to(records::get_check_incidents),
         )
         .service(operation("/health/incidents", endpoint::INCIDENTS).to(records::get_incidents))
+        .service(operation("/health/alerts", endpoint::ALERTS).to(alert_list::get_alerts))
         .service(
             operation("/health/checks/{name}/series", endpoint::CHECK_SERIES)
                 .to(records::get_check_series),
@@ -680,8 +696,11 @@ pub async fn get_health(request: HttpRequest) -> Result<HttpResponse, ApiError> 
     let snapshot = state.reader.current();
     let sees_details = sees_details(&access, &request, principal);
     let Some(query) = query.filter(|query| query.verbose || !query.exclude.is_empty()) else {
-        let rendered = if sees_details { &snapshot.health } else { &snapshot.health_anonymous };
-        return Ok(health_response(rendered));
+        if !sees_details {
+            return Ok(health_response(&snapshot.health_anonymous));
+        }
+        let notes = maintenance_notes(&state.alerts().list());
+        return Ok(health_response(&snapshot.health.with_notes(&notes)));
     };
     let excluded = query.excluded(&snapshot, &request)?;
     if query.verbose {
@@ -689,6 +708,27 @@ pub async fn get_health(request: HttpRequest) -> Result<HttpResponse, ApiError> 
         return Ok(verbose_response(answer));
     }
     Ok(health_response(&snapshot.health_without(&excluded, sees_details)))
+}
+
+/// One note per maintenance window in force, for callers who see details.
+fn maintenance_notes(alerts: &healthd_models::AlertList) -> Vec<String> {
+    alerts
+        .maintenance
+        .iter()
+        .map(|window| {
+            const NAMED: usize = 20;
+            let ids = &window.component_ids;
+            let mut checks = ids[..ids.len().min(NAMED)].join(", ");
+            if ids.len() > NAMED {
+                checks.push_str(&format!(" and {} more", ids.len() - NAMED));
+            }
+            format!(
+                "maintenance {} until {}: notifications held back for {checks}",
+                window.name,
+                window.ends_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            )
+        })
+        .collect()
 }
 
 /// Whether this caller sees the checks in `/health` and `/health/page`
@@ -797,16 +837,15 @@ pub async fn get_metrics(request: HttpRequest) -> Result<HttpResponse, ApiError>
     let state = state_of(&request);
     require_details(&state.access.load(), &request)?;
     let snapshot = arc_swap::Guard::into_inner(state.reader.current());
-    let rendered = metrics::render(
-        &snapshot,
-        &state.metrics_checks,
-        &state.requests,
-        &state.reloads,
-        &state.connections,
-        state.store.as_ref().map(Store::stats),
-        state.is_draining(),
-    )
-    .await;
+    let sources = metrics::Sources {
+        requests: &state.requests,
+        reloads: &state.reloads,
+        connections: &state.connections,
+        store: state.store.as_ref().map(Store::stats),
+        alerts: &state.alerts,
+        draining: state.is_draining(),
+    };
+    let rendered = metrics::render(&snapshot, &state.metrics_checks, sources).await;
     let body = BoxBody::new(Slices([rendered.head, rendered.checks, rendered.tail].into()));
     let content_type = "text/plain; version=0.0.4; charset=utf-8";
     Ok(uncached(StatusCode::OK, content_type, body))

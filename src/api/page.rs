@@ -13,8 +13,8 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use healthd_models::{
-    HealthPage, HealthPageCheck, HealthPageHistory, HealthReport, HealthStatus, RecentRuns,
-    StatusCounts, UptimeWindow,
+    AlertList, HealthPage, HealthPageCheck, HealthPageHistory, HealthReport, HealthStatus,
+    RecentRuns, StatusCounts, UptimeWindow,
 };
 use serde::Deserialize;
 
@@ -84,6 +84,7 @@ pub async fn get_health_page(request: HttpRequest) -> Result<HttpResponse, ApiEr
         description: identity.description,
         checks: Vec::new(),
         counts: None,
+        maintenance: Vec::new(),
         history: None,
         history_problem: None,
         last_day: None,
@@ -131,6 +132,7 @@ pub async fn get_health_page(request: HttpRequest) -> Result<HttpResponse, ApiEr
     answer.total = Some(total as u64);
     answer.offset = Some(offset);
     answer.checks = shown.iter().map(|piece| row(piece)).collect();
+    with_maintenance(&mut answer, &state.alerts().list());
     let query_part = (offset, limit, filter.as_str());
 
     let Some(store) = state.store().cloned() else {
@@ -166,6 +168,18 @@ pub async fn get_health_page(request: HttpRequest) -> Result<HttpResponse, ApiEr
     }
 }
 
+/// The windows in force, and each shown check's window.
+fn with_maintenance(answer: &mut HealthPage, alerts: &AlertList) {
+    answer.maintenance = alerts.maintenance.clone();
+    for check in &mut answer.checks {
+        check.maintenance = alerts
+            .maintenance
+            .iter()
+            .find(|window| window.component_ids.contains(&check.component_id))
+            .map(|window| window.name.clone());
+    }
+}
+
 /// A check's row as the snapshot has it; its history comes after.
 fn row(piece: &Piece) -> HealthPageCheck {
     let state = &piece.state;
@@ -174,6 +188,7 @@ fn row(piece: &Piece) -> HealthPageCheck {
         status: piece.status,
         critical: state.critical,
         output: piece.output(),
+        maintenance: None,
         status_since: state.history.with(|history| history.status_since()),
         days: Vec::new(),
         windows: Vec::new(),

@@ -12,21 +12,21 @@
 //! a fresh heartbeat passes (it does not hold readiness back), and fails
 //! if its first ping is late as any other would be.
 //!
-//! What the pings said is one plain struct, `PingState`: the store saves it
-//! and gives it back through `Heartbeat::restore`.
+//! What the pings said is one plain struct, `PingState`: with a store, each
+//! ping hands it to the saver set by `Heartbeat::save_with` (which only
+//! queues it for the store's writer), and a restart gives it back through
+//! `Heartbeat::restore`.
 
 use std::any::Any;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
-use chrono_tz::Tz;
-use croner::parser::{CronParser, Seconds, Year};
-use croner::Cron;
 use healthd_models::ComponentType;
 use serde::Deserialize;
 
 use crate::base::policy::Policy;
+use crate::base::schedule::{Schedule, ScheduleProblem};
 use crate::base::secret::{digests_match, parse_sha256_hex};
 use crate::base::units::{show_duration, DurationText};
 use crate::checks::{BoxFuture, Check, Kind, KindInput, KindSettings, Observation};
@@ -61,7 +61,7 @@ enum Due {
     /// `period` after the last one.
     Every(Duration),
     /// At the next time of a crontab line, read in a time zone.
-    Schedule { cron: Box<Cron>, zone: Tz },
+    Schedule(Schedule),
 }
 
 /// What a heartbeat is judged by.
@@ -97,25 +97,17 @@ fn parse(input: &mut KindInput<'_>) -> Option<Arc<dyn KindSettings>> {
             }
             Due::Every(period.0)
         }
-        (None, Some(text)) => {
-            let zone = match fields.timezone.as_deref().unwrap_or("UTC").parse::<Tz>() {
-                Ok(zone) => zone,
-                Err(_) => {
-                    input.report_at(
-                        "timezone",
-                        "unknown time zone: expected an IANA name, such as \"Europe/Berlin\" or \"UTC\"",
-                    );
-                    return None;
-                }
-            };
-            match parse_schedule(&text, zone) {
-                Ok(cron) => Due::Schedule { cron: Box::new(cron), zone },
-                Err(reason) => {
-                    input.report_at("schedule", reason);
-                    return None;
-                }
+        (None, Some(text)) => match Schedule::parse(&text, fields.timezone.as_deref()) {
+            Ok(schedule) => Due::Schedule(schedule),
+            Err(ScheduleProblem::Zone(reason)) => {
+                input.report_at("timezone", reason);
+                return None;
             }
-        }
+            Err(ScheduleProblem::Line(reason)) => {
+                input.report_at("schedule", reason);
+                return None;
+            }
+        },
         (Some(_), Some(_)) => {
             input.report_at("period", "set period or schedule, not both");
             return None;
@@ -156,19 +148,6 @@ fn parse(input: &mut KindInput<'_>) -> Option<Arc<dyn KindSettings>> {
         return None;
     }
     Some(Arc::new(HeartbeatSettings { rules: Rules { due, grace, max_runtime }, ping_key }))
-}
-
-/// A crontab line's five fields (minute, hour, day of month, month, day of
-/// week; `@daily` and the like too), refused when it never fires.
-fn parse_schedule(text: &str, zone: Tz) -> Result<Cron, String> {
-    let parser = CronParser::builder().seconds(Seconds::Disallowed).year(Year::Disallowed).build();
-    let cron = parser
-        .parse(text)
-        .map_err(|error| format!("{text:?} is not a crontab schedule: {error}"))?;
-    if cron.find_next_occurrence(&Utc::now().with_timezone(&zone), false).is_err() {
-        return Err(format!("{text:?} never fires"));
-    }
-    Ok(cron)
 }
 
 impl KindSettings for HeartbeatSettings {
@@ -274,6 +253,19 @@ pub struct Heartbeat {
     /// When healthd began to watch: the clock of a heartbeat never pinged.
     watching_since: DateTime<Utc>,
     inner: Mutex<Inner>,
+    /// Where each ping's new state goes, when there is a store.
+    saver: OnceLock<PingSaver>,
+}
+
+/// Takes a heartbeat's whole ping state after each ping. It is called with
+/// the heartbeat's lock held, so that states are saved in the pings'
+/// order: it must not wait (the store's only queues it).
+pub struct PingSaver(Box<dyn Fn(&PingState) + Send + Sync>);
+
+impl std::fmt::Debug for PingSaver {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("PingSaver")
+    }
 }
 
 #[derive(Debug)]
@@ -294,6 +286,7 @@ impl Heartbeat {
             ping_key,
             watching_since,
             inner: Mutex::new(Inner { pings: PingState::default(), bucket: PingBucket::full(now) }),
+            saver: OnceLock::new(),
         }
     }
 
@@ -314,20 +307,29 @@ impl Heartbeat {
 
     /// Takes a ping in; its effect is seen by the check's next run.
     pub fn record(&self, signal: Signal, body: Option<String>, at: DateTime<Utc>) {
-        self.inner().pings.record(signal, body, at);
+        let mut inner = self.inner();
+        inner.pings.record(signal, body, at);
+        if let Some(saver) = self.saver.get() {
+            (saver.0)(&inner.pings);
+        }
     }
 
-    /// What the pings have said, for the store to save.
-    #[allow(dead_code)] // Until the store is wired to it.
+    /// What the pings have said.
+    #[allow(dead_code)] // For tests: the store is handed it by the saver.
     pub fn state(&self) -> PingState {
         self.inner().pings.clone()
     }
 
     /// Puts back what the store saved, as if those pings had just been
     /// taken in: the entry point for a restart with a store.
-    #[allow(dead_code)] // Until the store is wired to it.
     pub fn restore(&self, state: PingState) {
         self.inner().pings = state;
+    }
+
+    /// Hands the state to `saver` after each ping from now on (the first
+    /// saver set stays).
+    pub fn save_with(&self, saver: impl Fn(&PingState) + Send + Sync + 'static) {
+        let _ = self.saver.set(PingSaver(Box::new(saver)));
     }
 
     /// The reading at `now`.
@@ -400,9 +402,7 @@ fn judge(
 fn next_due(due: &Due, reference: DateTime<Utc>) -> DateTime<Utc> {
     match due {
         Due::Every(period) => after(reference, *period),
-        Due::Schedule { cron, zone } => cron
-            .find_next_occurrence(&reference.with_timezone(zone), false)
-            .map_or(DateTime::<Utc>::MAX_UTC, |next| next.with_timezone(&Utc)),
+        Due::Schedule(schedule) => schedule.next_after(reference),
     }
 }
 
@@ -589,9 +589,8 @@ mod tests {
     #[test]
     fn a_schedule_is_due_at_its_next_time_in_its_time_zone() {
         // Daily at 03:00 in Berlin: 02:00 UTC in winter.
-        let zone: Tz = "Europe/Berlin".parse().unwrap();
         let rules = Rules {
-            due: Due::Schedule { cron: Box::new(parse_schedule("0 3 * * *", zone).unwrap()), zone },
+            due: Due::Schedule(Schedule::parse("0 3 * * *", Some("Europe/Berlin")).unwrap()),
             grace: Duration::from_secs(600),
             max_runtime: None,
         };
@@ -714,5 +713,16 @@ mod tests {
         found.restore(saved.clone());
         assert_eq!(found.state().last_outcome, Some(Outcome::Exit(3)));
         assert_eq!(found.judge(at(6)).status, Fail);
+        // With a saver, each ping hands it the whole state.
+        let saved = Arc::new(Mutex::new(Vec::new()));
+        let into = saved.clone();
+        found.save_with(move |state| into.lock().unwrap().push(state.clone()));
+        found.record(Signal::Start, None, at(10));
+        found.record(Signal::Success, Some("ok".into()), at(12));
+        let saved = saved.lock().unwrap();
+        assert_eq!(saved.len(), 2);
+        assert_eq!(saved[0].last_start, Some(at(10)));
+        assert_eq!(saved[1], found.state());
+        assert_eq!(saved[1].last_duration, Some(Duration::from_secs(2)));
     }
 }

@@ -25,9 +25,11 @@ use crate::base::units::Prefix;
 use crate::checks::from_code::{Prebuilt, CODE_KIND};
 use crate::checks::{Check, KindSettings};
 
+pub mod alerts;
 mod raw;
 mod storage;
 
+pub use alerts::AlertSettings;
 pub use storage::{StorageBackend, StorageSettings};
 pub mod server_tls;
 mod validate;
@@ -52,6 +54,19 @@ pub struct Settings {
     pub(crate) storage: Option<StorageSettings>,
     /// `[[groups]]`, their members resolved to check names.
     pub(crate) groups: Vec<GroupSettings>,
+    /// `[[receivers]]`, `[[alerts]]` and `[[maintenance]]`.
+    pub(crate) alerts: AlertSettings,
+}
+
+impl Settings {
+    /// This healthd's name among others: the store's `instance`, else the
+    /// host name.
+    pub(crate) fn instance(&self) -> String {
+        match &self.storage {
+            Some(storage) => storage.instance.clone(),
+            None => storage::host_name(),
+        }
+    }
 }
 
 /// `[server]`: where to listen and who we are.
@@ -227,6 +242,9 @@ pub struct CheckSettings {
     pub policy: Policy,
     /// `tags`: labels `[[groups]]` pick members by; a check may have none.
     pub tags: Vec<String>,
+    /// `depends_on`: checks whose failure explains this one's; while one
+    /// fails, this check's alerts are marked as caused by it, not sent.
+    pub depends_on: Vec<String>,
     /// The kind's own settings, validated.
     pub settings: Arc<dyn KindSettings>,
     /// The kind's keys as written, in order, so a reload can tell an
@@ -281,6 +299,7 @@ impl CheckSettings {
             critical: policy.is_critical(),
             policy: resolved,
             tags: Vec::new(),
+            depends_on: Vec::new(),
             settings: Arc::new(Prebuilt(check)),
             definition: Box::default(),
         })

@@ -6,6 +6,7 @@ use serde::Deserialize;
 use crate::base::policy::RawPolicy;
 use crate::base::problem::{serde_reason, ConfigProblem};
 use crate::base::units::DurationText;
+use crate::config::alerts::{RawMaintenance, RawRoute};
 use crate::config::server_tls::ClientAuth;
 use crate::config::{Details, ForwardedHeader};
 
@@ -44,6 +45,12 @@ pub struct RawSettings {
     #[serde(default)]
     pub groups: Vec<RawGroup>,
     pub storage: Option<RawStorage>,
+    #[serde(default)]
+    pub receivers: Vec<toml::Table>,
+    #[serde(default)]
+    pub alerts: Vec<RawRoute>,
+    #[serde(default)]
+    pub maintenance: Vec<RawMaintenance>,
 }
 
 /// `[storage]`: where runs, roll-ups and incidents are kept.
@@ -125,10 +132,11 @@ pub struct RawCheck {
     pub kind: String,
     pub critical: Option<bool>,
     pub tags: Option<Vec<String>>,
+    pub depends_on: Option<Vec<String>>,
 }
 
 /// The keys every check has besides its policy's (`POLICY_KEYS`).
-pub const COMMON_CHECK_KEYS: &[&str] = &["name", "kind", "critical", "tags"];
+pub const COMMON_CHECK_KEYS: &[&str] = &["name", "kind", "critical", "tags", "depends_on"];
 
 /// A `[[groups]]` table: its members by name or by tag, less `exclude`.
 #[derive(Deserialize)]

@@ -170,7 +170,7 @@ pub fn settings(
 }
 
 /// The host name, as the kernel has it; "healthd" if it cannot be read.
-fn host_name() -> String {
+pub(crate) fn host_name() -> String {
     let mut buffer = [0u8; 256];
     // SAFETY: the buffer is valid for its length; gethostname writes at most that.
     let ok = unsafe { libc::gethostname(buffer.as_mut_ptr().cast(), buffer.len()) } == 0;

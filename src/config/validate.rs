@@ -16,8 +16,9 @@ use crate::checks::{self, KindInput};
 use crate::config::raw::{RawCheck, RawSettings, COMMON_CHECK_KEYS};
 use crate::config::raw::{RawClient, RawGroup};
 use crate::config::{
-    server_tls, storage, AccessSettings, CheckSettings, ClientMatch, ClientSettings, Details,
-    ForwardedHeader, GroupSettings, Scopes, ServerSettings, Settings, TokenSettings, WarnStatus,
+    alerts, server_tls, storage, AccessSettings, CheckSettings, ClientMatch, ClientSettings,
+    Details, ForwardedHeader, GroupSettings, Scopes, ServerSettings, Settings, TokenSettings,
+    WarnStatus,
 };
 
 /// Every setting from what the file says, reporting each problem.
@@ -151,7 +152,17 @@ pub fn settings(
 
     let storage = raw.storage.and_then(|raw| storage::settings(raw, env, problems));
     let groups = groups(raw.groups, &checks, &names, warn_status, problems);
-    let settings = Settings { server, access, defaults, checks, storage, groups };
+    alerts::dependencies(&checks, &names, problems);
+    let alerts = alerts::settings(
+        raw.receivers,
+        raw.alerts,
+        raw.maintenance,
+        &checks,
+        &names,
+        env,
+        problems,
+    );
+    let settings = Settings { server, access, defaults, checks, storage, groups, alerts };
     // A cap set in the file must leave the checks their descriptors; a
     // derived one always does (the service works it out at start).
     if let (Some(wanted), Some(limit)) =
@@ -327,6 +338,7 @@ fn check_settings(
         critical: check.critical.unwrap_or(true),
         policy,
         tags,
+        depends_on: check.depends_on.unwrap_or_default(),
         settings,
         definition,
     })

@@ -49,6 +49,16 @@ pub struct Prepared {
     warn_status: WarnStatus,
 }
 
+impl Prepared {
+    /// The checks this reload starts (new or changed), before they run.
+    pub fn started(&self) -> impl Iterator<Item = (&CheckSettings, &Arc<dyn Check>)> {
+        self.entries.iter().filter_map(|entry| match entry {
+            RosterChange::Start(settings, check) => Some((settings.as_ref(), check)),
+            RosterChange::Keep(_) => None,
+        })
+    }
+}
+
 enum RosterChange {
     Keep(Arc<Slot>),
     Start(Box<CheckSettings>, Arc<dyn Check>),

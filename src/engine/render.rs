@@ -95,6 +95,23 @@ impl Rendered {
         Rendered::of(self.status, self.body.clone(), warn)
     }
 
+    /// The same report with `notes` (which healthd's reports otherwise
+    /// leave out), spliced in as the first member so that the body is not
+    /// rendered again.
+    pub fn with_notes(&self, notes: &[String]) -> Rendered {
+        if notes.is_empty() {
+            return self.clone();
+        }
+        let notes = serde_json::to_vec(notes).expect("strings always serialise");
+        let mut body = Vec::with_capacity(self.body.len() + notes.len() + 10);
+        body.extend_from_slice(b"{\"notes\":");
+        body.extend_from_slice(&notes);
+        body.push(b',');
+        // Every report has a `status`, so the object is never empty.
+        body.extend_from_slice(&self.body[1..]);
+        Rendered { status: self.status, body: Bytes::from(body), code: self.code }
+    }
+
     /// pass answers 200 and fail 503; warn answers 200 unless this body
     /// was made for a `warn_status = 503` (`/health`, a group).
     pub fn http_status(&self) -> StatusCode {

@@ -68,6 +68,21 @@ pub trait RunSink: Send + Sync {
     fn finished(&self, run: FinishedRun);
 }
 
+/// Several consumers of the runs (the store and the alerts), each given
+/// every run.
+pub struct FanOut(pub Vec<Arc<dyn RunSink>>);
+
+impl RunSink for FanOut {
+    fn finished(&self, run: FinishedRun) {
+        if let Some((last, others)) = self.0.split_last() {
+            for sink in others {
+                sink.finished(run.clone());
+            }
+            last.finished(run);
+        }
+    }
+}
+
 /// What a store remembers of a check from before a restart.
 #[derive(Debug, Clone, Default)]
 pub struct Remembered {

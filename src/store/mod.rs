@@ -9,7 +9,11 @@
 //! `BATCH_EVERY` apart, so `kill -9` loses at most that much), keeps the
 //! current hour's and day's roll-ups in memory and adds them to the store
 //! every `ROLLUP_EVERY`, and prunes past the retention in small steps.
+//! A heartbeat's pings go the same way (`Store::save_pings`): the ping is
+//! answered from memory, and what the pings said is written with the next
+//! batch, so that a restart gives it back (`Store::pings`).
 
+pub mod outbox;
 mod postgresql;
 pub mod report;
 mod rollup;
@@ -26,8 +30,10 @@ use chrono::{DateTime, Utc};
 use healthd_models::HealthStatus;
 
 use crate::checks::util::categories::error_chain;
+use crate::checks::{Outcome, PingState};
 use crate::config::{StorageBackend, StorageSettings};
 use crate::engine::state::{FinishedRun, Remembered, RunSink};
+use crate::store::outbox::Outbox;
 
 pub use rollup::Rollup;
 
@@ -92,6 +98,8 @@ pub struct StoreStats {
 /// What goes to the writer thread.
 enum Command {
     Run(FinishedRun),
+    /// What a heartbeat's pings said now, replacing what was saved.
+    Pings(Arc<str>, PingState),
     /// Write everything held in memory now; answer when done.
     Flush(mpsc::SyncSender<()>),
     /// Prune every check now, step by step; answer when done.
@@ -113,6 +121,7 @@ struct Shared {
     clock: Clock,
     writer: Mutex<Option<JoinHandle<()>>>,
     retention: Retention,
+    outbox: Arc<dyn Outbox>,
 }
 
 /// How long each kind of row is kept.
@@ -190,6 +199,10 @@ pub(crate) struct Batch {
     pub rollups: Vec<(Resolution, i64, i64, Rollup)>,
     /// Checks' totals and states, through `rolled_seq`.
     pub checks: Vec<CheckRow>,
+    /// Heartbeats' ping states, the latest of each, by check name.
+    pub pings: HashMap<Arc<str>, PingState>,
+    /// Whose pings (the other rows hang off check ids).
+    pub instance: String,
 }
 
 impl Batch {
@@ -198,6 +211,7 @@ impl Batch {
             && self.incidents.is_empty()
             && self.rollups.is_empty()
             && self.checks.is_empty()
+            && self.pings.is_empty()
     }
 }
 
@@ -218,6 +232,13 @@ pub(crate) trait Backend: Send {
     ) -> Result<u64, StoreError>;
     /// Every check id of the instance.
     fn check_ids(&mut self, instance: &str) -> Result<Vec<i64>, StoreError>;
+    /// After writes kept failing: drops the connection and opens a new one
+    /// (a file on a disk that was mounted again is another file), keeping
+    /// the old one when that fails; answers whether it did. Backends whose
+    /// connections come from a pool that replaces broken ones do nothing.
+    fn reopen(&mut self) -> Result<bool, StoreError> {
+        Ok(false)
+    }
 }
 
 /// The queries' side of a backend: safe to call from any thread, one
@@ -261,6 +282,8 @@ pub(crate) trait Reader: Send + Sync {
         names: &[&str],
         limit: u32,
     ) -> Result<Vec<IncidentRow>, StoreError>;
+    /// What each heartbeat's pings said, by check name.
+    fn pings(&self, instance: &str) -> Result<HashMap<String, PingState>, StoreError>;
 }
 
 impl Store {
@@ -272,14 +295,18 @@ impl Store {
     }
 
     pub fn open_with_clock(settings: &StorageSettings, clock: Clock) -> Result<Store, StoreError> {
-        let (backend, reader): (Box<dyn Backend>, Box<dyn Reader>) = match &settings.backend {
+        type Opened = (Box<dyn Backend>, Box<dyn Reader>, Arc<dyn Outbox>);
+        let (backend, reader, outbox): Opened = match &settings.backend {
             StorageBackend::Sqlite { path } => {
                 let (backend, reader) = sqlite::open(path)?;
-                (Box::new(backend), Box::new(reader))
+                let outbox =
+                    outbox::SqliteOutbox::open(path, &settings.instance, reader.generation())?;
+                (Box::new(backend), Box::new(reader), Arc::new(outbox))
             }
             StorageBackend::Postgres { url, ca_file } => {
                 let (backend, reader) = postgresql::open(url, ca_file.as_deref())?;
-                (Box::new(backend), Box::new(reader))
+                let outbox = reader.outbox(&settings.instance);
+                (Box::new(backend), Box::new(reader), Arc::new(outbox))
             }
         };
         let retention = Retention {
@@ -309,6 +336,7 @@ impl Store {
                 clock,
                 writer: Mutex::new(Some(handle)),
                 retention,
+                outbox,
             }),
         })
     }
@@ -319,9 +347,21 @@ impl Store {
         Ok(stored.into_iter().map(|check| (check.name.clone(), writer::remember(check))).collect())
     }
 
+    /// What each heartbeat's pings said before the restart, by check name.
+    pub fn pings(&self) -> Result<HashMap<String, PingState>, StoreError> {
+        self.shared.reader.pings(&self.shared.instance)
+    }
+
     /// The engine's side: queues each finished run.
     pub fn sink(&self) -> Arc<dyn RunSink> {
         Arc::new(Sink { queue: self.shared.queue.clone(), stats: self.shared.stats.clone() })
+    }
+
+    /// Queues what `check`'s pings say now, never waiting: a ping is
+    /// answered from memory, and when the queue is full this is dropped
+    /// and counted like a run (the next ping saves the state whole again).
+    pub fn save_pings(&self, check: &Arc<str>, state: PingState) {
+        offer(&self.shared.queue, &self.shared.stats, Command::Pings(check.clone(), state));
     }
 
     pub fn stats(&self) -> &StoreStats {
@@ -373,6 +413,11 @@ impl Store {
         flushed
     }
 
+    /// The notifications' outbox and the alerts' state.
+    pub fn outbox(&self) -> Arc<dyn Outbox> {
+        self.shared.outbox.clone()
+    }
+
     pub(crate) fn reader(&self) -> &dyn Reader {
         self.shared.reader.as_ref()
     }
@@ -393,27 +438,35 @@ struct Sink {
 
 impl RunSink for Sink {
     fn finished(&self, run: FinishedRun) {
-        match self.queue.try_send(Command::Run(run)) {
-            Ok(()) => {
-                self.stats.backlog.fetch_add(1, Ordering::Relaxed);
+        offer(&self.queue, &self.stats, Command::Run(run));
+    }
+}
+
+/// Puts a command on the queue without waiting; what does not fit is
+/// dropped and counted.
+fn offer(queue: &mpsc::SyncSender<Command>, stats: &StoreStats, command: Command) {
+    let is_run = matches!(command, Command::Run(_));
+    match queue.try_send(command) {
+        Ok(()) => {
+            if is_run {
+                stats.backlog.fetch_add(1, Ordering::Relaxed);
             }
-            Err(mpsc::TrySendError::Full(_) | mpsc::TrySendError::Disconnected(_)) => {
-                let dropped = self.stats.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-                let now = u64::try_from(Utc::now().timestamp()).unwrap_or(0);
-                let logged = self.stats.dropped_logged_at.load(Ordering::Relaxed);
-                // At most one line a minute, whoever drops.
-                if now >= logged + 60
-                    && self
-                        .stats
-                        .dropped_logged_at
-                        .compare_exchange(logged, now, Ordering::Relaxed, Ordering::Relaxed)
-                        .is_ok()
-                {
-                    tracing::warn!(
-                        dropped_total = dropped,
-                        "the store's queue is full: runs are dropped (the store is slow, full or down)"
-                    );
-                }
+        }
+        Err(mpsc::TrySendError::Full(_) | mpsc::TrySendError::Disconnected(_)) => {
+            let dropped = stats.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            let now = u64::try_from(Utc::now().timestamp()).unwrap_or(0);
+            let logged = stats.dropped_logged_at.load(Ordering::Relaxed);
+            // At most one line a minute, whoever drops.
+            if now >= logged + 60
+                && stats
+                    .dropped_logged_at
+                    .compare_exchange(logged, now, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                tracing::warn!(
+                    dropped_total = dropped,
+                    "the store's queue is full: runs are dropped (the store is slow, full or down)"
+                );
             }
         }
     }
@@ -437,6 +490,34 @@ pub(crate) fn status_from_code(code: i64) -> HealthStatus {
         0 => HealthStatus::Pass,
         1 => HealthStatus::Warn,
         _ => HealthStatus::Fail,
+    }
+}
+
+/// The newest schema version among migrations named `V<n>__<name>`.
+pub(crate) fn newest_version(migrations: &[(&str, &str)]) -> i64 {
+    migrations
+        .iter()
+        .filter_map(|(name, _)| name.strip_prefix('V')?.split("__").next()?.parse().ok())
+        .max()
+        .unwrap_or(0)
+}
+
+/// A ping state's outcome as stored: `success`, `fail`, or `exit` with
+/// its status.
+pub(crate) fn outcome_columns(outcome: Option<Outcome>) -> (Option<&'static str>, Option<i64>) {
+    match outcome {
+        None => (None, None),
+        Some(Outcome::Success) => (Some("success"), None),
+        Some(Outcome::Fail) => (Some("fail"), None),
+        Some(Outcome::Exit(status)) => (Some("exit"), Some(i64::from(status))),
+    }
+}
+
+pub(crate) fn outcome_from_columns(outcome: Option<&str>, status: Option<i64>) -> Option<Outcome> {
+    match (outcome?, status.and_then(|status| u8::try_from(status).ok())) {
+        ("success", _) | ("exit", Some(0)) => Some(Outcome::Success),
+        ("exit", Some(status)) => Some(Outcome::Exit(status)),
+        _ => Some(Outcome::Fail),
     }
 }
 

@@ -25,18 +25,26 @@ use crate::base::secret::Secret;
 use crate::checks::util::categories::error_chain;
 use crate::checks::util::guard::AbandonUnlessFinished;
 use crate::checks::util::postgres_tls::{self, split_sslmode};
+use crate::checks::PingState;
+use crate::store::outbox::{Attempted, Outbox, OutboxEntry};
 use crate::store::rollup::{day_of, hour_of, Rollup};
 use crate::store::{
-    from_micros, micros, status_code, status_from_code, Backend, Batch, CheckRow, IncidentRow,
-    Reader, Resolution, Retention, RunRow, StoreError, StoredCheck, QUERY_DEADLINE,
+    from_micros, micros, newest_version, outcome_columns, outcome_from_columns, status_code,
+    status_from_code, Backend, Batch, CheckRow, IncidentRow, Reader, Resolution, Retention, RunRow,
+    StoreError, StoredCheck, QUERY_DEADLINE,
 };
 
 const MIGRATION_TABLE: &str = "healthd_migrations";
 /// The schema versions this healthd knows, oldest first.
-const MIGRATIONS: &[(&str, &str)] = &[("V1__store", include_str!("postgresql/V1__store.sql"))];
+const MIGRATIONS: &[(&str, &str)] = &[
+    ("V1__store", include_str!("postgresql/V1__store.sql")),
+    ("V3__alerts", include_str!("postgresql/V3__alerts.sql")),
+    ("V4__pings", include_str!("postgresql/V4__pings.sql")),
+];
 /// The tables of the schema: any of them without `MIGRATION_TABLE` beside
 /// it means the database holds someone else's tables of those names.
-const TABLES: &[&str] = &["checks", "runs", "hourly", "daily", "incidents"];
+const TABLES: &[&str] =
+    &["checks", "runs", "hourly", "daily", "incidents", "outbox", "alerts", "pings"];
 /// The advisory lock two healthd starting at once take around the
 /// inspection and the migrations ("hlth", as the SQLite application id).
 const MIGRATION_LOCK: i64 = 0x686c_7468;
@@ -240,7 +248,7 @@ async fn inspect(client: &Object) -> Result<(), String> {
         .map_err(|error| format!("not a healthd store ({MIGRATION_TABLE} unreadable: {error})"))?
         .try_get(0)
         .map_err(|error| format!("not a healthd store ({MIGRATION_TABLE}: {error})"))?;
-    let known = i32::try_from(MIGRATIONS.len()).unwrap_or(i32::MAX);
+    let known = i32::try_from(newest_version(MIGRATIONS)).unwrap_or(i32::MAX);
     match newest {
         Some(version) if version > known => Err(format!(
             "its healthd schema is version {version}, newer than this healthd knows ({known}): run a newer healthd, or point [storage] url_env at another database"
@@ -352,6 +360,18 @@ struct Columns {
     hourly: RollupColumns,
     daily: RollupColumns,
     checks: CheckColumns,
+    pings: PingColumns,
+}
+
+#[derive(Default)]
+struct PingColumns {
+    check_name: Vec<String>,
+    last_ping: Vec<Option<i64>>,
+    last_outcome: Vec<Option<String>>,
+    exit_status: Vec<Option<i64>>,
+    last_start: Vec<Option<i64>>,
+    last_duration_us: Vec<Option<i64>>,
+    body: Vec<Option<String>>,
 }
 
 #[derive(Default)]
@@ -486,6 +506,17 @@ impl Columns {
             checks.status.push(row.status.map(status_code));
             checks.status_since.push(row.status_since.map(micros));
         }
+        for (check, state) in &batch.pings {
+            let pings = &mut columns.pings;
+            let (outcome, exit_status) = outcome_columns(state.last_outcome);
+            pings.check_name.push(check.to_string());
+            pings.last_ping.push(state.last_ping.map(micros));
+            pings.last_outcome.push(outcome.map(str::to_string));
+            pings.exit_status.push(exit_status);
+            pings.last_start.push(state.last_start.map(micros));
+            pings.last_duration_us.push(state.last_duration.map(duration_micros));
+            pings.body.push(state.body.clone());
+        }
         columns
     }
 }
@@ -510,7 +541,7 @@ fn add_rollups_sql(resolution: Resolution) -> String {
 }
 
 impl PostgresWriter {
-    async fn write_batch(&self, columns: &Columns) -> Result<(), StoreError> {
+    async fn write_batch(&self, instance: &str, columns: &Columns) -> Result<(), StoreError> {
         let mut held = self.database.connection().await?;
         let client = held.connection();
         let transaction = client.transaction().await?;
@@ -625,6 +656,36 @@ impl PostgresWriter {
                 )
                 .await?;
         }
+        if !columns.pings.check_name.is_empty() {
+            let pings = &columns.pings;
+            let statement = transaction
+                .prepare_cached(
+                    "INSERT INTO pings (instance, check_name, last_ping, last_outcome, exit_status,
+                       last_start, last_duration_us, body)
+                     SELECT $1::text, * FROM unnest($2::text[], $3::bigint[], $4::text[], $5::bigint[],
+                       $6::bigint[], $7::bigint[], $8::text[])
+                     ON CONFLICT (instance, check_name) DO UPDATE SET
+                       last_ping = excluded.last_ping, last_outcome = excluded.last_outcome,
+                       exit_status = excluded.exit_status, last_start = excluded.last_start,
+                       last_duration_us = excluded.last_duration_us, body = excluded.body",
+                )
+                .await?;
+            transaction
+                .execute(
+                    &statement,
+                    &[
+                        &instance,
+                        &pings.check_name,
+                        &pings.last_ping,
+                        &pings.last_outcome,
+                        &pings.exit_status,
+                        &pings.last_start,
+                        &pings.last_duration_us,
+                        &pings.body,
+                    ],
+                )
+                .await?;
+        }
         transaction.commit().await?;
         drop(held.finish());
         Ok(())
@@ -674,7 +735,7 @@ impl Backend for PostgresWriter {
 
     fn write(&mut self, batch: &Batch) -> Result<(), StoreError> {
         let columns = Columns::of(batch);
-        self.database.call(WRITE_DEADLINE, || self.write_batch(&columns))
+        self.database.call(WRITE_DEADLINE, || self.write_batch(&batch.instance, &columns))
     }
 
     fn prune(
@@ -872,6 +933,163 @@ impl Reader for PostgresReader {
         )?;
         Ok(rows.iter().map(incident_row).collect::<Result<_, _>>()?)
     }
+
+    fn pings(&self, instance: &str) -> Result<HashMap<String, PingState>, StoreError> {
+        let rows = self.query("SELECT * FROM pings WHERE instance = $1", &[&instance])?;
+        let mut pings = HashMap::new();
+        for row in rows {
+            let state = PingState {
+                last_ping: row.try_get::<_, Option<i64>>("last_ping")?.map(from_micros),
+                last_outcome: outcome_from_columns(
+                    row.try_get::<_, Option<String>>("last_outcome")?.as_deref(),
+                    row.try_get("exit_status")?,
+                ),
+                last_start: row.try_get::<_, Option<i64>>("last_start")?.map(from_micros),
+                last_duration: row
+                    .try_get::<_, Option<i64>>("last_duration_us")?
+                    .map(|micros| Duration::from_micros(as_u64(micros))),
+                body: row.try_get("body")?,
+            };
+            pings.insert(row.try_get("check_name")?, state);
+        }
+        Ok(pings)
+    }
+}
+
+/// The outbox in a PostgreSQL store, on the store's pool.
+pub struct PostgresOutbox {
+    reader: PostgresReader,
+    instance: String,
+}
+
+impl PostgresReader {
+    pub fn outbox(&self, instance: &str) -> PostgresOutbox {
+        PostgresOutbox {
+            reader: PostgresReader { database: self.database.clone() },
+            instance: instance.into(),
+        }
+    }
+}
+
+fn outbox_entry(row: &Row) -> Result<OutboxEntry, tokio_postgres::Error> {
+    Ok(OutboxEntry {
+        id: row.try_get(0)?,
+        receiver: row.try_get(1)?,
+        body: row.try_get(2)?,
+        created: from_micros(row.try_get(3)?),
+        attempts: u32::try_from(row.try_get::<_, i64>(4)?).unwrap_or(0),
+        next_attempt: from_micros(row.try_get(5)?),
+    })
+}
+
+impl Outbox for PostgresOutbox {
+    fn put(&self, entry: &OutboxEntry) -> Result<(), StoreError> {
+        self.reader.query(
+            "INSERT INTO outbox (instance, id, receiver, body, created, attempts, next_attempt)
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+            &[
+                &self.instance,
+                &entry.id,
+                &entry.receiver,
+                &entry.body,
+                &micros(entry.created),
+                &i64::from(entry.attempts),
+                &micros(entry.next_attempt),
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn undelivered(&self, receiver: &str, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
+        let rows = self.reader.query(
+            "SELECT id, receiver, body, created, attempts, next_attempt FROM outbox
+             WHERE instance = $1 AND receiver = $2 AND delivered IS NULL AND given_up IS NULL
+             ORDER BY created, id LIMIT $3",
+            &[&self.instance, &receiver, &i64::try_from(limit).unwrap_or(i64::MAX)],
+        )?;
+        Ok(rows.iter().map(outbox_entry).collect::<Result<_, _>>()?)
+    }
+
+    fn record(
+        &self,
+        id: &str,
+        attempts: u32,
+        outcome: &Attempted,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let attempts = i64::from(attempts);
+        match outcome {
+            Attempted::Delivered => self.reader.query(
+                "UPDATE outbox SET delivered = $3, attempts = $4, last_error = NULL
+                 WHERE instance = $1 AND id = $2",
+                &[&self.instance, &id, &micros(now), &attempts],
+            ),
+            Attempted::RetryAt(next, error) => self.reader.query(
+                "UPDATE outbox SET next_attempt = $3, attempts = $4, last_error = $5
+                 WHERE instance = $1 AND id = $2",
+                &[&self.instance, &id, &micros(*next), &attempts, error],
+            ),
+            Attempted::GivenUp(error) => self.reader.query(
+                "UPDATE outbox SET given_up = $3, attempts = $4, last_error = $5
+                 WHERE instance = $1 AND id = $2",
+                &[&self.instance, &id, &micros(now), &attempts, error],
+            ),
+        }?;
+        Ok(())
+    }
+
+    fn pending(&self) -> Result<HashMap<String, u64>, StoreError> {
+        let rows = self.reader.query(
+            "SELECT receiver, count(*) FROM outbox
+             WHERE instance = $1 AND delivered IS NULL AND given_up IS NULL GROUP BY receiver",
+            &[&self.instance],
+        )?;
+        rows.iter()
+            .map(|row| Ok((row.try_get(0)?, u64::try_from(row.try_get::<_, i64>(1)?).unwrap_or(0))))
+            .collect()
+    }
+
+    fn prune(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        let rows = self.reader.query(
+            "WITH gone AS (DELETE FROM outbox WHERE instance = $1
+               AND coalesce(delivered, given_up) < $2 RETURNING 1)
+             SELECT count(*) FROM gone",
+            &[&self.instance, &micros(before)],
+        )?;
+        let removed: i64 = match rows.first() {
+            Some(row) => row.try_get(0)?,
+            None => 0,
+        };
+        Ok(u64::try_from(removed).unwrap_or(0))
+    }
+
+    fn alert_states(&self) -> Result<Vec<(String, String, String)>, StoreError> {
+        let rows = self.reader.query(
+            "SELECT route, check_name, state FROM alerts WHERE instance = $1",
+            &[&self.instance],
+        )?;
+        rows.iter().map(|row| Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))).collect()
+    }
+
+    fn set_alert_state(
+        &self,
+        route: &str,
+        check: &str,
+        state: Option<&str>,
+    ) -> Result<(), StoreError> {
+        match state {
+            Some(state) => self.reader.query(
+                "INSERT INTO alerts (instance, route, check_name, state) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (instance, route, check_name) DO UPDATE SET state = excluded.state",
+                &[&self.instance, &route, &check, &state],
+            ),
+            None => self.reader.query(
+                "DELETE FROM alerts WHERE instance = $1 AND route = $2 AND check_name = $3",
+                &[&self.instance, &route, &check],
+            ),
+        }?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -935,6 +1153,7 @@ mod tests {
                 CheckRow { id: 7, next_seq: 2, ..CheckRow::default() },
                 CheckRow { id: 7, next_seq: 3, ..CheckRow::default() },
             ],
+            ..Batch::default()
         };
 
         let columns = Columns::of(&batch);

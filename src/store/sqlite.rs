@@ -1,20 +1,25 @@
 //! The SQLite store: one file, WAL, one writing connection (the writer
 //! thread's) and a few reading ones, so that queries never wait for a
-//! write.
+//! write. After writes keep failing the writer opens the file again (a
+//! disk that went read-only and was mounted again holds another file at
+//! the same path), and the readers and the outbox follow it.
 
 use std::collections::HashMap;
-use std::path::Path;
-use std::sync::Mutex;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use refinery::Migration;
 use rusqlite::{params, params_from_iter, Connection, OpenFlags, OptionalExtension, Row};
 
+use crate::checks::PingState;
 use crate::store::rollup::{day_of, hour_of, Rollup};
 use crate::store::{
-    from_micros, micros, status_code, status_from_code, Backend, Batch, CheckRow, IncidentRow,
-    Reader, Resolution, Retention, RunRow, StoreError, StoredCheck,
+    from_micros, micros, newest_version, outcome_columns, outcome_from_columns, status_code,
+    status_from_code, Backend, Batch, CheckRow, IncidentRow, Reader, Resolution, Retention, RunRow,
+    StoreError, StoredCheck,
 };
 
 /// `PRAGMA application_id` of a healthd store ("hlth"): a file with
@@ -23,28 +28,71 @@ use crate::store::{
 pub const APPLICATION_ID: i64 = 0x686c_7468;
 const MIGRATION_TABLE: &str = "healthd_migrations";
 /// The schema versions this healthd knows, oldest first.
-const MIGRATIONS: &[(&str, &str)] = &[("V1__store", include_str!("sqlite/V1__store.sql"))];
+const MIGRATIONS: &[(&str, &str)] = &[
+    ("V1__store", include_str!("sqlite/V1__store.sql")),
+    ("V3__alerts", include_str!("sqlite/V3__alerts.sql")),
+    ("V4__pings", include_str!("sqlite/V4__pings.sql")),
+];
 /// Reading connections: queries run on them while the writer writes.
 const READERS: usize = 2;
 /// How long a statement waits for a lock held by another connection.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct SqliteWriter {
     connection: Connection,
+    path: PathBuf,
+    opened: Arc<Generation>,
 }
 
 pub struct SqliteReader {
-    connections: Vec<Mutex<Connection>>,
+    connections: Vec<Mutex<Opened>>,
+    path: PathBuf,
+    opened: Arc<Generation>,
+}
+
+/// How many times the writer has opened the file again: a connection
+/// opened before the latest time is opened again before its next use.
+#[derive(Debug, Default)]
+pub struct Generation(AtomicU64);
+
+impl Generation {
+    pub fn now(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// A connection and the generation it was opened in.
+pub(crate) struct Opened {
+    pub generation: u64,
+    pub connection: Connection,
 }
 
 /// Opens the file (creating it when missing), refuses one that is not a
 /// healthd store or whose schema is newer, and migrates it.
 pub fn open(path: &Path) -> Result<(SqliteWriter, SqliteReader), StoreError> {
+    let connection = open_writing(path)?;
+    let connections = (0..READERS)
+        .map(|_| Ok(Mutex::new(Opened { generation: 0, connection: open_reading(path)? })))
+        .collect::<Result<Vec<_>, rusqlite::Error>>()?;
+    let opened = Arc::new(Generation::default());
+    let path = path.to_path_buf();
+    Ok((
+        SqliteWriter { connection, path: path.clone(), opened: opened.clone() },
+        SqliteReader { connections, path, opened },
+    ))
+}
+
+/// The writer's connection: inspected, in WAL mode, migrated.
+fn open_writing(path: &Path) -> Result<Connection, StoreError> {
     let shown = path.display();
     inspect(path).map_err(|reason| StoreError::Refused(format!("{shown}: {reason}")))?;
     let mut connection = Connection::open(path)
         .map_err(|error| StoreError::Refused(format!("{shown}: cannot open: {error}")))?;
     connection.busy_timeout(BUSY_TIMEOUT)?;
+    // SQLite opens a file it cannot write read-only, silently.
+    if connection.is_readonly(rusqlite::MAIN_DB)? {
+        return Err(StoreError::Refused(format!("{shown}: cannot write to it (read-only)")));
+    }
     let journal: String =
         connection.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
     if !journal.eq_ignore_ascii_case("wal") {
@@ -54,9 +102,13 @@ pub fn open(path: &Path) -> Result<(SqliteWriter, SqliteReader), StoreError> {
     }
     // WAL with NORMAL: a crash of healthd loses no committed batch, and a
     // crash of the machine at most the last ones; the file is never corrupt.
-    connection.execute_batch(&format!(
-        "PRAGMA synchronous = NORMAL; PRAGMA application_id = {APPLICATION_ID};"
-    ))?;
+    connection.execute_batch("PRAGMA synchronous = NORMAL;")?;
+    // Set once: opening the store again writes nothing it need not.
+    let application_id: i64 =
+        connection.query_row("PRAGMA application_id", [], |row| row.get(0))?;
+    if application_id != APPLICATION_ID {
+        connection.execute_batch(&format!("PRAGMA application_id = {APPLICATION_ID};"))?;
+    }
     let migrations = MIGRATIONS
         .iter()
         .map(|(name, sql)| Migration::unapplied(name, sql))
@@ -64,17 +116,40 @@ pub fn open(path: &Path) -> Result<(SqliteWriter, SqliteReader), StoreError> {
     let mut runner = refinery::Runner::new(&migrations).set_abort_missing(true);
     runner.set_migration_table_name(MIGRATION_TABLE);
     runner.run(&mut connection)?;
-    let connections = (0..READERS)
-        .map(|_| {
-            let reader = Connection::open_with_flags(
-                path,
-                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-            )?;
-            reader.busy_timeout(BUSY_TIMEOUT)?;
-            Ok(Mutex::new(reader))
-        })
-        .collect::<Result<Vec<_>, rusqlite::Error>>()?;
-    Ok((SqliteWriter { connection }, SqliteReader { connections }))
+    Ok(connection)
+}
+
+fn open_reading(path: &Path) -> rusqlite::Result<Connection> {
+    let reader = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    reader.busy_timeout(BUSY_TIMEOUT)?;
+    Ok(reader)
+}
+
+impl SqliteReader {
+    /// What the outbox's connection follows.
+    pub fn generation(&self) -> Arc<Generation> {
+        self.opened.clone()
+    }
+}
+
+/// Opens `opened` again when the writer has opened the file again since
+/// (keeping the old connection when that fails).
+pub(crate) fn follow(
+    opened: &mut Opened,
+    generation: &Generation,
+    open: impl FnOnce() -> rusqlite::Result<Connection>,
+) {
+    let now = generation.now();
+    if opened.generation == now {
+        return;
+    }
+    match open() {
+        Ok(connection) => *opened = Opened { generation: now, connection },
+        Err(error) => tracing::debug!(%error, "the store's file cannot be opened again"),
+    }
 }
 
 /// Looks at an existing file without changing it: it must be a SQLite
@@ -109,7 +184,7 @@ fn inspect(path: &Path) -> Result<(), String> {
         .optional()
         .map_err(not_a_store)?
         .flatten();
-    let known = i64::try_from(MIGRATIONS.len()).unwrap_or(i64::MAX);
+    let known = newest_version(MIGRATIONS);
     match newest {
         Some(version) if version > known => Err(format!(
             "its schema is version {version}, newer than this healthd knows ({known}): run a newer healthd, or point [storage] path at another file"
@@ -309,6 +384,28 @@ impl Backend for SqliteWriter {
                     row.status_since.map(micros),
                 ])?;
             }
+            let mut save_pings = transaction.prepare_cached(
+                "INSERT INTO pings (instance, check_name, last_ping, last_outcome, exit_status,
+                   last_start, last_duration_us, body)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT (instance, check_name) DO UPDATE SET
+                   last_ping = excluded.last_ping, last_outcome = excluded.last_outcome,
+                   exit_status = excluded.exit_status, last_start = excluded.last_start,
+                   last_duration_us = excluded.last_duration_us, body = excluded.body",
+            )?;
+            for (check, state) in &batch.pings {
+                let (outcome, exit_status) = outcome_columns(state.last_outcome);
+                save_pings.execute(params![
+                    batch.instance,
+                    check.as_ref(),
+                    state.last_ping.map(micros),
+                    outcome,
+                    exit_status,
+                    state.last_start.map(micros),
+                    state.last_duration.map(duration_micros),
+                    state.body,
+                ])?;
+            }
         }
         transaction.commit()?;
         Ok(())
@@ -350,6 +447,12 @@ impl Backend for SqliteWriter {
         let ids = statement.query_map([instance], |row| row.get(0))?;
         Ok(ids.collect::<Result<_, _>>()?)
     }
+
+    fn reopen(&mut self) -> Result<bool, StoreError> {
+        self.connection = open_writing(&self.path)?;
+        self.opened.0.fetch_add(1, Ordering::AcqRel);
+        Ok(true)
+    }
 }
 
 impl SqliteReader {
@@ -359,11 +462,12 @@ impl SqliteReader {
         query: impl FnOnce(&Connection) -> rusqlite::Result<T>,
     ) -> Result<T, StoreError> {
         let free = self.connections.iter().find_map(|connection| connection.try_lock().ok());
-        let connection = match free {
+        let mut opened = match free {
             Some(connection) => connection,
             None => self.connections[0].lock().unwrap_or_else(|poisoned| poisoned.into_inner()),
         };
-        Ok(query(&connection)?)
+        follow(&mut opened, &self.opened, || open_reading(&self.path));
+        Ok(query(&opened.connection)?)
     }
 }
 
@@ -525,6 +629,29 @@ impl Reader for SqliteReader {
             values.extend(names.iter().map(|name| name.to_string().into()));
             let mut statement = connection.prepare_cached(&sql)?;
             let rows = statement.query_map(params_from_iter(values), incident_row)?;
+            rows.collect()
+        })
+    }
+
+    fn pings(&self, instance: &str) -> Result<HashMap<String, PingState>, StoreError> {
+        self.with(|connection| {
+            let mut statement =
+                connection.prepare_cached("SELECT * FROM pings WHERE instance = ?1")?;
+            let rows = statement.query_map([instance], |row| {
+                let state = PingState {
+                    last_ping: row.get::<_, Option<i64>>("last_ping")?.map(from_micros),
+                    last_outcome: outcome_from_columns(
+                        row.get::<_, Option<String>>("last_outcome")?.as_deref(),
+                        row.get("exit_status")?,
+                    ),
+                    last_start: row.get::<_, Option<i64>>("last_start")?.map(from_micros),
+                    last_duration: row
+                        .get::<_, Option<i64>>("last_duration_us")?
+                        .map(|micros| Duration::from_micros(as_u64(micros))),
+                    body: row.get("body")?,
+                };
+                Ok((row.get("check_name")?, state))
+            })?;
             rows.collect()
         })
     }

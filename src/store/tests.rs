@@ -209,6 +209,44 @@ fn a_reopened_store_gives_back_the_ring_totals_status_and_since_when() {
 }
 
 #[test]
+fn a_reopened_store_gives_back_what_each_heartbeat_s_pings_said_the_latest_of_each() {
+    use crate::checks::{Outcome, PingState};
+    let file = TempStore::new();
+    let clock = TestClock::at(day_start());
+    let store = clock.open(&file);
+    let backup: Arc<str> = Arc::from("backup");
+    let nightly: Arc<str> = Arc::from("nightly");
+    let at = |seconds| day_start() + TimeDelta::seconds(seconds);
+    let started = PingState { last_start: Some(at(5)), ..PingState::default() };
+    let failed = PingState {
+        last_ping: Some(at(9)),
+        last_outcome: Some(Outcome::Exit(3)),
+        last_start: None,
+        last_duration: Some(Duration::from_millis(4_250)),
+        body: Some("pg_dump: disk full".into()),
+    };
+    let succeeded = PingState {
+        last_ping: Some(at(7)),
+        last_outcome: Some(Outcome::Success),
+        ..PingState::default()
+    };
+    store.save_pings(&backup, started);
+    store.save_pings(&nightly, succeeded.clone());
+    store.save_pings(&backup, failed.clone());
+    assert!(store.close(FLUSH));
+    drop(store);
+
+    let again = clock.open(&file);
+    let pings = again.pings().unwrap();
+    assert_eq!(pings.len(), 2);
+    assert_eq!(pings["backup"], failed);
+    assert_eq!(pings["nightly"], succeeded);
+    // Another instance in the same file has none.
+    let other = StorageSettings { instance: "other".into(), ..file.settings() };
+    assert!(Store::open(&other).unwrap().pings().unwrap().is_empty());
+}
+
+#[test]
 fn runs_written_before_a_crash_count_in_the_totals_and_roll_ups_after_it() {
     let file = TempStore::new();
     let clock = TestClock::at(day_start() + TimeDelta::hours(1));
@@ -309,6 +347,20 @@ fn a_file_that_is_not_a_healthd_store_or_is_newer_is_refused_and_left_as_it_was(
     }
     let before = sha(&newer.0);
     let reason = refusal(&newer);
-    assert!(reason.contains("schema is version 99, newer than this healthd knows (1)"), "{reason}");
+    assert!(reason.contains("schema is version 99, newer than this healthd knows (4)"), "{reason}");
     assert_eq!(sha(&newer.0), before);
+}
+
+#[test]
+fn pings_that_do_not_fit_the_queue_are_dropped_and_counted_like_runs() {
+    use crate::checks::PingState;
+    use crate::store::{offer, Command, StoreStats};
+    let (queue, _held) = std::sync::mpsc::sync_channel(1);
+    let stats = StoreStats::default();
+    let check: Arc<str> = Arc::from("backup");
+    offer(&queue, &stats, Command::Pings(check.clone(), PingState::default()));
+    offer(&queue, &stats, Command::Pings(check, PingState::default()));
+    assert_eq!(stats.dropped.load(Ordering::Relaxed), 1);
+    // The backlog counts runs only.
+    assert_eq!(stats.backlog.load(Ordering::Relaxed), 0);
 }

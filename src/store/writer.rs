@@ -24,6 +24,10 @@ const RETRY_FIRST: Duration = Duration::from_millis(500);
 const RETRY_MOST: Duration = Duration::from_secs(30);
 /// A pruning step this often.
 const PRUNE_EVERY: Duration = Duration::from_secs(5);
+/// From this many failed writes in a row on (about 1.5 s of retries),
+/// each failed write has the backend open a new connection: one to a file
+/// whose disk went read-only and was mounted again stays broken.
+const REOPEN_AFTER: u32 = 3;
 
 pub(crate) struct Writer {
     backend: Box<dyn Backend>,
@@ -41,6 +45,10 @@ pub(crate) struct Writer {
     pruned_at: Instant,
     prune_queue: Vec<i64>,
     retry_at: Option<(Instant, Duration)>,
+    /// Writes that failed since the last one that did not.
+    failed_in_a_row: u32,
+    /// Whether the store was opened again since the last write that did not fail.
+    reopened: bool,
 }
 
 /// A check the writer has seen since it started.
@@ -62,19 +70,21 @@ impl Writer {
     ) -> Writer {
         let now = Instant::now();
         Writer {
+            pending: Batch { instance: instance.clone(), ..Batch::default() },
             backend,
             instance,
             retention,
             clock,
             stats,
             checks: HashMap::new(),
-            pending: Batch::default(),
             pending_runs: 0,
             waiting: Vec::new(),
             rolled_at: now,
             pruned_at: now,
             prune_queue: Vec::new(),
             retry_at: None,
+            failed_in_a_row: 0,
+            reopened: false,
         }
     }
 
@@ -93,6 +103,10 @@ impl Writer {
                         self.stats.backlog.fetch_sub(1, Ordering::Relaxed);
                         self.take(run);
                         taken += 1;
+                    }
+                    Ok(Command::Pings(check, state)) => {
+                        // Only the latest counts: it holds all the pings said.
+                        self.pending.pings.insert(check, state);
                     }
                     Ok(Command::Flush(done)) => {
                         self.roll_all();
@@ -248,7 +262,9 @@ impl Writer {
                 if self.retry_at.take().is_some() {
                     tracing::info!("the store takes writes again");
                 }
-                self.pending = Batch::default();
+                self.failed_in_a_row = 0;
+                self.reopened = false;
+                self.pending = Batch { instance: self.instance.clone(), ..Batch::default() };
                 self.pending_runs = 0;
                 self.answer_flushes();
             }
@@ -262,7 +278,35 @@ impl Writer {
                     Some((_, wait)) => (wait * 2).min(RETRY_MOST),
                 };
                 self.retry_at = Some((Instant::now() + wait, wait));
+                self.failed_in_a_row += 1;
+                if self.failed_in_a_row >= REOPEN_AFTER {
+                    self.reopen();
+                }
             }
+        }
+    }
+
+    /// Opens the store again after writes kept failing.
+    fn reopen(&mut self) {
+        match self.backend.reopen() {
+            // The first time it works, the new connection is tried at
+            // once; later times keep the backoff (a store that stays
+            // locked or full must not be retried in a loop).
+            Ok(false) => {}
+            Ok(true) if !self.reopened => {
+                self.reopened = true;
+                tracing::info!(
+                    failed_writes = self.failed_in_a_row,
+                    "the store kept failing to write: opened it again"
+                );
+                if let Some((_, wait)) = self.retry_at {
+                    self.retry_at = Some((Instant::now(), wait));
+                }
+            }
+            Ok(true) => {
+                tracing::debug!(failed_writes = self.failed_in_a_row, "opened the store again")
+            }
+            Err(error) => tracing::debug!(%error, "the store cannot be opened again"),
         }
     }
 

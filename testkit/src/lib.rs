@@ -4,8 +4,11 @@
 //! restart, certificates minted by the test and a TLS listener that serves
 //! them, and the Debian packages the tests need, installed when missing
 //! (`debian`). What the servers share (running as another user, free ports,
-//! freezing, temp dirs, cleanup) is `process`.
+//! freezing, temp dirs, cleanup) is `process`. A recording HTTP server
+//! (`recorder`), a throwaway Alertmanager and an SMTP server (`smtp`) stand
+//! in for where alerts go.
 
+pub mod alertmanager;
 pub mod certs;
 pub mod debian;
 pub mod dnsmasq;
@@ -14,5 +17,9 @@ pub mod mosquitto;
 pub mod nats;
 pub mod postgres;
 mod process;
+pub mod python;
 pub mod rabbitmq;
+pub mod readme;
+pub mod recorder;
 pub mod redis;
+pub mod smtp;

@@ -15,6 +15,7 @@ use crate::support::checks::{
     assert_no_secret, config, every_body, output, status, unique, DEADLINE,
 };
 use crate::support::upstream::{Behaviour, Body, Reply, Upstream};
+use healthd_testkit::readme::readme_block;
 
 /// What a healthy dependency answers: every rule below holds.
 const GOOD: &str = r#"{"status":"UP","load":0.42,"threads":4,"mode":"primary","ready":true,
@@ -626,18 +627,6 @@ expect = "^SSH-2.0-("
     ] {
         assert!(lines.lines().any(|line| line.starts_with(wanted)), "no {wanted:?} in:\n{lines}");
     }
-}
-
-/// The TOML block after `<!-- MARKER -->` in README.md.
-fn readme_block(marker: &str) -> String {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let after = readme
-        .split_once(&format!("<!-- {marker} -->"))
-        .unwrap_or_else(|| panic!("README.md has no <!-- {marker} -->"))
-        .1;
-    let block = after.split_once("```toml\n").expect("a TOML block after the marker").1;
-    block.split_once("```").expect("the block ends").0.to_string()
 }
 
 /// What Spring Boot Actuator answers with details shown.

@@ -1,6 +1,8 @@
 //! The one integration-test binary: every module runs the real server.
 
 mod access;
+mod alerts_delivery;
+mod alerts_email;
 mod bad_input;
 mod behind_proxy;
 #[cfg(feature = "amqp")]

@@ -454,9 +454,14 @@ async fn two_instances_writing_to_one_database_keep_their_own_series() {
     let [west_runs, west_failed, ..] = stored_totals(&pg, "west", "api").await;
     assert!(east_runs >= 5 && east_failed == 0, "east: {east_runs} runs, {east_failed} failed");
     assert!(west_runs >= 5 && west_failed == west_runs, "west: {west_runs}, {west_failed}");
-    let migrations: i64 =
-        client.query_one("SELECT count(*) FROM healthd_migrations", &[]).await.unwrap().get(0);
-    assert_eq!(migrations, 1, "the schema was made once");
+    let migrations: Vec<i32> = client
+        .query("SELECT version FROM healthd_migrations ORDER BY version", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(migrations, [1, 3, 4], "the schema was made once");
 }
 
 /// Starts the binary with `text` and `url`, expecting it to refuse to
@@ -512,7 +517,7 @@ async fn database_state(
 #[tokio::test]
 async fn a_newer_schema_someone_elses_tables_or_a_damaged_store_stop_the_start_and_change_nothing()
 {
-    // Arrange: a healthd store, then a version 2 recorded in it as a newer
+    // Arrange: a healthd store, then a version 5 recorded in it as a newer
     // healthd would; and another database with a table named `checks`.
     let pg = TestPostgres::start().await;
     let upstream = Upstream::start(Behaviour::Status(200)).await;
@@ -527,7 +532,7 @@ async fn a_newer_schema_someone_elses_tables_or_a_damaged_store_stop_the_start_a
     client
         .batch_execute(
             "INSERT INTO healthd_migrations (version, name, applied_on, checksum)
-             VALUES (2, 'newer', '2030-01-01T00:00:00Z', '1')",
+             VALUES (5, 'newer', '2030-01-01T00:00:00Z', '1')",
         )
         .await
         .unwrap();
@@ -548,7 +553,7 @@ async fn a_newer_schema_someone_elses_tables_or_a_damaged_store_stop_the_start_a
     let after_newer = database_state(&client).await;
     let foreign_error = refused_start(&text, &other_url).await;
     // And a store whose table was dropped: writing there would fail forever.
-    client.batch_execute("DELETE FROM healthd_migrations WHERE version = 2").await.unwrap();
+    client.batch_execute("DELETE FROM healthd_migrations WHERE version = 5").await.unwrap();
     client.batch_execute("DROP TABLE runs").await.unwrap();
     let damaged = database_state(&client).await;
     let damaged_error = refused_start(&text, &pg.url()).await;
@@ -556,7 +561,7 @@ async fn a_newer_schema_someone_elses_tables_or_a_damaged_store_stop_the_start_a
     // Assert: a clear error naming the database and the reason; nothing changed.
     assert!(
         newer_error.contains("PostgreSQL database postgres at 127.0.0.1")
-            && newer_error.contains("version 2, newer than this healthd knows (1)"),
+            && newer_error.contains("version 5, newer than this healthd knows (4)"),
         "{newer_error}"
     );
     assert!(
@@ -568,8 +573,11 @@ async fn a_newer_schema_someone_elses_tables_or_a_damaged_store_stop_the_start_a
     assert_eq!(after_newer, newer);
     assert!(damaged_error.contains("a healthd store missing its tables runs"), "{damaged_error}");
     assert_eq!(database_state(&client).await, damaged);
-    assert_eq!(newer.1.len(), 2, "{newer:?}");
-    assert_eq!(damaged.1.len(), 1, "{damaged:?}");
+    // Versions 1, 3 and 4, and the newer 5; then without it.
+    let versions =
+        |rows: &[(i32, String)]| rows.iter().map(|(version, _)| *version).collect::<Vec<_>>();
+    assert_eq!(versions(&newer.1), [1, 3, 4, 5], "{newer:?}");
+    assert_eq!(versions(&damaged.1), [1, 3, 4], "{damaged:?}");
     assert_eq!(database_state(&other).await, foreign);
     assert_eq!(foreign.0, vec![("checks".to_string(), 0), ("orders".to_string(), 0)]);
     assert!(newer.0.iter().any(|(table, rows)| table == "checks" && *rows == 1), "{newer:?}");
@@ -613,4 +621,21 @@ async fn the_store_speaks_tls_with_verify_full_and_a_ca_file_and_refuses_an_unkn
     let [runs, ..] = stored_totals(&pg, "pg-tls", "api").await;
     assert!(runs >= 1);
     assert!(refused.contains("certificate") || refused.contains("TLS"), "{refused}");
+}
+
+#[tokio::test]
+async fn the_last_ping_survives_a_restart_in_postgresql_too() {
+    let pg = TestPostgres::start().await;
+    let url = pg.url();
+    let text = crate::store_sqlite::heartbeat_config(&format!(
+        "url_env = \"{URL_VAR}\"\ninstance = \"pg-pings\""
+    ));
+    crate::store_sqlite::pings_survive_a_restart(&text, &[(URL_VAR, url.as_str())]).await;
+    let rows = pg
+        .client()
+        .await
+        .query_one("SELECT count(*) FROM pings WHERE instance = 'pg-pings'", &[])
+        .await
+        .unwrap();
+    assert_eq!(rows.get::<_, i64>(0), 2);
 }

@@ -458,6 +458,18 @@ impl RunningBinary {
         self.stderr.lock().unwrap().clone()
     }
 
+    /// GET `path`, which must answer 200 with JSON.
+    pub async fn get_json(&self, path: &str) -> Value {
+        let response = reqwest::get(format!("{}{path}", self.base())).await.unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        serde_json::from_str(&response.text().await.unwrap()).unwrap()
+    }
+
+    /// `/metrics`, as text.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.base())).await.unwrap().text().await.unwrap()
+    }
+
     /// The first stdout line `wanted` accepts, waiting up to `deadline`.
     pub async fn wait_for_line(
         &mut self,
