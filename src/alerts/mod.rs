@@ -350,31 +350,33 @@ impl Unwritten {
     }
 
     fn write(&mut self, shared: &Shared) {
+        // Notifications before the states that say they were made: killed
+        // between the two, a restart tells an alert again rather than never.
         let mut failure = None;
         let mut written = 0;
-        for (route, check, state) in &self.states {
-            if let Err(error) = shared.outbox.set_alert_state(route, check, state.as_deref()) {
+        let deliveries = shared.deliveries.load();
+        for entry in &self.entries {
+            if let Err(error) = shared.outbox.put(entry) {
                 failure = Some(error);
                 break;
             }
             written += 1;
+            if let Some(delivery) = deliveries.get(&entry.receiver) {
+                delivery.wake();
+            }
         }
-        self.states.drain(..written);
+        self.entries.drain(..written);
         let mut written = 0;
         if failure.is_none() {
-            let deliveries = shared.deliveries.load();
-            for entry in &self.entries {
-                if let Err(error) = shared.outbox.put(entry) {
+            for (route, check, state) in &self.states {
+                if let Err(error) = shared.outbox.set_alert_state(route, check, state.as_deref()) {
                     failure = Some(error);
                     break;
                 }
                 written += 1;
-                if let Some(delivery) = deliveries.get(&entry.receiver) {
-                    delivery.wake();
-                }
             }
         }
-        self.entries.drain(..written);
+        self.states.drain(..written);
         match failure {
             Some(error) if self.failing_since.is_none() => {
                 self.failing_since = Some(Instant::now());

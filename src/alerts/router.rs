@@ -52,7 +52,7 @@ pub struct AlertState {
 #[derive(Debug, Default)]
 struct Group {
     /// Alerts told as firing that have since ended, to be told so.
-    resolved: Vec<NotificationAlert>,
+    resolved: Vec<Ended>,
     flush_at: Option<DateTime<Utc>>,
     last_flush: Option<DateTime<Utc>>,
 }
@@ -75,6 +75,16 @@ impl Effects {
     pub fn is_empty(&self) -> bool {
         self.notifications.is_empty() && self.states.is_empty()
     }
+}
+
+/// An alert told as firing whose check recovered, until its resolution
+/// goes out: its state is kept (in memory and in the store) until then, so
+/// that a check failing again first resumes it, and a restart still tells it.
+#[derive(Debug)]
+struct Ended {
+    check: String,
+    state: AlertState,
+    at: DateTime<Utc>,
 }
 
 pub struct Router {
@@ -134,6 +144,22 @@ impl Router {
                 effects.states.push((route, check, None));
             }
         }
+        // An alert whose check recovered before the restart, its
+        // resolution not yet sent: sent now.
+        let recovered: Vec<(RouteSettings, String)> = self
+            .alerts
+            .keys()
+            .filter_map(|(route, check)| {
+                let route = self.routes.iter().find(|r| &r.name == route)?;
+                let (status, _, _) = self.statuses.get(check)?;
+                (!fires(route, *status)).then(|| (route.clone(), check.clone()))
+            })
+            .collect();
+        for (route, check) in recovered {
+            let state = self.alerts.remove(&(route.name.clone(), check.clone())).expect("listed");
+            let since = self.statuses.get(&check).map_or(state.started, |(_, since, _)| *since);
+            self.end(&route, check, state, since, &mut effects);
+        }
         // A check that fails with no kept alert (a route new since) starts
         // pending from when it began failing.
         let statuses: Vec<(String, HealthStatus, DateTime<Utc>)> = self
@@ -179,7 +205,15 @@ impl Router {
             }
             keep
         });
-        self.groups.retain(|route, _| routes.iter().any(|r| &r.name == route));
+        self.groups.retain(|route, group| {
+            let keep = routes.iter().any(|r| &r.name == route);
+            if !keep {
+                for ended in group.resolved.drain(..) {
+                    effects.states.push((route.clone(), ended.check, None));
+                }
+            }
+            keep
+        });
         self.statuses.retain(|check, _| self.checks.contains_key(check));
         let statuses: Vec<Change> = self
             .statuses
@@ -222,18 +256,7 @@ impl Router {
                     None => self.open(&route, &change, &mut effects),
                 }
             } else if let Some(state) = self.alerts.remove(&key) {
-                effects.states.push((key.0.clone(), key.1.clone(), None));
-                if state.notified.is_some() && route.send_resolved {
-                    let alert = self.alert(
-                        &key.1,
-                        &state,
-                        NotificationState::Resolved,
-                        Some(change.time),
-                        // The status that fired: `endedAt` says it ended.
-                        state.status,
-                    );
-                    self.groups.entry(route.name.clone()).or_default().resolved.push(alert);
-                }
+                self.end(&route, key.1, state, change.time, &mut effects);
             }
         }
         effects
@@ -251,7 +274,38 @@ impl Router {
         }
     }
 
+    /// The alert of `check` on `route` ended at `at`: its resolution waits
+    /// for the group's next notification, if it was told as firing.
+    fn end(
+        &mut self,
+        route: &RouteSettings,
+        check: String,
+        state: AlertState,
+        at: DateTime<Utc>,
+        effects: &mut Effects,
+    ) {
+        if state.notified.is_some() && route.send_resolved {
+            let group = self.groups.entry(route.name.clone()).or_default();
+            group.resolved.push(Ended { check, state, at });
+        } else {
+            effects.states.push((route.name.clone(), check, None));
+        }
+    }
+
     fn open(&mut self, route: &RouteSettings, change: &Change, effects: &mut Effects) {
+        // Failing again before its resolution went out: the receiver was
+        // never told it ended, so the alert it knows goes on (a resolve
+        // beside a new trigger would close PagerDuty's incident, and
+        // Alertmanager's alert, while the check fails).
+        let group = self.groups.entry(route.name.clone()).or_default();
+        if let Some(index) = group.resolved.iter().position(|ended| ended.check == change.check) {
+            let mut state = group.resolved.remove(index).state;
+            state.status = change.status;
+            state.output = change.output.clone();
+            effects.states.push((route.name.clone(), change.check.clone(), Some(state.clone())));
+            self.alerts.insert((route.name.clone(), change.check.clone()), state);
+            return;
+        }
         let state = AlertState {
             started: change.time,
             firing_since: None,
@@ -329,9 +383,21 @@ impl Router {
         }
         group.flush_at = None;
         group.last_flush = Some(now);
-        let resolved = std::mem::take(&mut group.resolved);
-        if firing.is_empty() && resolved.is_empty() {
+        let ended = std::mem::take(&mut group.resolved);
+        if firing.is_empty() && ended.is_empty() {
             return None;
+        }
+        let mut resolved = Vec::with_capacity(ended.len());
+        for Ended { check, state, at } in ended {
+            // The status that fired: `endedAt` says it ended.
+            resolved.push(self.alert(
+                &check,
+                &state,
+                NotificationState::Resolved,
+                Some(at),
+                state.status,
+            ));
+            effects.states.push((route.name.clone(), check, None));
         }
         let mut alerts = Vec::with_capacity(firing.len() + resolved.len());
         for check in &firing {
@@ -694,6 +760,75 @@ mod tests {
         let sent = run(&mut again, 4_000, 4_400);
         assert_eq!(sent.len(), 1);
         assert_eq!(sent[0].state, NotificationState::Resolved);
+    }
+
+    /// The (route, check) states the effects leave, applied in order.
+    fn apply(kept: &mut HashMap<(String, String), AlertState>, effects: &Effects) {
+        for (route, check, state) in &effects.states {
+            match state {
+                Some(state) => kept.insert((route.clone(), check.clone()), state.clone()),
+                None => kept.remove(&(route.clone(), check.clone())),
+            };
+        }
+    }
+
+    #[test]
+    fn failing_again_before_the_resolution_went_out_resumes_the_alert_the_receiver_knows() {
+        let mut router = router(route(&["a"]), vec![]);
+        let mut kept = HashMap::new();
+        apply(&mut kept, &change(&mut router, "a", HealthStatus::Fail, 0));
+        let mut sent = Vec::new();
+        for second in 0..=30 {
+            let effects = router.tick(at(second));
+            apply(&mut kept, &effects);
+            sent.extend(effects.notifications);
+        }
+        assert_eq!(sent.len(), 1);
+        // Recovers, and fails again within group_interval: nothing is told,
+        // neither a resolution nor a second firing, and the alert keeps its
+        // start and when it was told.
+        apply(&mut kept, &change(&mut router, "a", HealthStatus::Pass, 40));
+        let key = ("ops".to_string(), "a".to_string());
+        assert!(kept.contains_key(&key), "kept until its resolution goes out");
+        apply(&mut kept, &change(&mut router, "a", HealthStatus::Fail, 60));
+        for second in 40..=1_000 {
+            let effects = router.tick(at(second));
+            apply(&mut kept, &effects);
+            assert!(effects.notifications.is_empty(), "{:?}", effects.notifications);
+        }
+        assert_eq!((kept[&key].started, kept[&key].notified), (at(0), Some(at(30))));
+        let (active, _) = router.active(at(1_000));
+        assert_eq!((active.len(), active[0].phase), (1, AlertPhase::Firing));
+        // Its resolution, once it stays recovered past group_interval.
+        apply(&mut kept, &change(&mut router, "a", HealthStatus::Pass, 1_000));
+        let sent = run(&mut router, 1_000, 1_400);
+        assert_eq!(names(&sent[0]), [("a", NotificationState::Resolved)]);
+        assert_eq!(sent[0].alerts[0].started_at, at(0));
+    }
+
+    #[test]
+    fn a_resolution_a_restart_interrupted_is_sent_after_it() {
+        let settings = route(&["a"]);
+        let mut router = router(settings.clone(), vec![]);
+        let mut kept = HashMap::new();
+        apply(&mut kept, &change(&mut router, "a", HealthStatus::Fail, 0));
+        for second in 0..=30 {
+            apply(&mut kept, &router.tick(at(second)));
+        }
+        // Recovers at 40, and healthd stops before group_interval has passed.
+        apply(&mut kept, &change(&mut router, "a", HealthStatus::Pass, 40));
+        let kept: Vec<(String, String, AlertState)> =
+            kept.into_iter().map(|((route, check), state)| (route, check, state)).collect();
+        assert_eq!(kept.len(), 1);
+        let mut again = self::router(settings, vec![]);
+        let statuses = HashMap::from([("a".to_string(), (HealthStatus::Pass, at(40)))]);
+        let restored = again.restore(kept, statuses);
+        assert!(restored.states.is_empty(), "{:?}", restored.states);
+        assert!(again.active(at(100)).0.is_empty());
+        let sent = run(&mut again, 100, 400);
+        assert_eq!(sent.len(), 1);
+        assert_eq!(names(&sent[0]), [("a", NotificationState::Resolved)]);
+        assert_eq!(sent[0].alerts[0].ended_at, Some(at(40)));
     }
 
     #[test]

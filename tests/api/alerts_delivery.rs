@@ -194,18 +194,18 @@ async fn a_receiver_down_then_back_gets_every_notification_once_with_one_id_per_
     let binary = start(&config(&upstream, 1, 1, ""), &env(&[&hook])).await;
     wait_for_counts(&binary, 1, 0).await;
 
-    // Three notifications while the receiver answers 503: fired, resolved, fired.
+    // Three notifications while the receiver answers 503: fired, resolved,
+    // fired. Each change waits for the one before to be in the outbox: a
+    // check failing again before its resolution went out resumes the alert
+    // the receiver knows, and is no new notification.
     let down_since = Instant::now();
-    for (behaviour, phase_count) in [(503, 1), (200, 0), (503, 1)] {
+    for (behaviour, pending) in [(503, 1.0), (200, 2.0), (503, 3.0)] {
         upstream.set(Behaviour::Status(behaviour));
-        wait_for_alerts(&binary, |alerts| {
-            alerts["alerts"].as_array().unwrap().len() == phase_count
-                && alerts["alerts"].as_array().unwrap().iter().all(|a| a["notifiedAt"].is_string())
+        wait_for_metric(&binary, "healthd_notifications_pending{receiver=\"hook-0\"}", |n| {
+            n >= pending
         })
         .await;
     }
-    wait_for_metric(&binary, "healthd_notifications_pending{receiver=\"hook-0\"}", |n| n >= 3.0)
-        .await;
     // Down for a minute: attempts back off (1 s, 2 s, 4 s ... ±20 %).
     let down = Duration::from_secs(60).saturating_sub(down_since.elapsed());
     tokio::time::sleep(down).await;
@@ -352,8 +352,10 @@ async fn a_receiver_that_never_answers_does_not_slow_a_probe() {
         latencies.iter().max().unwrap(),
         hook.requests().len()
     );
-    // Generous: it catches a probe waiting on a delivery (1 s), not jitter.
-    assert!(p99 < Duration::from_millis(250), "p99 {p99:?}");
+    // Generous: probes waiting on deliveries (each hangs 1 s, one a second)
+    // would mostly wait; a busy CI machine's stalls touch a few.
+    let p95 = percentile(&latencies, 95.0);
+    assert!(p95 < Duration::from_millis(500), "p95 {p95:?}, p99 {p99:?}");
 }
 
 #[tokio::test]
