@@ -383,11 +383,11 @@ async fn run_forever(check: Arc<dyn Check>, policy: Policy, slot: Arc<Slot>, cor
         let run = Box::pin(run_once(&name, check.as_ref(), &policy)).await;
         // The piece holds the check's only copy of its state.
         let mut state = slot.piece.load().state.clone();
-        let finished = state.record(run);
+        let finished = state.record(run, core.sink.is_some());
         let piece = core.renderer.load().piece(state, Instant::now());
         slot.piece.store(Arc::new(piece));
         core.changed.notify_one();
-        if let Some(sink) = &core.sink {
+        if let (Some(sink), Some(finished)) = (&core.sink, finished) {
             sink.finished(finished);
         }
     }

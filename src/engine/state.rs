@@ -197,8 +197,9 @@ impl CheckState {
     }
 
     /// Takes a run in: counters, thresholds, the new reading; says what
-    /// finished for the engine's consumers.
-    pub fn record(&mut self, run: RunResult) -> FinishedRun {
+    /// finished when the engine has consumers (`for_sink`), so that a
+    /// healthd without a store or alerts copies nothing per run for them.
+    pub fn record(&mut self, run: RunResult, for_sink: bool) -> Option<FinishedRun> {
         self.counters.record(&run);
         if run.observation.status == HealthStatus::Fail {
             self.consecutive_failures += 1;
@@ -226,7 +227,7 @@ impl CheckState {
             let output = run.observation.output.as_deref();
             history.push(observed_at, status, value, output, run.duration);
         });
-        let finished = FinishedRun {
+        let finished = for_sink.then(|| FinishedRun {
             check: Arc::from(self.name.as_str()),
             time: observed_at,
             observed: run.observation.status,
@@ -236,7 +237,7 @@ impl CheckState {
             output: run.observation.output.as_deref().map(Arc::from),
             duration: run.duration,
             keep: self.policy.history,
-        };
+        });
         self.reading = Some(Reading {
             status,
             observation: run.observation,

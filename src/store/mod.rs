@@ -528,3 +528,28 @@ pub(crate) fn micros(time: DateTime<Utc>) -> i64 {
 pub(crate) fn from_micros(micros: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(micros).unwrap_or_default()
 }
+
+/// The roll-up table of a resolution (both backends name them alike).
+pub(crate) fn table(resolution: Resolution) -> &'static str {
+    match resolution {
+        Resolution::Hourly => "hourly",
+        Resolution::Daily => "daily",
+    }
+}
+
+/// A roll-up's histogram columns, as both backends' migrations make them.
+pub(crate) const BUCKET_COLUMNS: &str = "b0, b1, b2, b3, b4, b5, b6, b7, b8, b9, b10, b11";
+
+pub(crate) fn duration_micros(duration: Duration) -> i64 {
+    i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// A count read back from a signed column (never negative when healthd
+/// wrote it).
+pub(crate) fn as_u64(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+pub(crate) fn as_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}

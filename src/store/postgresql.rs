@@ -29,9 +29,10 @@ use crate::checks::PingState;
 use crate::store::outbox::{Attempted, Outbox, OutboxEntry};
 use crate::store::rollup::{day_of, hour_of, Rollup};
 use crate::store::{
-    from_micros, micros, newest_version, outcome_columns, outcome_from_columns, status_code,
-    status_from_code, Backend, Batch, CheckRow, IncidentRow, Reader, Resolution, Retention, RunRow,
-    StoreError, StoredCheck, QUERY_DEADLINE,
+    as_i64, as_u64, duration_micros, from_micros, micros, newest_version, outcome_columns,
+    outcome_from_columns, status_code, status_from_code, table, Backend, Batch, CheckRow,
+    IncidentRow, Reader, Resolution, Retention, RunRow, StoreError, StoredCheck, BUCKET_COLUMNS,
+    QUERY_DEADLINE,
 };
 
 const MIGRATION_TABLE: &str = "healthd_migrations";
@@ -266,29 +267,8 @@ async fn inspect(client: &Object) -> Result<(), String> {
     }
 }
 
-fn table(resolution: Resolution) -> &'static str {
-    match resolution {
-        Resolution::Hourly => "hourly",
-        Resolution::Daily => "daily",
-    }
-}
-
-const BUCKET_COLUMNS: &str = "b0, b1, b2, b3, b4, b5, b6, b7, b8, b9, b10, b11";
-
-fn duration_micros(duration: Duration) -> i64 {
-    i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)
-}
-
-fn as_u64(value: i64) -> u64 {
-    u64::try_from(value).unwrap_or(0)
-}
-
 fn as_u32(value: i64) -> u32 {
     u32::try_from(value).unwrap_or(0)
-}
-
-fn as_i64(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
 }
 
 fn check_row(row: &Row) -> Result<CheckRow, tokio_postgres::Error> {

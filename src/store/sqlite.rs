@@ -17,9 +17,9 @@ use rusqlite::{params, params_from_iter, Connection, OpenFlags, OptionalExtensio
 use crate::checks::PingState;
 use crate::store::rollup::{day_of, hour_of, Rollup};
 use crate::store::{
-    from_micros, micros, newest_version, outcome_columns, outcome_from_columns, status_code,
-    status_from_code, Backend, Batch, CheckRow, IncidentRow, Reader, Resolution, Retention, RunRow,
-    StoreError, StoredCheck,
+    as_i64, as_u64, duration_micros, from_micros, micros, newest_version, outcome_columns,
+    outcome_from_columns, status_code, status_from_code, table, Backend, Batch, CheckRow,
+    IncidentRow, Reader, Resolution, Retention, RunRow, StoreError, StoredCheck, BUCKET_COLUMNS,
 };
 
 /// `PRAGMA application_id` of a healthd store ("hlth"): a file with
@@ -191,27 +191,6 @@ fn inspect(path: &Path) -> Result<(), String> {
         )),
         _ => Ok(()),
     }
-}
-
-fn table(resolution: Resolution) -> &'static str {
-    match resolution {
-        Resolution::Hourly => "hourly",
-        Resolution::Daily => "daily",
-    }
-}
-
-const BUCKET_COLUMNS: &str = "b0, b1, b2, b3, b4, b5, b6, b7, b8, b9, b10, b11";
-
-fn duration_micros(duration: Duration) -> i64 {
-    i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)
-}
-
-fn as_u64(value: i64) -> u64 {
-    u64::try_from(value).unwrap_or(0)
-}
-
-fn as_i64(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
 }
 
 fn check_row(row: &Row<'_>) -> rusqlite::Result<CheckRow> {
