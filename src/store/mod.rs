@@ -132,6 +132,29 @@ pub struct Retention {
     pub incidents: Duration,
 }
 
+/// The oldest rows retention keeps at a given time, for both backends'
+/// prune.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Cutoffs {
+    /// Hourly roll-ups of earlier hours go.
+    pub first_hour: i64,
+    /// Daily roll-ups of earlier days go.
+    pub first_day: i64,
+    /// Ended incidents that ended before this (in microseconds) go.
+    pub incidents_before: i64,
+}
+
+impl Retention {
+    pub(crate) fn cutoffs(&self, now: DateTime<Utc>) -> Cutoffs {
+        let seconds = |keep: Duration| now.timestamp() - i64::try_from(keep.as_secs()).unwrap_or(0);
+        Cutoffs {
+            first_hour: rollup::hour_of(seconds(self.hourly)),
+            first_day: rollup::day_of(seconds(self.daily)),
+            incidents_before: micros(now) - duration_micros(self.incidents),
+        }
+    }
+}
+
 /// One check's row, as the writer tracks it.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct CheckRow {
@@ -189,6 +212,16 @@ pub enum Resolution {
     Daily,
 }
 
+impl Resolution {
+    /// Its roll-up table (both backends name them alike).
+    pub(crate) fn table(self) -> &'static str {
+        match self {
+            Resolution::Hourly => "hourly",
+            Resolution::Daily => "daily",
+        }
+    }
+}
+
 /// One transaction's worth of writes.
 #[derive(Debug, Default)]
 pub(crate) struct Batch {
@@ -223,13 +256,8 @@ pub(crate) trait Backend: Send {
     fn runs_after(&mut self, check_id: i64, after: i64) -> Result<Vec<RunRow>, StoreError>;
     /// Writes a batch in one transaction.
     fn write(&mut self, batch: &Batch) -> Result<(), StoreError>;
-    /// Removes rows past their retention for these checks; answers how many.
-    fn prune(
-        &mut self,
-        check_ids: &[i64],
-        now: DateTime<Utc>,
-        retention: &Retention,
-    ) -> Result<u64, StoreError>;
+    /// Removes rows older than the cutoffs for these checks; answers how many.
+    fn prune(&mut self, check_ids: &[i64], cutoffs: Cutoffs) -> Result<u64, StoreError>;
     /// Every check id of the instance.
     fn check_ids(&mut self, instance: &str) -> Result<Vec<i64>, StoreError>;
     /// After writes kept failing: drops the connection and opens a new one
@@ -529,14 +557,6 @@ pub(crate) fn from_micros(micros: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(micros).unwrap_or_default()
 }
 
-/// The roll-up table of a resolution (both backends name them alike).
-pub(crate) fn table(resolution: Resolution) -> &'static str {
-    match resolution {
-        Resolution::Hourly => "hourly",
-        Resolution::Daily => "daily",
-    }
-}
-
 /// A roll-up's histogram columns, as both backends' migrations make them.
 pub(crate) const BUCKET_COLUMNS: &str = "b0, b1, b2, b3, b4, b5, b6, b7, b8, b9, b10, b11";
 
@@ -548,6 +568,10 @@ pub(crate) fn duration_micros(duration: Duration) -> i64 {
 /// wrote it).
 pub(crate) fn as_u64(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
+}
+
+pub(crate) fn as_u32(value: i64) -> u32 {
+    u32::try_from(value).unwrap_or(0)
 }
 
 pub(crate) fn as_i64(value: u64) -> i64 {

@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection};
 
 use crate::store::sqlite::{follow, Generation, Opened};
-use crate::store::{from_micros, micros, StoreError};
+use crate::store::{as_u32, as_u64, from_micros, micros, StoreError};
 
 /// One notification on its way to one receiver.
 #[derive(Debug, Clone, PartialEq)]
@@ -116,7 +116,7 @@ fn entry(row: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxEntry> {
         receiver: row.get(1)?,
         body: row.get(2)?,
         created: from_micros(row.get(3)?),
-        attempts: u32::try_from(row.get::<_, i64>(4)?).unwrap_or(0),
+        attempts: as_u32(row.get(4)?),
         next_attempt: from_micros(row.get(5)?),
     })
 }
@@ -193,7 +193,7 @@ impl Outbox for SqliteOutbox {
                  WHERE instance = ?1 AND delivered IS NULL AND given_up IS NULL GROUP BY receiver",
             )?;
             let rows = statement.query_map(params![instance], |row| {
-                Ok((row.get::<_, String>(0)?, u64::try_from(row.get::<_, i64>(1)?).unwrap_or(0)))
+                Ok((row.get::<_, String>(0)?, as_u64(row.get(1)?)))
             })?;
             rows.collect()
         })

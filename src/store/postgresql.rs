@@ -27,11 +27,11 @@ use crate::checks::util::guard::AbandonUnlessFinished;
 use crate::checks::util::postgres_tls::{self, split_sslmode};
 use crate::checks::PingState;
 use crate::store::outbox::{Attempted, Outbox, OutboxEntry};
-use crate::store::rollup::{day_of, hour_of, Rollup};
+use crate::store::rollup::Rollup;
 use crate::store::{
-    as_i64, as_u64, duration_micros, from_micros, micros, newest_version, outcome_columns,
-    outcome_from_columns, status_code, status_from_code, table, Backend, Batch, CheckRow,
-    IncidentRow, Reader, Resolution, Retention, RunRow, StoreError, StoredCheck, BUCKET_COLUMNS,
+    as_i64, as_u32, as_u64, duration_micros, from_micros, micros, newest_version, outcome_columns,
+    outcome_from_columns, status_code, status_from_code, Backend, Batch, CheckRow, Cutoffs,
+    IncidentRow, Reader, Resolution, RunRow, StoreError, StoredCheck, BUCKET_COLUMNS,
     QUERY_DEADLINE,
 };
 
@@ -267,10 +267,6 @@ async fn inspect(client: &Object) -> Result<(), String> {
     }
 }
 
-fn as_u32(value: i64) -> u32 {
-    u32::try_from(value).unwrap_or(0)
-}
-
 fn check_row(row: &Row) -> Result<CheckRow, tokio_postgres::Error> {
     Ok(CheckRow {
         id: row.try_get("id")?,
@@ -502,7 +498,7 @@ impl Columns {
 }
 
 fn add_rollups_sql(resolution: Resolution) -> String {
-    let table = table(resolution);
+    let table = resolution.table();
     let buckets: Vec<String> =
         (0..12).map(|index| format!("b{index} = t.b{index} + excluded.b{index}")).collect();
     let arrays: Vec<String> = (9..=20).map(|index| format!("${index}::bigint[]")).collect();
@@ -718,16 +714,8 @@ impl Backend for PostgresWriter {
         self.database.call(WRITE_DEADLINE, || self.write_batch(&batch.instance, &columns))
     }
 
-    fn prune(
-        &mut self,
-        check_ids: &[i64],
-        now: DateTime<Utc>,
-        retention: &Retention,
-    ) -> Result<u64, StoreError> {
-        let seconds = |keep: Duration| now.timestamp() - i64::try_from(keep.as_secs()).unwrap_or(0);
-        let first_hour = hour_of(seconds(retention.hourly));
-        let first_day = day_of(seconds(retention.daily));
-        let incidents_before = micros(now) - duration_micros(retention.incidents);
+    fn prune(&mut self, check_ids: &[i64], cutoffs: Cutoffs) -> Result<u64, StoreError> {
+        let Cutoffs { first_hour, first_day, incidents_before } = cutoffs;
         let database = &self.database;
         database.call(WRITE_DEADLINE, || async move {
             let mut held = database.connection().await?;
@@ -838,7 +826,7 @@ impl Reader for PostgresReader {
              FROM {table} JOIN checks ON checks.id = {table}.check_id
              WHERE checks.instance = $1 AND {table}.period >= $2 AND checks.name = ANY($3)
              GROUP BY checks.name",
-            table = table(resolution),
+            table = resolution.table(),
             buckets = buckets.join(", "),
         );
         let rows = self.query(&sql, &[&instance, &first_period, &names])?;
@@ -861,7 +849,7 @@ impl Reader for PostgresReader {
              FROM {table} JOIN checks ON checks.id = {table}.check_id
              WHERE checks.instance = $1 AND checks.name = $2 AND period BETWEEN $3 AND $4
              ORDER BY period",
-            table = table(resolution)
+            table = resolution.table()
         );
         let rows = self.query(&sql, &[&instance, &name, &first, &last])?;
         rows.iter()
@@ -957,7 +945,7 @@ fn outbox_entry(row: &Row) -> Result<OutboxEntry, tokio_postgres::Error> {
         receiver: row.try_get(1)?,
         body: row.try_get(2)?,
         created: from_micros(row.try_get(3)?),
-        attempts: u32::try_from(row.try_get::<_, i64>(4)?).unwrap_or(0),
+        attempts: as_u32(row.try_get(4)?),
         next_attempt: from_micros(row.try_get(5)?),
     })
 }
@@ -1024,9 +1012,7 @@ impl Outbox for PostgresOutbox {
              WHERE instance = $1 AND delivered IS NULL AND given_up IS NULL GROUP BY receiver",
             &[&self.instance],
         )?;
-        rows.iter()
-            .map(|row| Ok((row.try_get(0)?, u64::try_from(row.try_get::<_, i64>(1)?).unwrap_or(0))))
-            .collect()
+        rows.iter().map(|row| Ok((row.try_get(0)?, as_u64(row.try_get(1)?)))).collect()
     }
 
     fn prune(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
@@ -1040,7 +1026,7 @@ impl Outbox for PostgresOutbox {
             Some(row) => row.try_get(0)?,
             None => 0,
         };
-        Ok(u64::try_from(removed).unwrap_or(0))
+        Ok(as_u64(removed))
     }
 
     fn alert_states(&self) -> Result<Vec<(String, String, String)>, StoreError> {

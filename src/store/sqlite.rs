@@ -15,11 +15,11 @@ use refinery::Migration;
 use rusqlite::{params, params_from_iter, Connection, OpenFlags, OptionalExtension, Row};
 
 use crate::checks::PingState;
-use crate::store::rollup::{day_of, hour_of, Rollup};
+use crate::store::rollup::Rollup;
 use crate::store::{
-    as_i64, as_u64, duration_micros, from_micros, micros, newest_version, outcome_columns,
-    outcome_from_columns, status_code, status_from_code, table, Backend, Batch, CheckRow,
-    IncidentRow, Reader, Resolution, Retention, RunRow, StoreError, StoredCheck, BUCKET_COLUMNS,
+    as_i64, as_u32, as_u64, duration_micros, from_micros, micros, newest_version, outcome_columns,
+    outcome_from_columns, status_code, status_from_code, Backend, Batch, CheckRow, Cutoffs,
+    IncidentRow, Reader, Resolution, RunRow, StoreError, StoredCheck, BUCKET_COLUMNS,
 };
 
 /// `PRAGMA application_id` of a healthd store ("hlth"): a file with
@@ -196,7 +196,7 @@ fn inspect(path: &Path) -> Result<(), String> {
 fn check_row(row: &Row<'_>) -> rusqlite::Result<CheckRow> {
     Ok(CheckRow {
         id: row.get("id")?,
-        keep: u32::try_from(row.get::<_, i64>("keep")?).unwrap_or(0),
+        keep: as_u32(row.get("keep")?),
         next_seq: row.get("next_seq")?,
         rolled_seq: row.get("rolled_seq")?,
         runs_total: as_u64(row.get("runs_total")?),
@@ -326,7 +326,7 @@ impl Backend for SqliteWriter {
                        b3 = b3 + excluded.b3, b4 = b4 + excluded.b4, b5 = b5 + excluded.b5,
                        b6 = b6 + excluded.b6, b7 = b7 + excluded.b7, b8 = b8 + excluded.b8,
                        b9 = b9 + excluded.b9, b10 = b10 + excluded.b10, b11 = b11 + excluded.b11",
-                    table = table(resolution)
+                    table = resolution.table()
                 ))?;
                 for (_, check_id, period, rollup) in
                     batch.rollups.iter().filter(|(which, ..)| *which == resolution)
@@ -390,16 +390,8 @@ impl Backend for SqliteWriter {
         Ok(())
     }
 
-    fn prune(
-        &mut self,
-        check_ids: &[i64],
-        now: DateTime<Utc>,
-        retention: &Retention,
-    ) -> Result<u64, StoreError> {
-        let seconds = |keep: Duration| now.timestamp() - i64::try_from(keep.as_secs()).unwrap_or(0);
-        let first_hour = hour_of(seconds(retention.hourly));
-        let first_day = day_of(seconds(retention.daily));
-        let incidents_before = micros(now) - duration_micros(retention.incidents);
+    fn prune(&mut self, check_ids: &[i64], cutoffs: Cutoffs) -> Result<u64, StoreError> {
+        let Cutoffs { first_hour, first_day, incidents_before } = cutoffs;
         let transaction = self.connection.transaction()?;
         let mut removed = 0;
         {
@@ -519,7 +511,7 @@ impl Reader for SqliteReader {
                  FROM {table} JOIN checks ON checks.id = {table}.check_id
                  WHERE checks.instance = ?1 AND {table}.period >= ?2 AND checks.name IN ({names})
                  GROUP BY checks.name",
-                table = table(resolution),
+                table = resolution.table(),
                 names = placeholders(3, names.len()),
             );
             let mut values: Vec<rusqlite::types::Value> =
@@ -546,7 +538,7 @@ impl Reader for SqliteReader {
                  FROM {table} JOIN checks ON checks.id = {table}.check_id
                  WHERE checks.instance = ?1 AND checks.name = ?2 AND period BETWEEN ?3 AND ?4
                  ORDER BY period",
-                table = table(resolution)
+                table = resolution.table()
             );
             let mut statement = connection.prepare_cached(&sql)?;
             let rows = statement.query_map(params![instance, name, first, last], |row| {

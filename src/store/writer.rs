@@ -331,8 +331,8 @@ impl Writer {
         }
         let from = self.prune_queue.len().saturating_sub(PRUNE_CHECKS_PER_STEP);
         let step: Vec<i64> = self.prune_queue.drain(from..).collect();
-        let now = (self.clock)();
-        if let Err(error) = self.backend.prune(&step, now, &self.retention) {
+        let cutoffs = self.retention.cutoffs((self.clock)());
+        if let Err(error) = self.backend.prune(&step, cutoffs) {
             tracing::debug!(%error, "the store cannot prune");
         }
     }
